@@ -1,0 +1,344 @@
+//! `tagstream bench`: end-to-end measurements anyone can rerun.
+//!
+//! - `channel`: an in-process server with T synthetic tags; a driver puts U
+//!   changes/s into the engine's channel, each stamped on entry; N clients
+//!   record entry -> decode latency and prove continuity (zero gaps).
+//! - `modbus`: a register change on a simulated device, polled every
+//!   `--poll`, to client decode.
+//! - `idle`: spawns `tagstream demo` as a child process and measures its
+//!   RSS per idle connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use tokio::net::TcpListener;
+
+use crate::client::{Client, Event};
+use crate::config::Config;
+use crate::engine::catalog::TagDef;
+use crate::proto;
+use crate::sample::{Sample, Value, now_us};
+
+/// Options of `tagstream bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// channel | modbus | idle
+    #[arg(long, default_value = "channel")]
+    pub mode: String,
+    /// WebSocket clients (idle: connections).
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// Synthetic tags.
+    #[arg(long, default_value_t = 1000)]
+    pub tags: usize,
+    /// Changes per second into the channel.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// How long to drive load.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Poll interval for `modbus`.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the chosen measurement.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let report = match args.mode.as_str() {
+        "channel" => channel(&args).await?,
+        "modbus" => modbus(&args).await?,
+        "idle" => idle(&args).await?,
+        other => anyhow::bail!("unknown mode {other:?} (channel | modbus | idle)"),
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        println!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// The measured numbers.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// name, value, unit
+    pub rows: Vec<(String, f64, &'static str)>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, value: f64, unit: &'static str) {
+        self.rows.push((name.to_string(), value, unit));
+    }
+
+    fn latency(&mut self, h: &Histogram<u64>) {
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)] {
+            self.add(
+                &format!("latency_{name}"),
+                h.value_at_quantile(q) as f64 / 1000.0,
+                "ms",
+            );
+        }
+        self.add("latency_max", h.max() as f64 / 1000.0, "ms");
+        self.add("samples", h.len() as f64, "");
+    }
+
+    /// A human table.
+    pub fn table(&self) -> String {
+        self.rows
+            .iter()
+            .map(|(n, v, u)| format!("{n:<28} {v:>14.3} {u}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// One JSON object.
+    pub fn json(&self) -> String {
+        let fields: Vec<String> = self
+            .rows
+            .iter()
+            .map(|(n, v, _)| format!("\"{n}\":{v}"))
+            .collect();
+        format!("{{{}}}", fields.join(","))
+    }
+}
+
+fn raise_fd_limit() {
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
+}
+
+async fn local_listener() -> anyhow::Result<TcpListener> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?)
+}
+
+fn url(addr: std::net::SocketAddr) -> String {
+    format!("ws://{addr}/api/v1/stream")
+}
+
+/// Reads a client until `stop`; records (now - source_time) per update.
+async fn measure(
+    mut client: Client,
+    stop: Arc<AtomicBool>,
+    gaps: Arc<AtomicU64>,
+) -> Histogram<u64> {
+    let mut h = histogram();
+    while !stop.load(Ordering::Relaxed) {
+        let event = tokio::time::timeout(Duration::from_millis(200), client.next_event()).await;
+        let updates = match event {
+            Err(_) => continue,
+            Ok(Ok(Event::Delta(d))) => d.updates,
+            Ok(Ok(Event::Closed(_))) => break,
+            Ok(Ok(_)) => continue,
+            Ok(Err(crate::client::ClientError::Gap { .. })) => {
+                gaps.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            Ok(Err(_)) => break,
+        };
+        let now = now_us();
+        for u in updates {
+            let _ = h.record((now - u.source_time_us).max(1) as u64);
+        }
+    }
+    h
+}
+
+async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
+    let tags: Vec<TagDef> = (0..args.tags)
+        .map(|i| TagDef {
+            id: 0,
+            name: format!("bench/t{i}"),
+            data_type: proto::DataType::F64,
+            unit: String::new(),
+            description: String::new(),
+            writable: false,
+            min: None,
+            max: None,
+            source: "bench".into(),
+            deadband: 0.0,
+            keep_samples: false,
+        })
+        .collect();
+    let mut config = Config::default();
+    config.server.max_pending_bytes = 16 << 20;
+    let server = crate::app::start_with(config, local_listener().await?, tags).await?;
+    let first = server.engine.catalog.id("bench/t0").context("bench tags")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for i in 0..args.clients {
+        let hello = proto::Hello {
+            client_name: format!("bench-{i}"),
+            resume: None,
+            subscribe: vec!["bench/#".into()],
+        };
+        let mut client = Client::connect(&url(server.addr), hello).await?;
+        loop {
+            if let Event::Snapshot(s) = client.next_event().await? {
+                if s.last {
+                    break;
+                }
+            }
+        }
+        readers.push(tokio::spawn(measure(client, stop.clone(), gaps.clone())));
+    }
+    let started = Instant::now();
+    let per_ms = (args.rate / 1000).max(1);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    let mut value = 0.0;
+    while started.elapsed() < args.duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+        while sent < due.min(sent + per_ms * 20) {
+            value += 1.0;
+            let tag = first + (sent % args.tags as u64) as u32;
+            let sample = Sample {
+                tag,
+                value: Some(Value::F64(value)),
+                status: 0,
+                source_time_us: now_us(),
+            };
+            server.samples.send_async(sample).await?;
+            sent += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = histogram();
+    for r in readers {
+        all.add(r.await?)?;
+    }
+    server.stop().await;
+    let mut report = Report::default();
+    report.add("clients", args.clients as f64, "");
+    report.add("changes_in_per_s", sent as f64 / elapsed, "/s");
+    report.add("updates_delivered_per_s", all.len() as f64 / elapsed, "/s");
+    report.add("gaps", gaps.load(Ordering::Relaxed) as f64, "");
+    report.latency(&all);
+    Ok(report)
+}
+
+async fn modbus(args: &BenchArgs) -> anyhow::Result<Report> {
+    let device = crate::source::sim::ModbusDevice::start(([127, 0, 0, 1], 0).into()).await?;
+    let text = format!(
+        "[[modbus]]\nname = \"dev\"\naddress = \"{}\"\npoll_interval = \"{}\"\ntimeout = \"500ms\"\n\
+         [[modbus.tags]]\nname = \"bench/reg\"\naddress = 0\ntype = \"u32\"\n",
+        device.addr(),
+        humantime::format_duration(args.poll)
+    );
+    let server = crate::app::start(Config::parse(&text)?, local_listener().await?).await?;
+    let hello = proto::Hello {
+        client_name: "bench".into(),
+        resume: None,
+        subscribe: vec!["bench/#".into()],
+    };
+    let mut client = Client::connect(&url(server.addr), hello).await?;
+    let mut h = histogram();
+    let started = Instant::now();
+    let mut n: u32 = 0;
+    while started.elapsed() < args.duration {
+        // Irregular spacing so changes land at every phase of the poll.
+        tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(0..100))).await;
+        n += 1;
+        {
+            let mut r = device.registers();
+            r.holding[0] = (n >> 16) as u16;
+            r.holding[1] = n as u16;
+        }
+        let set = Instant::now();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+            if let Event::Delta(d) = event {
+                let seen = d.updates.iter().any(|u| {
+                    u.value.as_ref().and_then(proto::Value::to_sample)
+                        == Some(Value::U64(u64::from(n)))
+                });
+                if seen {
+                    h.record(set.elapsed().as_micros().max(1) as u64)?;
+                    break;
+                }
+            }
+        }
+    }
+    server.stop().await;
+    let mut report = Report::default();
+    report.add("poll_interval", args.poll.as_secs_f64() * 1000.0, "ms");
+    report.latency(&h);
+    Ok(report)
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+async fn idle(args: &BenchArgs) -> anyhow::Result<Report> {
+    let port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["demo", "--listen", &listen])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("child pid")?;
+    let url = format!("ws://{listen}/api/v1/stream");
+    // Wait until it serves, and warm it up with a few sessions.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        if let Ok(c) = Client::connect(&url, proto::Hello::default()).await {
+            warm.push(c);
+            if warm.len() == 10 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    anyhow::ensure!(!warm.is_empty(), "demo server did not start");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let hello = proto::Hello {
+            client_name: format!("idle-{i}"),
+            resume: None,
+            subscribe: vec!["plant/boiler1/running".into()],
+        };
+        clients.push(Client::connect(&url, hello).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let per = (after.saturating_sub(before)) as f64 * 1024.0 / args.clients as f64;
+    drop(clients);
+    drop(warm);
+    let _ = child.kill().await;
+    let mut report = Report::default();
+    report.add("connections", args.clients as f64, "");
+    report.add("server_rss_before", before as f64 / 1024.0, "MiB");
+    report.add("server_rss_after", after as f64 / 1024.0, "MiB");
+    report.add("rss_per_idle_connection", per, "bytes");
+    Ok(report)
+}

@@ -1,0 +1,372 @@
+//! Root configuration (shared/spec/config.md). Each component's `XxxConfig`
+//! lives beside its code; this module parses the file, collects *every*
+//! problem (unknown keys, invalid values) with its key and line, and refuses
+//! to start half-configured.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::source::modbus::ModbusConfig;
+
+/// Why a configuration was refused.
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// TOML syntax or a value of the wrong shape; parsing cannot go on.
+    #[error("{0}")]
+    Syntax(String),
+    /// Every semantic problem found, each with its key.
+    #[error("{} problem(s) in the configuration:\n{}", .0.len(), render(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One problem with one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `modbus[0].tags[2].type`.
+    pub key: String,
+    /// 1-based line in the file, when it can be found.
+    pub line: Option<usize>,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+fn render(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| match p.line {
+            Some(line) => format!("  line {line}: {}: {}", p.key, p.message),
+            None => format!("  {}: {}", p.key, p.message),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Collects problems during validation so all are reported at once.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    /// Records a problem with `key`.
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct Config {
+    /// Listener, limits, heartbeats.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Modbus devices.
+    #[serde(default)]
+    pub modbus: Vec<ModbusConfig>,
+    /// Not built yet: refused with a clear error rather than ignored.
+    #[serde(default)]
+    pub mqtt: Option<toml::Value>,
+    /// Not built yet: refused, because ignoring auth would open the server.
+    #[serde(default)]
+    pub auth: Option<toml::Value>,
+    /// Not built yet: refused.
+    #[serde(default)]
+    pub cluster: Option<toml::Value>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    /// Address to bind.
+    pub listen: String,
+    /// The WebSocket path.
+    pub path: String,
+    /// Browser origins allowed to connect; empty: no Origin check.
+    pub allowed_origins: Vec<String>,
+    /// Above this, new clients get 503 and `/readyz` turns 503.
+    pub max_connections: usize,
+    /// Per client IP; 0: unlimited.
+    pub max_connections_per_ip: usize,
+    /// Handshakes per second per node; 0: unlimited.
+    pub handshake_rate: u32,
+    /// WebSocket ping period; a peer silent for a whole period is dropped.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Largest client message accepted (close 1009 above).
+    pub max_message_bytes: usize,
+    /// Bytes a connection may fall behind before it switches to catch-up.
+    pub max_pending_bytes: usize,
+    /// Optional TLS (wss); not built yet.
+    pub tls: Option<TlsConfig>,
+    /// Extension: time allowed between the 101 and the client's Hello.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+    /// Extension: the `server_id` in Welcome; empty: the host name.
+    pub server_id: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            path: "/api/v1/stream".into(),
+            allowed_origins: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            handshake_rate: 0,
+            heartbeat_interval: Duration::from_secs(25),
+            max_message_bytes: 65_536,
+            max_pending_bytes: 1_048_576,
+            tls: None,
+            hello_timeout: Duration::from_secs(10),
+            server_id: String::new(),
+        }
+    }
+}
+
+/// `tls = { cert, key }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+}
+
+impl ServerConfig {
+    /// The listen address, parsed.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen
+            .parse()
+            .map_err(|e| format!("`{}` is not an IP:port address ({e})", self.listen))
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        if let Err(e) = self.listen_addr() {
+            p.push("server.listen", e);
+        }
+        if !self.path.starts_with('/') {
+            p.push("server.path", "must start with `/`");
+        }
+        if self.max_connections == 0 {
+            p.push("server.max_connections", "must be at least 1");
+        }
+        if self.heartbeat_interval.is_zero() {
+            p.push("server.heartbeat_interval", "must be above zero");
+        }
+        if self.hello_timeout.is_zero() {
+            p.push("server.hello_timeout", "must be above zero");
+        }
+        if self.max_message_bytes < 64 {
+            p.push("server.max_message_bytes", "must be at least 64");
+        }
+        if self.max_pending_bytes < 1024 {
+            p.push("server.max_pending_bytes", "must be at least 1024");
+        }
+        if self.tls.is_some() {
+            p.push(
+                "server.tls",
+                "TLS (wss) is not built yet: terminate TLS in the reverse proxy",
+            );
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text; every problem is reported at once.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut unknown = Vec::new();
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config: Config = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut problems = Problems::default();
+        for key in unknown {
+            problems.push(key, "unknown key");
+        }
+        config.validate(&mut problems);
+        if problems.0.is_empty() {
+            return Ok(config);
+        }
+        let mut list = problems.0;
+        for problem in &mut list {
+            problem.line = find_line(text, &problem.key);
+        }
+        Err(ConfigError::Invalid(list))
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        self.server.validate(p);
+        for (section, present) in [
+            ("mqtt", self.mqtt.is_some()),
+            ("auth", self.auth.is_some()),
+            ("cluster", self.cluster.is_some()),
+        ] {
+            if present {
+                p.push(section, "this section is not built yet in this version");
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut devices = std::collections::HashSet::new();
+        for (i, device) in self.modbus.iter().enumerate() {
+            if !devices.insert(device.name.as_str()) {
+                p.push(
+                    format!("modbus[{i}].name"),
+                    format!("duplicate source name {:?}", device.name),
+                );
+            }
+            device.validate(&format!("modbus[{i}]"), p);
+            for (j, tag) in device.tags.iter().enumerate() {
+                if !names.insert(tag.name.as_str()) {
+                    p.push(
+                        format!("modbus[{i}].tags[{j}].name"),
+                        format!("duplicate tag name {:?}", tag.name),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Checks a tag name: `/`-separated, no empty level, no wildcard.
+pub fn check_tag_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.split('/').any(str::is_empty) {
+        return Err(format!("{name:?} has an empty level"));
+    }
+    if name.contains(['+', '#']) {
+        return Err(format!("{name:?} contains a wildcard (`+` or `#`)"));
+    }
+    Ok(())
+}
+
+/// Best-effort line of a key: the first `key =` line after the table that
+/// holds it. serde does not carry spans through, so this reads the text.
+fn find_line(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit(['.', '[']).next()?.trim_end_matches(']');
+    if leaf.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start();
+            let inline =
+                line.contains(&format!(" {leaf} =")) || line.contains(&format!("{{{leaf} ="));
+            (line.starts_with(leaf) && line[leaf.len()..].trim_start().starts_with('=')) || inline
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = Config::parse("").expect("empty config is valid");
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+        assert_eq!(c.server.path, "/api/v1/stream");
+        assert_eq!(c.server.heartbeat_interval, Duration::from_secs(25));
+        assert_eq!(c.server.max_message_bytes, 65_536);
+        assert_eq!(c.server.max_pending_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_key_and_line() {
+        let text = r#"
+[server]
+listen = "nowhere"
+bogus = 1
+
+[[modbus]]
+name = "a"
+address = "127.0.0.1:502"
+colour = "red"
+
+[[modbus.tags]]
+name = "x"
+address = 0
+type = "string"
+"#;
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"server.bogus"), "{keys:?}");
+        assert!(keys.contains(&"modbus.0.colour"), "{keys:?}");
+        assert!(keys.contains(&"server.listen"), "{keys:?}");
+        assert!(keys.contains(&"modbus[0].tags[0].length"), "{keys:?}");
+        let bogus = problems
+            .iter()
+            .find(|p| p.key == "server.bogus")
+            .expect("bogus");
+        assert_eq!(bogus.line, Some(4));
+        let colour = problems
+            .iter()
+            .find(|p| p.key == "modbus.0.colour")
+            .expect("colour");
+        assert_eq!(colour.line, Some(9));
+    }
+
+    #[test]
+    fn bad_duration_is_a_syntax_error_naming_the_key() {
+        let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
+        let text = err.to_string();
+        assert!(text.contains("heartbeat_interval"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn unbuilt_sections_are_refused_not_ignored() {
+        let err = Config::parse("[auth]\ntokens = []\n").expect_err("auth refused");
+        assert!(err.to_string().contains("auth"));
+    }
+
+    #[test]
+    fn duplicate_tag_names_are_refused() {
+        let text = r#"
+[[modbus]]
+name = "a"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "p/x"
+address = 0
+type = "u16"
+[[modbus]]
+name = "b"
+address = "127.0.0.1:503"
+[[modbus.tags]]
+name = "p/x"
+address = 0
+type = "u16"
+"#;
+        let err = Config::parse(text).expect_err("dup");
+        assert!(err.to_string().contains("duplicate tag name"), "{err}");
+    }
+}

@@ -1,0 +1,311 @@
+//! A published batch: every change of one engine wakeup, each encoded once
+//! as a `Delta.updates` field. A protobuf repeated field is the
+//! concatenation of its entries, so any client's Delta is a short header
+//! plus a copy of the selected entries' bytes; the frame for one
+//! subscription is built once per batch and shared by every session that
+//! holds that subscription.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+use super::catalog::Catalog;
+use super::selection::Selection;
+use super::table::TagState;
+use crate::proto;
+use crate::sample::TagId;
+
+/// Where one encoded update lies in `Batch::bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    /// The tag.
+    pub id: TagId,
+    /// Seq of this change.
+    pub seq: u64,
+    start: u32,
+    len: u32,
+}
+
+/// One engine batch, shared by every session.
+#[derive(Debug)]
+pub struct Batch {
+    /// Seq before the batch.
+    pub from_seq: u64,
+    /// Seq after the batch.
+    pub to_seq: u64,
+    /// Encoded `Delta.updates` fields, back to back.
+    pub bytes: Bytes,
+    /// The entries, in seq order.
+    pub entries: Vec<Entry>,
+    /// Published bytes before this batch, for lag accounting.
+    pub published_before: u64,
+    frames: Mutex<FrameCache>,
+}
+
+/// Frames built for this batch, by (selection, position). Sessions with the
+/// same subscription normally share a position too (they skipped the same
+/// batches), so each distinct subscription is encoded once per batch. The
+/// `Arc` keeps the selection alive so its address cannot be reused.
+type FrameCache = HashMap<(usize, u64), (Arc<Selection>, Option<Bytes>)>;
+
+impl Batch {
+    /// The encoded bytes of one entry.
+    pub fn entry_bytes(&self, e: &Entry) -> &[u8] {
+        &self.bytes[e.start as usize..(e.start + e.len) as usize]
+    }
+
+    /// The Delta frame for a session at `position` with this selection, or
+    /// `None` if nothing it selects changed after its position. Built once
+    /// per (selection, position) and shared.
+    pub fn frame_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Bytes> {
+        let key = (Arc::as_ptr(selection) as usize, position);
+        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, frame)) = frames.get(&key) {
+            return frame.clone();
+        }
+        let frame = self.build(selection, position);
+        frames.insert(key, (selection.clone(), frame.clone()));
+        frame
+    }
+
+    fn build(&self, selection: &Selection, position: u64) -> Option<Bytes> {
+        let selected = |e: &&Entry| e.seq > position && selection.contains(e.id);
+        let mut parts = self.entries.iter().filter(selected).peekable();
+        parts.peek()?;
+        let all = self
+            .entries
+            .iter()
+            .all(|e| e.seq > position && selection.contains(e.id));
+        if all {
+            return Some(delta_frame(position, self.to_seq, &[&self.bytes[..]]));
+        }
+        let slices: Vec<&[u8]> = parts.map(|e| self.entry_bytes(e)).collect();
+        Some(delta_frame(position, self.to_seq, &slices))
+    }
+}
+
+/// Reused across batches so the hot path does not allocate per update.
+#[derive(Debug, Default)]
+pub struct Builder {
+    buf: BytesMut,
+    entries: Vec<Entry>,
+    seen: Vec<u64>,
+    duplicates: bool,
+}
+
+impl Builder {
+    /// Encodes one change.
+    pub fn push(&mut self, id: TagId, seq: u64, state: &TagState) {
+        let start = self.buf.len() as u32;
+        encode_update(3, id, state, &mut self.buf);
+        let len = self.buf.len() as u32 - start;
+        self.entries.push(Entry {
+            id,
+            seq,
+            start,
+            len,
+        });
+        let (word, bit) = (id as usize / 64, id % 64);
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
+        }
+        self.duplicates |= self.seen[word] >> bit & 1 == 1;
+        self.seen[word] |= 1 << bit;
+    }
+
+    /// Closes the batch: conflates repeated changes of one tag to the last
+    /// (unless the tag keeps every sample) and hands the bytes over.
+    pub fn finish(
+        &mut self,
+        from_seq: u64,
+        to_seq: u64,
+        catalog: &Catalog,
+        published_before: u64,
+    ) -> Batch {
+        for e in &self.entries {
+            self.seen[e.id as usize / 64] = 0;
+        }
+        if std::mem::take(&mut self.duplicates) {
+            self.conflate(catalog);
+        }
+        Batch {
+            from_seq,
+            to_seq,
+            bytes: self.buf.split().freeze(),
+            entries: std::mem::take(&mut self.entries),
+            published_before,
+            frames: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn conflate(&mut self, catalog: &Catalog) {
+        let mut keep = vec![false; self.entries.len()];
+        for (i, e) in self.entries.iter().enumerate().rev() {
+            let (word, bit) = (e.id as usize / 64, e.id % 64);
+            let first_from_end = self.seen[word] >> bit & 1 == 0;
+            self.seen[word] |= 1 << bit;
+            keep[i] = first_from_end || catalog.get(e.id).is_some_and(|d| d.keep_samples);
+        }
+        let old = self.buf.split().freeze();
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for (e, keep) in self.entries.iter().zip(keep) {
+            self.seen[e.id as usize / 64] = 0;
+            if keep {
+                let start = self.buf.len() as u32;
+                self.buf
+                    .put_slice(&old[e.start as usize..(e.start + e.len) as usize]);
+                entries.push(Entry { start, ..*e });
+            }
+        }
+        self.entries = entries;
+    }
+}
+
+/// Encodes a tag's state as a `TagUpdate` message field `field`.
+pub fn encode_update(field: u32, id: TagId, state: &TagState, buf: &mut BytesMut) {
+    let update = proto::TagUpdate {
+        id,
+        value: state.value.as_ref().map(proto::Value::from),
+        status: state.status,
+        source_time_us: state.source_time_us,
+        server_time_us: state.server_time_us,
+    };
+    prost::encoding::message::encode(field, &update, buf);
+}
+
+/// A `ServerMessage { delta: Delta { from_seq, to_seq, updates } }` frame
+/// from pre-encoded update fields.
+pub fn delta_frame(from_seq: u64, to_seq: u64, parts: &[&[u8]]) -> Bytes {
+    let varint_field = |v: u64| {
+        if v == 0 {
+            0
+        } else {
+            key_len(1) + encoded_len_varint(v)
+        }
+    };
+    let body = varint_field(from_seq)
+        + varint_field(to_seq)
+        + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut buf = BytesMut::with_capacity(body + 1 + encoded_len_varint(body as u64));
+    encode_key(4, WireType::LengthDelimited, &mut buf);
+    encode_varint(body as u64, &mut buf);
+    if from_seq != 0 {
+        encode_key(1, WireType::Varint, &mut buf);
+        encode_varint(from_seq, &mut buf);
+    }
+    if to_seq != 0 {
+        encode_key(2, WireType::Varint, &mut buf);
+        encode_varint(to_seq, &mut buf);
+    }
+    for part in parts {
+        buf.put_slice(part);
+    }
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::catalog::TagDef;
+    use crate::engine::selection::Selections;
+    use crate::proto::server_message::Kind;
+    use crate::sample::Value;
+    use prost::Message;
+
+    fn catalog(keep: bool) -> Catalog {
+        Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef {
+            id: 0,
+            name: n.into(),
+            data_type: crate::proto::DataType::F64,
+            unit: String::new(),
+            description: String::new(),
+            writable: false,
+            min: None,
+            max: None,
+            source: "s".into(),
+            deadband: 0.0,
+            keep_samples: keep && n == "a/x",
+        }))
+    }
+
+    fn state(v: f64, seq: u64) -> TagState {
+        TagState {
+            value: Some(Value::F64(v)),
+            status: 0,
+            source_time_us: 1,
+            server_time_us: 2,
+            seq,
+        }
+    }
+
+    fn decode(frame: &Bytes) -> proto::Delta {
+        match proto::ServerMessage::decode(frame.clone())
+            .expect("decodes")
+            .kind
+        {
+            Some(Kind::Delta(d)) => d,
+            other => panic!("not a delta: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn assembled_frame_decodes_like_a_prost_delta() {
+        let cat = catalog(false);
+        let mut b = Builder::default();
+        b.push(1, 11, &state(1.0, 11));
+        b.push(3, 12, &state(3.0, 12));
+        let batch = b.finish(10, 12, &cat, 0);
+        let sels = Selections::default();
+        let all = sels.get(vec!["#".into()], &cat);
+        let d = decode(&batch.frame_for(&all, 10).expect("frame"));
+        assert_eq!((d.from_seq, d.to_seq), (10, 12));
+        assert_eq!(
+            d.updates.iter().map(|u| u.id).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        let only_b = sels.get(vec!["b/#".into()], &cat);
+        let d = decode(&batch.frame_for(&only_b, 10).expect("frame"));
+        assert_eq!(d.updates.iter().map(|u| u.id).collect::<Vec<_>>(), vec![3]);
+        let only_y = sels.get(vec!["a/y".into()], &cat);
+        assert!(batch.frame_for(&only_y, 10).is_none());
+        // A session already past seq 11 gets only the later entry.
+        let d = decode(&batch.frame_for(&all, 11).expect("frame"));
+        assert_eq!((d.from_seq, d.updates.len()), (11, 1));
+        // The shared frame is the same allocation for the same selection.
+        let again = batch.frame_for(&all, 10).expect("frame");
+        assert_eq!(
+            again.as_ptr(),
+            batch.frame_for(&all, 10).expect("frame").as_ptr()
+        );
+    }
+
+    #[test]
+    fn repeated_changes_conflate_unless_keep_samples() {
+        let cat = catalog(true);
+        let mut b = Builder::default();
+        b.push(1, 1, &state(1.0, 1));
+        b.push(2, 2, &state(2.0, 2));
+        b.push(1, 3, &state(3.0, 3));
+        b.push(2, 4, &state(4.0, 4));
+        let batch = b.finish(0, 4, &cat, 0);
+        let seqs: Vec<_> = batch.entries.iter().map(|e| (e.id, e.seq)).collect();
+        assert_eq!(
+            seqs,
+            vec![(1, 1), (1, 3), (2, 4)],
+            "a/x keeps samples, a/y conflates"
+        );
+        let sels = Selections::default();
+        let d = decode(
+            &batch
+                .frame_for(&sels.get(vec!["#".into()], &cat), 0)
+                .expect("frame"),
+        );
+        let values: Vec<_> = d.updates.iter().map(|u| u.value.clone()).collect();
+        assert_eq!(values.len(), 3);
+        // The builder is clean for the next batch.
+        b.push(2, 5, &state(5.0, 5));
+        assert_eq!(b.finish(4, 5, &cat, 0).entries.len(), 1);
+    }
+}

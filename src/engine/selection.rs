@@ -1,0 +1,89 @@
+//! A connection's subscription, resolved against the catalog into a bitset.
+//! Connections with the same pattern list share one `Selection` (interned),
+//! which keeps idle connections small and lets a batch encode one Delta per
+//! distinct subscription instead of one per connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use super::catalog::Catalog;
+use crate::pattern;
+use crate::sample::TagId;
+
+/// The set of tag ids a pattern list matches.
+#[derive(Debug)]
+pub struct Selection {
+    /// Sorted, deduplicated patterns.
+    pub patterns: Vec<String>,
+    bits: Vec<u64>,
+    count: usize,
+}
+
+impl Selection {
+    fn build(patterns: Vec<String>, catalog: &Catalog) -> Self {
+        let mut bits = vec![0u64; catalog.len() / 64 + 1];
+        let mut count = 0;
+        for def in catalog.iter() {
+            if patterns.iter().any(|p| pattern::matches(p, &def.name)) {
+                bits[def.id as usize / 64] |= 1 << (def.id % 64);
+                count += 1;
+            }
+        }
+        Selection {
+            patterns,
+            bits,
+            count,
+        }
+    }
+
+    /// True if the tag is selected.
+    #[inline]
+    pub fn contains(&self, id: TagId) -> bool {
+        self.bits
+            .get(id as usize / 64)
+            .is_some_and(|w| w >> (id % 64) & 1 == 1)
+    }
+
+    /// Number of selected tags.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// True if nothing is selected.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Selected ids in id order.
+    pub fn ids(&self) -> impl Iterator<Item = TagId> + '_ {
+        self.bits.iter().enumerate().flat_map(|(w, word)| {
+            (0..64)
+                .filter(move |b| word >> b & 1 == 1)
+                .map(move |b| (w * 64 + b) as TagId)
+        })
+    }
+}
+
+/// Interns selections by pattern list.
+#[derive(Debug, Default)]
+pub struct Selections {
+    map: Mutex<HashMap<Vec<String>, Weak<Selection>>>,
+}
+
+impl Selections {
+    /// The shared selection for these patterns (order and duplicates ignored).
+    pub fn get(&self, mut patterns: Vec<String>, catalog: &Catalog) -> Arc<Selection> {
+        patterns.sort();
+        patterns.dedup();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = map.get(&patterns).and_then(Weak::upgrade) {
+            return existing;
+        }
+        if map.len() > 1024 {
+            map.retain(|_, weak| weak.strong_count() > 0);
+        }
+        let selection = Arc::new(Selection::build(patterns.clone(), catalog));
+        map.insert(patterns, Arc::downgrade(&selection));
+        selection
+    }
+}

@@ -1,0 +1,135 @@
+//! The `tagstream` binary: thin CLI over the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tagstream::config::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tagstream",
+    version,
+    about = "Industrial telemetry push server"
+)]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given configuration.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Serve a simulated plant on 127.0.0.1:8080; needs nothing installed.
+    Demo {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Validate a configuration and print its tag table.
+    Check {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the live stream of matching tags, one line per update.
+    Tail {
+        /// Server stream URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
+        url: String,
+        /// Bearer token.
+        #[arg(long)]
+        token: Option<String>,
+        /// Tag patterns (MQTT wildcards); default: everything.
+        patterns: Vec<String>,
+    },
+    /// Measure end-to-end latency with N clients (in-process server).
+    Bench(tagstream::bench::BenchArgs),
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log_format);
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            tagstream::app::run(config).await
+        }
+        Command::Demo { listen } => demo(&listen).await,
+        Command::Check { config } => check(&config),
+        Command::Tail {
+            url,
+            token,
+            patterns,
+        } => tagstream::tail::run(&url, token.as_deref(), patterns).await,
+        Command::Bench(args) => tagstream::bench::run(args).await,
+    }
+}
+
+async fn demo(listen: &str) -> anyhow::Result<()> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let plant = tagstream::source::sim::start_demo_plant(stop.clone()).await?;
+    let mut config = Config::parse(&plant.config).context("demo config")?;
+    config.server.listen = listen.to_string();
+    eprintln!(
+        "tagstream demo: simulated devices at {} and {}",
+        plant.boiler.addr(),
+        plant.line.addr()
+    );
+    eprintln!("  stream:  ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
+    eprintln!("  metrics: http://{listen}/metrics");
+    let result = tagstream::app::run(config).await;
+    stop.cancel();
+    result
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            std::process::exit(1);
+        }
+    };
+    let catalog = tagstream::engine::catalog::Catalog::from_modbus(&config.modbus);
+    println!(
+        "{:>5}  {:<40} {:<8} {:<8} {:<5} source",
+        "id", "name", "type", "unit", "write"
+    );
+    for t in catalog.iter() {
+        let ty = format!("{:?}", t.data_type);
+        let w = if t.writable { "yes" } else { "" };
+        println!(
+            "{:>5}  {:<40} {:<8} {:<8} {:<5} {}",
+            t.id, t.name, ty, t.unit, w, t.source
+        );
+    }
+    println!(
+        "{} tags from {} device(s): OK",
+        catalog.len(),
+        config.modbus.len()
+    );
+    Ok(())
+}

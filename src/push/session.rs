@@ -1,0 +1,652 @@
+//! One client's session (protocol.md): Hello -> Welcome -> Catalog ->
+//! Snapshot (or a resume Delta), then deltas from shared batches, requests,
+//! heartbeats and the close. Generic over any WebSocket `Sink`/`Stream`, so
+//! it runs over a real socket or a test channel alike.
+//!
+//! The session's *position* only moves with what it sends. A session that
+//! falls behind (ring overflow, or more than `max_pending_bytes` published
+//! since it last caught up) drops its backlog and, once its socket drains,
+//! gets one Delta from its position computed from the tag table.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tokio::sync::{broadcast, oneshot};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::Push;
+use super::close;
+use crate::engine::Batch;
+use crate::engine::batch::{delta_frame, encode_update};
+use crate::engine::selection::Selection;
+use crate::engine::table::TagTable;
+use crate::pattern;
+use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
+use crate::sample::{TagId, now_us};
+use crate::source::writes::{WriteCommand, WriteFailure};
+use crate::status;
+
+/// Target size of one Catalog or Snapshot chunk: small frames keep the
+/// socket's write buffer (which never shrinks) small on idle sessions.
+const CHUNK_BYTES: usize = 4096;
+/// Writes a session may have in flight before it is answered
+/// BadTooManyOperations.
+const MAX_WRITES_IN_FLIGHT: usize = 16;
+/// Longest wait for a device's write acknowledgement.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Anything that carries WebSocket messages both ways.
+pub trait Socket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+}
+impl<T> Socket for T where
+    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+}
+
+/// How a session ends.
+#[derive(Debug, PartialEq)]
+pub enum End {
+    /// Send `Error` (if any), then close with this code and reason.
+    Close(u16, String, Option<(ErrorCode, String)>),
+    /// The peer closed; answer its close.
+    PeerClosed,
+    /// Peer gone or dead: drop the socket.
+    Gone(&'static str),
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+struct Session {
+    push: Arc<Push>,
+    patterns: Vec<String>,
+    selection: Arc<Selection>,
+    position: u64,
+    consumed: u64,
+    rx: broadcast::Receiver<Arc<Batch>>,
+    alive: bool,
+    writes: Option<FuturesUnordered<WriteFuture>>,
+}
+
+/// Runs a session to its end.
+pub async fn run<S: Socket>(mut ws: S, push: Arc<Push>, peer: SocketAddr) {
+    let end = match tokio::time::timeout(push.config.hello_timeout, next_message(&mut ws)).await {
+        Err(_) => End::Close(
+            close::POLICY_VIOLATION,
+            "no Hello within the handshake timeout".into(),
+            None,
+        ),
+        Ok(Err(end)) => end,
+        Ok(Ok(msg)) => match msg.kind {
+            Some(client_message::Kind::Hello(hello)) => {
+                let name = hello.client_name.clone();
+                tracing::debug!(%peer, client = %name, "hello");
+                serve(&mut ws, push.clone(), hello).await
+            }
+            _ => unexpected("the first message must be Hello"),
+        },
+    };
+    tracing::debug!(%peer, ?end, "session ends");
+    finish(&mut ws, end, &push).await;
+}
+
+fn unexpected(why: &str) -> End {
+    End::Close(
+        close::POLICY_VIOLATION,
+        why.into(),
+        Some((ErrorCode::UnexpectedMessage, why.into())),
+    )
+}
+
+/// Reads until a data message; control frames are handled by tungstenite.
+async fn next_message<S: Socket>(ws: &mut S) -> Result<proto::ClientMessage, End> {
+    loop {
+        if let Some(msg) = classify(ws.next().await)? {
+            return Ok(msg);
+        }
+    }
+}
+
+/// Maps one read to a client message, nothing (control frame) or an end.
+fn classify(item: Option<Result<Message, WsError>>) -> Result<Option<proto::ClientMessage>, End> {
+    match item {
+        None => Err(End::Gone("connection closed")),
+        Some(Err(WsError::Capacity(e))) => {
+            Err(End::Close(close::MESSAGE_TOO_BIG, format!("{e}"), None))
+        }
+        Some(Err(_)) => Err(End::Gone("read error")),
+        Some(Ok(Message::Binary(bytes))) => match proto::ClientMessage::decode(bytes) {
+            Ok(msg) if msg.kind.is_some() => Ok(Some(msg)),
+            Ok(_) => Err(malformed("message has no kind")),
+            Err(e) => Err(malformed(&format!("undecodable ClientMessage: {e}"))),
+        },
+        Some(Ok(Message::Text(_))) => Err(End::Close(
+            close::UNSUPPORTED_DATA,
+            "binary frames only".into(),
+            None,
+        )),
+        Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+        Some(Ok(_)) => Ok(None),
+    }
+}
+
+fn malformed(why: &str) -> End {
+    End::Close(
+        close::INVALID_PAYLOAD,
+        "malformed message".into(),
+        Some((ErrorCode::Malformed, why.into())),
+    )
+}
+
+async fn serve<S: Socket>(ws: &mut S, push: Arc<Push>, hello: proto::Hello) -> End {
+    let mut out: Vec<Message> = Vec::new();
+    let mut session = match Session::open(push.clone(), hello, &mut out) {
+        Ok(s) => s,
+        Err(end) => return end,
+    };
+    let mut heartbeat = push.heartbeat.clone();
+    heartbeat.mark_unchanged();
+    if let Err(end) = send(ws, &mut heartbeat, &push, &mut out).await {
+        return end;
+    }
+    loop {
+        let step = tokio::select! {
+            item = ws.next() => {
+                session.alive = true;
+                match classify(item) {
+                    Ok(Some(msg)) => session.on_message(msg, &mut out),
+                    Ok(None) => Ok(()),
+                    Err(end) => Err(end),
+                }
+            }
+            batch = session.rx.recv() => session.on_batch(batch, &mut out),
+            changed = heartbeat.changed() => match changed {
+                Ok(()) if session.alive => {
+                    session.alive = false;
+                    out.push(Message::Ping(Bytes::new()));
+                    Ok(())
+                }
+                Ok(()) => Err(End::Gone("no pong within a heartbeat interval")),
+                Err(_) => Err(shutting_down()),
+            },
+            Some(result) = next_write(&mut session.writes) => {
+                out.push(Message::Binary(result));
+                Ok(())
+            }
+            () = push.shutdown.cancelled() => Err(shutting_down()),
+        };
+        if let Err(end) = step {
+            return end;
+        }
+        if !out.is_empty() {
+            if let Err(end) = send(ws, &mut heartbeat, &push, &mut out).await {
+                return end;
+            }
+        }
+    }
+}
+
+async fn next_write(writes: &mut Option<FuturesUnordered<WriteFuture>>) -> Option<Bytes> {
+    match writes {
+        Some(w) if !w.is_empty() => w.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+fn shutting_down() -> End {
+    let delay_ms = fastrand::u32(500..5000);
+    End::Close(close::GOING_AWAY, delay_ms.to_string(), None)
+}
+
+/// Writes and flushes `out`; a peer that takes two heartbeat periods to
+/// accept the bytes is dead.
+async fn send<S: Socket>(
+    ws: &mut S,
+    heartbeat: &mut tokio::sync::watch::Receiver<u64>,
+    push: &Push,
+    out: &mut Vec<Message>,
+) -> Result<(), End> {
+    let frames = out.len() as u64;
+    let bytes: usize = out.iter().map(Message::len).sum();
+    let io = async {
+        for msg in out.drain(..) {
+            ws.feed(msg).await?;
+        }
+        ws.flush().await
+    };
+    tokio::pin!(io);
+    let mut ticks = 0;
+    loop {
+        tokio::select! {
+            result = &mut io => {
+                push.metrics.frames_out.increment(frames);
+                push.metrics.bytes_out.increment(bytes as u64);
+                return result.map_err(|_| End::Gone("write error"));
+            }
+            Ok(()) = heartbeat.changed() => {
+                ticks += 1;
+                if ticks >= 2 {
+                    return Err(End::Gone("peer stopped reading for two heartbeat periods"));
+                }
+            }
+        }
+    }
+}
+
+async fn finish<S: Socket>(ws: &mut S, end: End, push: &Push) {
+    match end {
+        End::Gone(why) => tracing::debug!(why, "terminating connection"),
+        End::PeerClosed => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+        }
+        End::Close(code, reason, error) => {
+            if let Some((code, message)) = error {
+                let msg = proto::server(server_message::Kind::Error(proto::Error {
+                    code: code as i32,
+                    message,
+                }));
+                let _ = ws.feed(Message::Binary(msg.to_bytes())).await;
+            }
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let closing = async {
+                ws.send(Message::Close(Some(frame))).await?;
+                // Wait for the peer's close so the TCP close is clean.
+                while let Some(Ok(_)) = ws.next().await {}
+                Ok::<_, WsError>(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        }
+    }
+    let _ = &push.metrics;
+}
+
+impl Session {
+    fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Vec<Message>) -> Result<Session, End> {
+        let engine = push.engine.clone();
+        let (patterns, errors) = valid_patterns(hello.subscribe);
+        let selection = engine.selections.get(patterns, &engine.catalog);
+        // Subscribe before reading the table: no batch can fall between.
+        let rx = engine.subscribe();
+        let consumed = engine.published_bytes();
+        let table = engine.table();
+        let current = table.seq();
+        let outcome = match hello.resume {
+            Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
+            Some(_) => ResumeOutcome::Resync,
+            None => ResumeOutcome::Fresh,
+        };
+        let position = match (outcome, hello.resume) {
+            (ResumeOutcome::Resumed, Some(r)) => r.seq,
+            _ => current,
+        };
+        let welcome = proto::Welcome {
+            server_id: push.server_id.clone(),
+            epoch: engine.epoch,
+            seq: position,
+            heartbeat_ms: push
+                .config
+                .heartbeat_interval
+                .as_millis()
+                .min(u128::from(u32::MAX)) as u32,
+            resume: outcome as i32,
+        };
+        out.push(binary(
+            proto::server(server_message::Kind::Welcome(welcome)).to_bytes(),
+        ));
+        for e in errors {
+            out.push(error_frame(ErrorCode::Malformed, e));
+        }
+        if outcome == ResumeOutcome::Resumed {
+            out.push(Message::Binary(
+                catch_up_frame(&table, &selection, position, true).unwrap_or_default(),
+            ));
+        } else {
+            let ids: Vec<TagId> = selection.ids().collect();
+            catalog_frames(&engine.catalog, &ids, out);
+            snapshot_frames(&table, &ids, position, out);
+        }
+        drop(table);
+        Ok(Session {
+            patterns: selection.patterns.clone(),
+            selection,
+            position,
+            consumed,
+            rx,
+            alive: true,
+            writes: None,
+            push,
+        })
+    }
+
+    fn on_message(&mut self, msg: proto::ClientMessage, out: &mut Vec<Message>) -> Result<(), End> {
+        use client_message::Kind;
+        match msg.kind {
+            Some(Kind::Hello(_)) => return Err(unexpected("a second Hello")),
+            Some(Kind::Subscribe(s)) => self.subscribe(s.patterns, out),
+            Some(Kind::Unsubscribe(u)) => {
+                let mut patterns = self.patterns.clone();
+                patterns.retain(|p| !u.patterns.contains(p));
+                let engine = &self.push.engine;
+                self.selection = engine.selections.get(patterns, &engine.catalog);
+                self.patterns = self.selection.patterns.clone();
+            }
+            Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
+                Ok(()) => {
+                    let catalog = &self.push.engine.catalog;
+                    let ids: Vec<TagId> = catalog
+                        .iter()
+                        .filter(|d| pattern::matches(&b.pattern, &d.name))
+                        .map(|d| d.id)
+                        .collect();
+                    catalog_frames(catalog, &ids, out);
+                }
+                Err(e) => out.push(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
+            },
+            Some(Kind::Ping(p)) => {
+                let pong = proto::Pong {
+                    nonce: p.nonce,
+                    client_time_us: p.client_time_us,
+                    server_time_us: now_us(),
+                };
+                out.push(binary(
+                    proto::server(server_message::Kind::Pong(pong)).to_bytes(),
+                ));
+            }
+            Some(Kind::Write(w)) => self.write(w, out),
+            None => return Err(malformed("message has no kind")),
+        }
+        Ok(())
+    }
+
+    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Vec<Message>) {
+        let (mut valid, errors) = valid_patterns(patterns);
+        for e in errors {
+            out.push(error_frame(ErrorCode::Malformed, e));
+        }
+        valid.extend(self.patterns.iter().cloned());
+        let engine = self.push.engine.clone();
+        let selection = engine.selections.get(valid, &engine.catalog);
+        let newly: Vec<TagId> = selection
+            .ids()
+            .filter(|id| !self.selection.contains(*id))
+            .collect();
+        if !newly.is_empty() {
+            let table = engine.table();
+            // Bring the connection current, then snapshot the new tags there.
+            if table.seq() > self.position {
+                let frame = catch_up_frame(&table, &self.selection, self.position, true)
+                    .unwrap_or_default();
+                out.push(Message::Binary(frame));
+                self.position = table.seq();
+            }
+            catalog_frames(&engine.catalog, &newly, out);
+            snapshot_frames(&table, &newly, self.position, out);
+        }
+        self.patterns = selection.patterns.clone();
+        self.selection = selection;
+    }
+
+    fn on_batch(
+        &mut self,
+        first: Result<Arc<Batch>, broadcast::error::RecvError>,
+        out: &mut Vec<Message>,
+    ) -> Result<(), End> {
+        use broadcast::error::{RecvError, TryRecvError};
+        let mut batches = Vec::new();
+        let mut lagged = match first {
+            Ok(b) => {
+                batches.push(b);
+                false
+            }
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => return Err(shutting_down()),
+        };
+        loop {
+            match self.rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(TryRecvError::Lagged(_)) => lagged = true,
+                Err(_) => break,
+            }
+        }
+        let engine = &self.push.engine;
+        let behind = engine.published_bytes().saturating_sub(self.consumed);
+        if lagged || behind > self.push.config.max_pending_bytes as u64 {
+            self.catch_up(out);
+            return Ok(());
+        }
+        for b in batches {
+            self.consumed = b.published_before + b.bytes.len() as u64;
+            if b.to_seq <= self.position {
+                continue;
+            }
+            if let Some(frame) = b.frame_for(&self.selection, self.position) {
+                out.push(Message::Binary(frame));
+                self.position = b.to_seq;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the backlog and sends one Delta from the position to now.
+    fn catch_up(&mut self, out: &mut Vec<Message>) {
+        let engine = self.push.engine.clone();
+        self.rx = self.rx.resubscribe();
+        self.consumed = engine.published_bytes();
+        self.push.metrics.catch_ups.increment(1);
+        let table = engine.table();
+        if let Some(frame) = catch_up_frame(&table, &self.selection, self.position, false) {
+            out.push(Message::Binary(frame));
+            self.position = table.seq();
+        }
+    }
+
+    fn write(&mut self, w: proto::WriteRequest, out: &mut Vec<Message>) {
+        let request_id = w.request_id;
+        match self.start_write(w) {
+            Ok(reply) => {
+                let fut: WriteFuture = Box::pin(async move {
+                    let (status, message) = match tokio::time::timeout(WRITE_TIMEOUT, reply).await {
+                        Ok(Ok(Ok(()))) => (status::GOOD, String::new()),
+                        Ok(Ok(Err(failure))) => failure,
+                        Ok(Err(_)) => (status::BAD_COMMUNICATION_ERROR, "source stopped".into()),
+                        Err(_) => (
+                            status::BAD_TIMEOUT,
+                            "no acknowledgement from the device".into(),
+                        ),
+                    };
+                    write_result(request_id, status, message)
+                });
+                self.writes
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(fut);
+            }
+            Err((status, message)) => {
+                out.push(Message::Binary(write_result(request_id, status, message)))
+            }
+        }
+    }
+
+    /// The checks of protocol.md "Writes", in order, then the hand-off.
+    fn start_write(
+        &mut self,
+        w: proto::WriteRequest,
+    ) -> Result<oneshot::Receiver<Result<(), WriteFailure>>, WriteFailure> {
+        let catalog = &self.push.engine.catalog;
+        let Some(def) = catalog.id(&w.tag).and_then(|id| catalog.get(id)) else {
+            return Err((
+                status::BAD_NODE_ID_UNKNOWN,
+                format!("no tag named {:?}", w.tag),
+            ));
+        };
+        if !def.writable {
+            return Err((
+                status::BAD_NOT_WRITABLE,
+                format!("{} is read-only", def.name),
+            ));
+        }
+        // Token checks (BadUserAccessDenied) come with [auth].
+        let Some(value) = w.value.as_ref().and_then(proto::Value::to_sample) else {
+            return Err((
+                status::BAD_TYPE_MISMATCH,
+                "the request carries no value".into(),
+            ));
+        };
+        let value = def.convert_for_write(&value)?;
+        let Some(queue) = self.push.writes.route(def.id) else {
+            return Err((
+                status::BAD_NOT_WRITABLE,
+                format!("no source writes {}", def.name),
+            ));
+        };
+        if self
+            .writes
+            .as_ref()
+            .is_some_and(|w| w.len() >= MAX_WRITES_IN_FLIGHT)
+        {
+            return Err((
+                status::BAD_TOO_MANY_OPERATIONS,
+                "too many writes in flight".into(),
+            ));
+        }
+        let (reply, rx) = oneshot::channel();
+        queue
+            .try_send(WriteCommand {
+                tag: def.id,
+                value,
+                reply,
+            })
+            .map_err(|e| match e {
+                flume::TrySendError::Full(_) => (
+                    status::BAD_TOO_MANY_OPERATIONS,
+                    "source write queue full".into(),
+                ),
+                flume::TrySendError::Disconnected(_) => {
+                    (status::BAD_COMMUNICATION_ERROR, "source stopped".into())
+                }
+            })?;
+        Ok(rx)
+    }
+}
+
+fn binary(bytes: Bytes) -> Message {
+    Message::Binary(bytes)
+}
+
+fn error_frame(code: ErrorCode, message: String) -> Message {
+    binary(
+        proto::server(server_message::Kind::Error(proto::Error {
+            code: code as i32,
+            message,
+        }))
+        .to_bytes(),
+    )
+}
+
+fn write_result(request_id: u64, status: u32, message: String) -> Bytes {
+    proto::server(server_message::Kind::WriteResult(proto::WriteResult {
+        request_id,
+        status,
+        message,
+    }))
+    .to_bytes()
+}
+
+/// Splits patterns into the valid ones and error messages for the rest.
+fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    let valid = patterns
+        .into_iter()
+        .filter(|p| match pattern::validate(p) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(format!("pattern ignored: {e}"));
+                false
+            }
+        })
+        .collect();
+    (valid, errors)
+}
+
+/// A Delta with the selected tags changed after `position`; `None` when
+/// nothing changed and `always` is false.
+fn catch_up_frame(
+    table: &TagTable,
+    selection: &Selection,
+    position: u64,
+    always: bool,
+) -> Option<Bytes> {
+    let mut buf = BytesMut::new();
+    for (id, state) in table.changed_since(position, selection) {
+        encode_update(3, id, state, &mut buf);
+    }
+    if buf.is_empty() && !always {
+        return None;
+    }
+    Some(delta_frame(position, table.seq(), &[&buf]))
+}
+
+/// Wraps a body as `ServerMessage` oneof field `field`.
+fn wrap(field: u32, body: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(body.len() + 1 + encoded_len_varint(body.len() as u64));
+    encode_key(field, WireType::LengthDelimited, &mut buf);
+    encode_varint(body.len() as u64, &mut buf);
+    buf.put_slice(body);
+    buf.freeze()
+}
+
+/// `Catalog` chunks of about `CHUNK_BYTES`, `last` on the final one (also
+/// when empty, so a client always sees the end).
+fn catalog_frames(
+    catalog: &crate::engine::catalog::Catalog,
+    ids: &[TagId],
+    out: &mut Vec<Message>,
+) {
+    let mut body = BytesMut::new();
+    for info in ids.iter().filter_map(|id| catalog.encoded_info(*id)) {
+        if !body.is_empty() && body.len() + info.len() > CHUNK_BYTES {
+            out.push(Message::Binary(wrap(2, &body.split())));
+        }
+        body.put_slice(info);
+    }
+    encode_key(2, WireType::Varint, &mut body);
+    encode_varint(1, &mut body);
+    out.push(Message::Binary(wrap(2, &body)));
+}
+
+/// `Snapshot` chunks at `seq`, `last` on the final one.
+fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Vec<Message>) {
+    let header = |buf: &mut BytesMut| {
+        if seq != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(seq, buf);
+        }
+    };
+    let mut body = BytesMut::new();
+    header(&mut body);
+    for id in ids {
+        if body.len() >= CHUNK_BYTES {
+            out.push(Message::Binary(wrap(3, &body.split())));
+            header(&mut body);
+        }
+        if let Some(state) = table.state(*id) {
+            encode_update(2, *id, state, &mut body);
+        }
+    }
+    encode_key(3, WireType::Varint, &mut body);
+    encode_varint(1, &mut body);
+    out.push(Message::Binary(wrap(3, &body)));
+}
