@@ -266,26 +266,120 @@ pub fn check_tag_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Best-effort line of a key: the first `key =` line after the table that
-/// holds it. serde does not carry spans through, so this reads the text.
+/// The line of a key: walks the table headers its path names (the N-th
+/// `[[modbus]]`, then the M-th `[[modbus.tags]]` after it, ...) and finds
+/// `leaf =` inside. serde does not carry spans through, so this reads the
+/// text. Accepts both `modbus[0].tags[1].x` and `modbus.0.tags.1.x`.
 fn find_line(text: &str, key: &str) -> Option<usize> {
-    let leaf = key.rsplit(['.', '[']).next()?.trim_end_matches(']');
-    if leaf.chars().all(|c| c.is_ascii_digit()) {
-        return None;
+    let normalized = key.replace('[', ".").replace(']', "");
+    let parts: Vec<&str> = normalized.split('.').filter(|p| !p.is_empty()).collect();
+    let (leaf, tables) = parts.split_last()?;
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut pos = 0;
+    let mut path: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < tables.len() {
+        path.push(tables[i]);
+        let name = path.join(".");
+        if let Some(index) = tables.get(i + 1).and_then(|t| t.parse::<usize>().ok()) {
+            let header = format!("[[{name}]]");
+            let found = lines[pos..]
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.starts_with(&header))
+                .nth(index)?;
+            pos += found.0 + 1;
+            i += 2;
+        } else {
+            let header = format!("[{name}]");
+            if let Some(found) = lines[pos..].iter().position(|l| l.starts_with(&header)) {
+                pos += found + 1;
+            }
+            i += 1;
+        }
     }
-    text.lines()
-        .position(|line| {
-            let line = line.trim_start();
-            let inline =
-                line.contains(&format!(" {leaf} =")) || line.contains(&format!("{{{leaf} ="));
-            (line.starts_with(leaf) && line[leaf.len()..].trim_start().starts_with('=')) || inline
-        })
-        .map(|i| i + 1)
+    let end = lines[pos..]
+        .iter()
+        .position(|l| l.starts_with('['))
+        .map_or(lines.len(), |e| pos + e);
+    let assigns = |l: &&str| {
+        l.strip_prefix(leaf)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+            || l.contains(&format!("{{ {leaf} ="))
+            || l.contains(&format!(", {leaf} ="))
+    };
+    lines[pos..end]
+        .iter()
+        .position(assigns)
+        .map(|i| pos + i + 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let c =
+            Config::parse(include_str!("../deploy/config.example.toml")).expect("example parses");
+        assert_eq!(c.modbus.len(), 2);
+        assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
+        let demo = include_str!("../deploy/demo.toml")
+            .replace("{boiler}", "127.0.0.1:1")
+            .replace("{line}", "127.0.0.1:2");
+        let demo = Config::parse(&demo).expect("demo template parses");
+        assert_eq!(demo.modbus.len(), 2);
+    }
+
+    #[test]
+    fn modbus_values_are_validated_with_their_keys() {
+        let text = r#"
+[[modbus]]
+name = "d"
+address = "nohost"
+poll_interval = "0s"
+max_registers_per_read = 200
+[[modbus.tags]]
+name = "a/+/b"
+address = 65535
+type = "u32"
+byte_order = "ABCA"
+[[modbus.tags]]
+name = "a/ok"
+table = "input"
+address = 0
+type = "u16"
+bit = 16
+writable = true
+min = 5.0
+max = 1.0
+scale = 0.0
+[[modbus.tags]]
+name = "a/coil"
+table = "coil"
+address = 1
+type = "u16"
+"#;
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "modbus[0].address",
+            "modbus[0].poll_interval",
+            "modbus[0].max_registers_per_read",
+            "modbus[0].tags[0].name",
+            "modbus[0].tags[2].type",
+            "modbus[0].tags[0].address",
+            "modbus[0].tags[0].byte_order",
+            "modbus[0].tags[1].bit",
+            "modbus[0].tags[1].writable",
+            "modbus[0].tags[1].min",
+            "modbus[0].tags[1].scale",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
 
     #[test]
     fn defaults_match_the_spec() {

@@ -25,11 +25,11 @@ use crate::sample::{Sample, now_us};
 
 /// Most samples applied in one batch: bounds the write-lock hold and the
 /// size of one Delta under a burst.
-pub const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 1024;
 
 /// Batches kept for sessions that are behind; past this a session catches
 /// up from the table instead. Memory is shared, not per session.
-pub const BATCH_RING: usize = 256;
+pub const BATCH_RING: usize = 128;
 
 /// What sessions need from the engine.
 #[derive(Debug)]

@@ -128,6 +128,8 @@ impl ModbusSource {
             backoff: MIN_BACKOFF,
             retry_at: Instant::now(),
         };
+        // A device without writable tags has no write senders at all.
+        let mut writes_open = true;
         tracing::info!(device = %self.config.name, reads = groups.len(), tags = self.ids.len(), "modbus source started");
         loop {
             let next = due
@@ -143,7 +145,8 @@ impl ModbusSource {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = sleep_until(wake) => {}
-                cmd = self.writes.recv_async() => {
+                cmd = self.writes.recv_async(), if writes_open => {
+                    writes_open = cmd.is_ok();
                     if let Ok(cmd) = cmd {
                         let result = self.write(&mut link, &cmd).await;
                         if result.is_ok() {

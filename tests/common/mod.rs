@@ -1,0 +1,124 @@
+//! Fixtures shared by the integration tests: servers on 127.0.0.1:0,
+//! clients, and waiting helpers with generous deadlines (they bound a hang,
+//! they do not measure speed).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use tagstream::app::{self, Running};
+use tagstream::client::{Client, Event};
+use tagstream::config::Config;
+use tagstream::engine::catalog::TagDef;
+use tagstream::proto::{self, DataType};
+use tagstream::sample::{Sample, Value, now_us};
+
+/// Upper bound on any wait: a hang fails the test instead of blocking CI.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Starts a server from TOML text plus synthetic tags.
+pub async fn spawn_server(toml: &str, synthetic: &[&str]) -> Running {
+    let config = Config::parse(toml).expect("test config parses");
+    spawn_config(config, synthetic).await
+}
+
+/// Starts a server from a parsed config plus synthetic tags.
+pub async fn spawn_config(config: Config, synthetic: &[&str]) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tags = synthetic.iter().map(|n| synthetic_tag(n)).collect();
+    app::start_with(config, listener, tags)
+        .await
+        .expect("server starts")
+}
+
+/// An F64 tag fed through `Running::samples`.
+pub fn synthetic_tag(name: &str) -> TagDef {
+    TagDef {
+        id: 0,
+        name: name.into(),
+        data_type: DataType::F64,
+        unit: "u".into(),
+        description: String::new(),
+        writable: false,
+        min: None,
+        max: None,
+        source: "test".into(),
+        deadband: 0.0,
+        keep_samples: false,
+    }
+}
+
+/// The stream URL of a server.
+pub fn url(server: &Running) -> String {
+    format!("ws://{}/api/v1/stream", server.addr)
+}
+
+/// A Hello subscribing to `patterns`.
+pub fn hello(patterns: &[&str]) -> proto::Hello {
+    proto::Hello {
+        client_name: "test".into(),
+        resume: None,
+        subscribe: patterns.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// Puts one value into the engine's channel.
+pub async fn set(server: &Running, name: &str, v: f64) {
+    let tag = server.engine.catalog.id(name).expect("known tag");
+    let sample = Sample {
+        tag,
+        value: Some(Value::F64(v)),
+        status: 0,
+        source_time_us: now_us(),
+    };
+    server.samples.send_async(sample).await.unwrap();
+}
+
+/// Connects and reads through Welcome, Catalog and the last Snapshot chunk.
+pub async fn connect_synced(server: &Running, patterns: &[&str]) -> Client {
+    let mut c = Client::connect(&url(server), hello(patterns))
+        .await
+        .expect("connects");
+    next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
+    c
+}
+
+/// Reads events until one matches; panics on error or deadline.
+pub async fn next_until(c: &mut Client, mut pred: impl FnMut(&Event) -> bool) -> Event {
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let e = c.next_event().await.expect("valid stream");
+            if pred(&e) {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("event before deadline")
+}
+
+/// Reads one event within the deadline.
+pub async fn next(c: &mut Client) -> Event {
+    tokio::time::timeout(DEADLINE, c.next_event())
+        .await
+        .expect("event before deadline")
+        .expect("valid stream")
+}
+
+/// The F64 value of a tag in the client's mirror.
+pub fn f64_of(c: &Client, name: &str) -> Option<f64> {
+    match c.value(name)?.value.as_ref()?.kind.as_ref()? {
+        proto::value::Kind::F64(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// Waits until the client's mirror satisfies `pred`.
+pub async fn until_state(c: &mut Client, mut pred: impl FnMut(&Client) -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !pred(c) {
+            c.next_event().await.expect("valid stream");
+        }
+    })
+    .await
+    .expect("state reached before deadline")
+}

@@ -1,0 +1,495 @@
+//! The Modbus TCP source through the whole server, against a real
+//! tokio-modbus server as the device: types and byte orders, deadband,
+//! device down/back, timeouts, exceptions, isolation between devices, and
+//! writes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tagstream::client::{Client, Event};
+use tagstream::proto::{self, client_message::Kind as C, value::Kind as V};
+use tagstream::source::modbus::Table;
+use tagstream::source::sim::ModbusDevice;
+use tagstream::status;
+use tokio_modbus::ExceptionCode;
+
+async fn device() -> ModbusDevice {
+    ModbusDevice::start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap()
+}
+
+/// Places big-endian value bytes on the wire in `order` (A = most
+/// significant), written independently of the crate's codec.
+fn wire(be: &[u8], order: &str) -> Vec<u16> {
+    let bytes: Vec<u8> = order.bytes().map(|l| be[usize::from(l - b'A')]).collect();
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect()
+}
+
+fn kind(c: &Client, name: &str) -> Option<V> {
+    c.value(name)?.value.as_ref()?.kind.clone()
+}
+
+fn status_of(c: &Client, name: &str) -> u32 {
+    c.value(name).map(|u| u.status).unwrap_or(u32::MAX)
+}
+
+#[tokio::test]
+async fn every_type_in_every_byte_order_decodes_and_snapshot_equals_registers() {
+    let dev = device().await;
+    let mut toml = format!(
+        "[[modbus]]\nname = \"d\"\naddress = \"{}\"\npoll_interval = \"50ms\"\n",
+        dev.addr()
+    );
+    let mut expected: Vec<(String, V)> = Vec::new();
+    let mut at = 0u16;
+    let mut add = |toml: &mut String,
+                   regs: &mut Vec<u16>,
+                   kind: &str,
+                   order: &str,
+                   words: Vec<u16>,
+                   want: V,
+                   extra: &str| {
+        let scaled = if extra.contains("scale") {
+            "/scaled"
+        } else {
+            ""
+        };
+        let name = format!("t/{kind}/{order}{scaled}");
+        toml.push_str(&format!(
+            "[[modbus.tags]]\nname = \"{name}\"\naddress = {at}\ntype = \"{kind}\"\nbyte_order = \"{order}\"\n{extra}"
+        ));
+        regs[usize::from(at)..usize::from(at) + words.len()].copy_from_slice(&words);
+        at += words.len() as u16 + 1; // a gap, so reads split too
+        expected.push((name, want));
+    };
+    let mut regs = vec![0u16; 400];
+    let u32v = 0xDEAD_BEEFu32;
+    let i32v = -123_456_789i32;
+    let f32v = -1234.5f32;
+    let u64v = 0x0123_4567_89AB_CDEFu64;
+    let i64v = -9_000_000_000_000i64;
+    let f64v = 6.02214076e23f64;
+    for o in ["AB", "BA"] {
+        add(
+            &mut toml,
+            &mut regs,
+            "u16",
+            o,
+            wire(&0xBEEFu16.to_be_bytes(), o),
+            V::U64(0xBEEF),
+            "",
+        );
+        add(
+            &mut toml,
+            &mut regs,
+            "i16",
+            o,
+            wire(&(-2i16).to_be_bytes(), o),
+            V::I64(-2),
+            "",
+        );
+    }
+    for o in ["ABCD", "CDAB", "BADC", "DCBA"] {
+        add(
+            &mut toml,
+            &mut regs,
+            "u32",
+            o,
+            wire(&u32v.to_be_bytes(), o),
+            V::U64(u64::from(u32v)),
+            "",
+        );
+        add(
+            &mut toml,
+            &mut regs,
+            "i32",
+            o,
+            wire(&i32v.to_be_bytes(), o),
+            V::I64(i64::from(i32v)),
+            "",
+        );
+        add(
+            &mut toml,
+            &mut regs,
+            "f32",
+            o,
+            wire(&f32v.to_be_bytes(), o),
+            V::F64(f64::from(f32v)),
+            "",
+        );
+    }
+    for o in ["ABCDEFGH", "GHEFCDAB", "BADCFEHG", "HGFEDCBA"] {
+        add(
+            &mut toml,
+            &mut regs,
+            "u64",
+            o,
+            wire(&u64v.to_be_bytes(), o),
+            V::U64(u64v),
+            "",
+        );
+        add(
+            &mut toml,
+            &mut regs,
+            "i64",
+            o,
+            wire(&i64v.to_be_bytes(), o),
+            V::I64(i64v),
+            "",
+        );
+        add(
+            &mut toml,
+            &mut regs,
+            "f64",
+            o,
+            wire(&f64v.to_be_bytes(), o),
+            V::F64(f64v),
+            "",
+        );
+    }
+    let text = |s: &[u8; 6], swap: bool| -> Vec<u16> {
+        s.chunks(2)
+            .map(|c| {
+                if swap {
+                    u16::from_be_bytes([c[1], c[0]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect()
+    };
+    add(
+        &mut toml,
+        &mut regs,
+        "string",
+        "AB",
+        text(b"PUMP\0\0", false),
+        V::Text("PUMP".into()),
+        "length = 3\n",
+    );
+    add(
+        &mut toml,
+        &mut regs,
+        "string",
+        "BA",
+        text(b"VALVE ", true),
+        V::Text("VALVE".into()),
+        "length = 3\n",
+    );
+    // Scaled: i16 -250 * 0.1 + 5 = -20.0.
+    add(
+        &mut toml,
+        &mut regs,
+        "i16",
+        "AB",
+        wire(&(-250i16).to_be_bytes(), "AB"),
+        V::F64(-20.0),
+        "scale = 0.1\noffset = 5.0\n",
+    );
+    // Bits: coil, discrete, a register bit, input register.
+    let toml = toml
+        + "[[modbus.tags]]\nname = \"t/coil\"\ntable = \"coil\"\naddress = 3\ntype = \"bool\"\n"
+        + "[[modbus.tags]]\nname = \"t/discrete\"\ntable = \"discrete\"\naddress = 4\ntype = \"bool\"\n"
+        + "[[modbus.tags]]\nname = \"t/bit5\"\naddress = 399\ntype = \"bool\"\nbit = 5\n"
+        + "[[modbus.tags]]\nname = \"t/input\"\ntable = \"input\"\naddress = 7\ntype = \"u16\"\n";
+    {
+        let mut r = dev.registers();
+        r.holding[..400].copy_from_slice(&regs);
+        r.holding[399] = 1 << 5;
+        r.coils[3] = true;
+        r.discrete[4] = true;
+        r.input[7] = 4242;
+    }
+    expected.push(("t/coil".into(), V::Bool(true)));
+    expected.push(("t/discrete".into(), V::Bool(true)));
+    expected.push(("t/bit5".into(), V::Bool(true)));
+    expected.push(("t/input".into(), V::U64(4242)));
+
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["t/#"]).await;
+    until_state(&mut c, |c| {
+        expected
+            .iter()
+            .all(|(n, _)| status_of(c, n) == status::GOOD)
+    })
+    .await;
+    for (name, want) in &expected {
+        assert_eq!(kind(&c, name).as_ref(), Some(want), "{name}");
+    }
+    // A fresh client's Catalog and Snapshot hold the same register values.
+    let fresh = connect_synced(&server, &["t/#"]).await;
+    assert_eq!(fresh.catalog.len(), expected.len());
+    let scaled = fresh
+        .catalog
+        .values()
+        .find(|t| t.name == "t/i16/AB/scaled")
+        .unwrap();
+    assert_eq!(
+        scaled.r#type(),
+        proto::DataType::F64,
+        "a scaled integer is F64"
+    );
+    for (name, want) in &expected {
+        assert_eq!(kind(&fresh, name).as_ref(), Some(want), "snapshot {name}");
+    }
+    server.stop().await;
+}
+
+fn device_config(dev: &ModbusDevice, extra: &str, tags: &str) -> String {
+    format!(
+        "[[modbus]]\nname = \"dev\"\naddress = \"{}\"\npoll_interval = \"30ms\"\ntimeout = \"300ms\"\n{extra}\n{tags}",
+        dev.addr()
+    )
+}
+
+const TWO_TAGS: &str = "[[modbus.tags]]\nname = \"p/a\"\naddress = 0\ntype = \"u16\"\nscale = 0.5\ndeadband = 1.0\n\
+    [[modbus.tags]]\nname = \"p/marker\"\naddress = 1\ntype = \"u16\"\n";
+
+#[tokio::test]
+async fn deadband_filters_small_moves_and_a_register_change_reaches_the_client() {
+    let dev = device().await;
+    dev.registers().holding[0] = 20; // 10.0
+    let server = spawn_server(&device_config(&dev, "", TWO_TAGS), &[]).await;
+    let mut c = connect_synced(&server, &["p/#"]).await;
+    until_state(&mut c, |c| kind(c, "p/a") == Some(V::F64(10.0))).await;
+    // +0.5: inside the deadband. The marker proves a poll happened after it.
+    {
+        let mut r = dev.registers();
+        r.holding[0] = 21;
+        r.holding[1] = 1;
+    }
+    until_state(&mut c, |c| kind(c, "p/marker") == Some(V::U64(1))).await;
+    assert_eq!(
+        kind(&c, "p/a"),
+        Some(V::F64(10.0)),
+        "0.5 within deadband 1.0"
+    );
+    // +1.5 from the last published value: passes.
+    dev.registers().holding[0] = 23;
+    until_state(&mut c, |c| kind(c, "p/a") == Some(V::F64(11.5))).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn device_down_turns_bad_keeping_the_value_then_good_again() {
+    let mut dev = device().await;
+    dev.registers().holding[0] = 8;
+    let server = spawn_server(&device_config(&dev, "", TWO_TAGS), &[]).await;
+    let mut c = connect_synced(&server, &["p/#"]).await;
+    until_state(&mut c, |c| status_of(c, "p/a") == status::GOOD).await;
+    dev.stop();
+    let Event::Delta(d) = next_until(
+        &mut c,
+        |e| matches!(e, Event::Delta(d) if d.updates.iter().any(|u| u.status != 0)),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    let a = c.value("p/a").unwrap();
+    assert_eq!(a.status, status::BAD_COMMUNICATION_ERROR, "{d:?}");
+    assert_eq!(kind(&c, "p/a"), Some(V::F64(4.0)), "last value kept");
+    dev.registers().holding[0] = 10;
+    dev.restart().await.unwrap();
+    until_state(&mut c, |c| status_of(c, "p/a") == status::GOOD).await;
+    assert_eq!(kind(&c, "p/a"), Some(V::F64(5.0)));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_device_times_out_and_never_delays_another() {
+    let hung = device().await;
+    let healthy = device().await;
+    let toml = format!(
+        "[[modbus]]\nname = \"hung\"\naddress = \"{}\"\npoll_interval = \"30ms\"\ntimeout = \"3s\"\n\
+         [[modbus.tags]]\nname = \"h/x\"\naddress = 0\ntype = \"u16\"\n\
+         [[modbus]]\nname = \"ok\"\naddress = \"{}\"\npoll_interval = \"30ms\"\ntimeout = \"3s\"\n\
+         [[modbus.tags]]\nname = \"k/x\"\naddress = 0\ntype = \"u16\"\n",
+        hung.addr(),
+        healthy.addr()
+    );
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    until_state(&mut c, |c| {
+        status_of(c, "h/x") == status::GOOD && status_of(c, "k/x") == status::GOOD
+    })
+    .await;
+    hung.registers().stalled = true;
+    // While `hung` waits out its 3 s timeout, `ok` keeps being polled: five
+    // successive changes arrive well inside that one timeout.
+    let started = std::time::Instant::now();
+    for i in 1..=5u16 {
+        healthy.registers().holding[0] = i;
+        until_state(&mut c, |c| kind(c, "k/x") == Some(V::U64(u64::from(i)))).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "healthy device waited for the hung one"
+    );
+    until_state(&mut c, |c| status_of(c, "h/x") == status::BAD_TIMEOUT).await;
+    assert_eq!(kind(&c, "h/x"), Some(V::U64(0)), "last value kept");
+    hung.registers().stalled = false;
+    until_state(&mut c, |c| status_of(c, "h/x") == status::GOOD).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_exception_marks_only_the_tags_of_its_read() {
+    let dev = device().await;
+    let tags = "[[modbus.tags]]\nname = \"e/a\"\naddress = 0\ntype = \"u16\"\n\
+        [[modbus.tags]]\nname = \"e/b\"\naddress = 1\ntype = \"u16\"\n\
+        [[modbus.tags]]\nname = \"e/c\"\naddress = 10\ntype = \"u16\"\n";
+    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let mut c = connect_synced(&server, &["e/#"]).await;
+    until_state(&mut c, |c| {
+        ["e/a", "e/b", "e/c"]
+            .iter()
+            .all(|n| status_of(c, n) == status::GOOD)
+    })
+    .await;
+    dev.registers()
+        .exceptions
+        .push((Table::Holding, 0..2, ExceptionCode::IllegalDataAddress));
+    until_state(&mut c, |c| {
+        status_of(c, "e/a") == status::BAD_CONFIGURATION_ERROR
+    })
+    .await;
+    assert_eq!(status_of(&c, "e/b"), status::BAD_CONFIGURATION_ERROR);
+    // The other read still works and still updates.
+    dev.registers().holding[10] = 99;
+    until_state(&mut c, |c| kind(c, "e/c") == Some(V::U64(99))).await;
+    assert_eq!(status_of(&c, "e/c"), status::GOOD);
+    dev.registers().exceptions.clear();
+    until_state(&mut c, |c| status_of(c, "e/a") == status::GOOD).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_device_never_reached_is_bad_no_communication() {
+    // A port with nothing behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!(
+        "[[modbus]]\nname = \"gone\"\naddress = \"127.0.0.1:{port}\"\npoll_interval = \"30ms\"\n\
+         [[modbus.tags]]\nname = \"g/x\"\naddress = 0\ntype = \"u16\"\n"
+    );
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    until_state(&mut c, |c| {
+        status_of(c, "g/x") == status::BAD_NO_COMMUNICATION
+    })
+    .await;
+    assert!(c.value("g/x").unwrap().value.is_none());
+    server.stop().await;
+}
+
+async fn write(c: &mut Client, id: u64, tag: &str, value: V) -> proto::WriteResult {
+    c.send(C::Write(proto::WriteRequest {
+        request_id: id,
+        tag: tag.into(),
+        value: Some(proto::Value { kind: Some(value) }),
+    }))
+    .await
+    .unwrap();
+    match next_until(
+        c,
+        |e| matches!(e, Event::WriteResult(w) if w.request_id == id),
+    )
+    .await
+    {
+        Event::WriteResult(w) => w,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn writes_are_checked_in_order_and_acknowledged_by_the_device() {
+    let mut dev = device().await;
+    let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\nwritable = true\nmin = 0.0\nmax = 150.0\n\
+        [[modbus.tags]]\nname = \"w/big\"\naddress = 4\ntype = \"u32\"\nbyte_order = \"CDAB\"\nwritable = true\n\
+        [[modbus.tags]]\nname = \"w/flag\"\naddress = 8\ntype = \"bool\"\nbit = 2\nwritable = true\n\
+        [[modbus.tags]]\nname = \"w/pump\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\nwritable = true\n\
+        [[modbus.tags]]\nname = \"w/ro\"\naddress = 9\ntype = \"u16\"\n";
+    dev.registers().holding[8] = 0b1001;
+    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let mut c = connect_synced(&server, &["w/#"]).await;
+    until_state(&mut c, |c| status_of(c, "w/sp") == status::GOOD).await;
+
+    let ok = write(&mut c, 1, "w/sp", V::F64(72.5)).await;
+    assert_eq!((ok.status, ok.message.as_str()), (status::GOOD, ""));
+    assert_eq!(
+        dev.registers().holding[0],
+        725,
+        "raw = round((value - offset) / scale)"
+    );
+    until_state(&mut c, |c| kind(c, "w/sp") == Some(V::F64(72.5))).await;
+    assert_eq!(
+        write(&mut c, 2, "w/big", V::U64(0x0001_0002)).await.status,
+        status::GOOD
+    );
+    assert_eq!(
+        &dev.registers().holding[4..6],
+        &[0x0002, 0x0001],
+        "CDAB on the wire"
+    );
+    assert_eq!(
+        write(&mut c, 3, "w/flag", V::Bool(true)).await.status,
+        status::GOOD
+    );
+    assert_eq!(dev.registers().holding[8], 0b1101, "only bit 2 changed");
+    assert_eq!(
+        write(&mut c, 4, "w/pump", V::Bool(true)).await.status,
+        status::GOOD
+    );
+    assert!(dev.registers().coils[0]);
+
+    assert_eq!(
+        write(&mut c, 5, "w/nope", V::F64(1.0)).await.status,
+        status::BAD_NODE_ID_UNKNOWN
+    );
+    assert_eq!(
+        write(&mut c, 6, "w/ro", V::U64(1)).await.status,
+        status::BAD_NOT_WRITABLE
+    );
+    assert_eq!(
+        write(&mut c, 7, "w/sp", V::Text("hot".into())).await.status,
+        status::BAD_TYPE_MISMATCH
+    );
+    assert_eq!(
+        write(&mut c, 8, "w/sp", V::F64(151.0)).await.status,
+        status::BAD_OUT_OF_RANGE
+    );
+    assert_eq!(
+        write(&mut c, 9, "w/big", V::U64(1 << 40)).await.status,
+        status::BAD_OUT_OF_RANGE
+    );
+    assert_eq!(
+        dev.registers().holding[0],
+        725,
+        "refused writes never reach the device"
+    );
+
+    dev.stop();
+    let failed = write(&mut c, 10, "w/sp", V::F64(10.0)).await;
+    assert!(
+        [
+            status::BAD_COMMUNICATION_ERROR,
+            status::BAD_TIMEOUT,
+            status::BAD_NO_COMMUNICATION
+        ]
+        .contains(&failed.status),
+        "{failed:?}"
+    );
+    assert!(!failed.message.is_empty());
+    server.stop().await;
+}
