@@ -70,7 +70,6 @@ type WriteFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
 struct Session {
     push: Arc<Push>,
-    patterns: Vec<String>,
     selection: Arc<Selection>,
     position: u64,
     consumed: u64,
@@ -98,7 +97,7 @@ pub async fn run<S: Socket>(mut ws: S, push: Arc<Push>, peer: SocketAddr) {
         },
     };
     tracing::debug!(%peer, ?end, "session ends");
-    finish(&mut ws, end, &push).await;
+    finish(&mut ws, end).await;
 }
 
 fn unexpected(why: &str) -> End {
@@ -151,10 +150,7 @@ fn malformed(why: &str) -> End {
 
 async fn serve<S: Socket>(ws: &mut S, push: Arc<Push>, hello: proto::Hello) -> End {
     let mut out: Vec<Message> = Vec::new();
-    let mut session = match Session::open(push.clone(), hello, &mut out) {
-        Ok(s) => s,
-        Err(end) => return end,
-    };
+    let mut session = Session::open(push.clone(), hello, &mut out);
     let mut heartbeat = push.heartbeat.clone();
     heartbeat.mark_unchanged();
     if let Err(end) = send(ws, &mut heartbeat, &push, &mut out).await {
@@ -244,7 +240,7 @@ async fn send<S: Socket>(
     }
 }
 
-async fn finish<S: Socket>(ws: &mut S, end: End, push: &Push) {
+async fn finish<S: Socket>(ws: &mut S, end: End) {
     match end {
         End::Gone(why) => tracing::debug!(why, "terminating connection"),
         End::PeerClosed => {
@@ -271,11 +267,10 @@ async fn finish<S: Socket>(ws: &mut S, end: End, push: &Push) {
             let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
         }
     }
-    let _ = &push.metrics;
 }
 
 impl Session {
-    fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Vec<Message>) -> Result<Session, End> {
+    fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Vec<Message>) -> Session {
         let engine = push.engine.clone();
         let (patterns, errors) = valid_patterns(hello.subscribe);
         let selection = engine.selections.get(patterns, &engine.catalog);
@@ -320,8 +315,7 @@ impl Session {
             snapshot_frames(&table, &ids, position, out);
         }
         drop(table);
-        Ok(Session {
-            patterns: selection.patterns.clone(),
+        Session {
             selection,
             position,
             consumed,
@@ -329,7 +323,7 @@ impl Session {
             alive: true,
             writes: None,
             push,
-        })
+        }
     }
 
     fn on_message(&mut self, msg: proto::ClientMessage, out: &mut Vec<Message>) -> Result<(), End> {
@@ -338,11 +332,10 @@ impl Session {
             Some(Kind::Hello(_)) => return Err(unexpected("a second Hello")),
             Some(Kind::Subscribe(s)) => self.subscribe(s.patterns, out),
             Some(Kind::Unsubscribe(u)) => {
-                let mut patterns = self.patterns.clone();
+                let mut patterns = self.selection.patterns.clone();
                 patterns.retain(|p| !u.patterns.contains(p));
                 let engine = &self.push.engine;
                 self.selection = engine.selections.get(patterns, &engine.catalog);
-                self.patterns = self.selection.patterns.clone();
             }
             Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
                 Ok(()) => {
@@ -377,7 +370,7 @@ impl Session {
         for e in errors {
             out.push(error_frame(ErrorCode::Malformed, e));
         }
-        valid.extend(self.patterns.iter().cloned());
+        valid.extend(self.selection.patterns.iter().cloned());
         let engine = self.push.engine.clone();
         let selection = engine.selections.get(valid, &engine.catalog);
         let newly: Vec<TagId> = selection
@@ -396,7 +389,6 @@ impl Session {
             catalog_frames(&engine.catalog, &newly, out);
             snapshot_frames(&table, &newly, self.position, out);
         }
-        self.patterns = selection.patterns.clone();
         self.selection = selection;
     }
 
