@@ -8,24 +8,13 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tagstream::engine::EngineShared;
 use tagstream::engine::batch::Builder;
 use tagstream::engine::catalog::{Catalog, TagDef};
-use tagstream::proto::DataType;
 use tagstream::sample::{Sample, Value};
 
 const TAGS: u32 = 10_000;
 
 fn catalog() -> Arc<Catalog> {
-    Arc::new(Catalog::new((0..TAGS).map(|i| TagDef {
-        id: 0,
-        name: format!("plant/area{}/tag{i}", i % 10),
-        data_type: DataType::F64,
-        unit: String::new(),
-        description: String::new(),
-        writable: false,
-        min: None,
-        max: None,
-        source: "bench".into(),
-        deadband: 0.0,
-        keep_samples: false,
+    Arc::new(Catalog::new((0..TAGS).map(|i| {
+        TagDef::synthetic(format!("plant/area{}/tag{i}", i % 10), "bench")
     })))
 }
 

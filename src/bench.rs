@@ -157,19 +157,7 @@ async fn measure(
 
 async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
     let tags: Vec<TagDef> = (0..args.tags)
-        .map(|i| TagDef {
-            id: 0,
-            name: format!("bench/t{i}"),
-            data_type: proto::DataType::F64,
-            unit: String::new(),
-            description: String::new(),
-            writable: false,
-            min: None,
-            max: None,
-            source: "bench".into(),
-            deadband: 0.0,
-            keep_samples: false,
-        })
+        .map(|i| TagDef::synthetic(format!("bench/t{i}"), "bench"))
         .collect();
     let mut config = Config::default();
     config.server.max_pending_bytes = 16 << 20;

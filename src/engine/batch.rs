@@ -216,17 +216,8 @@ mod tests {
 
     fn catalog(keep: bool) -> Catalog {
         Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef {
-            id: 0,
-            name: n.into(),
-            data_type: crate::proto::DataType::F64,
-            unit: String::new(),
-            description: String::new(),
-            writable: false,
-            min: None,
-            max: None,
-            source: "s".into(),
-            deadband: 0.0,
             keep_samples: keep && n == "a/x",
+            ..TagDef::synthetic(n, "s")
         }))
     }
 

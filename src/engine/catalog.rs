@@ -132,6 +132,24 @@ fn modbus_type(kind: RegisterType, scaled: bool) -> proto::DataType {
 }
 
 impl TagDef {
+    /// A read-only F64 tag of an in-process source (benchmarks, tests); its
+    /// id is assigned by `Catalog::new`.
+    pub fn synthetic(name: impl Into<String>, source: &str) -> Self {
+        TagDef {
+            id: 0,
+            name: name.into(),
+            data_type: proto::DataType::F64,
+            unit: String::new(),
+            description: String::new(),
+            writable: false,
+            min: None,
+            max: None,
+            source: source.into(),
+            deadband: 0.0,
+            keep_samples: false,
+        }
+    }
+
     /// The wire description.
     pub fn info(&self) -> proto::TagInfo {
         proto::TagInfo {

@@ -124,21 +124,11 @@ mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
-    use crate::proto::DataType;
 
     fn def(name: &str, deadband: f64) -> TagDef {
         TagDef {
-            id: 0,
-            name: name.into(),
-            data_type: DataType::F64,
-            unit: String::new(),
-            description: String::new(),
-            writable: false,
-            min: None,
-            max: None,
-            source: "s".into(),
             deadband,
-            keep_samples: false,
+            ..TagDef::synthetic(name, "s")
         }
     }
 

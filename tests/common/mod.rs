@@ -9,7 +9,7 @@ use tagstream::app::{self, Running};
 use tagstream::client::{Client, Event};
 use tagstream::config::Config;
 use tagstream::engine::catalog::TagDef;
-use tagstream::proto::{self, DataType};
+use tagstream::proto;
 use tagstream::sample::{Sample, Value, now_us};
 
 /// Upper bound on any wait: a hang fails the test instead of blocking CI.
@@ -33,17 +33,8 @@ pub async fn spawn_config(config: Config, synthetic: &[&str]) -> Running {
 /// An F64 tag fed through `Running::samples`.
 pub fn synthetic_tag(name: &str) -> TagDef {
     TagDef {
-        id: 0,
-        name: name.into(),
-        data_type: DataType::F64,
         unit: "u".into(),
-        description: String::new(),
-        writable: false,
-        min: None,
-        max: None,
-        source: "test".into(),
-        deadband: 0.0,
-        keep_samples: false,
+        ..TagDef::synthetic(name, "test")
     }
 }
 
