@@ -60,10 +60,10 @@ fn engine(c: &mut Criterion) {
         .get(vec!["plant/area3/#".into()], &shared.catalog);
     group.throughput(Throughput::Elements(1024));
     group.bench_function("delta_frame_all_1024_uncached", |b| {
-        b.iter(|| batch.frame_for(&all, batch.from_seq + 1));
+        b.iter(|| batch.assemble(&all, batch.from_seq));
     });
     group.bench_function("delta_frame_area_of_1024_uncached", |b| {
-        b.iter(|| batch.frame_for(&area, batch.from_seq + 1));
+        b.iter(|| batch.assemble(&area, batch.from_seq));
     });
     group.throughput(Throughput::Elements(1));
     group.bench_function("delta_frame_shared_hit", |b| {

@@ -65,12 +65,13 @@ impl Batch {
         if let Some((_, frame)) = frames.get(&key) {
             return frame.clone();
         }
-        let frame = self.build(selection, position);
+        let frame = self.assemble(selection, position);
         frames.insert(key, (selection.clone(), frame.clone()));
         frame
     }
 
-    fn build(&self, selection: &Selection, position: u64) -> Option<Bytes> {
+    /// Assembles the frame without the cache (what `frame_for` does once).
+    pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Bytes> {
         let selected = |e: &&Entry| e.seq > position && selection.contains(e.id);
         let mut parts = self.entries.iter().filter(selected).peekable();
         parts.peek()?;
