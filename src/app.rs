@@ -109,14 +109,27 @@ pub async fn start_with(
 /// Binds `[server].listen` and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let running = start(config, listener).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Accept queue: a reconnect storm after a network blip arrives at once;
+/// the kernel caps this at `net.core.somaxconn` (deploy/sysctl.d).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn wait_for_signal() {

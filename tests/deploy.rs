@@ -1,0 +1,532 @@
+//! The deployment kit (deploy/) tested through real programs on loopback:
+//! nginx and HAProxy in front of real tagstream servers, systemd-analyze on
+//! the unit, and the kernel tuning files. The shipped files are used as they
+//! are, with only addresses and timeouts rewritten (each rewrite must match,
+//! so the test follows the files). A missing program prints SKIPPED loudly;
+//! with TAGSTREAM_REQUIRE_ALL=1 (set by .ci/run) it fails instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tagstream::client::{Client, Event};
+use tagstream::config::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+
+/// The program's path, or `None` after a loud SKIPPED (a failure when
+/// TAGSTREAM_REQUIRE_ALL=1).
+fn require(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    let found = dirs.map(|d: PathBuf| d.join(program)).find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
+        }
+        eprintln!(
+            "\n********** SKIPPED: `{program}` is not installed; this test did not run **********\n"
+        );
+    }
+    found
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tagstream-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A proxy process, killed on drop.
+struct Proxy {
+    child: Child,
+    port: u16,
+    _dir: Scratch,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `text` with each `(from, to)` replaced; every `from` must occur.
+fn rewrite(text: &str, edits: &[(&str, String)]) -> String {
+    edits.iter().fold(text.to_string(), |t, (from, to)| {
+        assert!(t.contains(from), "shipped file no longer contains {from:?}");
+        t.replace(from, to)
+    })
+}
+
+async fn wait_port(port: u16, child: &mut Child, log: &Path) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "proxy exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "proxy did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The nginx main config that includes a rendered deploy file.
+fn nginx_main(dir: &Scratch, site: &Path) -> PathBuf {
+    let tmp = dir.path("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let d = dir.0.display();
+    let main = format!(
+        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n  \
+         fastcgi_temp_path {d}/tmp/fcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n  \
+         include {};\n}}\n",
+        site.display()
+    );
+    let path = dir.path("nginx.conf");
+    std::fs::write(&path, main).unwrap();
+    path
+}
+
+/// Renders deploy/nginx/snippets with the given idle timeout.
+fn nginx_snippet(dir: &Scratch, timeout: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("{DEPLOY}/nginx/snippets/tagstream-locations.conf"))
+        .unwrap();
+    let text = rewrite(
+        &text,
+        &[
+            (
+                "proxy_read_timeout 75s;",
+                format!("proxy_read_timeout {timeout};"),
+            ),
+            (
+                "proxy_send_timeout 75s;",
+                format!("proxy_send_timeout {timeout};"),
+            ),
+        ],
+    );
+    let path = dir.path("tagstream-locations.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start_nginx(backend: SocketAddr, idle_timeout: &str) -> Option<Proxy> {
+    let bin = require("nginx")?;
+    let dir = Scratch::new("nginx");
+    let port = free_port();
+    let snippet = nginx_snippet(&dir, idle_timeout);
+    let site = std::fs::read_to_string(format!("{DEPLOY}/nginx/tagstream.conf")).unwrap();
+    let site = rewrite(
+        &site,
+        &[
+            ("listen 80;", format!("listen 127.0.0.1:{port};")),
+            ("server 127.0.0.1:8080;", format!("server {backend};")),
+            (
+                "include snippets/tagstream-locations.conf;",
+                format!("include {};", snippet.display()),
+            ),
+        ],
+    );
+    let site_path = dir.path("tagstream.conf");
+    std::fs::write(&site_path, site).unwrap();
+    let main = nginx_main(&dir, &site_path);
+    let log = dir.path("error.log");
+    let mut child = Command::new(bin)
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-e")
+        .arg(&log)
+        .arg("-c")
+        .arg(&main)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, &log).await;
+    Some(Proxy {
+        child,
+        port,
+        _dir: dir,
+    })
+}
+
+async fn start_haproxy(nodes: [SocketAddr; 2], tunnel: &str) -> Option<Proxy> {
+    let bin = require("haproxy")?;
+    let dir = Scratch::new("haproxy");
+    let port = free_port();
+    let cfg = std::fs::read_to_string(format!("{DEPLOY}/haproxy/haproxy.cfg")).unwrap();
+    let cfg = rewrite(
+        &cfg,
+        &[
+            ("bind :80", format!("bind 127.0.0.1:{port}")),
+            ("maxconn 100000", "maxconn 4000".into()),
+            (
+                "server node1 10.20.0.21:8080 check",
+                format!("server node1 {} check", nodes[0]),
+            ),
+            (
+                "server node2 10.20.0.22:8080 check",
+                format!("server node2 {} check", nodes[1]),
+            ),
+            ("timeout tunnel 75s", format!("timeout tunnel {tunnel}")),
+            (
+                "default-server inter 2s fall 2 rise 2",
+                "default-server inter 100ms fall 1 rise 1".into(),
+            ),
+        ],
+    );
+    let path = dir.path("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let log = dir.path("haproxy.log");
+    let mut child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path("haproxy.err")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_port(port, &mut child, &log).await;
+    Some(Proxy {
+        child,
+        port,
+        _dir: dir,
+    })
+}
+
+/// Status line of a plain HTTP GET.
+async fn get(port: u16, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn server(heartbeat: Duration, id: &str, max_connections: usize) -> tagstream::app::Running {
+    let mut config = Config::default();
+    config.server.heartbeat_interval = heartbeat;
+    config.server.server_id = id.into();
+    config.server.max_connections = max_connections;
+    spawn_config(config, &["a/x"]).await
+}
+
+/// Connects through a proxy; returns the client (synced) and its node.
+async fn connect_via(port: u16) -> Result<(Client, String), tagstream::client::ClientError> {
+    let url = format!("ws://127.0.0.1:{port}/api/v1/stream");
+    let mut c = Client::connect(&url, hello(&["#"])).await?;
+    let mut node = String::new();
+    loop {
+        match next(&mut c).await {
+            Event::Welcome(w) => node = w.server_id,
+            Event::Snapshot(s) if s.last => return Ok((c, node)),
+            _ => {}
+        }
+    }
+}
+
+/// Reads for `span`, handling pings; fails if the stream ends meanwhile.
+async fn stays_open(c: &mut Client, span: Duration) {
+    match tokio::time::timeout(span, c.next_event()).await {
+        Err(_) => {}
+        Ok(event) => panic!("stream ended or sent data while idle: {event:?}"),
+    }
+}
+
+async fn delta_arrives(server: &tagstream::app::Running, c: &mut Client, v: f64) {
+    set(server, "a/x", v).await;
+    until_state(c, |c| f64_of(c, "a/x") == Some(v)).await;
+}
+
+#[tokio::test]
+async fn nginx_carries_the_stream_past_its_idle_timeout_and_answers_426() {
+    let node = server(Duration::from_millis(300), "n1", 100).await;
+    let Some(nginx) = start_nginx(node.addr, "1s").await else {
+        return;
+    };
+    assert!(
+        get(nginx.port, "/api/v1/stream").await.contains("426"),
+        "plain GET through nginx"
+    );
+    assert!(get(nginx.port, "/healthz").await.contains("200"));
+    assert!(get(nginx.port, "/readyz").await.contains("200"));
+    assert!(get(nginx.port, "/metrics").await.contains("200"));
+    let (mut c, id) = connect_via(nginx.port).await.expect("101 through nginx");
+    assert_eq!(id, "n1");
+    delta_arrives(&node, &mut c, 1.0).await;
+    // Three idle proxy timeouts: the 300 ms heartbeat keeps it open.
+    stays_open(&mut c, Duration::from_secs(3)).await;
+    delta_arrives(&node, &mut c, 2.0).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_shorter_heartbeat_nginx_cuts_the_idle_stream() {
+    // The control for the test above: the proxy timeout is real.
+    let node = server(Duration::from_secs(60), "n1", 100).await;
+    let Some(nginx) = start_nginx(node.addr, "1s").await else {
+        return;
+    };
+    let (mut c, _) = connect_via(nginx.port).await.expect("101 through nginx");
+    let ended = tokio::time::timeout(Duration::from_secs(5), c.next_event()).await;
+    assert!(
+        matches!(ended, Ok(Ok(Event::Closed(_))) | Ok(Err(_))),
+        "nginx should close an idle stream after 1 s: {ended:?}"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn nginx_tls_variant_is_valid() {
+    let (Some(nginx), Some(openssl)) = (require("nginx"), require("openssl")) else {
+        return;
+    };
+    let dir = Scratch::new("nginx-tls");
+    let (cert, key) = (dir.path("cert.pem"), dir.path("key.pem"));
+    let made = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=tagstream-test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let snippet = nginx_snippet(&dir, "75s");
+    let site = std::fs::read_to_string(format!("{DEPLOY}/nginx/tagstream-tls.conf")).unwrap();
+    let site = rewrite(
+        &site,
+        &[
+            (
+                "listen 443 ssl;",
+                format!("listen 127.0.0.1:{} ssl;", free_port()),
+            ),
+            ("listen 80;", format!("listen 127.0.0.1:{};", free_port())),
+            (
+                "/etc/tagstream/tls/fullchain.pem",
+                cert.display().to_string(),
+            ),
+            ("/etc/tagstream/tls/privkey.pem", key.display().to_string()),
+            (
+                "include snippets/tagstream-locations.conf;",
+                format!("include {};", snippet.display()),
+            ),
+        ],
+    );
+    let site_path = dir.path("tagstream-tls.conf");
+    std::fs::write(&site_path, site).unwrap();
+    let main = nginx_main(&dir, &site_path);
+    let out = Command::new(nginx)
+        .arg("-t")
+        .arg("-p")
+        .arg(&dir.0)
+        .arg("-e")
+        .arg(dir.path("error.log"))
+        .arg("-c")
+        .arg(&main)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn haproxy_routes_new_clients_around_a_full_node_while_its_sessions_stream() {
+    let nodes = [
+        server(Duration::from_millis(300), "node1", 2).await,
+        server(Duration::from_millis(300), "node2", 2).await,
+    ];
+    let Some(haproxy) = start_haproxy([nodes[0].addr, nodes[1].addr], "1s").await else {
+        return;
+    };
+    assert!(
+        get(haproxy.port, "/api/v1/stream").await.contains("426"),
+        "plain GET through HAProxy"
+    );
+    // Source hashing: both clients from 127.0.0.1 land on the same node.
+    let (mut a, first) = connect_via(haproxy.port)
+        .await
+        .expect("101 through HAProxy");
+    let (mut b, again) = connect_via(haproxy.port)
+        .await
+        .expect("101 through HAProxy");
+    assert_eq!(first, again, "consistent source hashing");
+    let (full, other) = if first == "node1" {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+    assert!(full.push.is_full_or_draining());
+    // New clients: refused by the full node until its /readyz takes it out,
+    // then served by the other node.
+    let mut served_by = None;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while served_by.is_none() && tokio::time::Instant::now() < deadline {
+        match connect_via(haproxy.port).await {
+            Ok((c, node)) => served_by = Some((c, node)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let (_c, node) = served_by.expect("a new client was served");
+    assert_ne!(node, first, "HAProxy sent a new client to the full node");
+    assert_eq!(other.push.connections(), 1);
+    // The full node's sessions keep streaming, also past the tunnel timeout.
+    delta_arrives(full, &mut a, 1.0).await;
+    until_state(&mut b, |c| f64_of(c, "a/x") == Some(1.0)).await;
+    // Both keep reading (and so answering pings) through three tunnel timeouts.
+    tokio::join!(
+        stays_open(&mut a, Duration::from_secs(3)),
+        stays_open(&mut b, Duration::from_secs(3))
+    );
+    delta_arrives(full, &mut a, 2.0).await;
+    until_state(&mut b, |c| f64_of(c, "a/x") == Some(2.0)).await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    let Some(analyze) = require("systemd-analyze") else {
+        return;
+    };
+    let unit = std::fs::read_to_string(format!("{DEPLOY}/systemd/tagstream.service")).unwrap();
+    for line in [
+        "LimitNOFILE=65535",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing");
+    }
+    let dir = Scratch::new("systemd");
+    let unit = rewrite(
+        &unit,
+        &[(
+            "/usr/local/bin/tagstream",
+            env!("CARGO_BIN_EXE_tagstream").to_string(),
+        )],
+    );
+    let path = dir.path("tagstream.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze)
+        .arg("verify")
+        .arg("--man=no")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    // verify exits 0 on unknown keys but complains: any output is a finding.
+    assert!(said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+#[test]
+fn kernel_tuning_files_name_real_settings_each_with_a_reason() {
+    let sysctl = std::fs::read_to_string(format!("{DEPLOY}/sysctl.d/60-tagstream.conf")).unwrap();
+    let mut settings = 0;
+    let mut previous = "";
+    for line in sysctl.lines() {
+        if !line.starts_with('#') && !line.trim().is_empty() {
+            let (key, value) = line.split_once('=').expect("key = value");
+            let proc = Path::new("/proc/sys").join(key.trim().replace('.', "/"));
+            assert!(proc.exists(), "{} is not a kernel setting", key.trim());
+            assert!(
+                value.split_whitespace().all(|v| v.parse::<u64>().is_ok()),
+                "{line}"
+            );
+            assert!(
+                previous.starts_with('#'),
+                "{line} has no comment saying why"
+            );
+            settings += 1;
+        }
+        previous = line;
+    }
+    for key in [
+        "net.core.somaxconn",
+        "net.ipv4.tcp_max_syn_backlog",
+        "fs.file-max",
+    ] {
+        assert!(sysctl.contains(key), "{key} missing");
+    }
+    assert!(settings >= 3);
+    let limits = std::fs::read_to_string(format!("{DEPLOY}/limits.d/60-tagstream.conf")).unwrap();
+    let entries: Vec<Vec<&str>> = limits
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(e.len(), 4);
+        assert_eq!(e[2], "nofile");
+        assert!(["soft", "hard"].contains(&e[1]));
+        assert!(e[3].parse::<u64>().unwrap() >= 65_535);
+    }
+}
