@@ -54,10 +54,10 @@ fn engine(c: &mut Criterion) {
     let batch = shared
         .apply_batch(samples(1024, 1), &mut scratch)
         .expect("changes");
-    let all = shared.selections.get(vec!["#".into()], &shared.catalog);
+    let all = shared.selections.get(vec!["#".into()], &shared.catalog());
     let area = shared
         .selections
-        .get(vec!["plant/area3/#".into()], &shared.catalog);
+        .get(vec!["plant/area3/#".into()], &shared.catalog());
     group.throughput(Throughput::Elements(1024));
     group.bench_function("delta_frame_all_1024_uncached", |b| {
         b.iter(|| batch.assemble(&all, batch.from_seq));

@@ -162,7 +162,11 @@ async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut config = Config::default();
     config.server.max_pending_bytes = 16 << 20;
     let server = crate::app::start_with(config, local_listener().await?, tags).await?;
-    let first = server.engine.catalog.id("bench/t0").context("bench tags")?;
+    let first = server
+        .engine
+        .catalog()
+        .id("bench/t0")
+        .context("bench tags")?;
     let stop = Arc::new(AtomicBool::new(false));
     let gaps = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();

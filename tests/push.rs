@@ -175,9 +175,9 @@ async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
     assert_eq!(w.resume(), ResumeOutcome::Resumed);
     assert_eq!(w.seq, resume.seq);
     for name in ["a/x", "b/z"] {
-        let id = server.engine.catalog.id(name).unwrap();
+        let id = server.engine.catalog().id(name).unwrap();
         c.catalog
-            .insert(id, server.engine.catalog.get(id).unwrap().info());
+            .insert(id, server.engine.catalog().get(id).unwrap().info());
     }
     let Event::Delta(d) = next(&mut c).await else {
         panic!("exactly one delta after RESUMED")
@@ -187,8 +187,8 @@ async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
     let mut ids: Vec<u32> = d.updates.iter().map(|u| u.id).collect();
     ids.sort();
     let want = vec![
-        server.engine.catalog.id("a/x").unwrap(),
-        server.engine.catalog.id("b/z").unwrap(),
+        server.engine.catalog().id("a/x").unwrap(),
+        server.engine.catalog().id("b/z").unwrap(),
     ];
     assert_eq!(
         ids, want,
@@ -287,7 +287,7 @@ async fn subscribe_unsubscribe_browse_and_ping() {
     let Event::Delta(d) = next_until(&mut c, |e| matches!(e, Event::Delta(_))).await else {
         unreachable!()
     };
-    let x = server.engine.catalog.id("a/x").unwrap();
+    let x = server.engine.catalog().id("a/x").unwrap();
     assert!(
         d.updates.iter().all(|u| u.id == x),
         "unsubscribed tag left out: {d:?}"
@@ -327,7 +327,7 @@ async fn long_randomized_run_keeps_continuity_and_converges() {
     for _ in 0..30_000 {
         let tag = server
             .engine
-            .catalog
+            .catalog()
             .id(&names[rng.usize(..names.len())])
             .unwrap();
         let status = if rng.u8(..20) == 0 {
@@ -388,7 +388,7 @@ async fn slow_consumer_is_bounded_then_caught_up_without_a_gap() {
     let mut published = 0u64;
     for round in 0..400 {
         for (i, name) in names.iter().enumerate() {
-            let tag = server.engine.catalog.id(name).unwrap();
+            let tag = server.engine.catalog().id(name).unwrap();
             let value = Some(Value::Text(
                 format!("{round}-{i}-{}", "x".repeat(200)).into(),
             ));
@@ -416,7 +416,7 @@ async fn slow_consumer_is_bounded_then_caught_up_without_a_gap() {
         "server memory grew {grown_mib} MiB for one stalled client"
     );
     // Let the engine apply everything still queued.
-    let last = server.engine.catalog.id(&names[names.len() - 1]).unwrap();
+    let last = server.engine.catalog().id(&names[names.len() - 1]).unwrap();
     tokio::time::timeout(DEADLINE, async {
         loop {
             let done = matches!(&server.engine.table().state(last).unwrap().value,
@@ -477,7 +477,7 @@ async fn bad_inputs_get_their_answers_while_others_keep_streaming() {
     let mut watcher = connect_synced(&server, &["a/x"]).await;
     let pump = {
         let samples = server.samples.clone();
-        let tag = server.engine.catalog.id("a/x").unwrap();
+        let tag = server.engine.catalog().id("a/x").unwrap();
         tokio::spawn(async move {
             for i in 0.. {
                 let s = Sample {

@@ -41,6 +41,9 @@ pub struct Batch {
     pub entries: Vec<Entry>,
     /// Published bytes before this batch, for lag accounting.
     pub published_before: u64,
+    /// Catalog length when the batch was applied: sessions whose selection
+    /// is older re-select first, so Catalog entries precede updates.
+    pub catalog_len: usize,
     frames: Mutex<FrameCache>,
 }
 
@@ -137,6 +140,7 @@ impl Builder {
             bytes: self.buf.split().freeze(),
             entries: std::mem::take(&mut self.entries),
             published_before,
+            catalog_len: catalog.len(),
             frames: Mutex::new(HashMap::new()),
         }
     }

@@ -39,8 +39,9 @@ pub struct TagDef {
     pub keep_samples: bool,
 }
 
-/// All tags of the epoch, indexed by id.
-#[derive(Debug, Default)]
+/// All tags of the epoch, indexed by id. Append-only: a tag discovered at
+/// run time (an MQTT wildcard's new topic) gets the next id in the same epoch.
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     tags: Vec<TagDef>,
     encoded: Vec<Bytes>,
@@ -51,15 +52,26 @@ impl Catalog {
     /// Builds the catalog from tag definitions; ids follow the given order.
     pub fn new(defs: impl IntoIterator<Item = TagDef>) -> Self {
         let mut catalog = Catalog::default();
-        for mut def in defs {
-            def.id = catalog.tags.len() as TagId + 1;
-            catalog.by_name.insert(def.name.clone(), def.id);
-            let mut buf = BytesMut::new();
-            prost::encoding::message::encode(1, &def.info(), &mut buf);
-            catalog.encoded.push(buf.freeze());
-            catalog.tags.push(def);
+        for def in defs {
+            catalog.push(def);
         }
         catalog
+    }
+
+    /// Appends a tag (copy-on-write: readers keep the catalog they hold).
+    pub fn with(&self, def: TagDef) -> Catalog {
+        let mut next = self.clone();
+        next.push(def);
+        next
+    }
+
+    fn push(&mut self, mut def: TagDef) {
+        def.id = self.tags.len() as TagId + 1;
+        self.by_name.insert(def.name.clone(), def.id);
+        let mut buf = BytesMut::new();
+        prost::encoding::message::encode(1, &def.info(), &mut buf);
+        self.encoded.push(buf.freeze());
+        self.tags.push(def);
     }
 
     /// Every Modbus tag of the configuration, in file order.

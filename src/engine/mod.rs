@@ -17,11 +17,11 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 pub use batch::Batch;
-use catalog::Catalog;
+use catalog::{Catalog, TagDef};
 use selection::Selections;
 use table::TagTable;
 
-use crate::sample::{Sample, now_us};
+use crate::sample::{Sample, TagId, now_us};
 
 /// Most samples applied in one batch: bounds the write-lock hold and the
 /// size of one Delta under a burst.
@@ -35,8 +35,6 @@ pub const BATCH_RING: usize = 128;
 #[derive(Debug)]
 pub struct EngineShared {
     table: RwLock<TagTable>,
-    /// The catalog of this epoch.
-    pub catalog: Arc<Catalog>,
     /// The epoch.
     pub epoch: u64,
     /// Interned subscriptions.
@@ -52,8 +50,7 @@ impl EngineShared {
         let epoch = fastrand::u64(1..);
         let (batches, _) = broadcast::channel(BATCH_RING);
         Arc::new(EngineShared {
-            table: RwLock::new(TagTable::new(catalog.clone(), epoch)),
-            catalog,
+            table: RwLock::new(TagTable::new(catalog, epoch)),
             epoch,
             selections: Selections::default(),
             batches,
@@ -64,6 +61,17 @@ impl EngineShared {
     /// Reads the table. Hold it only for a scan, never across an await.
     pub fn table(&self) -> RwLockReadGuard<'_, TagTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current catalog (it only grows within an epoch).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.table().catalog().clone()
+    }
+
+    /// The id of a tag, adding it to the catalog if new (run-time discovery).
+    pub fn register(&self, def: TagDef) -> TagId {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        table.register(def)
     }
 
     /// A receiver for future batches. Subscribe *before* reading the table,
@@ -96,12 +104,13 @@ impl EngineShared {
             }
         }
         let to_seq = table.seq();
+        let catalog = table.catalog().clone();
         drop(table);
         if to_seq == from_seq {
             return None;
         }
         let end = self.published_bytes.load(Ordering::Relaxed);
-        let batch = Arc::new(scratch.finish(from_seq, to_seq, &self.catalog, end));
+        let batch = Arc::new(scratch.finish(from_seq, to_seq, &catalog, end));
         self.published_bytes
             .fetch_add(batch.bytes.len() as u64, Ordering::Release);
         // No receivers is fine: nobody is connected.

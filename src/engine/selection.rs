@@ -17,6 +17,9 @@ pub struct Selection {
     pub patterns: Vec<String>,
     bits: Vec<u64>,
     count: usize,
+    /// Catalog length it was resolved against; a longer catalog means tags
+    /// were discovered since and the selection must be resolved again.
+    pub catalog_len: usize,
 }
 
 impl Selection {
@@ -33,6 +36,7 @@ impl Selection {
             patterns,
             bits,
             count,
+            catalog_len: catalog.len(),
         }
     }
 
@@ -77,7 +81,9 @@ impl Selections {
         patterns.dedup();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = map.get(&patterns).and_then(Weak::upgrade) {
-            return existing;
+            if existing.catalog_len == catalog.len() {
+                return existing;
+            }
         }
         if map.len() > 1024 {
             map.retain(|_, weak| weak.strong_count() > 0);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::catalog::Catalog;
+use super::catalog::{Catalog, TagDef};
 use super::selection::Selection;
 use crate::sample::{Sample, TagId, Value};
 use crate::status;
@@ -66,6 +66,23 @@ impl TagTable {
     /// The catalog this table follows.
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// The id of `def.name`, adding the tag if new. The new tag waits for
+    /// its first reading; its id is stable for the rest of the epoch.
+    pub fn register(&mut self, def: TagDef) -> TagId {
+        if let Some(id) = self.catalog.id(&def.name) {
+            return id;
+        }
+        self.catalog = Arc::new(self.catalog.with(def));
+        self.states.push(TagState {
+            value: None,
+            status: status::BAD_WAITING_FOR_INITIAL_DATA,
+            source_time_us: 0,
+            server_time_us: 0,
+            seq: 0,
+        });
+        self.catalog.len() as TagId
     }
 
     /// One tag's state.

@@ -273,11 +273,11 @@ impl Session {
     fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Vec<Message>) -> Session {
         let engine = push.engine.clone();
         let (patterns, errors) = valid_patterns(hello.subscribe);
-        let selection = engine.selections.get(patterns, &engine.catalog);
         // Subscribe before reading the table: no batch can fall between.
         let rx = engine.subscribe();
         let consumed = engine.published_bytes();
         let table = engine.table();
+        let selection = engine.selections.get(patterns, table.catalog());
         let current = table.seq();
         let outcome = match hello.resume {
             Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
@@ -311,7 +311,7 @@ impl Session {
             ));
         } else {
             let ids: Vec<TagId> = selection.ids().collect();
-            catalog_frames(&engine.catalog, &ids, out);
+            catalog_frames(table.catalog(), &ids, out);
             snapshot_frames(&table, &ids, position, out);
         }
         drop(table);
@@ -334,18 +334,17 @@ impl Session {
             Some(Kind::Unsubscribe(u)) => {
                 let mut patterns = self.selection.patterns.clone();
                 patterns.retain(|p| !u.patterns.contains(p));
-                let engine = &self.push.engine;
-                self.selection = engine.selections.get(patterns, &engine.catalog);
+                self.reselect(patterns, out);
             }
             Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
                 Ok(()) => {
-                    let catalog = &self.push.engine.catalog;
+                    let catalog = self.push.engine.catalog();
                     let ids: Vec<TagId> = catalog
                         .iter()
                         .filter(|d| pattern::matches(&b.pattern, &d.name))
                         .map(|d| d.id)
                         .collect();
-                    catalog_frames(catalog, &ids, out);
+                    catalog_frames(&catalog, &ids, out);
                 }
                 Err(e) => out.push(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
             },
@@ -371,24 +370,33 @@ impl Session {
             out.push(error_frame(ErrorCode::Malformed, e));
         }
         valid.extend(self.selection.patterns.iter().cloned());
+        self.reselect(valid, out);
+    }
+
+    /// Resolves `patterns` against the current catalog. Tags it newly
+    /// matches (a Subscribe, or tags discovered at run time) get their
+    /// Catalog entries and a Snapshot at the position, after a Delta that
+    /// brings the connection current: so an entry always precedes the
+    /// first update that uses its id.
+    fn reselect(&mut self, patterns: Vec<String>, out: &mut Vec<Message>) {
         let engine = self.push.engine.clone();
-        let selection = engine.selections.get(valid, &engine.catalog);
+        let table = engine.table();
+        let selection = engine.selections.get(patterns, table.catalog());
         let newly: Vec<TagId> = selection
             .ids()
             .filter(|id| !self.selection.contains(*id))
             .collect();
         if !newly.is_empty() {
-            let table = engine.table();
-            // Bring the connection current, then snapshot the new tags there.
             if table.seq() > self.position {
                 let frame = catch_up_frame(&table, &self.selection, self.position, true)
                     .unwrap_or_default();
                 out.push(Message::Binary(frame));
                 self.position = table.seq();
             }
-            catalog_frames(&engine.catalog, &newly, out);
+            catalog_frames(table.catalog(), &newly, out);
             snapshot_frames(&table, &newly, self.position, out);
         }
+        drop(table);
         self.selection = selection;
     }
 
@@ -414,11 +422,20 @@ impl Session {
                 Err(_) => break,
             }
         }
-        let engine = &self.push.engine;
-        let behind = engine.published_bytes().saturating_sub(self.consumed);
+        let behind = self
+            .push
+            .engine
+            .published_bytes()
+            .saturating_sub(self.consumed);
         if lagged || behind > self.push.config.max_pending_bytes as u64 {
             self.catch_up(out);
             return Ok(());
+        }
+        if batches
+            .iter()
+            .any(|b| b.catalog_len > self.selection.catalog_len)
+        {
+            self.reselect(self.selection.patterns.clone(), out);
         }
         for b in batches {
             self.consumed = b.published_before + b.bytes.len() as u64;
@@ -439,6 +456,9 @@ impl Session {
         self.rx = self.rx.resubscribe();
         self.consumed = engine.published_bytes();
         self.push.metrics.catch_ups.increment(1);
+        if engine.catalog().len() > self.selection.catalog_len {
+            self.reselect(self.selection.patterns.clone(), out);
+        }
         let table = engine.table();
         if let Some(frame) = catch_up_frame(&table, &self.selection, self.position, false) {
             out.push(Message::Binary(frame));
@@ -477,7 +497,7 @@ impl Session {
         &mut self,
         w: proto::WriteRequest,
     ) -> Result<oneshot::Receiver<Result<(), WriteFailure>>, WriteFailure> {
-        let catalog = &self.push.engine.catalog;
+        let catalog = self.push.engine.catalog();
         let Some(def) = catalog.id(&w.tag).and_then(|id| catalog.get(id)) else {
             return Err((
                 status::BAD_NODE_ID_UNKNOWN,

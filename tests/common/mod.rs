@@ -54,7 +54,7 @@ pub fn hello(patterns: &[&str]) -> proto::Hello {
 
 /// Puts one value into the engine's channel.
 pub async fn set(server: &Running, name: &str, v: f64) {
-    let tag = server.engine.catalog.id(name).expect("known tag");
+    let tag = server.engine.catalog().id(name).expect("known tag");
     let sample = Sample {
         tag,
         value: Some(Value::F64(v)),
