@@ -15,6 +15,7 @@ use crate::engine::{self, EngineShared};
 use crate::push::{self, Push};
 use crate::sample::Sample;
 use crate::source::modbus::ModbusSource;
+use crate::source::mqtt::MqttSource;
 use crate::source::writes::{WRITE_QUEUE, WriteRouter};
 
 /// Samples queued between sources and the engine; a full queue makes the
@@ -60,8 +61,7 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let modbus = Catalog::from_modbus(&config.modbus);
-    let catalog = Arc::new(Catalog::new(modbus.iter().cloned().chain(extra)));
+    let catalog = Arc::new(Catalog::new(configured_tags(&config).chain(extra)));
     let engine = EngineShared::new(catalog.clone());
     let (samples, rx) = flume::bounded(SAMPLE_QUEUE);
     tasks.spawn(engine::run(rx, engine.clone(), shutdown.clone()));
@@ -80,6 +80,11 @@ pub async fn start_with(
             }
         }
         let source = ModbusSource::new(device.clone(), ids, samples.clone(), write_rx);
+        tasks.spawn(source.run(shutdown.clone()));
+    }
+
+    for broker in &config.mqtt {
+        let source = MqttSource::new(broker.clone(), engine.clone(), samples.clone());
         tasks.spawn(source.run(shutdown.clone()));
     }
 
@@ -104,6 +109,18 @@ pub async fn start_with(
         shutdown,
         tasks,
     })
+}
+
+/// Every tag the configuration names, in file order (Modbus, then MQTT);
+/// MQTT topic maps add theirs at run time.
+pub fn configured_tags(config: &Config) -> impl Iterator<Item = TagDef> + '_ {
+    let modbus: Vec<TagDef> = Catalog::from_modbus(&config.modbus)
+        .iter()
+        .cloned()
+        .collect();
+    modbus
+        .into_iter()
+        .chain(config.mqtt.iter().flat_map(crate::source::mqtt::tag_defs))
 }
 
 /// Binds `[server].listen` and serves until Ctrl-C or SIGTERM.

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::source::modbus::ModbusConfig;
+use crate::source::mqtt::MqttConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq)]
@@ -77,9 +78,9 @@ pub struct Config {
     /// Modbus devices.
     #[serde(default)]
     pub modbus: Vec<ModbusConfig>,
-    /// Not built yet: refused with a clear error rather than ignored.
+    /// MQTT brokers.
     #[serde(default)]
-    pub mqtt: Option<toml::Value>,
+    pub mqtt: Vec<MqttConfig>,
     /// Not built yet: refused, because ignoring auth would open the server.
     #[serde(default)]
     pub auth: Option<toml::Value>,
@@ -222,7 +223,6 @@ impl Config {
     fn validate(&self, p: &mut Problems) {
         self.server.validate(p);
         for (section, present) in [
-            ("mqtt", self.mqtt.is_some()),
             ("auth", self.auth.is_some()),
             ("cluster", self.cluster.is_some()),
         ] {
@@ -244,6 +244,23 @@ impl Config {
                 if !names.insert(tag.name.as_str()) {
                     p.push(
                         format!("modbus[{i}].tags[{j}].name"),
+                        format!("duplicate tag name {:?}", tag.name),
+                    );
+                }
+            }
+        }
+        for (i, broker) in self.mqtt.iter().enumerate() {
+            if !devices.insert(broker.name.as_str()) {
+                p.push(
+                    format!("mqtt[{i}].name"),
+                    format!("duplicate source name {:?}", broker.name),
+                );
+            }
+            broker.validate(&format!("mqtt[{i}]"), p);
+            for (j, tag) in broker.tags.iter().enumerate() {
+                if !names.insert(tag.name.as_str()) {
+                    p.push(
+                        format!("mqtt[{i}].tags[{j}].name"),
                         format!("duplicate tag name {:?}", tag.name),
                     );
                 }
@@ -434,6 +451,46 @@ type = "string"
         let text = err.to_string();
         assert!(text.contains("heartbeat_interval"), "{text}");
         assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn mqtt_values_are_validated_with_their_keys() {
+        let text = r#"
+[[mqtt]]
+name = "b"
+url = "http://broker"
+password_env = "TAGSTREAM_TEST_UNSET_VARIABLE"
+[[mqtt.tags]]
+name = "x/y"
+topic = "x/+"
+format = "text"
+type = "f64"
+qos = 3
+write_topic = "x/set"
+[[mqtt.topics]]
+filter = "p/+/v"
+name = "p/{2}"
+format = "number"
+json_pointer = "/v"
+"#;
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "mqtt[0].url",
+            "mqtt[0].password_env",
+            "mqtt[0].tags[0].topic",
+            "mqtt[0].tags[0].write_topic",
+            "mqtt[0].tags[0].qos",
+            "mqtt[0].tags[0].type",
+            "mqtt[0].topics[0].name",
+            "mqtt[0].topics[0].json_pointer",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let ok = "[[mqtt]]\nname = \"b\"\nurl = \"mqtts://broker:8883\"\n[[mqtt.topics]]\nfilter = \"p/+/v\"\nname = \"p/{1}\"\n";
+        Config::parse(ok).expect("valid mqtt config");
     }
 
     #[test]

@@ -113,7 +113,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let catalog = tagstream::engine::catalog::Catalog::from_modbus(&config.modbus);
+    let catalog =
+        tagstream::engine::catalog::Catalog::new(tagstream::app::configured_tags(&config));
     println!(
         "{:>5}  {:<40} {:<8} {:<8} {:<5} source",
         "id", "name", "type", "unit", "write"
@@ -126,10 +127,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             t.id, t.name, ty, t.unit, w, t.source
         );
     }
+    for broker in &config.mqtt {
+        for map in &broker.topics {
+            let ty = format!("{:?}", map.kind.data_type());
+            let from = format!("{} (discovered from {})", broker.name, map.filter);
+            println!(
+                "{:>5}  {:<40} {:<8} {:<8} {:<5} {from}",
+                "*", map.name, ty, map.unit, ""
+            );
+        }
+    }
     println!(
-        "{} tags from {} device(s): OK",
+        "{} tags from {} device(s) and {} broker(s): OK",
         catalog.len(),
-        config.modbus.len()
+        config.modbus.len(),
+        config.mqtt.len()
     );
     Ok(())
 }

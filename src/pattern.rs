@@ -67,6 +67,18 @@ mod tests {
     }
 
     #[test]
+    fn captures_and_templates() {
+        assert_eq!(captures("p/+/value", "p/m1/value"), Some(vec!["m1"]));
+        assert_eq!(captures("p/+/value", "p/m1/other"), None);
+        assert_eq!(captures("p/+/value", "p/m1/value/x"), None);
+        assert_eq!(captures("p/+/+/v", "p/a/b/v"), Some(vec!["a", "b"]));
+        assert_eq!(captures("p/#", "p/a/b/c"), Some(vec!["a/b/c"]));
+        assert_eq!(captures("p/+/#", "p/a/b/c"), Some(vec!["a", "b/c"]));
+        assert_eq!(captures("p/#", "q/a"), None);
+        assert_eq!(fill("plant/{2}/{1}", &["m1", "temp"]), "plant/temp/m1");
+    }
+
+    #[test]
     fn syntax() {
         assert_eq!(validate(""), Err(PatternError::Empty));
         assert!(validate("a/#/b").is_err());
@@ -74,4 +86,35 @@ mod tests {
         assert!(validate("a/b+/c").is_err());
         assert!(validate("a/+/#").is_ok());
     }
+}
+
+/// The wildcard levels of `topic` under `filter` (`+` one level each, `#`
+/// the rest joined by `/`), or `None` if it does not match.
+pub fn captures<'a>(filter: &str, topic: &'a str) -> Option<Vec<&'a str>> {
+    let mut out = Vec::new();
+    let mut levels = topic.split('/');
+    let mut consumed = 0;
+    for f in filter.split('/') {
+        if f == "#" {
+            out.push(&topic[consumed.min(topic.len())..]);
+            return Some(out);
+        }
+        let level = levels.next()?;
+        if f == "+" {
+            out.push(level);
+        } else if f != level {
+            return None;
+        }
+        consumed += level.len() + 1;
+    }
+    levels.next().is_none().then_some(out)
+}
+
+/// Fills `{N}` in `template` with the N-th capture (1-based).
+pub fn fill(template: &str, captures: &[&str]) -> String {
+    let mut name = template.to_string();
+    for (i, c) in captures.iter().enumerate() {
+        name = name.replace(&format!("{{{}}}", i + 1), c);
+    }
+    name
 }

@@ -720,7 +720,10 @@ fn check_prints_the_tag_table_or_every_error() {
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(ok.status.success(), "{out}");
     assert!(out.contains("plant/boiler1/temperature"), "{out}");
-    assert!(out.contains("12 tags from 2 device(s): OK"), "{out}");
+    assert!(
+        out.contains("12 tags from 2 device(s) and 0 broker(s): OK"),
+        "{out}"
+    );
 
     let dir = std::env::temp_dir().join(format!("tagstream-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -3,5 +3,6 @@
 //! failures as tag status, never as a crash.
 
 pub mod modbus;
+pub mod mqtt;
 pub mod sim;
 pub mod writes;

@@ -1,0 +1,292 @@
+//! `[[mqtt]]`, `[[mqtt.tags]]` and `[[mqtt.topics]]` (config.md).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::payload::{Format, PayloadSpec, TagType};
+use crate::config::{Problems, check_tag_name};
+use crate::pattern;
+
+/// One broker connection (`[[mqtt]]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttConfig {
+    /// Source name, used in logs, metrics and `TagInfo.source`.
+    pub name: String,
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: String,
+    /// MQTT client id; default `tagstream-<name>`.
+    #[serde(default)]
+    pub client_id: String,
+    /// User name, inline.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the user name.
+    #[serde(default)]
+    pub username_env: Option<String>,
+    /// Environment variable holding the password (never inline).
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// MQTT keep-alive.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// Largest payload decoded; larger ones turn the tag BadDecodingError.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// One tag per topic.
+    #[serde(default)]
+    pub tags: Vec<MqttTagConfig>,
+    /// Many tags from one wildcard subscription.
+    #[serde(default)]
+    pub topics: Vec<MqttTopicConfig>,
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_payload() -> usize {
+    65_536
+}
+fn default_qos() -> u8 {
+    1
+}
+
+/// `[[mqtt.tags]]`: one topic, one tag.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttTagConfig {
+    /// Tag name.
+    pub name: String,
+    /// Exact topic (no wildcards).
+    pub topic: String,
+    /// Payload format.
+    #[serde(default)]
+    pub format: Format,
+    /// For `json`: where the value is.
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    /// For `json`: where a source timestamp is (epoch ms or RFC 3339).
+    #[serde(default)]
+    pub timestamp_pointer: Option<String>,
+    /// Tag type.
+    #[serde(rename = "type", default)]
+    pub kind: TagType,
+    /// Subscription QoS (0, 1, 2).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Engineering unit.
+    #[serde(default)]
+    pub unit: String,
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+    /// Absolute deadband.
+    #[serde(default)]
+    pub deadband: f64,
+    /// Never conflate.
+    #[serde(default)]
+    pub keep_samples: bool,
+    /// Writes publish here (not built yet: refused).
+    #[serde(default)]
+    pub write_topic: Option<String>,
+}
+
+/// `[[mqtt.topics]]`: a wildcard filter whose topics become tags, named by
+/// a template where `{N}` is the N-th wildcard level of the topic.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MqttTopicConfig {
+    /// Topic filter with `+` / `#`.
+    pub filter: String,
+    /// Tag name template.
+    pub name: String,
+    /// Payload format.
+    #[serde(default)]
+    pub format: Format,
+    /// For `json`: where the value is.
+    #[serde(default)]
+    pub json_pointer: Option<String>,
+    /// For `json`: where a source timestamp is.
+    #[serde(default)]
+    pub timestamp_pointer: Option<String>,
+    /// Tag type.
+    #[serde(rename = "type", default)]
+    pub kind: TagType,
+    /// Subscription QoS.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Engineering unit.
+    #[serde(default)]
+    pub unit: String,
+    /// Human description.
+    #[serde(default)]
+    pub description: String,
+    /// Absolute deadband.
+    #[serde(default)]
+    pub deadband: f64,
+    /// Never conflate.
+    #[serde(default)]
+    pub keep_samples: bool,
+}
+
+impl MqttTagConfig {
+    /// How to decode this tag's payloads.
+    pub fn payload(&self) -> PayloadSpec {
+        PayloadSpec {
+            format: self.format,
+            json_pointer: self.json_pointer.clone(),
+            timestamp_pointer: self.timestamp_pointer.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+impl MqttTopicConfig {
+    /// How to decode this map's payloads.
+    pub fn payload(&self) -> PayloadSpec {
+        PayloadSpec {
+            format: self.format,
+            json_pointer: self.json_pointer.clone(),
+            timestamp_pointer: self.timestamp_pointer.clone(),
+            kind: self.kind,
+        }
+    }
+
+    /// Number of wildcard levels in the filter.
+    pub fn wildcards(&self) -> usize {
+        self.filter
+            .split('/')
+            .filter(|l| *l == "+" || *l == "#")
+            .count()
+    }
+}
+
+/// Host, port and TLS flag of an `mqtt://` / `mqtts://` URL.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (true, rest)
+    } else if let Some(rest) = url.strip_prefix("mqtt://") {
+        (false, rest)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("bad port in {url:?}"))?,
+        ),
+        None => (rest, if tls { 8883 } else { 1883 }),
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_string(), port, tls))
+}
+
+impl MqttConfig {
+    pub(crate) fn validate(&self, key: &str, p: &mut Problems) {
+        if self.name.is_empty() {
+            p.push(format!("{key}.name"), "must not be empty");
+        }
+        if let Err(e) = parse_url(&self.url) {
+            p.push(format!("{key}.url"), e);
+        }
+        if self.username.is_some() && self.username_env.is_some() {
+            p.push(
+                format!("{key}.username_env"),
+                "give `username` or `username_env`, not both",
+            );
+        }
+        for (k, var) in [
+            ("username_env", &self.username_env),
+            ("password_env", &self.password_env),
+        ] {
+            if let Some(var) = var {
+                if std::env::var(var).is_err() {
+                    p.push(
+                        format!("{key}.{k}"),
+                        format!("environment variable {var} is not set"),
+                    );
+                }
+            }
+        }
+        if self.max_payload_bytes == 0 {
+            p.push(format!("{key}.max_payload_bytes"), "must be above zero");
+        }
+        if self.tags.is_empty() && self.topics.is_empty() {
+            p.push(
+                format!("{key}.tags"),
+                "a broker needs at least one tag or topic map",
+            );
+        }
+        for (j, t) in self.tags.iter().enumerate() {
+            let k = format!("{key}.tags[{j}]");
+            if let Err(e) = check_tag_name(&t.name) {
+                p.push(format!("{k}.name"), e);
+            }
+            if t.topic.is_empty() || t.topic.contains(['+', '#']) {
+                p.push(
+                    format!("{k}.topic"),
+                    "must be a topic without wildcards (use [[mqtt.topics]] for those)",
+                );
+            }
+            if t.write_topic.is_some() {
+                p.push(
+                    format!("{k}.write_topic"),
+                    "MQTT writes are not built yet in this version",
+                );
+            }
+            check_common(&k, &t.payload(), t.qos, t.deadband, p);
+        }
+        for (j, t) in self.topics.iter().enumerate() {
+            let k = format!("{key}.topics[{j}]");
+            if let Err(e) = pattern::validate(&t.filter) {
+                p.push(format!("{k}.filter"), e.to_string());
+            } else if t.wildcards() == 0 {
+                p.push(format!("{k}.filter"), "has no wildcard: use [[mqtt.tags]]");
+            }
+            let mut rest = t.name.as_str();
+            let mut max_ref = 0;
+            while let Some(open) = rest.find('{') {
+                let Some(close) = rest[open..].find('}') else {
+                    break;
+                };
+                match rest[open + 1..open + close].parse::<usize>() {
+                    Ok(n) if n >= 1 => max_ref = max_ref.max(n),
+                    _ => p.push(
+                        format!("{k}.name"),
+                        format!("{:?}: use {{1}}, {{2}}, ...", &rest[open..=open + close]),
+                    ),
+                }
+                rest = &rest[open + close + 1..];
+            }
+            if max_ref == 0 {
+                p.push(
+                    format!("{k}.name"),
+                    "a template needs at least one {N} or every topic maps to one tag",
+                );
+            } else if max_ref > t.wildcards() {
+                p.push(
+                    format!("{k}.name"),
+                    format!(
+                        "{{{max_ref}}} but the filter has {} wildcard(s)",
+                        t.wildcards()
+                    ),
+                );
+            }
+            check_common(&k, &t.payload(), t.qos, t.deadband, p);
+        }
+    }
+}
+
+fn check_common(key: &str, spec: &PayloadSpec, qos: u8, deadband: f64, p: &mut Problems) {
+    if qos > 2 {
+        p.push(format!("{key}.qos"), "must be 0, 1 or 2");
+    }
+    if !(deadband >= 0.0 && deadband.is_finite()) {
+        p.push(format!("{key}.deadband"), "must be a finite number >= 0");
+    }
+    if let Err(e) = spec.check() {
+        p.push(format!("{key}.{}", e.0), e.1);
+    }
+}

@@ -1,0 +1,334 @@
+//! MQTT source: one rumqttc client per `[[mqtt]]`. Its event loop is polled
+//! without pause (rumqttc sends nothing, not even SUBSCRIBE, otherwise).
+//! Every ConnAck re-subscribes, so a reconnect restores the subscriptions,
+//! and retained messages give initial values. A lost or unreachable broker
+//! turns the source's tags Bad (BadCommunicationError keeping the last
+//! value; BadNoCommunication if never received); fresh data turns them
+//! Good. An undecodable payload turns only its tag BadDecodingError, with a
+//! rate-limited log line naming topic and reason. Topics of a wildcard map
+//! become tags the first time they are seen (engine `register`).
+
+pub mod broker;
+pub mod config;
+pub mod payload;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
+use payload::PayloadSpec;
+
+use crate::engine::EngineShared;
+use crate::engine::catalog::TagDef;
+use crate::pattern;
+use crate::sample::{Sample, TagId, now_us};
+use crate::status;
+
+/// First reconnect delay; doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most one log line per topic per this period for bad payloads.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Largest MQTT packet accepted from the broker. Far above
+/// `max_payload_bytes`, so an oversized payload becomes a tag status, not a
+/// disconnect loop (a retained one would come back on every reconnect).
+const MAX_PACKET: usize = 16 << 20;
+
+/// The static tags of a config, as catalog entries.
+pub fn tag_defs(config: &MqttConfig) -> impl Iterator<Item = TagDef> + '_ {
+    config.tags.iter().map(|t| TagDef {
+        id: 0,
+        name: t.name.clone(),
+        data_type: t.kind.data_type(),
+        unit: t.unit.clone(),
+        description: t.description.clone(),
+        writable: false,
+        min: None,
+        max: None,
+        source: config.name.clone(),
+        deadband: t.deadband,
+        keep_samples: t.keep_samples,
+    })
+}
+
+struct Route {
+    id: TagId,
+    spec: PayloadSpec,
+}
+
+/// One broker's source.
+pub struct MqttSource {
+    config: MqttConfig,
+    engine: Arc<EngineShared>,
+    samples: flume::Sender<Sample>,
+    /// Exact topic -> its tags.
+    routes: HashMap<String, Vec<Route>>,
+    /// Tag name -> id for tags discovered through topic maps.
+    discovered: HashMap<String, TagId>,
+    /// Every tag of this source (for the Bad-on-disconnect sweep).
+    ids: Vec<TagId>,
+    /// Tags that received data at least once.
+    received: HashSet<TagId>,
+    last_log: HashMap<String, (Instant, u64)>,
+}
+
+impl MqttSource {
+    /// A source for `config`; its static tags must be in the engine's catalog.
+    pub fn new(
+        config: MqttConfig,
+        engine: Arc<EngineShared>,
+        samples: flume::Sender<Sample>,
+    ) -> Self {
+        let catalog = engine.catalog();
+        let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
+        let mut ids = Vec::new();
+        for t in &config.tags {
+            if let Some(id) = catalog.id(&t.name) {
+                routes.entry(t.topic.clone()).or_default().push(Route {
+                    id,
+                    spec: t.payload(),
+                });
+                ids.push(id);
+            }
+        }
+        MqttSource {
+            config,
+            engine,
+            samples,
+            routes,
+            discovered: HashMap::new(),
+            ids,
+            received: HashSet::new(),
+            last_log: HashMap::new(),
+        }
+    }
+
+    fn options(&self) -> MqttOptions {
+        let (host, port, tls) =
+            config::parse_url(&self.config.url).unwrap_or(("127.0.0.1".into(), 1883, false));
+        let id = if self.config.client_id.is_empty() {
+            format!("tagstream-{}", self.config.name)
+        } else {
+            self.config.client_id.clone()
+        };
+        let mut o = MqttOptions::new(id, host, port);
+        o.set_keep_alive(self.config.keep_alive);
+        o.set_clean_session(true);
+        o.set_max_packet_size(MAX_PACKET, 1 << 20);
+        let user = self.config.username.clone().or_else(|| {
+            self.config
+                .username_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+        });
+        if let Some(user) = user {
+            let password = self
+                .config
+                .password_env
+                .as_ref()
+                .and_then(|v| std::env::var(v).ok())
+                .unwrap_or_default();
+            o.set_credentials(user, password);
+        }
+        if tls {
+            install_crypto_provider();
+            o.set_transport(Transport::tls_with_default_config());
+        }
+        o
+    }
+
+    fn filters(&self) -> Vec<SubscribeFilter> {
+        let qos = |q: u8| match q {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        let mut by_path: HashMap<&str, u8> = HashMap::new();
+        for t in &self.config.tags {
+            let q = by_path.entry(&t.topic).or_default();
+            *q = (*q).max(t.qos);
+        }
+        for t in &self.config.topics {
+            let q = by_path.entry(&t.filter).or_default();
+            *q = (*q).max(t.qos);
+        }
+        by_path
+            .into_iter()
+            .map(|(path, q)| SubscribeFilter::new(path.to_string(), qos(q)))
+            .collect()
+    }
+
+    /// Runs until shutdown; never returns on broker errors.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (client, mut events) = AsyncClient::new(self.options(), 64);
+        let mut network = events.network_options();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(5);
+        events.set_network_options(network);
+        let filters = self.filters();
+        let mut backoff = MIN_BACKOFF;
+        let mut connected = false;
+        tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
+        loop {
+            let event = tokio::select! {
+                () = shutdown.cancelled() => break,
+                event = events.poll() => event,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected = true;
+                    backoff = MIN_BACKOFF;
+                    tracing::info!(source = %self.config.name, "mqtt connected");
+                    metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone())
+                        .set(1.0);
+                    if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                        tracing::warn!(source = %self.config.name, error = %e, "mqtt subscribe failed");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    self.on_publish(&p.topic, &p.payload).await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected || backoff == MIN_BACKOFF {
+                        tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff, "mqtt broker unreachable");
+                    }
+                    connected = false;
+                    metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone())
+                        .set(0.0);
+                    self.all_bad().await;
+                    let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff + jitter) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+        tracing::info!(source = %self.config.name, "mqtt source stopped");
+    }
+
+    async fn all_bad(&self) {
+        for &id in &self.ids {
+            let status = if self.received.contains(&id) {
+                status::BAD_COMMUNICATION_ERROR
+            } else {
+                status::BAD_NO_COMMUNICATION
+            };
+            if self
+                .samples
+                .send_async(Sample::bad(id, status))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
+        let mut targets: Vec<(TagId, PayloadSpec)> = self
+            .routes
+            .get(topic)
+            .map(|r| r.iter().map(|r| (r.id, r.spec.clone())).collect())
+            .unwrap_or_default();
+        let mut bad_names = Vec::new();
+        for map in &self.config.topics {
+            let Some(caps) = pattern::captures(&map.filter, topic) else {
+                continue;
+            };
+            let name = pattern::fill(&map.name, &caps);
+            if crate::config::check_tag_name(&name).is_err() {
+                bad_names.push(name);
+                continue;
+            }
+            let id = match self.discovered.get(&name) {
+                Some(id) => *id,
+                None => {
+                    let id = self.engine.register(TagDef {
+                        id: 0,
+                        name: name.clone(),
+                        data_type: map.kind.data_type(),
+                        unit: map.unit.clone(),
+                        description: map.description.clone(),
+                        writable: false,
+                        min: None,
+                        max: None,
+                        source: self.config.name.clone(),
+                        deadband: map.deadband,
+                        keep_samples: map.keep_samples,
+                    });
+                    tracing::info!(source = %self.config.name, %topic, tag = %name, id, "tag discovered");
+                    self.discovered.insert(name, id);
+                    self.ids.push(id);
+                    id
+                }
+            };
+            targets.push((id, map.payload()));
+        }
+        for name in bad_names {
+            self.log_bad(topic, &format!("maps to an invalid tag name {name:?}"));
+        }
+        for (id, spec) in targets {
+            let sample = if payload.len() > self.config.max_payload_bytes {
+                let why = format!(
+                    "payload of {} bytes over max_payload_bytes {}",
+                    payload.len(),
+                    self.config.max_payload_bytes
+                );
+                self.log_bad(topic, &why);
+                Sample::bad(id, status::BAD_DECODING_ERROR)
+            } else {
+                match spec.decode(payload) {
+                    Ok((value, time)) => {
+                        self.received.insert(id);
+                        let mut s = Sample::good(id, value);
+                        s.source_time_us = time.unwrap_or_else(now_us);
+                        s
+                    }
+                    Err(e) => {
+                        self.log_bad(topic, &e.0);
+                        Sample::bad(id, status::BAD_DECODING_ERROR)
+                    }
+                }
+            };
+            if self.samples.send_async(sample).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// One line per topic per `LOG_EVERY`, with how many were suppressed.
+    fn log_bad(&mut self, topic: &str, reason: &str) {
+        metrics::counter!("tagstream_mqtt_bad_payloads_total", "source" => self.config.name.clone()).increment(1);
+        if self.last_log.len() > 4096 {
+            self.last_log.clear();
+        }
+        let now = Instant::now();
+        let entry = self
+            .last_log
+            .entry(topic.to_string())
+            .or_insert((now - LOG_EVERY * 2, 0));
+        if now.duration_since(entry.0) >= LOG_EVERY {
+            tracing::warn!(source = %self.config.name, %topic, reason, suppressed = entry.1, "undecodable mqtt payload");
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+/// rustls with ring, once per process (rumqttc is built without a provider).
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
