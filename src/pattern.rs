@@ -49,6 +49,37 @@ pub fn matches(pattern: &str, name: &str) -> bool {
     }
 }
 
+/// The wildcard levels of `topic` under `filter` (`+` one level each, `#`
+/// the rest joined by `/`), or `None` if it does not match.
+pub fn captures<'a>(filter: &str, topic: &'a str) -> Option<Vec<&'a str>> {
+    let mut out = Vec::new();
+    let mut levels = topic.split('/');
+    let mut consumed = 0;
+    for f in filter.split('/') {
+        if f == "#" {
+            out.push(&topic[consumed.min(topic.len())..]);
+            return Some(out);
+        }
+        let level = levels.next()?;
+        if f == "+" {
+            out.push(level);
+        } else if f != level {
+            return None;
+        }
+        consumed += level.len() + 1;
+    }
+    levels.next().is_none().then_some(out)
+}
+
+/// Fills `{N}` in `template` with the N-th capture (1-based).
+pub fn fill(template: &str, captures: &[&str]) -> String {
+    let mut name = template.to_string();
+    for (i, c) in captures.iter().enumerate() {
+        name = name.replace(&format!("{{{}}}", i + 1), c);
+    }
+    name
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,35 +117,4 @@ mod tests {
         assert!(validate("a/b+/c").is_err());
         assert!(validate("a/+/#").is_ok());
     }
-}
-
-/// The wildcard levels of `topic` under `filter` (`+` one level each, `#`
-/// the rest joined by `/`), or `None` if it does not match.
-pub fn captures<'a>(filter: &str, topic: &'a str) -> Option<Vec<&'a str>> {
-    let mut out = Vec::new();
-    let mut levels = topic.split('/');
-    let mut consumed = 0;
-    for f in filter.split('/') {
-        if f == "#" {
-            out.push(&topic[consumed.min(topic.len())..]);
-            return Some(out);
-        }
-        let level = levels.next()?;
-        if f == "+" {
-            out.push(level);
-        } else if f != level {
-            return None;
-        }
-        consumed += level.len() + 1;
-    }
-    levels.next().is_none().then_some(out)
-}
-
-/// Fills `{N}` in `template` with the N-th capture (1-based).
-pub fn fill(template: &str, captures: &[&str]) -> String {
-    let mut name = template.to_string();
-    for (i, c) in captures.iter().enumerate() {
-        name = name.replace(&format!("{{{}}}", i + 1), c);
-    }
-    name
 }
