@@ -20,45 +20,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 
-/// The program's path, or `None` after a loud SKIPPED (a failure when
-/// TAGSTREAM_REQUIRE_ALL=1).
-fn require(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    let found = dirs.map(|d: PathBuf| d.join(program)).find(|p| p.is_file());
-    if found.is_none() {
-        if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
-        }
-        eprintln!(
-            "\n********** SKIPPED: `{program}` is not installed; this test did not run **********\n"
-        );
-    }
-    found
-}
-
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tagstream-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A proxy process, killed on drop.
 struct Proxy {
     child: Child,

@@ -3,6 +3,7 @@
 //! they do not measure speed).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tagstream::app::{self, Running};
@@ -112,4 +113,113 @@ pub async fn until_state(c: &mut Client, mut pred: impl FnMut(&Client) -> bool) 
     })
     .await
     .expect("state reached before deadline")
+}
+
+/// The program's path, or `None` after a loud SKIPPED (a failure when
+/// TAGSTREAM_REQUIRE_ALL=1).
+pub fn require(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    let found = dirs.map(|d: PathBuf| d.join(program)).find(|p| p.is_file());
+    if found.is_none() {
+        if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
+            panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
+        }
+        eprintln!(
+            "\n********** SKIPPED: `{program}` is not installed; this test did not run **********\n"
+        );
+    }
+    found
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("tagstream-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A TCP relay in front of a server: `stop` cuts every connection and
+/// refuses new ones (a network outage), `restart` restores the same port.
+pub struct Relay {
+    /// Where clients connect.
+    pub addr: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    stop: Option<tokio_util::sync::CancellationToken>,
+}
+
+impl Relay {
+    /// Relays a free loopback port to `target`.
+    pub async fn start(target: std::net::SocketAddr) -> Relay {
+        let mut relay = Relay {
+            addr: ([127, 0, 0, 1], 0).into(),
+            target,
+            stop: None,
+        };
+        relay.listen();
+        relay
+    }
+
+    fn listen(&mut self) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(self.addr).unwrap();
+        let listener = socket.listen(64).unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (token, target) = (stop.clone(), self.target);
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => break },
+                    () = token.cancelled() => break,
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        self.stop = Some(stop);
+    }
+
+    /// Cuts every relayed connection and stops listening.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.cancel();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.listen();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
