@@ -5,6 +5,7 @@
 //!   record entry -> decode latency and prove continuity (zero gaps).
 //! - `modbus`: a register change on a simulated device, polled every
 //!   `--poll`, to client decode.
+//! - `mqtt`: an MQTT publish (in-process broker) to client decode.
 //! - `idle`: spawns `tagstream demo` as a child process and measures its
 //!   RSS per idle connection.
 
@@ -25,7 +26,7 @@ use crate::sample::{Sample, Value, now_us};
 /// Options of `tagstream bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// channel | modbus | idle
+    /// channel | modbus | mqtt | idle
     #[arg(long, default_value = "channel")]
     pub mode: String,
     /// WebSocket clients (idle: connections).
@@ -54,8 +55,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = match args.mode.as_str() {
         "channel" => channel(&args).await?,
         "modbus" => modbus(&args).await?,
+        "mqtt" => mqtt(&args).await?,
         "idle" => idle(&args).await?,
-        other => anyhow::bail!("unknown mode {other:?} (channel | modbus | idle)"),
+        other => anyhow::bail!("unknown mode {other:?} (channel | modbus | mqtt | idle)"),
     };
     if args.json {
         println!("{}", report.json());
@@ -269,6 +271,65 @@ async fn modbus(args: &BenchArgs) -> anyhow::Result<Report> {
     server.stop().await;
     let mut report = Report::default();
     report.add("poll_interval", args.poll.as_secs_f64() * 1000.0, "ms");
+    report.latency(&h);
+    Ok(report)
+}
+
+async fn mqtt(args: &BenchArgs) -> anyhow::Result<Report> {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let broker = crate::source::mqtt::broker::start(0)?;
+    let text = format!(
+        "[[mqtt]]\nname = \"bench\"\nurl = \"mqtt://{broker}\"\n[[mqtt.tags]]\nname = \"bench/mqtt\"\ntopic = \"bench/mqtt\"\ntype = \"u64\"\nqos = 0\n"
+    );
+    let server = crate::app::start(Config::parse(&text)?, local_listener().await?).await?;
+    let hello = proto::Hello {
+        client_name: "bench".into(),
+        resume: None,
+        subscribe: vec!["bench/#".into()],
+    };
+    let mut client = Client::connect(&url(server.addr), hello).await?;
+    let mut opts = MqttOptions::new("bench-publisher", broker.ip().to_string(), broker.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (publisher, mut events) = AsyncClient::new(opts, 64);
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    // Warm up until the source is subscribed.
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        publisher
+            .publish("bench/mqtt", QoS::AtMostOnce, false, n.to_string())
+            .await?;
+        if let Ok(Ok(Event::Delta(_))) =
+            tokio::time::timeout(Duration::from_millis(200), client.next_event()).await
+        {
+            break;
+        }
+    }
+    let mut h = histogram();
+    let started = Instant::now();
+    while started.elapsed() < args.duration {
+        tokio::time::sleep(Duration::from_millis(10 + fastrand::u64(0..40))).await;
+        n += 1;
+        let sent = Instant::now();
+        publisher
+            .publish("bench/mqtt", QoS::AtMostOnce, false, n.to_string())
+            .await?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+            if let Event::Delta(d) = event {
+                let want = Some(Value::U64(n));
+                if d.updates
+                    .iter()
+                    .any(|u| u.value.as_ref().and_then(proto::Value::to_sample) == want)
+                {
+                    h.record(sent.elapsed().as_micros().max(1) as u64)?;
+                    break;
+                }
+            }
+        }
+    }
+    server.stop().await;
+    let mut report = Report::default();
     report.latency(&h);
     Ok(report)
 }

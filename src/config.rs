@@ -343,7 +343,8 @@ mod tests {
         assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
         let demo = include_str!("../deploy/demo.toml")
             .replace("{boiler}", "127.0.0.1:1")
-            .replace("{line}", "127.0.0.1:2");
+            .replace("{line}", "127.0.0.1:2")
+            .replace("{mqtt}", "127.0.0.1:3");
         let demo = Config::parse(&demo).expect("demo template parses");
         assert_eq!(demo.modbus.len(), 2);
     }

@@ -57,7 +57,9 @@ enum Command {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rumqttd is only the embedded demo/test broker: its connection
+        // chatter (readiness probes included) is not the operator's concern.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -94,9 +96,10 @@ async fn demo(listen: &str) -> anyhow::Result<()> {
     let mut config = Config::parse(&plant.config).context("demo config")?;
     config.server.listen = listen.to_string();
     eprintln!(
-        "tagstream demo: simulated devices at {} and {}",
+        "tagstream demo: simulated Modbus devices at {} and {}, MQTT broker at {}",
         plant.boiler.addr(),
-        plant.line.addr()
+        plant.line.addr(),
+        plant.broker
     );
     eprintln!("  stream:  ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
     eprintln!("  metrics: http://{listen}/metrics");

@@ -231,16 +231,19 @@ fn get_f32(regs: &[u16], at: usize) -> f32 {
     f32::from_be_bytes([a, b, c, d])
 }
 
-/// The demo plant's configuration; `{boiler}` and `{line}` are replaced by
-/// the simulated devices' addresses.
+/// The demo plant's configuration; `{boiler}`, `{line}` and `{mqtt}` are
+/// replaced by the simulated devices' and the broker's addresses.
 pub const DEMO_CONFIG: &str = include_str!("../../deploy/demo.toml");
 
-/// A running demo plant: two devices and the task that moves their signals.
+/// A running demo plant: two devices, a broker with a publishing gateway,
+/// and the tasks that move their signals.
 pub struct DemoPlant {
     /// The boiler device.
     pub boiler: ModbusDevice,
     /// The packing line device.
     pub line: ModbusDevice,
+    /// The in-process MQTT broker.
+    pub broker: SocketAddr,
     /// The config text that polls them.
     pub config: String,
 }
@@ -250,9 +253,12 @@ pub async fn start_demo_plant(shutdown: CancellationToken) -> io::Result<DemoPla
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let boiler = ModbusDevice::start(any).await?;
     let line = ModbusDevice::start(any).await?;
+    let broker = super::mqtt::broker::start(0)?;
     let config = DEMO_CONFIG
         .replace("{boiler}", &boiler.addr().to_string())
-        .replace("{line}", &line.addr().to_string());
+        .replace("{line}", &line.addr().to_string())
+        .replace("{mqtt}", &broker.to_string());
+    tokio::spawn(run_gateway(broker, shutdown.clone()));
     {
         let mut b = boiler.registers();
         put_f32(&mut b.holding, 0, 20.0);
@@ -281,6 +287,7 @@ pub async fn start_demo_plant(shutdown: CancellationToken) -> io::Result<DemoPla
     Ok(DemoPlant {
         boiler,
         line,
+        broker,
         config,
     })
 }
@@ -315,5 +322,60 @@ fn move_signals(b: &mut Registers, l: &mut Registers, t: f64, count: &mut u32) {
     };
     for (i, pair) in product.chunks(2).enumerate() {
         l.holding[10 + i] = u16::from_be_bytes([pair[0], pair[1]]);
+    }
+}
+
+/// A simulated PLC gateway publishing line 3 and line 4 over MQTT.
+async fn run_gateway(broker: SocketAddr, shutdown: CancellationToken) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let opts = MqttOptions::new("demo-gateway", broker.ip().to_string(), broker.port());
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    tokio::spawn(async move {
+        loop {
+            if events.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut t = 0.0f64;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        t += 0.2;
+        let speed = 1450.0 + 40.0 * (t / 7.0).sin() + (fastrand::f64() - 0.5) * 2.0;
+        let running = (t as u64 / 40) % 5 != 4;
+        let state = if running { "RUNNING" } else { "CHANGEOVER" };
+        let mut messages = vec![
+            (
+                "factory/line3/speed".to_string(),
+                format!("{:.1}", if running { speed } else { 0.0 }),
+                false,
+            ),
+            ("factory/line3/state".to_string(), state.to_string(), true),
+            (
+                "factory/line3/running".to_string(),
+                if running { "on" } else { "off" }.to_string(),
+                true,
+            ),
+        ];
+        let machines: &[&str] = if t < 15.0 {
+            &["m1", "m2"]
+        } else {
+            &["m1", "m2", "m3"]
+        };
+        for (i, m) in machines.iter().enumerate() {
+            let temp = 60.0 + 5.0 * i as f64 + 3.0 * (t / (9.0 + i as f64)).sin();
+            let body = format!(
+                r#"{{"temp":{temp:.2},"ts":{}}}"#,
+                crate::sample::now_us() / 1000
+            );
+            messages.push((format!("factory/line4/{m}/telemetry"), body, false));
+        }
+        for (topic, payload, retain) in messages {
+            let _ = client.try_publish(topic, QoS::AtMostOnce, retain, payload);
+        }
     }
 }
