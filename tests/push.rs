@@ -721,7 +721,7 @@ fn check_prints_the_tag_table_or_every_error() {
     assert!(ok.status.success(), "{out}");
     assert!(out.contains("plant/boiler1/temperature"), "{out}");
     assert!(
-        out.contains("12 tags from 2 device(s) and 0 broker(s): OK"),
+        out.contains("14 tags from 2 device(s) and 1 broker(s): OK"),
         "{out}"
     );
 
