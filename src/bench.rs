@@ -226,6 +226,33 @@ async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// A server for `config` and a client subscribed to `bench/#`.
+async fn watched_server(config: &str) -> anyhow::Result<(crate::app::Running, Client)> {
+    let server = crate::app::start(Config::parse(config)?, local_listener().await?).await?;
+    let hello = proto::Hello {
+        client_name: "bench".into(),
+        resume: None,
+        subscribe: vec!["bench/#".into()],
+    };
+    let client = Client::connect(&url(server.addr), hello).await?;
+    Ok((server, client))
+}
+
+/// Reads deltas until one carries `want`.
+async fn until_value(client: &mut Client, want: &Value) -> anyhow::Result<()> {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+        if let Event::Delta(d) = event {
+            if d.updates
+                .iter()
+                .any(|u| u.value.as_ref().and_then(proto::Value::to_sample).as_ref() == Some(want))
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
 async fn modbus(args: &BenchArgs) -> anyhow::Result<Report> {
     let device = crate::source::sim::ModbusDevice::start(([127, 0, 0, 1], 0).into()).await?;
     let text = format!(
@@ -234,13 +261,7 @@ async fn modbus(args: &BenchArgs) -> anyhow::Result<Report> {
         device.addr(),
         humantime::format_duration(args.poll)
     );
-    let server = crate::app::start(Config::parse(&text)?, local_listener().await?).await?;
-    let hello = proto::Hello {
-        client_name: "bench".into(),
-        resume: None,
-        subscribe: vec!["bench/#".into()],
-    };
-    let mut client = Client::connect(&url(server.addr), hello).await?;
+    let (server, mut client) = watched_server(&text).await?;
     let mut h = histogram();
     let started = Instant::now();
     let mut n: u32 = 0;
@@ -254,19 +275,8 @@ async fn modbus(args: &BenchArgs) -> anyhow::Result<Report> {
             r.holding[1] = n as u16;
         }
         let set = Instant::now();
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
-            if let Event::Delta(d) = event {
-                let seen = d.updates.iter().any(|u| {
-                    u.value.as_ref().and_then(proto::Value::to_sample)
-                        == Some(Value::U64(u64::from(n)))
-                });
-                if seen {
-                    h.record(set.elapsed().as_micros().max(1) as u64)?;
-                    break;
-                }
-            }
-        }
+        until_value(&mut client, &Value::U64(u64::from(n))).await?;
+        h.record(set.elapsed().as_micros().max(1) as u64)?;
     }
     server.stop().await;
     let mut report = Report::default();
@@ -281,13 +291,7 @@ async fn mqtt(args: &BenchArgs) -> anyhow::Result<Report> {
     let text = format!(
         "[[mqtt]]\nname = \"bench\"\nurl = \"mqtt://{broker}\"\n[[mqtt.tags]]\nname = \"bench/mqtt\"\ntopic = \"bench/mqtt\"\ntype = \"u64\"\nqos = 0\n"
     );
-    let server = crate::app::start(Config::parse(&text)?, local_listener().await?).await?;
-    let hello = proto::Hello {
-        client_name: "bench".into(),
-        resume: None,
-        subscribe: vec!["bench/#".into()],
-    };
-    let mut client = Client::connect(&url(server.addr), hello).await?;
+    let (server, mut client) = watched_server(&text).await?;
     let mut opts = MqttOptions::new("bench-publisher", broker.ip().to_string(), broker.port());
     opts.set_keep_alive(Duration::from_secs(30));
     let (publisher, mut events) = AsyncClient::new(opts, 64);
@@ -314,19 +318,8 @@ async fn mqtt(args: &BenchArgs) -> anyhow::Result<Report> {
         publisher
             .publish("bench/mqtt", QoS::AtMostOnce, false, n.to_string())
             .await?;
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
-            if let Event::Delta(d) = event {
-                let want = Some(Value::U64(n));
-                if d.updates
-                    .iter()
-                    .any(|u| u.value.as_ref().and_then(proto::Value::to_sample) == want)
-                {
-                    h.record(sent.elapsed().as_micros().max(1) as u64)?;
-                    break;
-                }
-            }
-        }
+        until_value(&mut client, &Value::U64(n)).await?;
+        h.record(sent.elapsed().as_micros().max(1) as u64)?;
     }
     server.stop().await;
     let mut report = Report::default();

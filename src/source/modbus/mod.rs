@@ -230,15 +230,9 @@ impl ModbusSource {
             (RequestError::Timeout(_), true) => status::BAD_TIMEOUT,
             (_, true) => status::BAD_COMMUNICATION_ERROR,
         };
-        for &id in &self.ids {
-            if self
-                .samples
-                .send_async(Sample::bad(id, status))
-                .await
-                .is_err()
-            {
-                return;
-            }
+        let bad: Vec<(TagId, u32)> = self.ids.iter().map(|&id| (id, status)).collect();
+        if !super::report_bad(&self.samples, bad).await {
+            return;
         }
         let jitter = link.backoff.mul_f64(fastrand::f64() * 0.2);
         link.retry_at = Instant::now() + link.backoff + jitter;

@@ -216,21 +216,15 @@ impl MqttSource {
     }
 
     async fn all_bad(&self) {
-        for &id in &self.ids {
-            let status = if self.received.contains(&id) {
-                status::BAD_COMMUNICATION_ERROR
-            } else {
-                status::BAD_NO_COMMUNICATION
-            };
-            if self
-                .samples
-                .send_async(Sample::bad(id, status))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
+        let bad: Vec<(TagId, u32)> = self
+            .ids
+            .iter()
+            .map(|&id| match self.received.contains(&id) {
+                true => (id, status::BAD_COMMUNICATION_ERROR),
+                false => (id, status::BAD_NO_COMMUNICATION),
+            })
+            .collect();
+        super::report_bad(&self.samples, bad).await;
     }
 
     async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
