@@ -28,6 +28,8 @@ pub struct PushMetrics {
     pub connections: Gauge,
     /// Frames written to clients.
     pub frames_out: Counter,
+    /// Tag updates delivered in Deltas (one per tag per client).
+    pub updates_out: Counter,
     /// Payload bytes written to clients.
     pub bytes_out: Counter,
     /// Frames received from clients.
@@ -46,6 +48,7 @@ impl PushMetrics {
             connections: metrics::gauge!("tagstream_connections"),
             frames_out: metrics::counter!("tagstream_frames_out_total"),
             bytes_out: metrics::counter!("tagstream_bytes_out_total"),
+            updates_out: metrics::counter!("tagstream_updates_out_total"),
             frames_in: metrics::counter!("tagstream_frames_in_total"),
             catch_ups: metrics::counter!("tagstream_catch_ups_total"),
             refused: metrics::counter!("tagstream_handshakes_refused_total"),

@@ -139,6 +139,15 @@ async fn fresh_client_gets_welcome_catalog_snapshot_then_deltas() {
     assert_eq!(d.from_seq, s.seq);
     assert_eq!(d.updates.len(), 1, "only the subscribed change: {d:?}");
     assert_eq!(f64_of(&c, "a/y"), Some(4.0));
+    // The recorder is process-wide (`cargo test` runs tests side by side),
+    // so only "counted at all" is ours to assert.
+    let metrics = tagstream::telemetry::prometheus().unwrap().render();
+    let out = metrics
+        .lines()
+        .find(|l| l.starts_with("tagstream_updates_out_total "))
+        .unwrap();
+    let n: f64 = out.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{out}");
     server.stop().await;
 }
 

@@ -51,7 +51,16 @@ pub struct Batch {
 /// same subscription normally share a position too (they skipped the same
 /// batches), so each distinct subscription is encoded once per batch. The
 /// `Arc` keeps the selection alive so its address cannot be reused.
-type FrameCache = HashMap<(usize, u64), (Arc<Selection>, Option<Bytes>)>;
+type FrameCache = HashMap<(usize, u64), (Arc<Selection>, Option<Frame>)>;
+
+/// A ready Delta frame and how many updates it carries (for metrics).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The encoded `ServerMessage`.
+    pub bytes: Bytes,
+    /// Updates in it.
+    pub updates: u64,
+}
 
 impl Batch {
     /// The encoded bytes of one entry.
@@ -62,7 +71,7 @@ impl Batch {
     /// The Delta frame for a session at `position` with this selection, or
     /// `None` if nothing it selects changed after its position. Built once
     /// per (selection, position) and shared.
-    pub fn frame_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Bytes> {
+    pub fn frame_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Frame> {
         let key = (Arc::as_ptr(selection) as usize, position);
         let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, frame)) = frames.get(&key) {
@@ -74,7 +83,7 @@ impl Batch {
     }
 
     /// Assembles the frame without the cache (what `frame_for` does once).
-    pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Bytes> {
+    pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Frame> {
         let selected = |e: &&Entry| e.seq > position && selection.contains(e.id);
         let mut parts = self.entries.iter().filter(selected).peekable();
         parts.peek()?;
@@ -83,10 +92,18 @@ impl Batch {
             .iter()
             .all(|e| e.seq > position && selection.contains(e.id));
         if all {
-            return Some(delta_frame(position, self.to_seq, &[&self.bytes[..]]));
+            let bytes = delta_frame(position, self.to_seq, &[&self.bytes[..]]);
+            return Some(Frame {
+                bytes,
+                updates: self.entries.len() as u64,
+            });
         }
         let slices: Vec<&[u8]> = parts.map(|e| self.entry_bytes(e)).collect();
-        Some(delta_frame(position, self.to_seq, &slices))
+        let bytes = delta_frame(position, self.to_seq, &slices);
+        Some(Frame {
+            bytes,
+            updates: slices.len() as u64,
+        })
     }
 }
 
@@ -236,8 +253,8 @@ mod tests {
         }
     }
 
-    fn decode(frame: &Bytes) -> proto::Delta {
-        match proto::ServerMessage::decode(frame.clone())
+    fn decode(frame: &Frame) -> proto::Delta {
+        match proto::ServerMessage::decode(frame.bytes.clone())
             .expect("decodes")
             .kind
         {
@@ -272,8 +289,8 @@ mod tests {
         // The shared frame is the same allocation for the same selection.
         let again = batch.frame_for(&all, 10).expect("frame");
         assert_eq!(
-            again.as_ptr(),
-            batch.frame_for(&all, 10).expect("frame").as_ptr()
+            again.bytes.as_ptr(),
+            batch.frame_for(&all, 10).expect("frame").bytes.as_ptr()
         );
     }
 

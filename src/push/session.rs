@@ -307,7 +307,14 @@ impl Session {
         }
         if outcome == ResumeOutcome::Resumed {
             out.push(Message::Binary(
-                catch_up_frame(&table, &selection, position, true).unwrap_or_default(),
+                catch_up_frame(
+                    &table,
+                    &selection,
+                    position,
+                    true,
+                    &push.metrics.updates_out,
+                )
+                .unwrap_or_default(),
             ));
         } else {
             let ids: Vec<TagId> = selection.ids().collect();
@@ -388,7 +395,8 @@ impl Session {
             .collect();
         if !newly.is_empty() {
             if table.seq() > self.position {
-                let frame = catch_up_frame(&table, &self.selection, self.position, true)
+                let counter = &self.push.metrics.updates_out;
+                let frame = catch_up_frame(&table, &self.selection, self.position, true, counter)
                     .unwrap_or_default();
                 out.push(Message::Binary(frame));
                 self.position = table.seq();
@@ -443,7 +451,8 @@ impl Session {
                 continue;
             }
             if let Some(frame) = b.frame_for(&self.selection, self.position) {
-                out.push(Message::Binary(frame));
+                self.push.metrics.updates_out.increment(frame.updates);
+                out.push(Message::Binary(frame.bytes));
                 self.position = b.to_seq;
             }
         }
@@ -460,7 +469,9 @@ impl Session {
             self.reselect(self.selection.patterns.clone(), out);
         }
         let table = engine.table();
-        if let Some(frame) = catch_up_frame(&table, &self.selection, self.position, false) {
+        let counter = &self.push.metrics.updates_out;
+        if let Some(frame) = catch_up_frame(&table, &self.selection, self.position, false, counter)
+        {
             out.push(Message::Binary(frame));
             self.position = table.seq();
         }
@@ -600,14 +611,18 @@ fn catch_up_frame(
     selection: &Selection,
     position: u64,
     always: bool,
+    updates_out: &metrics::Counter,
 ) -> Option<Bytes> {
     let mut buf = BytesMut::new();
+    let mut updates = 0;
     for (id, state) in table.changed_since(position, selection) {
         encode_update(3, id, state, &mut buf);
+        updates += 1;
     }
     if buf.is_empty() && !always {
         return None;
     }
+    updates_out.increment(updates);
     Some(delta_frame(position, table.seq(), &[&buf]))
 }
 
