@@ -391,3 +391,138 @@ topic = "g/ok"
     }
     server.stop().await;
 }
+
+/// Runs openssl; panics with its output on failure.
+fn openssl(bin: &std::path::Path, dir: &Scratch, args: &[&str]) {
+    let out = Command::new(bin)
+        .args(args)
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn mqtts_with_a_private_ca() {
+    // rumqttd is built without TLS here, so this one needs Mosquitto.
+    let (Some(mosquitto), Some(ssl)) = (require("mosquitto"), require("openssl")) else {
+        return;
+    };
+    let dir = Scratch::new("mqtts");
+    openssl(
+        &ssl,
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=plant-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        &ssl,
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(
+        dir.path("san.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    openssl(
+        &ssl,
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.cnf",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (tls_port, plain_port) = (free(), free());
+    let d = dir.0.display();
+    let conf = format!(
+        "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+         listener {plain_port} 127.0.0.1\n\
+         listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n"
+    );
+    std::fs::write(dir.path("mosquitto.conf"), conf).unwrap();
+    // Mosquitto drops to its own user when started as root: let it read the files.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&dir.0)
+        .status();
+    let mut child = Command::new(mosquitto)
+        .arg("-c")
+        .arg(dir.path("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for port in [plain_port, tls_port] {
+        tokio::time::timeout(DEADLINE, async {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("mosquitto listens");
+    }
+    let body = format!(
+        "[[mqtt]]\nname = \"secure\"\nurl = \"mqtts://localhost:{tls_port}\"\nca_file = \"{d}/ca.pem\"\n\
+         [[mqtt.tags]]\nname = \"s/x\"\ntopic = \"s/x\"\n"
+    );
+    let server = spawn_server(&body, &[]).await;
+    let mut c = connect_synced(&server, &["s/#"]).await;
+    let mut p = Publisher::connect(([127, 0, 0, 1], plain_port).into()).await;
+    until_subscribed(&mut p, &mut c, "s/x", "s/x", "42").await;
+    assert_eq!(kind(&c, "s/x"), Some(V::F64(42.0)), "received over TLS");
+    server.stop().await;
+    let _ = child.kill();
+    let _ = child.wait();
+}

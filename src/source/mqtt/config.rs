@@ -27,6 +27,10 @@ pub struct MqttConfig {
     /// Environment variable holding the password (never inline).
     #[serde(default)]
     pub password_env: Option<String>,
+    /// Extension, for `mqtts://`: a PEM CA bundle to trust instead of the
+    /// system roots (plants often run a private CA).
+    #[serde(default)]
+    pub ca_file: Option<String>,
     /// MQTT keep-alive.
     #[serde(default = "default_keep_alive", with = "humantime_serde")]
     pub keep_alive: Duration,
@@ -190,6 +194,13 @@ impl MqttConfig {
         }
         if let Err(e) = parse_url(&self.url) {
             p.push(format!("{key}.url"), e);
+        }
+        if let Some(ca) = &self.ca_file {
+            if !self.url.starts_with("mqtts://") {
+                p.push(format!("{key}.ca_file"), "only for mqtts:// URLs");
+            } else if let Err(e) = std::fs::read(ca) {
+                p.push(format!("{key}.ca_file"), format!("cannot read {ca}: {e}"));
+            }
         }
         if self.username.is_some() && self.username_env.is_some() {
             p.push(

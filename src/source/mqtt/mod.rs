@@ -16,7 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+use rumqttc::{
+    AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
@@ -137,7 +139,21 @@ impl MqttSource {
         }
         if tls {
             install_crypto_provider();
-            o.set_transport(Transport::tls_with_default_config());
+            let ca = self.config.ca_file.as_ref().and_then(|path| match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    tracing::error!(source = %self.config.name, %path, error = %e, "cannot read ca_file; using system roots");
+                    None
+                }
+            });
+            o.set_transport(match ca {
+                Some(ca) => Transport::tls_with_config(TlsConfiguration::Simple {
+                    ca,
+                    alpn: None,
+                    client_auth: None,
+                }),
+                None => Transport::tls_with_default_config(),
+            });
         }
         o
     }
