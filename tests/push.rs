@@ -204,6 +204,9 @@ async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
         "exactly the subscribed tags changed since, each once"
     );
     assert_eq!(f64_of(&c, "a/x"), Some(13.0), "latest state, conflated");
+    // The stream goes on from the resume Delta's end (the client checks).
+    set(&server, "a/x", 14.0).await;
+    until_state(&mut c, |c| f64_of(c, "a/x") == Some(14.0)).await;
     server.stop().await;
 }
 
@@ -753,4 +756,40 @@ fn check_prints_the_tag_table_or_every_error() {
     assert!(err.contains("server.listen"), "{err}");
     assert!(err.contains("modbus[0].address"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The load harness at toy size: each named scenario runs end to end
+/// (server process, lean subscribers) with no gap and no failed client.
+/// Speed is not asserted here; `tagstream bench` measures it.
+#[tokio::test]
+async fn every_bench_scenario_runs_at_toy_size() {
+    use tagstream::bench::scenario::{Scenario, run};
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tagstream"));
+    for name in ["idle", "room", "wall", "storm"] {
+        let preset = Scenario::preset(name).unwrap();
+        let scenario = Scenario {
+            clients: 6,
+            rate: preset.rate.min(200),
+            duration: Duration::from_millis(300),
+            ..preset
+        };
+        let report = run(&scenario, bin)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(report.get("gaps"), Some(0.0), "{name}: {}", report.table());
+        assert_eq!(report.get("clients_failed"), Some(0.0), "{name}");
+        if scenario.storm {
+            assert_eq!(
+                report.get("storm_snapshots"),
+                Some(0.0),
+                "{name}: resumed by catch-up"
+            );
+        }
+        if scenario.rate > 0 {
+            assert!(
+                report.get("updates_delivered_per_s").unwrap() > 0.0,
+                "{name}: nothing delivered"
+            );
+        }
+    }
 }

@@ -324,7 +324,8 @@ impl Session {
         drop(table);
         Session {
             selection,
-            position,
+            // The resume Delta ends at `current`: later deltas start there.
+            position: current,
             consumed,
             rx,
             alive: true,

@@ -9,6 +9,9 @@
 //! - `idle`: spawns `tagstream demo` as a child process and measures its
 //!   RSS per idle connection.
 
+pub mod lean;
+pub mod scenario;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -26,9 +29,16 @@ use crate::sample::{Sample, Value, now_us};
 /// Options of `tagstream bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// channel | modbus | mqtt | idle
+    /// channel | modbus | mqtt | idle, or a scenario: idle-10k | room |
+    /// wall | storm (server in its own process, lean subscribers)
     #[arg(long, default_value = "channel")]
     pub mode: String,
+    /// Scale a scenario's clients and rate (e.g. 0.1).
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Tags per subscription group (`--mode serve`, internal).
+    #[arg(long, default_value_t = 100)]
+    pub group: usize,
     /// WebSocket clients (idle: connections).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
@@ -56,6 +66,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "channel" => channel(&args).await?,
         "modbus" => modbus(&args).await?,
         "mqtt" => mqtt(&args).await?,
+        "serve" => return scenario::serve(args.tags, args.group, args.rate, "127.0.0.1:0").await,
+        name @ ("room" | "wall" | "storm" | "idle-10k") => {
+            let preset =
+                scenario::Scenario::preset(name.trim_end_matches("-10k")).context("preset")?;
+            let scenario = scenario::Scenario {
+                duration: args.duration,
+                ..preset.scaled(args.scale)
+            };
+            scenario::run(&scenario, &std::env::current_exe()?).await?
+        }
         "idle" => idle(&args).await?,
         other => anyhow::bail!("unknown mode {other:?} (channel | modbus | mqtt | idle)"),
     };
@@ -91,6 +111,14 @@ impl Report {
         self.add("samples", h.len() as f64, "");
     }
 
+    /// One measured value by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, v, _)| *v)
+    }
+
     /// A human table.
     pub fn table(&self) -> String {
         self.rows
@@ -111,13 +139,15 @@ impl Report {
     }
 }
 
-fn raise_fd_limit() {
+/// Raises RLIMIT_NOFILE to the hard limit (load runs open many sockets).
+pub fn raise_fd_limit() {
     if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
 }
 
-fn histogram() -> Histogram<u64> {
+/// A latency histogram, µs, 1 µs .. 60 s.
+pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
 }
 

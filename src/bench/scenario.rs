@@ -1,0 +1,299 @@
+//! Named load scenarios, each against a server in its own process (so its
+//! CPU and RSS are its own): `idle`, `room`, `wall`, `storm`. The server
+//! runs a synthetic source that stamps every change on entry; lean
+//! subscribers measure entry -> decode latency and prove continuity.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use super::Report;
+use super::lean::{Lean, Tally};
+use crate::config::Config;
+use crate::engine::catalog::TagDef;
+use crate::sample::{Sample, Value, now_us};
+
+/// A load shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Preset name.
+    pub name: &'static str,
+    /// WebSocket subscribers.
+    pub clients: usize,
+    /// Tags in the server.
+    pub tags: usize,
+    /// Tags per subscription group; each client takes one group.
+    pub group: usize,
+    /// Changes per second into the server's channel.
+    pub rate: u64,
+    /// Measurement window.
+    pub duration: Duration,
+    /// Drop every client at once and reconnect with resume.
+    pub storm: bool,
+}
+
+impl Scenario {
+    /// The committed presets (issue 5's targets are written against these).
+    pub fn preset(name: &str) -> Option<Scenario> {
+        let s = |name, clients, tags, group, rate, storm| Scenario {
+            name,
+            clients,
+            tags,
+            group,
+            rate,
+            duration: Duration::from_secs(10),
+            storm,
+        };
+        Some(match name {
+            "idle" => s("idle", 10_000, 1_000, 1, 0, false),
+            "room" => s("room", 1_000, 10_000, 1_000, 20_000, false),
+            "wall" => s("wall", 10_000, 10_000, 100, 10_000, false),
+            "storm" => s("storm", 10_000, 1_000, 100, 1_000, true),
+            _ => return None,
+        })
+    }
+
+    /// The same shape scaled down (clients and rate), for smoke tests.
+    pub fn scaled(mut self, factor: f64) -> Scenario {
+        self.clients = ((self.clients as f64 * factor) as usize).max(2);
+        self.rate = (self.rate as f64 * factor) as u64;
+        self
+    }
+
+    fn groups(&self) -> usize {
+        (self.tags / self.group.max(1)).max(1)
+    }
+}
+
+fn tag_name(i: usize, group: usize) -> String {
+    format!("b/g{}/t{i}", i / group.max(1))
+}
+
+/// The server side: synthetic tags and a driver at `rate` changes/s, on
+/// `listen`, until the process is killed. Prints `READY <addr>` once serving.
+pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow::Result<()> {
+    let defs: Vec<TagDef> = (0..tags)
+        .map(|i| TagDef::synthetic(tag_name(i, group), "bench"))
+        .collect();
+    let mut config = Config::default();
+    config.server.max_connections = 100_000;
+    config.server.listen = listen.to_string();
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let server = crate::app::start_with(config, listener, defs).await?;
+    println!("READY {}", server.addr);
+    let first = server
+        .engine
+        .catalog()
+        .id(&tag_name(0, group))
+        .context("bench tags")?;
+    if rate == 0 {
+        std::future::pending::<()>().await;
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut value) = (0u64, 0.0);
+    loop {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            value += 1.0;
+            let tag = first + (fastrand::usize(..tags)) as u32;
+            let sample = Sample {
+                tag,
+                value: Some(Value::F64(value)),
+                status: 0,
+                source_time_us: now_us(),
+            };
+            server.samples.send_async(sample).await?;
+            sent += 1;
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
+    ticks / 100.0
+}
+
+fn rss_bytes(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib * 1024.0)
+}
+
+/// Runs a scenario against a server started from `server_bin`.
+pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Report> {
+    super::raise_fd_limit();
+    let mut child = tokio::process::Command::new(server_bin)
+        .args([
+            "bench",
+            "--mode",
+            "serve",
+            "--tags",
+            &scenario.tags.to_string(),
+        ])
+        .args([
+            "--group",
+            &scenario.group.to_string(),
+            "--rate",
+            &scenario.rate.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("server pid")?.to_string();
+    let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await??
+        .context("server exited")?;
+    let addr = ready
+        .strip_prefix("READY ")
+        .context("no READY line")?
+        .to_string();
+    let url = format!("ws://{addr}/api/v1/stream");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss_bytes(&pid);
+
+    let stop = CancellationToken::new();
+    let drop_all = CancellationToken::new();
+    let resumed = Arc::new(tokio::sync::Semaphore::new(0));
+    let synced = Arc::new(tokio::sync::Semaphore::new(0));
+    let groups = scenario.groups();
+    let mut tasks = Vec::with_capacity(scenario.clients);
+    for k in 0..scenario.clients {
+        let patterns = vec![format!("b/g{}/#", k % groups)];
+        let (url, stop, drop_all) = (url.clone(), stop.clone(), drop_all.clone());
+        let (synced, resumed, storm) = (synced.clone(), resumed.clone(), scenario.storm);
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut lean = Lean::connect(&url, &patterns, None).await?;
+            lean.sync(&mut tally).await?;
+            let first_snapshots = tally.snapshots;
+            synced.add_permits(1);
+            if storm {
+                lean.run(&mut tally, &drop_all).await?;
+                let resume = lean.resume();
+                drop(lean);
+                lean = Lean::connect(&url, &patterns, Some(resume)).await?;
+                if lean.sync(&mut tally).await? {
+                    resumed.add_permits(1);
+                }
+            }
+            tally.snapshots -= first_snapshots;
+            lean.run(&mut tally, &stop).await?;
+            Ok::<Tally, anyhow::Error>(tally)
+        }));
+        // Pace the handshakes a little: a real fleet does not connect in one µs.
+        if k % 200 == 199 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let connect_started = Instant::now();
+    let n = scenario.clients as u32;
+    tokio::time::timeout(Duration::from_secs(120), synced.acquire_many(n))
+        .await
+        .context("clients did not all sync within 120 s")??
+        .forget();
+    let connect_time = connect_started.elapsed();
+    // Deliveries are counted from here (every client in sync) to the end.
+    let counting = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = rss_bytes(&pid);
+
+    let mut storm_time = None;
+    if scenario.storm {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let t = Instant::now();
+        drop_all.cancel();
+        tokio::time::timeout(Duration::from_secs(60), resumed.acquire_many(n))
+            .await
+            .context("not every client resumed within 60 s")??
+            .forget();
+        storm_time = Some(t.elapsed());
+    }
+
+    let (server_cpu0, self_cpu0, t0) = (cpu_seconds(&pid), cpu_seconds("self"), Instant::now());
+    tokio::time::sleep(scenario.duration).await;
+    let window = t0.elapsed().as_secs_f64();
+    let server_cpu = (cpu_seconds(&pid) - server_cpu0) / window;
+    let self_cpu = cpu_seconds("self") - self_cpu0;
+    let rss_after = rss_bytes(&pid);
+    stop.cancel();
+    let counted = counting.elapsed().as_secs_f64();
+    let mut total = Tally::default();
+    let mut failed = 0;
+    for t in tasks {
+        match t.await? {
+            Ok(tally) => {
+                total.latency.add(&tally.latency)?;
+                total.updates += tally.updates;
+                total.frames += tally.frames;
+                total.bytes += tally.bytes;
+                total.gaps += tally.gaps;
+                total.snapshots += tally.snapshots;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let _ = child.kill().await;
+
+    let mut r = Report::default();
+    r.add("clients", scenario.clients as f64, "");
+    r.add("tags", scenario.tags as f64, "");
+    r.add("changes_per_s", scenario.rate as f64, "/s");
+    r.add("connect_all_s", connect_time.as_secs_f64(), "s");
+    if let Some(t) = storm_time {
+        r.add("storm_resume_all_s", t.as_secs_f64(), "s");
+        r.add("storm_snapshots", total.snapshots as f64, "");
+    }
+    r.add(
+        "updates_delivered_per_s",
+        total.updates as f64 / counted,
+        "/s",
+    );
+    r.add("frames_per_s", total.frames as f64 / counted, "/s");
+    r.add("bytes_per_s", total.bytes as f64 / counted, "B/s");
+    r.add("gaps", total.gaps as f64, "");
+    r.add("clients_failed", f64::from(failed), "");
+    r.add("server_cpu_cores", server_cpu, "");
+    r.add("server_rss", rss_after / (1 << 20) as f64, "MiB");
+    r.add(
+        "rss_per_connection",
+        (rss_connected - rss_before) / scenario.clients as f64,
+        "B",
+    );
+    r.add(
+        "generator_cpu_us_per_update",
+        if total.updates > 0 {
+            self_cpu * 1e6 / total.updates as f64
+        } else {
+            0.0
+        },
+        "us",
+    );
+    if !total.latency.is_empty() {
+        r.latency(&total.latency);
+    }
+    Ok(r)
+}
