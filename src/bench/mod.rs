@@ -146,6 +146,38 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// A synthetic source: `rate` changes/s spread at random over `tags` tags
+/// from `first`, each stamped on entry (`source_time_us`), for `duration`.
+/// Returns how many it sent.
+pub async fn drive(
+    samples: &flume::Sender<Sample>,
+    first: crate::sample::TagId,
+    tags: usize,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut value) = (0u64, 0.0);
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while sent < due {
+            value += 1.0;
+            let tag = first + fastrand::usize(..tags.max(1)) as u32;
+            let sample = Sample {
+                tag,
+                value: Some(Value::F64(value)),
+                status: 0,
+                source_time_us: now_us(),
+            };
+            samples.send_async(sample).await?;
+            sent += 1;
+        }
+    }
+    Ok(sent)
+}
+
 /// A latency histogram, µs, 1 µs .. 60 s.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")
@@ -219,26 +251,7 @@ async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
         readers.push(tokio::spawn(measure(client, stop.clone(), gaps.clone())));
     }
     let started = Instant::now();
-    let per_ms = (args.rate / 1000).max(1);
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut sent = 0u64;
-    let mut value = 0.0;
-    while started.elapsed() < args.duration {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
-        while sent < due.min(sent + per_ms * 20) {
-            value += 1.0;
-            let tag = first + (sent % args.tags as u64) as u32;
-            let sample = Sample {
-                tag,
-                value: Some(Value::F64(value)),
-                status: 0,
-                source_time_us: now_us(),
-            };
-            server.samples.send_async(sample).await?;
-            sent += 1;
-        }
-    }
+    let sent = drive(&server.samples, first, args.tags, args.rate, args.duration).await?;
     let elapsed = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);

@@ -16,7 +16,6 @@ use super::Report;
 use super::lean::{Lean, Tally};
 use crate::config::Config;
 use crate::engine::catalog::TagDef;
-use crate::sample::{Sample, Value, now_us};
 
 /// A load shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,25 +93,8 @@ pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow
     if rate == 0 {
         std::future::pending::<()>().await;
     }
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let (mut sent, mut value) = (0u64, 0.0);
-    loop {
-        tick.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
-        while sent < due {
-            value += 1.0;
-            let tag = first + (fastrand::usize(..tags)) as u32;
-            let sample = Sample {
-                tag,
-                value: Some(Value::F64(value)),
-                status: 0,
-                source_time_us: now_us(),
-            };
-            server.samples.send_async(sample).await?;
-            sent += 1;
-        }
-    }
+    super::drive(&server.samples, first, tags, rate, Duration::MAX).await?;
+    Ok(())
 }
 
 /// utime + stime of a process, in seconds.
