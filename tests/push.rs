@@ -793,3 +793,45 @@ async fn every_bench_scenario_runs_at_toy_size() {
         }
     }
 }
+
+#[tokio::test]
+async fn over_the_per_ip_limit_or_handshake_rate_gets_429() {
+    let mut config = Config::default();
+    config.server.max_connections_per_ip = 1;
+    let server = spawn_config(config, TAGS).await;
+    let held = connect_synced(&server, &["#"]).await;
+    let r = http(server.addr, &upgrade_request("")).await;
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    assert!(r.to_lowercase().contains("retry-after:"), "{r}");
+    drop(held);
+    // The slot is released when the session ends.
+    tokio::time::timeout(DEADLINE, async {
+        while server.push.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let _again = connect_synced(&server, &["#"]).await;
+    server.stop().await;
+
+    let mut config = Config::default();
+    config.server.handshake_rate = 1;
+    let server = spawn_config(config, TAGS).await;
+    // Three handshakes in a row span at most two one-second windows.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(http(server.addr, &upgrade_request("")).await);
+    }
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 429"))
+        .collect();
+    assert!(!limited.is_empty(), "{answers:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|r| r.to_lowercase().contains("retry-after:"))
+    );
+    server.stop().await;
+}
