@@ -14,7 +14,7 @@ const TAGS: u32 = 10_000;
 
 fn catalog() -> Arc<Catalog> {
     Arc::new(Catalog::new((0..TAGS).map(|i| {
-        TagDef::synthetic(format!("plant/area{}/tag{i}", i % 10), "bench")
+        TagDef::read_only(format!("plant/area{}/tag{i}", i % 10), "bench")
     })))
 }
 

@@ -55,13 +55,7 @@ async fn broker() -> Broker {
             .spawn()
             .unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        tokio::time::timeout(DEADLINE, async {
-            while tokio::net::TcpStream::connect(addr).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("mosquitto listens");
+        wait_listening(addr).await;
         return Broker {
             addr,
             _process: Some((child, dir)),
@@ -502,16 +496,7 @@ async fn mqtts_with_a_private_ca() {
         .spawn()
         .unwrap();
     for port in [plain_port, tls_port] {
-        tokio::time::timeout(DEADLINE, async {
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .expect("mosquitto listens");
+        wait_listening(([127, 0, 0, 1], port).into()).await;
     }
     let body = format!(
         "[[mqtt]]\nname = \"secure\"\nurl = \"mqtts://localhost:{tls_port}\"\nca_file = \"{d}/ca.pem\"\n\

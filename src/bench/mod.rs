@@ -221,7 +221,7 @@ async fn measure(
 
 async fn channel(args: &BenchArgs) -> anyhow::Result<Report> {
     let tags: Vec<TagDef> = (0..args.tags)
-        .map(|i| TagDef::synthetic(format!("bench/t{i}"), "bench"))
+        .map(|i| TagDef::read_only(format!("bench/t{i}"), "bench"))
         .collect();
     let mut config = Config::default();
     config.server.max_pending_bytes = 16 << 20;

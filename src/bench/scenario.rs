@@ -77,7 +77,7 @@ fn tag_name(i: usize, group: usize) -> String {
 /// `listen`, until the process is killed. Prints `READY <addr>` once serving.
 pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow::Result<()> {
     let defs: Vec<TagDef> = (0..tags)
-        .map(|i| TagDef::synthetic(tag_name(i, group), "bench"))
+        .map(|i| TagDef::read_only(tag_name(i, group), "bench"))
         .collect();
     let mut config = Config::default();
     config.server.max_connections = 100_000;

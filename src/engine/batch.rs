@@ -239,7 +239,7 @@ mod tests {
     fn catalog(keep: bool) -> Catalog {
         Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef {
             keep_samples: keep && n == "a/x",
-            ..TagDef::synthetic(n, "s")
+            ..TagDef::read_only(n, "s")
         }))
     }
 

@@ -144,9 +144,10 @@ fn modbus_type(kind: RegisterType, scaled: bool) -> proto::DataType {
 }
 
 impl TagDef {
-    /// A read-only F64 tag of an in-process source (benchmarks, tests); its
-    /// id is assigned by `Catalog::new`.
-    pub fn synthetic(name: impl Into<String>, source: &str) -> Self {
+    /// A read-only F64 tag without limits (MQTT tags, benchmarks, tests);
+    /// set other fields with struct update. Its id is assigned by the
+    /// catalog.
+    pub fn read_only(name: impl Into<String>, source: &str) -> Self {
         TagDef {
             id: 0,
             name: name.into(),

@@ -145,7 +145,7 @@ mod tests {
     fn def(name: &str, deadband: f64) -> TagDef {
         TagDef {
             deadband,
-            ..TagDef::synthetic(name, "s")
+            ..TagDef::read_only(name, "s")
         }
     }
 

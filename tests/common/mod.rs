@@ -35,7 +35,7 @@ pub async fn spawn_config(config: Config, synthetic: &[&str]) -> Running {
 pub fn synthetic_tag(name: &str) -> TagDef {
     TagDef {
         unit: "u".into(),
-        ..TagDef::synthetic(name, "test")
+        ..TagDef::read_only(name, "test")
     }
 }
 
@@ -222,4 +222,15 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Waits until something accepts on `addr` (a started broker or proxy).
+pub async fn wait_listening(addr: std::net::SocketAddr) {
+    tokio::time::timeout(DEADLINE, async {
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("listening before deadline");
 }

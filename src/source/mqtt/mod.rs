@@ -44,17 +44,12 @@ const MAX_PACKET: usize = 16 << 20;
 /// The static tags of a config, as catalog entries.
 pub fn tag_defs(config: &MqttConfig) -> impl Iterator<Item = TagDef> + '_ {
     config.tags.iter().map(|t| TagDef {
-        id: 0,
-        name: t.name.clone(),
         data_type: t.kind.data_type(),
         unit: t.unit.clone(),
         description: t.description.clone(),
-        writable: false,
-        min: None,
-        max: None,
-        source: config.name.clone(),
         deadband: t.deadband,
         keep_samples: t.keep_samples,
+        ..TagDef::read_only(t.name.clone(), &config.name)
     })
 }
 
@@ -263,17 +258,12 @@ impl MqttSource {
                 Some(id) => *id,
                 None => {
                     let id = self.engine.register(TagDef {
-                        id: 0,
-                        name: name.clone(),
                         data_type: map.kind.data_type(),
                         unit: map.unit.clone(),
                         description: map.description.clone(),
-                        writable: false,
-                        min: None,
-                        max: None,
-                        source: self.config.name.clone(),
                         deadband: map.deadband,
                         keep_samples: map.keep_samples,
+                        ..TagDef::read_only(name.clone(), &self.config.name)
                     });
                     tracing::info!(source = %self.config.name, %topic, tag = %name, id, "tag discovered");
                     self.discovered.insert(name, id);
