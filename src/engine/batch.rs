@@ -1,15 +1,14 @@
 //! A published batch: every change of one engine wakeup, each encoded once
 //! as a `Delta.updates` field. A protobuf repeated field is the
 //! concatenation of its entries, so any client's Delta is a short header
-//! plus a copy of the selected entries' bytes; the frame for one
-//! subscription is built once per batch and shared by every session that
-//! holds that subscription.
+//! plus the selected entries' bytes: the batch's own bytes when it selects
+//! everything, else one copy per subscription per batch, shared by every
+//! session that holds that subscription.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use super::catalog::Catalog;
 use super::selection::Selection;
@@ -44,19 +43,20 @@ pub struct Batch {
     /// Catalog length when the batch was applied: sessions whose selection
     /// is older re-select first, so Catalog entries precede updates.
     pub catalog_len: usize,
-    frames: Mutex<FrameCache>,
+    parts: Mutex<PartCache>,
 }
 
-/// Frames built for this batch, by (selection, position). Sessions with the
-/// same subscription normally share a position too (they skipped the same
-/// batches), so each distinct subscription is encoded once per batch. The
-/// `Arc` keeps the selection alive so its address cannot be reused.
-type FrameCache = HashMap<(usize, u64), (Arc<Selection>, Option<Frame>)>;
+/// Parts built for this batch, by (selection, position). A position at or
+/// before the batch selects the same entries, so it is keyed as the batch
+/// start: every session with one subscription shares one part, whatever
+/// batches it merged before. The `Arc` keeps the selection alive so its
+/// address cannot be reused.
+type PartCache = HashMap<(usize, u64), (Arc<Selection>, Option<Part>)>;
 
-/// A ready Delta frame and how many updates it carries (for metrics).
+/// The selected updates of one batch, ready to append to a Delta.
 #[derive(Debug, Clone)]
-pub struct Frame {
-    /// The encoded `ServerMessage`.
+pub struct Part {
+    /// Encoded `Delta.updates` fields, back to back.
     pub bytes: Bytes,
     /// Updates in it.
     pub updates: u64,
@@ -68,22 +68,25 @@ impl Batch {
         &self.bytes[e.start as usize..(e.start + e.len) as usize]
     }
 
-    /// The Delta frame for a session at `position` with this selection, or
-    /// `None` if nothing it selects changed after its position. Built once
-    /// per (selection, position) and shared.
-    pub fn frame_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Frame> {
+    /// The updates a session at `position` with this selection gets from
+    /// this batch, or `None` if nothing it selects changed after its
+    /// position. Built once per (selection, position) and shared.
+    pub fn part_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Part> {
+        let position = position.max(self.from_seq);
         let key = (Arc::as_ptr(selection) as usize, position);
-        let mut frames = self.frames.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, frame)) = frames.get(&key) {
-            return frame.clone();
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, part)) = parts.get(&key) {
+            return part.clone();
         }
-        let frame = self.assemble(selection, position);
-        frames.insert(key, (selection.clone(), frame.clone()));
-        frame
+        let part = self.assemble(selection, position);
+        parts.insert(key, (selection.clone(), part.clone()));
+        part
     }
 
-    /// Assembles the frame without the cache (what `frame_for` does once).
-    pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Frame> {
+    /// Assembles the part without the cache (what `part_for` does once).
+    /// When the selection takes every entry, the part is the batch's own
+    /// bytes: no copy at all.
+    pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Part> {
         let selected = |e: &&Entry| e.seq > position && selection.contains(e.id);
         let mut parts = self.entries.iter().filter(selected).peekable();
         parts.peek()?;
@@ -92,17 +95,20 @@ impl Batch {
             .iter()
             .all(|e| e.seq > position && selection.contains(e.id));
         if all {
-            let bytes = delta_frame(position, self.to_seq, &[&self.bytes[..]]);
-            return Some(Frame {
-                bytes,
+            return Some(Part {
+                bytes: self.bytes.clone(),
                 updates: self.entries.len() as u64,
             });
         }
-        let slices: Vec<&[u8]> = parts.map(|e| self.entry_bytes(e)).collect();
-        let bytes = delta_frame(position, self.to_seq, &slices);
-        Some(Frame {
-            bytes,
-            updates: slices.len() as u64,
+        let mut bytes = BytesMut::new();
+        let mut updates = 0;
+        for e in parts {
+            bytes.put_slice(self.entry_bytes(e));
+            updates += 1;
+        }
+        Some(Part {
+            bytes: bytes.freeze(),
+            updates,
         })
     }
 }
@@ -158,7 +164,7 @@ impl Builder {
             entries: std::mem::take(&mut self.entries),
             published_before,
             catalog_len: catalog.len(),
-            frames: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -197,43 +203,12 @@ pub fn encode_update(field: u32, id: TagId, state: &TagState, buf: &mut BytesMut
     prost::encoding::message::encode(field, &update, buf);
 }
 
-/// A `ServerMessage { delta: Delta { from_seq, to_seq, updates } }` frame
-/// from pre-encoded update fields.
-pub fn delta_frame(from_seq: u64, to_seq: u64, parts: &[&[u8]]) -> Bytes {
-    let varint_field = |v: u64| {
-        if v == 0 {
-            0
-        } else {
-            key_len(1) + encoded_len_varint(v)
-        }
-    };
-    let body = varint_field(from_seq)
-        + varint_field(to_seq)
-        + parts.iter().map(|p| p.len()).sum::<usize>();
-    let mut buf = BytesMut::with_capacity(body + 1 + encoded_len_varint(body as u64));
-    encode_key(4, WireType::LengthDelimited, &mut buf);
-    encode_varint(body as u64, &mut buf);
-    if from_seq != 0 {
-        encode_key(1, WireType::Varint, &mut buf);
-        encode_varint(from_seq, &mut buf);
-    }
-    if to_seq != 0 {
-        encode_key(2, WireType::Varint, &mut buf);
-        encode_varint(to_seq, &mut buf);
-    }
-    for part in parts {
-        buf.put_slice(part);
-    }
-    buf.freeze()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
-    use crate::proto::server_message::Kind;
-    use crate::sample::Value;
+        use crate::sample::Value;
     use prost::Message;
 
     fn catalog(keep: bool) -> Catalog {
@@ -253,18 +228,13 @@ mod tests {
         }
     }
 
-    fn decode(frame: &Frame) -> proto::Delta {
-        match proto::ServerMessage::decode(frame.bytes.clone())
-            .expect("decodes")
-            .kind
-        {
-            Some(Kind::Delta(d)) => d,
-            other => panic!("not a delta: {other:?}"),
-        }
+    /// A part is a run of `Delta.updates` fields: it decodes as a Delta.
+    fn decode(part: &Part) -> proto::Delta {
+        proto::Delta::decode(part.bytes.clone()).expect("decodes")
     }
 
     #[test]
-    fn assembled_frame_decodes_like_a_prost_delta() {
+    fn parts_select_entries_and_share_bytes() {
         let cat = catalog(false);
         let mut b = Builder::default();
         b.push(1, 11, &state(1.0, 11));
@@ -272,26 +242,26 @@ mod tests {
         let batch = b.finish(10, 12, &cat, 0);
         let sels = Selections::default();
         let all = sels.get(vec!["#".into()], &cat);
-        let d = decode(&batch.frame_for(&all, 10).expect("frame"));
-        assert_eq!((d.from_seq, d.to_seq), (10, 12));
+        let part = batch.part_for(&all, 10).expect("part");
+        let d = decode(&part);
         assert_eq!(
             d.updates.iter().map(|u| u.id).collect::<Vec<_>>(),
             vec![1, 3]
         );
+        // Taking everything is the batch's own bytes, not a copy.
+        assert_eq!(part.bytes.as_ptr(), batch.bytes.as_ptr());
         let only_b = sels.get(vec!["b/#".into()], &cat);
-        let d = decode(&batch.frame_for(&only_b, 10).expect("frame"));
+        let d = decode(&batch.part_for(&only_b, 10).expect("part"));
         assert_eq!(d.updates.iter().map(|u| u.id).collect::<Vec<_>>(), vec![3]);
         let only_y = sels.get(vec!["a/y".into()], &cat);
-        assert!(batch.frame_for(&only_y, 10).is_none());
+        assert!(batch.part_for(&only_y, 10).is_none());
         // A session already past seq 11 gets only the later entry.
-        let d = decode(&batch.frame_for(&all, 11).expect("frame"));
-        assert_eq!((d.from_seq, d.updates.len()), (11, 1));
-        // The shared frame is the same allocation for the same selection.
-        let again = batch.frame_for(&all, 10).expect("frame");
-        assert_eq!(
-            again.bytes.as_ptr(),
-            batch.frame_for(&all, 10).expect("frame").bytes.as_ptr()
-        );
+        let d = decode(&batch.part_for(&all, 11).expect("part"));
+        assert_eq!(d.updates.len(), 1);
+        // Any position before the batch shares the one cached part.
+        let b_late = batch.part_for(&only_b, 10).expect("part");
+        let b_early = batch.part_for(&only_b, 4).expect("part");
+        assert_eq!(b_late.bytes.as_ptr(), b_early.bytes.as_ptr());
     }
 
     #[test]
@@ -312,8 +282,8 @@ mod tests {
         let sels = Selections::default();
         let d = decode(
             &batch
-                .frame_for(&sels.get(vec!["#".into()], &cat), 0)
-                .expect("frame"),
+                .part_for(&sels.get(vec!["#".into()], &cat), 0)
+                .expect("part"),
         );
         let values: Vec<_> = d.updates.iter().map(|u| u.value.clone()).collect();
         assert_eq!(values.len(), 3);

@@ -4,6 +4,7 @@
 
 pub mod close;
 pub mod http;
+pub mod outbox;
 pub mod session;
 
 use std::collections::HashMap;

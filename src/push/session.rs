@@ -19,15 +19,18 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use prost::Message as _;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, oneshot};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Push;
 use super::close;
+use super::outbox::{MAX_DELTA_BYTES, Outbox};
 use crate::engine::Batch;
-use crate::engine::batch::{delta_frame, encode_update};
+use crate::engine::batch::encode_update;
 use crate::engine::selection::Selection;
 use crate::engine::table::TagTable;
 use crate::pattern;
@@ -45,14 +48,23 @@ const MAX_WRITES_IN_FLIGHT: usize = 16;
 /// Longest wait for a device's write acknowledgement.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Anything that carries WebSocket messages both ways.
+/// A WebSocket: tungstenite reads it (and writes its own replies and the
+/// close); the session writes its frames straight to the byte stream under
+/// it (see `outbox`).
 pub trait Socket:
     Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
 {
+    /// The byte stream under the WebSocket.
+    type Io: AsyncWrite + Unpin + Send;
+    /// The byte stream, for frames written by the session.
+    fn io(&mut self) -> &mut Self::Io;
 }
-impl<T> Socket for T where
-    T: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
-{
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<T> {
+    type Io = T;
+    fn io(&mut self) -> &mut T {
+        self.get_mut()
+    }
 }
 
 /// How a session ends.
@@ -149,7 +161,7 @@ fn malformed(why: &str) -> End {
 }
 
 async fn serve<S: Socket>(ws: &mut S, push: Arc<Push>, hello: proto::Hello) -> End {
-    let mut out: Vec<Message> = Vec::new();
+    let mut out = Outbox::default();
     let mut session = Session::open(push.clone(), hello, &mut out);
     let mut heartbeat = push.heartbeat.clone();
     heartbeat.mark_unchanged();
@@ -170,14 +182,14 @@ async fn serve<S: Socket>(ws: &mut S, push: Arc<Push>, hello: proto::Hello) -> E
             changed = heartbeat.changed() => match changed {
                 Ok(()) if session.alive => {
                     session.alive = false;
-                    out.push(Message::Ping(Bytes::new()));
+                    out.ping();
                     Ok(())
                 }
                 Ok(()) => Err(End::Gone("no pong within a heartbeat interval")),
                 Err(_) => Err(shutting_down()),
             },
             Some(result) = next_write(&mut session.writes) => {
-                out.push(Message::Binary(result));
+                out.message(result);
                 Ok(())
             }
             () = push.shutdown.cancelled() => Err(shutting_down()),
@@ -205,21 +217,19 @@ fn shutting_down() -> End {
     End::Close(close::GOING_AWAY, delay_ms.to_string(), None)
 }
 
-/// Writes and flushes `out`; a peer that takes two heartbeat periods to
-/// accept the bytes is dead.
+/// Writes `out`; a peer that takes two heartbeat periods to accept the
+/// bytes is dead. tungstenite's own pending replies (a pong) go first, so
+/// frames never interleave.
 async fn send<S: Socket>(
     ws: &mut S,
     heartbeat: &mut tokio::sync::watch::Receiver<u64>,
     push: &Push,
-    out: &mut Vec<Message>,
+    out: &mut Outbox,
 ) -> Result<(), End> {
-    let frames = out.len() as u64;
-    let bytes: usize = out.iter().map(Message::len).sum();
+    let (frames, bytes) = (out.frames(), out.bytes());
     let io = async {
-        for msg in out.drain(..) {
-            ws.feed(msg).await?;
-        }
-        ws.flush().await
+        ws.flush().await.map_err(|_| ())?;
+        out.write_to(ws.io()).await.map_err(|_| ())
     };
     tokio::pin!(io);
     let mut ticks = 0;
@@ -227,7 +237,7 @@ async fn send<S: Socket>(
         tokio::select! {
             result = &mut io => {
                 push.metrics.frames_out.increment(frames);
-                push.metrics.bytes_out.increment(bytes as u64);
+                push.metrics.bytes_out.increment(bytes);
                 return result.map_err(|_| End::Gone("write error"));
             }
             Ok(()) = heartbeat.changed() => {
@@ -270,7 +280,7 @@ async fn finish<S: Socket>(ws: &mut S, end: End) {
 }
 
 impl Session {
-    fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Vec<Message>) -> Session {
+    fn open(push: Arc<Push>, hello: proto::Hello, out: &mut Outbox) -> Session {
         let engine = push.engine.clone();
         let (patterns, errors) = valid_patterns(hello.subscribe);
         // Subscribe before reading the table: no batch can fall between.
@@ -299,23 +309,13 @@ impl Session {
                 .min(u128::from(u32::MAX)) as u32,
             resume: outcome as i32,
         };
-        out.push(binary(
-            proto::server(server_message::Kind::Welcome(welcome)).to_bytes(),
-        ));
+        out.message(proto::server(server_message::Kind::Welcome(welcome)).to_bytes());
         for e in errors {
-            out.push(error_frame(ErrorCode::Malformed, e));
+            out.message(error_frame(ErrorCode::Malformed, e));
         }
         if outcome == ResumeOutcome::Resumed {
-            out.push(Message::Binary(
-                catch_up_frame(
-                    &table,
-                    &selection,
-                    position,
-                    true,
-                    &push.metrics.updates_out,
-                )
-                .unwrap_or_default(),
-            ));
+            let counter = &push.metrics.updates_out;
+            catch_up_delta(&table, &selection, position, true, counter, out);
         } else {
             let ids: Vec<TagId> = selection.ids().collect();
             catalog_frames(table.catalog(), &ids, out);
@@ -334,7 +334,7 @@ impl Session {
         }
     }
 
-    fn on_message(&mut self, msg: proto::ClientMessage, out: &mut Vec<Message>) -> Result<(), End> {
+    fn on_message(&mut self, msg: proto::ClientMessage, out: &mut Outbox) -> Result<(), End> {
         use client_message::Kind;
         match msg.kind {
             Some(Kind::Hello(_)) => return Err(unexpected("a second Hello")),
@@ -354,7 +354,7 @@ impl Session {
                         .collect();
                     catalog_frames(&catalog, &ids, out);
                 }
-                Err(e) => out.push(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
+                Err(e) => out.message(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
             },
             Some(Kind::Ping(p)) => {
                 let pong = proto::Pong {
@@ -362,9 +362,7 @@ impl Session {
                     client_time_us: p.client_time_us,
                     server_time_us: now_us(),
                 };
-                out.push(binary(
-                    proto::server(server_message::Kind::Pong(pong)).to_bytes(),
-                ));
+                out.message(proto::server(server_message::Kind::Pong(pong)).to_bytes());
             }
             Some(Kind::Write(w)) => self.write(w, out),
             None => return Err(malformed("message has no kind")),
@@ -372,10 +370,10 @@ impl Session {
         Ok(())
     }
 
-    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Vec<Message>) {
+    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) {
         let (mut valid, errors) = valid_patterns(patterns);
         for e in errors {
-            out.push(error_frame(ErrorCode::Malformed, e));
+            out.message(error_frame(ErrorCode::Malformed, e));
         }
         valid.extend(self.selection.patterns.iter().cloned());
         self.reselect(valid, out);
@@ -386,7 +384,7 @@ impl Session {
     /// Catalog entries and a Snapshot at the position, after a Delta that
     /// brings the connection current: so an entry always precedes the
     /// first update that uses its id.
-    fn reselect(&mut self, patterns: Vec<String>, out: &mut Vec<Message>) {
+    fn reselect(&mut self, patterns: Vec<String>, out: &mut Outbox) {
         let engine = self.push.engine.clone();
         let table = engine.table();
         let selection = engine.selections.get(patterns, table.catalog());
@@ -397,9 +395,7 @@ impl Session {
         if !newly.is_empty() {
             if table.seq() > self.position {
                 let counter = &self.push.metrics.updates_out;
-                let frame = catch_up_frame(&table, &self.selection, self.position, true, counter)
-                    .unwrap_or_default();
-                out.push(Message::Binary(frame));
+                catch_up_delta(&table, &self.selection, self.position, true, counter, out);
                 self.position = table.seq();
             }
             catalog_frames(table.catalog(), &newly, out);
@@ -412,7 +408,7 @@ impl Session {
     fn on_batch(
         &mut self,
         first: Result<Arc<Batch>, broadcast::error::RecvError>,
-        out: &mut Vec<Message>,
+        out: &mut Outbox,
     ) -> Result<(), End> {
         use broadcast::error::{RecvError, TryRecvError};
         let mut batches = Vec::new();
@@ -446,22 +442,36 @@ impl Session {
         {
             self.reselect(self.selection.patterns.clone(), out);
         }
+        // One Delta for everything drained (split only past
+        // MAX_DELTA_BYTES): one frame and one write per wakeup.
+        let mut delta = out.delta(self.position);
+        let mut to_seq = self.position;
+        let mut updates = 0;
         for b in batches {
             self.consumed = b.published_before + b.bytes.len() as u64;
-            if b.to_seq <= self.position {
+            if b.to_seq <= to_seq {
                 continue;
             }
-            if let Some(frame) = b.frame_for(&self.selection, self.position) {
-                self.push.metrics.updates_out.increment(frame.updates);
-                out.push(Message::Binary(frame.bytes));
-                self.position = b.to_seq;
+            if let Some(part) = b.part_for(&self.selection, to_seq) {
+                if delta.len() + part.bytes.len() > MAX_DELTA_BYTES && !delta.is_empty() {
+                    delta.close(to_seq, false);
+                    self.position = to_seq;
+                    delta = out.delta(to_seq);
+                }
+                updates += part.updates;
+                delta.push(part.bytes);
             }
+            to_seq = b.to_seq;
         }
+        if delta.close(to_seq, false) {
+            self.position = to_seq;
+        }
+        self.push.metrics.updates_out.increment(updates);
         Ok(())
     }
 
     /// Drops the backlog and sends one Delta from the position to now.
-    fn catch_up(&mut self, out: &mut Vec<Message>) {
+    fn catch_up(&mut self, out: &mut Outbox) {
         let engine = self.push.engine.clone();
         self.rx = self.rx.resubscribe();
         self.consumed = engine.published_bytes();
@@ -471,14 +481,12 @@ impl Session {
         }
         let table = engine.table();
         let counter = &self.push.metrics.updates_out;
-        if let Some(frame) = catch_up_frame(&table, &self.selection, self.position, false, counter)
-        {
-            out.push(Message::Binary(frame));
+        if catch_up_delta(&table, &self.selection, self.position, false, counter, out) {
             self.position = table.seq();
         }
     }
 
-    fn write(&mut self, w: proto::WriteRequest, out: &mut Vec<Message>) {
+    fn write(&mut self, w: proto::WriteRequest, out: &mut Outbox) {
         let request_id = w.request_id;
         match self.start_write(w) {
             Ok(reply) => {
@@ -498,9 +506,7 @@ impl Session {
                     .get_or_insert_with(FuturesUnordered::new)
                     .push(fut);
             }
-            Err((status, message)) => {
-                out.push(Message::Binary(write_result(request_id, status, message)))
-            }
+            Err((status, message)) => out.message(write_result(request_id, status, message)),
         }
     }
 
@@ -566,18 +572,12 @@ impl Session {
     }
 }
 
-fn binary(bytes: Bytes) -> Message {
-    Message::Binary(bytes)
-}
-
-fn error_frame(code: ErrorCode, message: String) -> Message {
-    binary(
-        proto::server(server_message::Kind::Error(proto::Error {
-            code: code as i32,
-            message,
-        }))
-        .to_bytes(),
-    )
+fn error_frame(code: ErrorCode, message: String) -> Bytes {
+    proto::server(server_message::Kind::Error(proto::Error {
+        code: code as i32,
+        message,
+    }))
+    .to_bytes()
 }
 
 fn write_result(request_id: u64, status: u32, message: String) -> Bytes {
@@ -605,26 +605,31 @@ fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Vec<String>) {
     (valid, errors)
 }
 
-/// A Delta with the selected tags changed after `position`; `None` when
-/// nothing changed and `always` is false.
-fn catch_up_frame(
+/// Queues a Delta with the selected tags changed after `position`; none
+/// when nothing changed and `always` is false. Returns whether one went.
+fn catch_up_delta(
     table: &TagTable,
     selection: &Selection,
     position: u64,
     always: bool,
     updates_out: &metrics::Counter,
-) -> Option<Bytes> {
+    out: &mut Outbox,
+) -> bool {
     let mut buf = BytesMut::new();
     let mut updates = 0;
     for (id, state) in table.changed_since(position, selection) {
         encode_update(3, id, state, &mut buf);
         updates += 1;
     }
-    if buf.is_empty() && !always {
-        return None;
+    let mut delta = out.delta(position);
+    if !buf.is_empty() {
+        delta.push(buf.freeze());
     }
-    updates_out.increment(updates);
-    Some(delta_frame(position, table.seq(), &[&buf]))
+    let sent = delta.close(table.seq(), always);
+    if sent {
+        updates_out.increment(updates);
+    }
+    sent
 }
 
 /// Wraps a body as `ServerMessage` oneof field `field`.
@@ -641,22 +646,22 @@ fn wrap(field: u32, body: &[u8]) -> Bytes {
 fn catalog_frames(
     catalog: &crate::engine::catalog::Catalog,
     ids: &[TagId],
-    out: &mut Vec<Message>,
+    out: &mut Outbox,
 ) {
     let mut body = BytesMut::new();
     for info in ids.iter().filter_map(|id| catalog.encoded_info(*id)) {
         if !body.is_empty() && body.len() + info.len() > CHUNK_BYTES {
-            out.push(Message::Binary(wrap(2, &body.split())));
+            out.message(wrap(2, &body.split()));
         }
         body.put_slice(info);
     }
     encode_key(2, WireType::Varint, &mut body);
     encode_varint(1, &mut body);
-    out.push(Message::Binary(wrap(2, &body)));
+    out.message(wrap(2, &body));
 }
 
 /// `Snapshot` chunks at `seq`, `last` on the final one.
-fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Vec<Message>) {
+fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Outbox) {
     let header = |buf: &mut BytesMut| {
         if seq != 0 {
             encode_key(1, WireType::Varint, buf);
@@ -667,7 +672,7 @@ fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Vec<Mess
     header(&mut body);
     for id in ids {
         if body.len() >= CHUNK_BYTES {
-            out.push(Message::Binary(wrap(3, &body.split())));
+            out.message(wrap(3, &body.split()));
             header(&mut body);
         }
         if let Some(state) = table.state(*id) {
@@ -676,5 +681,5 @@ fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Vec<Mess
     }
     encode_key(3, WireType::Varint, &mut body);
     encode_varint(1, &mut body);
-    out.push(Message::Binary(wrap(3, &body)));
+    out.message(wrap(3, &body));
 }
