@@ -1,6 +1,7 @@
 //! Engine hot path: apply a batch of samples to the table, encode each
-//! change once, and assemble per-subscription Delta frames from the shared
-//! bytes. Many-socket runs go through `tagstream bench`, not here.
+//! change once, assemble per-subscription Delta parts from the shared
+//! bytes, and fan one batch out to 1,000 sessions. Many-socket runs go
+//! through `tagstream bench`, not here.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tagstream::engine::EngineShared;
 use tagstream::engine::batch::Builder;
 use tagstream::engine::catalog::{Catalog, TagDef};
+use tagstream::push::outbox::Outbox;
 use tagstream::sample::{Sample, Value};
 
 const TAGS: u32 = 10_000;
@@ -59,18 +61,68 @@ fn engine(c: &mut Criterion) {
         .selections
         .get(vec!["plant/area3/#".into()], &shared.catalog());
     group.throughput(Throughput::Elements(1024));
-    group.bench_function("delta_frame_all_1024_uncached", |b| {
+    group.bench_function("delta_part_all_1024_uncached", |b| {
         b.iter(|| batch.assemble(&all, batch.from_seq));
     });
-    group.bench_function("delta_frame_area_of_1024_uncached", |b| {
+    group.bench_function("delta_part_area_of_1024_uncached", |b| {
         b.iter(|| batch.assemble(&area, batch.from_seq));
     });
     group.throughput(Throughput::Elements(1));
-    group.bench_function("delta_frame_shared_hit", |b| {
-        b.iter(|| batch.frame_for(&all, batch.from_seq));
+    group.bench_function("delta_part_shared_hit", |b| {
+        b.iter(|| batch.part_for(&all, batch.from_seq));
     });
     group.finish();
 }
 
-criterion_group!(benches, engine);
+/// Fan-out: one batch of 64 changes to 1,000 sessions over 10 distinct
+/// subscriptions, each session taking its part, framing its Delta and
+/// writing it (to a sink: the kernel's share is measured by `tagstream
+/// bench`, not here).
+fn fan_out(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fan_out");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let shared = EngineShared::new(catalog());
+    let catalog = shared.catalog();
+    let selections: Vec<_> = (0..10)
+        .map(|a| {
+            shared
+                .selections
+                .get(vec![format!("plant/area{a}/#")], &catalog)
+        })
+        .collect();
+    let mut scratch = Builder::default();
+    let mut round = 0;
+    let mut outboxes: Vec<Outbox> = (0..1000).map(|_| Outbox::default()).collect();
+    group.throughput(Throughput::Elements(1000));
+    group.bench_function("batch_64_to_1000_sessions", |b| {
+        b.iter_batched(
+            || {
+                round += 1;
+                shared
+                    .apply_batch(samples(64, round), &mut scratch)
+                    .expect("changes")
+            },
+            |batch| {
+                runtime.block_on(async {
+                    let mut sink = tokio::io::sink();
+                    for (i, out) in outboxes.iter_mut().enumerate() {
+                        let selection = &selections[i % selections.len()];
+                        let mut delta = out.delta(batch.from_seq);
+                        if let Some(part) = batch.part_for(selection, batch.from_seq) {
+                            delta.push(part.bytes);
+                        }
+                        delta.close(batch.to_seq, false);
+                        out.write_to(&mut sink).await.expect("sink");
+                    }
+                })
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+}
+
+criterion_group!(benches, engine, fan_out);
 criterion_main!(benches);

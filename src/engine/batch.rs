@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
-        use crate::sample::Value;
+    use crate::sample::Value;
     use prost::Message;
 
     fn catalog(keep: bool) -> Catalog {

@@ -3,7 +3,7 @@
 //! After the 101 the socket is handed to a session with small buffers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +13,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 
 use super::close::Refusal;
@@ -28,17 +28,25 @@ const READ_BUFFER: usize = 1024;
 
 type Body = Full<Bytes>;
 
+/// The accept loop's permit for one connection's HTTP phase: released when
+/// its first request is answered, or for an upgrade once hyper has handed
+/// the socket over (and freed its buffers), or when the connection ends.
+type Permit = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
+
 /// Serves one accepted TCP connection.
 pub async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
     push: Arc<Push>,
     tracker: TaskTracker,
+    permit: OwnedSemaphorePermit,
 ) {
+    let permit: Permit = Arc::new(Mutex::new(Some(permit)));
     let service = hyper::service::service_fn(move |req| {
         let push = push.clone();
         let tracker = tracker.clone();
-        async move { Ok::<_, std::convert::Infallible>(route(req, peer, push, tracker)) }
+        let permit = take(&permit);
+        async move { Ok::<_, std::convert::Infallible>(route(req, peer, push, tracker, permit)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -49,6 +57,10 @@ pub async fn serve_connection(
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "http connection ended");
     }
+}
+
+fn take(permit: &Permit) -> Option<OwnedSemaphorePermit> {
+    permit.lock().unwrap_or_else(|e| e.into_inner()).take()
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -66,6 +78,7 @@ fn route(
     peer: SocketAddr,
     push: Arc<Push>,
     tracker: TaskTracker,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -84,7 +97,7 @@ fn route(
             );
             r
         }
-        path if path == push.config.path => match upgrade(req, peer, &push, &tracker) {
+        path if path == push.config.path => match upgrade(req, peer, &push, &tracker, permit) {
             Ok(response) => response,
             Err(refusal) => refuse(&push, peer, refusal),
         },
@@ -127,6 +140,7 @@ fn upgrade(
     peer: SocketAddr,
     push: &Arc<Push>,
     tracker: &TaskTracker,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Result<Response<Body>, Refusal> {
     let headers = req.headers();
     let wants_ws = tokens(headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"));
@@ -165,7 +179,9 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let push = push.clone();
     tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
+        let upgraded = on_upgrade.await;
+        drop(permit);
+        let upgraded = match upgraded {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "upgrade failed");
@@ -177,10 +193,7 @@ fn upgrade(
             .write_buffer_size(0)
             .max_message_size(Some(push.config.max_message_bytes))
             .max_frame_size(Some(push.config.max_message_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        session::run(ws, push, peer).await;
+        session::run(TokioIo::new(upgraded), config, push, peer).await;
         drop(slot);
     });
 

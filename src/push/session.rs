@@ -22,8 +22,8 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, oneshot};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::Push;
@@ -90,26 +90,43 @@ struct Session {
     writes: Option<FuturesUnordered<WriteFuture>>,
 }
 
-/// Runs a session to its end.
-pub async fn run<S: Socket>(mut ws: S, push: Arc<Push>, peer: SocketAddr) {
-    let end = match tokio::time::timeout(push.config.hello_timeout, next_message(&mut ws)).await {
-        Err(_) => End::Close(
-            close::POLICY_VIOLATION,
-            "no Hello within the handshake timeout".into(),
-            None,
-        ),
-        Ok(Err(end)) => end,
-        Ok(Ok(msg)) => match msg.kind {
-            Some(client_message::Kind::Hello(hello)) => {
-                let name = hello.client_name.clone();
-                tracing::debug!(%peer, client = %name, "hello");
-                serve(&mut ws, push.clone(), hello).await
-            }
-            _ => unexpected("the first message must be Hello"),
-        },
+/// Runs a session over an upgraded connection to its end. The WebSocket
+/// is built here, not by the caller: a value moved into a nested future
+/// keeps its slot in the outer one too, and every idle session pays for
+/// each such slot.
+pub async fn run<T>(io: T, config: WebSocketConfig, push: Arc<Push>, peer: SocketAddr)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let first = tokio::time::timeout(push.config.hello_timeout, next_message(&mut ws)).await;
+    let end = match hello(first) {
+        Ok(hello) => {
+            tracing::debug!(%peer, client = %hello.client_name, "hello");
+            serve(&mut ws, push, hello).await
+        }
+        Err(end) => end,
     };
     tracing::debug!(%peer, ?end, "session ends");
     finish(&mut ws, end).await;
+}
+
+/// The Hello, or how the session ends without one.
+fn hello(
+    first: Result<Result<proto::ClientMessage, End>, tokio::time::error::Elapsed>,
+) -> Result<proto::Hello, End> {
+    match first {
+        Err(_) => Err(End::Close(
+            close::POLICY_VIOLATION,
+            "no Hello within the handshake timeout".into(),
+            None,
+        )),
+        Ok(Err(end)) => Err(end),
+        Ok(Ok(msg)) => match msg.kind {
+            Some(client_message::Kind::Hello(hello)) => Ok(hello),
+            _ => Err(unexpected("the first message must be Hello")),
+        },
+    }
 }
 
 fn unexpected(why: &str) -> End {
@@ -186,13 +203,14 @@ async fn serve<S: Socket>(ws: &mut S, push: Arc<Push>, hello: proto::Hello) -> E
                     Ok(())
                 }
                 Ok(()) => Err(End::Gone("no pong within a heartbeat interval")),
+                // The clock stops at shutdown: one signal for every session
+                // instead of a second waiter in each.
                 Err(_) => Err(shutting_down()),
             },
             Some(result) = next_write(&mut session.writes) => {
                 out.message(result);
                 Ok(())
             }
-            () = push.shutdown.cancelled() => Err(shutting_down()),
         };
         if let Err(end) = step {
             return end;
@@ -643,11 +661,7 @@ fn wrap(field: u32, body: &[u8]) -> Bytes {
 
 /// `Catalog` chunks of about `CHUNK_BYTES`, `last` on the final one (also
 /// when empty, so a client always sees the end).
-fn catalog_frames(
-    catalog: &crate::engine::catalog::Catalog,
-    ids: &[TagId],
-    out: &mut Outbox,
-) {
+fn catalog_frames(catalog: &crate::engine::catalog::Catalog, ids: &[TagId], out: &mut Outbox) {
     let mut body = BytesMut::new();
     for info in ids.iter().filter_map(|id| catalog.encoded_info(*id)) {
         if !body.is_empty() && body.len() + info.len() > CHUNK_BYTES {
