@@ -57,6 +57,9 @@ pub struct Lean {
     pub position: u64,
     /// How the last Welcome answered a resume.
     pub outcome: proto::ResumeOutcome,
+    /// Take each update's latency from its f64 value (a publish time in
+    /// µs, for runs fed through a broker) instead of its source time.
+    pub value_is_stamp: bool,
 }
 
 /// Why a lean subscriber stopped.
@@ -100,6 +103,7 @@ impl Lean {
             epoch: 0,
             position: 0,
             outcome: proto::ResumeOutcome::Fresh,
+            value_is_stamp: false,
         })
     }
 
@@ -190,8 +194,11 @@ impl Lean {
                     while update.has_remaining() {
                         let (f, w) = decode_key(&mut update).map_err(bad)?;
                         match (f, w) {
-                            (4, WireType::Varint) => {
+                            (4, WireType::Varint) if !self.value_is_stamp => {
                                 source_time = decode_varint(&mut update).map_err(bad)? as i64
+                            }
+                            (2, WireType::LengthDelimited) if self.value_is_stamp => {
+                                source_time = f64_value(&mut update).map_err(bad)? as i64
                             }
                             (_, w) => {
                                 prost::encoding::skip_field(w, f, &mut update, Default::default())
@@ -223,6 +230,20 @@ impl Lean {
             seq: self.position,
         }
     }
+}
+
+/// Reads a `Value` field's f64 (0 for any other kind).
+fn f64_value(update: &mut Bytes) -> Result<f64, prost::DecodeError> {
+    let n = decode_varint(update)? as usize;
+    let mut value = update.split_to(n.min(update.remaining()));
+    let mut v = 0.0;
+    while value.has_remaining() {
+        match decode_key(&mut value)? {
+            (1, WireType::SixtyFourBit) if value.remaining() >= 8 => v = value.get_f64_le(),
+            (f, w) => prost::encoding::skip_field(w, f, &mut value, Default::default())?,
+        }
+    }
+    Ok(v)
 }
 
 /// The `ServerMessage` oneof field number of a frame.

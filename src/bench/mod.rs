@@ -10,6 +10,7 @@
 //!   RSS per idle connection.
 
 pub mod lean;
+pub mod peers;
 pub mod scenario;
 
 use std::sync::Arc;
@@ -77,7 +78,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             scenario::run(&scenario, &std::env::current_exe()?).await?
         }
         "idle" => idle(&args).await?,
-        other => anyhow::bail!("unknown mode {other:?} (channel | modbus | mqtt | idle)"),
+        "peers" => {
+            let exe = std::env::current_exe()?;
+            let (runs, report) =
+                peers::run(args.clients, &peers::RATES, args.duration, &exe).await?;
+            if !args.json {
+                println!("{}", peers::markdown(&runs, args.clients));
+            }
+            report
+        }
+        other => anyhow::bail!(
+            "unknown mode {other:?} (channel | modbus | mqtt | idle | idle-10k | room | wall | storm | peers)"
+        ),
     };
     if args.json {
         println!("{}", report.json());

@@ -98,7 +98,7 @@ pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow
 }
 
 /// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
+pub(crate) fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -113,7 +113,7 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks / 100.0
 }
 
-fn rss_bytes(pid: &str) -> f64 {
+pub(crate) fn rss_bytes(pid: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
