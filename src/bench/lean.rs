@@ -149,8 +149,9 @@ impl Lean {
     ) -> Result<(), LeanError> {
         loop {
             let frame = tokio::select! {
-                f = self.next_frame() => f?,
+                biased;
                 () = stop.cancelled() => return Ok(()),
+                f = self.next_frame() => f?,
             };
             let Some(frame) = frame else { return Ok(()) };
             tally.frames += 1;

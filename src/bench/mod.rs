@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// Poll interval for `modbus`.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub poll: Duration,
+    /// `peers`: run only these servers (mosquitto, nats, tagstream).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -81,7 +84,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "peers" => {
             let exe = std::env::current_exe()?;
             let (runs, report) =
-                peers::run(args.clients, &peers::RATES, args.duration, &exe).await?;
+                peers::run(args.clients, &peers::RATES, args.duration, &exe, &args.only).await?;
             if !args.json {
                 println!("{}", peers::markdown(&runs, args.clients));
             }
