@@ -835,3 +835,34 @@ async fn over_the_per_ip_limit_or_handshake_rate_gets_429() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn clients_trickling_headers_cost_memory_not_availability() {
+    let server = spawn_config(Config::default(), TAGS).await;
+    // More half-sent requests than the server serves HTTP exchanges at once
+    // (256), each stalled until hyper's 10 s header timeout.
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // A real client is still served well before those time out.
+    let client =
+        tokio::time::timeout(Duration::from_secs(5), connect_synced(&server, &["#"])).await;
+    assert!(client.is_ok(), "stalled requests blocked a new client");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        http(
+            server.addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("healthz answered");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop((stalled, client));
+    server.stop().await;
+}

@@ -39,9 +39,9 @@ pub async fn serve_connection(
     peer: SocketAddr,
     push: Arc<Push>,
     tracker: TaskTracker,
-    permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
-    let permit: Permit = Arc::new(Mutex::new(Some(permit)));
+    let permit: Permit = Arc::new(Mutex::new(permit));
     let service = hyper::service::service_fn(move |req| {
         let push = push.clone();
         let tracker = tracker.clone();

@@ -54,14 +54,15 @@ pub struct Push {
     http_in_flight: Arc<Semaphore>,
 }
 
-/// HTTP exchanges (handshakes included) served at once; the accept loop
-/// waits for a free one and the kernel's listen backlog holds the rest.
-/// Each costs hyper's 8 KiB read buffer until the upgrade: 10,000 clients
-/// reconnecting at once would otherwise leave holes in the heap that the
-/// allocator keeps after the burst, about 3.5 KiB per idle session
-/// (measured with the `idle` scenario: 7.5 KiB per connection unbounded,
-/// 3.9 KiB bounded, and the burst connected faster).
+/// HTTP exchanges (handshakes included) served at once; accepted
+/// connections wait their turn. Each costs hyper's 8 KiB read buffer until
+/// the upgrade: 10,000 clients reconnecting at once would otherwise leave
+/// holes in the heap that the allocator keeps after the burst, about
+/// 3.5 KiB per idle session (measured with the `idle` scenario: 7.5 KiB per
+/// connection unbounded, 3.9 KiB bounded, and the burst connected faster).
 const HTTP_IN_FLIGHT: usize = 256;
+/// Longest wait for an HTTP permit before serving without one.
+const PERMIT_WAIT: Duration = Duration::from_secs(1);
 
 impl Push {
     /// Shared push state; starts the heartbeat clock task.
@@ -187,14 +188,58 @@ impl Drop for Slot {
 pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushError> {
     let tracker = TaskTracker::new();
     tracing::info!(addr = %listener.local_addr()?, path = %push.config.path, "serving");
+    // Accepting runs on its own thread: on the shared workers the accept
+    // task waits behind every busy session, the kernel's accept queue
+    // overflows in a reconnect storm, and each dropped client retries only
+    // after a 1 s SYN timeout (seen with nstat: ListenOverflows,
+    // TCPSynRetrans). Sockets are handed to the workers to be served.
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let workers = tokio::runtime::Handle::current();
+    let (push_, tracker_) = (push.clone(), tracker.clone());
+    let acceptor = std::thread::Builder::new()
+        .name("tagstream-accept".into())
+        .spawn(move || runtime.block_on(accept_loop(listener, push_, tracker_, workers)))?;
+    push.shutdown.cancelled().await;
+    let _ = tokio::task::spawn_blocking(move || acceptor.join()).await;
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    Ok(())
+}
+
+/// A permit for the HTTP phase, taken once the client has sent something
+/// (a silent connection holds none). Connections that trickle their
+/// headers can hold every permit until hyper's header timeout: after
+/// `PERMIT_WAIT` a connection is served without one, so they cost memory,
+/// never availability.
+async fn http_permit(
+    push: &Push,
+    stream: &tokio::net::TcpStream,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    stream.readable().await.ok()?;
+    let permit = push.http_in_flight.clone().acquire_owned();
+    tokio::time::timeout(PERMIT_WAIT, permit).await.ok()?.ok()
+}
+
+/// Accepts until shutdown; each connection is served on `workers` once it
+/// holds an HTTP permit. A waiting connection holds its socket and a small
+/// task, not hyper's buffers.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    push: Arc<Push>,
+    tracker: TaskTracker,
+    workers: tokio::runtime::Handle,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the listener");
+            return;
+        }
+    };
     loop {
-        let permit = tokio::select! {
-            permit = push.http_in_flight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = push.shutdown.cancelled() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -208,15 +253,30 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
             () = push.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        tracker.spawn(http::serve_connection(
-            stream,
-            peer,
-            push.clone(),
-            tracker.clone(),
-            permit,
-        ));
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection over");
+                continue;
+            }
+        };
+        let (push, tracker_) = (push.clone(), tracker.clone());
+        tracker.spawn_on(
+            async move {
+                let stream = match tokio::net::TcpStream::from_std(stream) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot register the connection");
+                        return;
+                    }
+                };
+                let permit = tokio::select! {
+                    permit = http_permit(&push, &stream) => permit,
+                    () = push.shutdown.cancelled() => return,
+                };
+                http::serve_connection(stream, peer, push, tracker_, permit).await;
+            },
+            &workers,
+        );
     }
-    tracker.close();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-    Ok(())
 }
