@@ -866,3 +866,27 @@ async fn clients_trickling_headers_cost_memory_not_availability() {
     drop((stalled, client));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn peers_side_by_side_runs_at_toy_size() {
+    use tagstream::bench::peers::{Peer, run_peer};
+    if require("mosquitto").is_none() || require("nats-server").is_none() {
+        return;
+    }
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_tagstream"));
+    // Mosquitto's own WebSocket listener binds every interface, so it runs
+    // only inside benches/peers.sh's private network namespace. Here: NATS
+    // over WebSocket, and tagstream fed through Mosquitto's TCP listener
+    // (which keeps to 127.0.0.1).
+    for peer in [Peer::Nats, Peer::Tagstream] {
+        let run = run_peer(peer, 4, &[100, 200], Duration::from_millis(500), bin)
+            .await
+            .unwrap_or_else(|e| panic!("{peer:?}: {e:#}"));
+        assert_eq!(run.steps.len(), 2, "{peer:?}: {:?}", run.steps);
+        for s in &run.steps {
+            assert!(s.pass, "{peer:?}: {s:?}");
+            assert!(s.published > 0, "{peer:?}: {s:?}");
+            assert_eq!(s.delivered, s.published * 4, "{peer:?}: {s:?}");
+        }
+    }
+}

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// `peers`: run only these servers (mosquitto, nats, tagstream).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// `peers`: publish rates to step through, msg/s (default: issue 5's
+    /// 100,200,500,1000,2000,5000).
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<u64>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -83,8 +87,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "idle" => idle(&args).await?,
         "peers" => {
             let exe = std::env::current_exe()?;
+            let rates = if args.rates.is_empty() {
+                &peers::RATES[..]
+            } else {
+                &args.rates[..]
+            };
             let (runs, report) =
-                peers::run(args.clients, &peers::RATES, args.duration, &exe, &args.only).await?;
+                peers::run(args.clients, rates, args.duration, &exe, &args.only).await?;
             if !args.json {
                 println!("{}", peers::markdown(&runs, args.clients));
             }
