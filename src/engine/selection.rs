@@ -58,12 +58,17 @@ impl Selection {
         self.count == 0
     }
 
-    /// Selected ids in id order.
+    /// Selected ids in id order; visits set bits only.
     pub fn ids(&self) -> impl Iterator<Item = TagId> + '_ {
-        self.bits.iter().enumerate().flat_map(|(w, word)| {
-            (0..64)
-                .filter(move |b| word >> b & 1 == 1)
-                .map(move |b| (w * 64 + b) as TagId)
+        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                (rest != 0).then(|| {
+                    let bit = rest.trailing_zeros();
+                    rest &= rest - 1;
+                    (w * 64) as TagId + bit
+                })
+            })
         })
     }
 }
@@ -91,5 +96,30 @@ impl Selections {
         let selection = Arc::new(Selection::build(patterns.clone(), catalog));
         map.insert(patterns, Arc::downgrade(&selection));
         selection
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::catalog::TagDef;
+
+    #[test]
+    fn ids_are_the_matched_tags_in_order_across_words() {
+        // Ids start at 1; 200 tags span four bitset words.
+        let catalog = Catalog::new((1..=200).map(|i| {
+            let area = if [1, 63, 64, 65, 127, 128, 200].contains(&i) {
+                "odd"
+            } else {
+                "even"
+            };
+            TagDef::read_only(format!("{area}/t{i}"), "s")
+        }));
+        let sel = Selections::default().get(vec!["odd/#".into()], &catalog);
+        let ids: Vec<TagId> = sel.ids().collect();
+        assert_eq!(ids, [1, 63, 64, 65, 127, 128, 200]);
+        assert_eq!(sel.len(), ids.len());
+        assert!(ids.iter().all(|id| sel.contains(*id)));
+        assert!(!sel.contains(2));
     }
 }

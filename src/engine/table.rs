@@ -122,17 +122,17 @@ impl TagTable {
     }
 
     /// Selected tags that changed after `seq`, in id order: the catch-up
-    /// query behind resume and slow consumers.
+    /// query behind resume and slow consumers. Walks the selection, not the
+    /// table: a resume of 100 tags out of 10,000 reads 100 states.
     pub fn changed_since<'a>(
         &'a self,
         seq: u64,
         selection: &'a Selection,
     ) -> impl Iterator<Item = (TagId, &'a TagState)> + 'a {
-        self.states
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (i as TagId + 1, s))
-            .filter(move |(id, s)| s.seq > seq && selection.contains(*id))
+        selection.ids().filter_map(move |id| {
+            let state = self.state(id)?;
+            (state.seq > seq).then_some((id, state))
+        })
     }
 }
 
