@@ -22,7 +22,7 @@ use crate::sample::now_us;
 #[derive(Debug)]
 pub struct Tally {
     /// Entry -> decode latency per update, µs.
-    pub latency: Histogram<u64>,
+    pub latency: Histogram<u32>,
     /// Updates received in Deltas.
     pub updates: u64,
     /// Frames received.
@@ -38,7 +38,7 @@ pub struct Tally {
 impl Default for Tally {
     fn default() -> Self {
         Tally {
-            latency: super::histogram(),
+            latency: super::subscriber_histogram(),
             updates: 0,
             frames: 0,
             bytes: 0,
