@@ -119,6 +119,11 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     /// Extension: the `server_id` in Welcome; empty: the host name.
     pub server_id: String,
+    /// Extension: threads that run client sessions, each a single-threaded
+    /// runtime (strict FIFO turns); 0: one per core. Lower it to leave
+    /// cores to other work on the host (the engine and the sources run
+    /// beside them).
+    pub push_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +141,7 @@ impl Default for ServerConfig {
             tls: None,
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
+            push_threads: 0,
         }
     }
 }
@@ -176,6 +182,12 @@ impl ServerConfig {
         }
         if self.max_message_bytes < 64 {
             p.push("server.max_message_bytes", "must be at least 64");
+        }
+        if self.push_threads > 1024 {
+            p.push(
+                "server.push_threads",
+                "must be at most 1024 (0: one per core)",
+            );
         }
         if self.max_pending_bytes < 1024 {
             p.push("server.max_pending_bytes", "must be at least 1024");
@@ -415,6 +427,7 @@ type = "u16"
 [server]
 listen = "nowhere"
 bogus = 1
+push_threads = 5000
 
 [[modbus]]
 name = "a"
@@ -433,6 +446,7 @@ type = "string"
         assert!(keys.contains(&"server.bogus"), "{keys:?}");
         assert!(keys.contains(&"modbus.0.colour"), "{keys:?}");
         assert!(keys.contains(&"server.listen"), "{keys:?}");
+        assert!(keys.contains(&"server.push_threads"), "{keys:?}");
         assert!(keys.contains(&"modbus[0].tags[0].length"), "{keys:?}");
         let bogus = problems
             .iter()
@@ -443,7 +457,7 @@ type = "string"
             .iter()
             .find(|p| p.key == "modbus.0.colour")
             .expect("colour");
-        assert_eq!(colour.line, Some(9));
+        assert_eq!(colour.line, Some(10));
     }
 
     #[test]

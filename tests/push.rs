@@ -311,7 +311,8 @@ async fn subscribe_unsubscribe_browse_and_ping() {
 async fn long_randomized_run_keeps_continuity_and_converges() {
     let names: Vec<String> = (0..200).map(|i| format!("r/{}/t{i}", i % 7)).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let server = spawn_server("", &refs).await;
+    // Three session threads: the four clients land on different ones.
+    let server = spawn_server("[server]\npush_threads = 3\n", &refs).await;
     let patterns: [&[&str]; 4] = [
         &["#"],
         &["r/1/#"],

@@ -172,12 +172,14 @@ impl Servers {
                 relay_pid = broker.id().map(|p| p.to_string());
                 children.push(broker);
                 let conf = dir.0.join("tagstream.toml");
+                let threads = super::scenario::push_threads();
                 std::fs::write(
                     &conf,
                     format!(
                         r#"[server]
 listen = "127.0.0.1:{ws}"
 max_connections = 10000
+push_threads = {threads}
 
 [[mqtt]]
 name = "bench"

@@ -81,6 +81,7 @@ pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow
         .collect();
     let mut config = Config::default();
     config.server.max_connections = 100_000;
+    config.server.push_threads = push_threads();
     config.server.listen = listen.to_string();
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let server = crate::app::start_with(config, listener, defs).await?;
@@ -95,6 +96,13 @@ pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow
     }
     super::drive(&server.samples, first, tags, rate, Duration::MAX).await?;
     Ok(())
+}
+
+/// Session threads for a benchmark server: half the cores, because the load
+/// generator runs on the same machine and takes the other half (on the
+/// 2-core reference machine: one).
+pub(crate) fn push_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// utime + stime of a process, in seconds.

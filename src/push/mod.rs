@@ -188,16 +188,16 @@ impl Drop for Slot {
 pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushError> {
     let tracker = TaskTracker::new();
     tracing::info!(addr = %listener.local_addr()?, path = %push.config.path, "serving");
-    // Accepting runs on its own thread: on the shared workers the accept
-    // task waits behind every busy session, the kernel's accept queue
-    // overflows in a reconnect storm, and each dropped client retries only
-    // after a 1 s SYN timeout (seen with nstat: ListenOverflows,
-    // TCPSynRetrans). Sockets are handed to the workers to be served.
+    let shards = start_shards(&push, &tracker)?;
+    let workers: Vec<_> = shards.iter().map(|(h, _)| h.clone()).collect();
+    // Accepting runs on its own thread: behind busy sessions the accept
+    // task waits, the kernel's accept queue overflows in a reconnect storm,
+    // and each dropped client retries only after a 1 s SYN timeout (seen
+    // with nstat: ListenOverflows, TCPSynRetrans).
     let listener = listener.into_std()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let workers = tokio::runtime::Handle::current();
     let (push_, tracker_) = (push.clone(), tracker.clone());
     let acceptor = std::thread::Builder::new()
         .name("tagstream-accept".into())
@@ -206,7 +206,49 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
     let _ = tokio::task::spawn_blocking(move || acceptor.join()).await;
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+    for (_, thread) in shards {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     Ok(())
+}
+
+/// Session shards: `push_threads` single-threaded runtimes (default one
+/// per core), each running its share of the connections. A single-threaded
+/// runtime polls its tasks in strict FIFO order, so every session gets its
+/// turn once per cycle; on the shared work-stealing pool, tasks woken
+/// together by one batch were served out of order (LIFO slot, local versus
+/// global queue) and the unlucky ones waited several cycles. The engine
+/// and the sources stay on the main pool, so the engine never queues
+/// behind sessions. Measured on `room` (BENCHMARKS.md): p99 13–15 ms with
+/// one shard, 22–36 ms with all sessions on the 2-worker pool.
+fn start_shards(
+    push: &Arc<Push>,
+    tracker: &TaskTracker,
+) -> std::io::Result<Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>> {
+    let count = match push.config.push_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    (0..count)
+        .map(|i| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let handle = runtime.handle().clone();
+            let (shutdown, tracker) = (push.shutdown.clone(), tracker.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("tagstream-push-{i}"))
+                .spawn(move || {
+                    // Sessions keep running here through their close
+                    // handshakes, until the tracker is empty.
+                    runtime.block_on(async {
+                        shutdown.cancelled().await;
+                        let _ = tokio::time::timeout(Duration::from_secs(6), tracker.wait()).await;
+                    });
+                })?;
+            Ok((handle, thread))
+        })
+        .collect()
 }
 
 /// A permit for the HTTP phase, taken once the client has sent something
@@ -223,14 +265,14 @@ async fn http_permit(
     tokio::time::timeout(PERMIT_WAIT, permit).await.ok()?.ok()
 }
 
-/// Accepts until shutdown; each connection is served on `workers` once it
-/// holds an HTTP permit. A waiting connection holds its socket and a small
+/// Accepts until shutdown; connections go to the shards in turn and are
+/// served once they hold an HTTP permit. A waiting connection holds its socket and a small
 /// task, not hyper's buffers.
 async fn accept_loop(
     listener: std::net::TcpListener,
     push: Arc<Push>,
     tracker: TaskTracker,
-    workers: tokio::runtime::Handle,
+    workers: Vec<tokio::runtime::Handle>,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -239,7 +281,7 @@ async fn accept_loop(
             return;
         }
     };
-    loop {
+    for next in (0..workers.len()).cycle() {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -276,7 +318,7 @@ async fn accept_loop(
                 };
                 http::serve_connection(stream, peer, push, tracker_, permit).await;
             },
-            &workers,
+            &workers[next],
         );
     }
 }
