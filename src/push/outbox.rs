@@ -236,6 +236,27 @@ impl Outbox {
 }
 
 #[cfg(test)]
+/// Splits a byte stream of unmasked server frames into (opcode, payload).
+pub(crate) fn split_frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !wire.is_empty() {
+        let opcode = wire[0] & 0x0f;
+        assert_eq!(wire[0] & 0x80, 0x80, "final");
+        let (len, head) = match wire[1] {
+            126 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(wire[2..10].try_into().expect("8")) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        out.push((opcode, wire[head..head + len].to_vec()));
+        wire = &wire[head + len..];
+    }
+    out
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::{self, server_message::Kind};
@@ -261,26 +282,6 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-    }
-
-    /// Splits a byte stream of unmasked server frames into (opcode, payload).
-    fn split_frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
-        let mut out = Vec::new();
-        while !wire.is_empty() {
-            let opcode = wire[0] & 0x0f;
-            assert_eq!(wire[0] & 0x80, 0x80, "final");
-            let (len, head) = match wire[1] {
-                126 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
-                127 => (
-                    u64::from_be_bytes(wire[2..10].try_into().expect("8")) as usize,
-                    10,
-                ),
-                n => (n as usize, 2),
-            };
-            out.push((opcode, wire[head..head + len].to_vec()));
-            wire = &wire[head + len..];
-        }
-        out
     }
 
     fn update(id: u32) -> Bytes {

@@ -460,30 +460,17 @@ impl Session {
         {
             self.reselect(self.selection.patterns.clone(), out);
         }
-        // One Delta for everything drained (split only past
-        // MAX_DELTA_BYTES): one frame and one write per wakeup.
-        let mut delta = out.delta(self.position);
-        let mut to_seq = self.position;
-        let mut updates = 0;
-        for b in batches {
+        if let Some(b) = batches.last() {
             self.consumed = b.published_before + b.bytes.len() as u64;
-            if b.to_seq <= to_seq {
-                continue;
-            }
-            if let Some(part) = b.part_for(&self.selection, to_seq) {
-                if delta.len() + part.bytes.len() > MAX_DELTA_BYTES && !delta.is_empty() {
-                    delta.close(to_seq, false);
-                    self.position = to_seq;
-                    delta = out.delta(to_seq);
-                }
-                updates += part.updates;
-                delta.push(part.bytes);
-            }
-            to_seq = b.to_seq;
         }
-        if delta.close(to_seq, false) {
-            self.position = to_seq;
-        }
+        let (position, updates) = merge(
+            out,
+            &batches,
+            &self.selection,
+            self.position,
+            MAX_DELTA_BYTES,
+        );
+        self.position = position;
         self.push.metrics.updates_out.increment(updates);
         Ok(())
     }
@@ -588,6 +575,41 @@ impl Session {
             })?;
         Ok(rx)
     }
+}
+
+/// Queues what `selection` takes from `batches` after `position` as one
+/// Delta (one frame and one write per wakeup), split where the next part
+/// would pass `max_bytes`. Returns the new position (unchanged if nothing
+/// was selected) and the updates queued.
+fn merge(
+    out: &mut Outbox,
+    batches: &[Arc<Batch>],
+    selection: &Arc<Selection>,
+    mut position: u64,
+    max_bytes: usize,
+) -> (u64, u64) {
+    let mut delta = out.delta(position);
+    let mut to_seq = position;
+    let mut updates = 0;
+    for b in batches {
+        if b.to_seq <= to_seq {
+            continue;
+        }
+        if let Some(part) = b.part_for(selection, to_seq) {
+            if delta.len() + part.bytes.len() > max_bytes && !delta.is_empty() {
+                delta.close(to_seq, false);
+                position = to_seq;
+                delta = out.delta(to_seq);
+            }
+            updates += part.updates;
+            delta.push(part.bytes);
+        }
+        to_seq = b.to_seq;
+    }
+    if delta.close(to_seq, false) {
+        position = to_seq;
+    }
+    (position, updates)
 }
 
 fn error_frame(code: ErrorCode, message: String) -> Bytes {
@@ -696,4 +718,97 @@ fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Outbox) 
     encode_key(3, WireType::Varint, &mut body);
     encode_varint(1, &mut body);
     out.message(wrap(3, &body));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::batch::Builder;
+    use crate::engine::catalog::{Catalog, TagDef};
+    use crate::engine::selection::Selections;
+    use crate::engine::table::TagState;
+    use crate::proto::server_message::Kind;
+    use crate::push::outbox::split_frames;
+    use crate::sample::Value;
+
+    fn state(seq: u64) -> TagState {
+        TagState {
+            value: Some(Value::F64(seq as f64)),
+            status: 0,
+            source_time_us: 1,
+            server_time_us: 2,
+            seq,
+        }
+    }
+
+    /// Three batches of two changes each, seqs 1..=6; tag 3 is `b/z`.
+    fn batches(catalog: &Catalog) -> Vec<Arc<Batch>> {
+        let mut b = Builder::default();
+        (0..3u64)
+            .map(|i| {
+                let (s1, s2) = (i * 2 + 1, i * 2 + 2);
+                b.push(1, s1, &state(s1));
+                b.push(if i == 1 { 3 } else { 2 }, s2, &state(s2));
+                Arc::new(b.finish(i * 2, s2, catalog, 0))
+            })
+            .collect()
+    }
+
+    async fn deltas(out: &mut Outbox) -> Vec<proto::Delta> {
+        let mut wire = Vec::new();
+        out.write_to(&mut wire).await.expect("written");
+        split_frames(&wire)
+            .into_iter()
+            .map(
+                |(_, payload)| match proto::ServerMessage::decode(&payload[..]) {
+                    Ok(proto::ServerMessage {
+                        kind: Some(Kind::Delta(d)),
+                    }) => d,
+                    other => panic!("not a delta: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn drained_batches_merge_into_continuous_deltas_split_at_the_cap() {
+        let catalog = Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef::read_only(n, "s")));
+        let batches = batches(&catalog);
+        let sels = Selections::default();
+        let all = sels.get(vec!["#".into()], &catalog);
+        let part = batches[0].bytes.len();
+
+        // No cap reached: one Delta 0 -> 6 with all six updates.
+        let mut out = Outbox::default();
+        assert_eq!(merge(&mut out, &batches, &all, 0, usize::MAX), (6, 6));
+        let d = deltas(&mut out).await;
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 6));
+
+        // A cap of two parts: 0 -> 4, then 4 -> 6, continuous.
+        assert_eq!(merge(&mut out, &batches, &all, 0, 2 * part), (6, 6));
+        let d = deltas(&mut out).await;
+        let spans: Vec<_> = d
+            .iter()
+            .map(|d| (d.from_seq, d.to_seq, d.updates.len()))
+            .collect();
+        assert_eq!(spans, [(0, 4, 4), (4, 6, 2)]);
+
+        // Already past the first batch: it is skipped.
+        assert_eq!(merge(&mut out, &batches, &all, 2, usize::MAX), (6, 4));
+        let d = deltas(&mut out).await;
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (2, 6, 4));
+
+        // Only b/z (changed in the middle batch): the Delta still runs to
+        // the last batch's seq, so the next one starts where this ends.
+        let only_z = sels.get(vec!["b/#".into()], &catalog);
+        assert_eq!(merge(&mut out, &batches, &only_z, 0, usize::MAX), (6, 1));
+        let d = deltas(&mut out).await;
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 1));
+
+        // Nothing selected: no frame, position unchanged.
+        let none = sels.get(vec!["c/#".into()], &catalog);
+        assert_eq!(merge(&mut out, &batches, &none, 0, usize::MAX), (0, 0));
+        assert!(out.is_empty());
+    }
 }
