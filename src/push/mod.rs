@@ -219,8 +219,9 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
 /// together by one batch were served out of order (LIFO slot, local versus
 /// global queue) and the unlucky ones waited several cycles. The engine
 /// and the sources stay on the main pool, so the engine never queues
-/// behind sessions. Measured on `room` (BENCHMARKS.md): p99 13–15 ms with
-/// one shard, 22–36 ms with all sessions on the 2-worker pool.
+/// behind sessions. Measured on `room` in alternating runs (BENCHMARKS.md):
+/// p99 18–23 ms with one shard against 29–39 ms with all sessions on the
+/// 2-worker pool.
 fn start_shards(
     push: &Arc<Push>,
     tracker: &TaskTracker,
