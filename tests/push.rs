@@ -891,3 +891,21 @@ async fn peers_side_by_side_runs_at_toy_size() {
         }
     }
 }
+
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_header_timeout() {
+    let server = spawn_config(Config::default(), TAGS).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // The server closes it (10 s header timeout): EOF, not a hang.
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("server dropped the silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "dropped too early"
+    );
+    server.stop().await;
+}

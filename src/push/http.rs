@@ -28,7 +28,11 @@ const READ_BUFFER: usize = 1024;
 
 type Body = Full<Bytes>;
 
-/// The accept loop's permit for one connection's HTTP phase: released when
+/// Longest a client may take to send a request's headers (counted from the
+/// accept for a connection that stays silent).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection's HTTP permit (see `push::http_permit`): released when
 /// its first request is answered, or for an upgrade once hyper has handed
 /// the socket over (and freed its buffers), or when the connection ends.
 type Permit = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
@@ -50,7 +54,7 @@ pub async fn serve_connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(16 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();

@@ -252,23 +252,19 @@ fn start_shards(
         .collect()
 }
 
-/// A permit for the HTTP phase, taken once the client has sent something
-/// (a silent connection holds none). Connections that trickle their
-/// headers can hold every permit until hyper's header timeout: after
-/// `PERMIT_WAIT` a connection is served without one, so they cost memory,
-/// never availability.
-async fn http_permit(
-    push: &Push,
-    stream: &tokio::net::TcpStream,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    stream.readable().await.ok()?;
+/// A permit for the HTTP phase. Connections that trickle their headers can
+/// hold every permit until the header timeout: after `PERMIT_WAIT` a
+/// connection is served without one, so they cost memory, never
+/// availability.
+async fn http_permit(push: &Push) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let permit = push.http_in_flight.clone().acquire_owned();
     tokio::time::timeout(PERMIT_WAIT, permit).await.ok()?.ok()
 }
 
-/// Accepts until shutdown; connections go to the shards in turn and are
-/// served once they hold an HTTP permit. A waiting connection holds its socket and a small
-/// task, not hyper's buffers.
+/// Accepts until shutdown; connections go to the shards in turn. Each is
+/// served once it has sent something and holds an HTTP permit; until then
+/// it holds its socket and a small task, not hyper's buffers. One that
+/// stays silent for the header timeout is dropped, as hyper would.
 async fn accept_loop(
     listener: std::net::TcpListener,
     push: Arc<Push>,
@@ -304,22 +300,36 @@ async fn accept_loop(
             }
         };
         let (push, tracker_) = (push.clone(), tracker.clone());
-        tracker.spawn_on(
-            async move {
-                let stream = match tokio::net::TcpStream::from_std(stream) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "cannot register the connection");
-                        return;
-                    }
-                };
-                let permit = tokio::select! {
-                    permit = http_permit(&push, &stream) => permit,
-                    () = push.shutdown.cancelled() => return,
-                };
-                http::serve_connection(stream, peer, push, tracker_, permit).await;
-            },
-            &workers[next],
-        );
+        tracker.spawn_on(connection(stream, peer, push, tracker_), &workers[next]);
     }
+}
+
+/// One accepted connection, on its session thread: wait for the client to
+/// speak, then for an HTTP permit, then serve it.
+async fn connection(
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    push: Arc<Push>,
+    tracker: TaskTracker,
+) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot register the connection");
+            return;
+        }
+    };
+    let spoke = tokio::select! {
+        r = tokio::time::timeout(http::HEADER_TIMEOUT, stream.readable()) => matches!(r, Ok(Ok(()))),
+        () = push.shutdown.cancelled() => return,
+    };
+    if !spoke {
+        tracing::debug!(%peer, "silent connection dropped");
+        return;
+    }
+    let permit = tokio::select! {
+        permit = http_permit(&push) => permit,
+        () = push.shutdown.cancelled() => return,
+    };
+    http::serve_connection(stream, peer, push, tracker, permit).await;
 }
