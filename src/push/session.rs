@@ -1,7 +1,8 @@
 //! One client's session (protocol.md): Hello -> Welcome -> Catalog ->
 //! Snapshot (or a resume Delta), then deltas from shared batches, requests,
-//! heartbeats and the close. Generic over any WebSocket `Sink`/`Stream`, so
-//! it runs over a real socket or a test channel alike.
+//! heartbeats and the close. tungstenite reads the socket; the session's
+//! own frames go out through an `Outbox` (shared bytes, one vectored write
+//! per wakeup), and everything drained in one wakeup is one Delta.
 //!
 //! The session's *position* only moves with what it sends. A session that
 //! falls behind (ring overflow, or more than `max_pending_bytes` published
@@ -39,8 +40,9 @@ use crate::sample::{TagId, now_us};
 use crate::source::writes::{WriteCommand, WriteFailure};
 use crate::status;
 
-/// Target size of one Catalog or Snapshot chunk: small frames keep the
-/// socket's write buffer (which never shrinks) small on idle sessions.
+/// Target size of one Catalog or Snapshot chunk: a client can apply a large
+/// subscription piece by piece, and a burst of new sessions holds little
+/// memory per chunk while its writes are pending.
 const CHUNK_BYTES: usize = 4096;
 /// Writes a session may have in flight before it is answered
 /// BadTooManyOperations.
