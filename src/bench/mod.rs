@@ -202,6 +202,17 @@ pub async fn drive(
     Ok(sent)
 }
 
+/// An external program (Mosquitto, nats-server, nginx, ...) on PATH or in
+/// the sbin directories Debian installs daemons to; shared by the peers
+/// bench and the tests that need such a program.
+pub fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
 /// A latency histogram, µs, 1 µs .. 60 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")

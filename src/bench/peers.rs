@@ -114,11 +114,7 @@ fn spawn(program: &Path, args: &[&str]) -> anyhow::Result<tokio::process::Child>
 }
 
 fn find(program: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
+    super::find_program(program)
         .with_context(|| format!("{program} not found (see benches/peers.sh)"))
 }
 

@@ -118,9 +118,7 @@ pub async fn until_state(c: &mut Client, mut pred: impl FnMut(&Client) -> bool) 
 /// The program's path, or `None` after a loud SKIPPED (a failure when
 /// TAGSTREAM_REQUIRE_ALL=1).
 pub fn require(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
-    let found = dirs.map(|d: PathBuf| d.join(program)).find(|p| p.is_file());
+    let found = tagstream::bench::find_program(program);
     if found.is_none() {
         if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
             panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
