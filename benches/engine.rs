@@ -3,30 +3,34 @@
 //! bytes, and fan one batch out to 1,000 sessions. Many-socket runs go
 //! through `tagstream bench`, not here.
 
-use std::sync::Arc;
-
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tagstream::engine::EngineShared;
-use tagstream::engine::batch::Builder;
+use tagstream::engine::Engine;
 use tagstream::engine::catalog::{Catalog, TagDef};
+use tagstream::engine::seq::Counter;
 use tagstream::push::outbox::Outbox;
-use tagstream::sample::{Sample, Value};
+use tagstream::sample::{Input, Sample, TagKey, Value};
 
 const TAGS: u32 = 10_000;
 
-fn catalog() -> Arc<Catalog> {
-    Arc::new(Catalog::new((0..TAGS).map(|i| {
-        TagDef::read_only(format!("plant/area{}/tag{i}", i % 10), "bench")
-    })))
+fn engine_of_tags() -> Engine {
+    let catalog = Catalog::new(
+        (0..TAGS).map(|i| TagDef::read_only(format!("plant/area{}/tag{i}", i % 10), "bench")),
+    );
+    Engine::new(catalog, Box::new(Counter::random()))
 }
 
-fn samples(n: usize, round: u64) -> Vec<Sample> {
+fn samples(n: usize, round: u64) -> Vec<Input> {
     (0..n)
-        .map(|i| Sample {
-            tag: (i as u32 * 7919) % TAGS + 1,
-            value: Some(Value::F64(round as f64 + i as f64)),
-            status: 0,
-            source_time_us: 1,
+        .map(|i| {
+            Input::Sample(Sample {
+                tag: TagKey {
+                    source: 0,
+                    local: (i as u32 * 7919) % TAGS,
+                },
+                value: Some(Value::F64(round as f64 + i as f64)),
+                status: 0,
+                source_time_us: 1,
+            })
         })
         .collect()
 }
@@ -36,26 +40,23 @@ fn engine(c: &mut Criterion) {
     for batch in [1usize, 64, 1024] {
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_function(format!("apply_encode_batch_{batch}"), |b| {
-            let shared = EngineShared::new(catalog());
-            let mut scratch = Builder::default();
+            let mut engine = engine_of_tags();
             let mut round = 0u64;
             b.iter_batched(
                 || {
                     round += 1;
                     samples(batch, round)
                 },
-                |s| shared.apply_batch(s, &mut scratch),
+                |s| engine.apply(s),
                 BatchSize::SmallInput,
             );
         });
     }
     // Delta assembly: the shared frame for "everything" and a per-area
     // subscription, as each session would ask for it.
-    let shared = EngineShared::new(catalog());
-    let mut scratch = Builder::default();
-    let batch = shared
-        .apply_batch(samples(1024, 1), &mut scratch)
-        .expect("changes");
+    let mut engine = engine_of_tags();
+    let shared = engine.shared().clone();
+    let batch = engine.apply(samples(1024, 1)).expect("changes");
     let all = shared.selections.get(vec!["#".into()], &shared.catalog());
     let area = shared
         .selections
@@ -83,7 +84,8 @@ fn fan_out(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let shared = EngineShared::new(catalog());
+    let mut engine = engine_of_tags();
+    let shared = engine.shared().clone();
     let catalog = shared.catalog();
     let selections: Vec<_> = (0..10)
         .map(|a| {
@@ -92,7 +94,6 @@ fn fan_out(c: &mut Criterion) {
                 .get(vec![format!("plant/area{a}/#")], &catalog)
         })
         .collect();
-    let mut scratch = Builder::default();
     let mut round = 0;
     let mut outboxes: Vec<Outbox> = (0..1000).map(|_| Outbox::default()).collect();
     group.throughput(Throughput::Elements(1000));
@@ -100,9 +101,7 @@ fn fan_out(c: &mut Criterion) {
         b.iter_batched(
             || {
                 round += 1;
-                shared
-                    .apply_batch(samples(64, round), &mut scratch)
-                    .expect("changes")
+                engine.apply(samples(64, round)).expect("changes")
             },
             |batch| {
                 runtime.block_on(async {

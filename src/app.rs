@@ -1,5 +1,7 @@
 //! Wiring: sources -> engine -> push, and the shutdown order (stop taking
-//! clients, close sessions with 1001, stop sources, stop the engine).
+//! clients, close sessions with 1001, stop sources, stop the engine). The
+//! sources are a list: each builds itself from its context; this module
+//! knows no source kind.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,18 +11,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::command::LocalSources;
 use crate::config::Config;
 use crate::engine::catalog::{Catalog, TagDef};
-use crate::engine::{self, EngineShared};
+use crate::engine::seq::Counter;
+use crate::engine::{Engine, EngineShared};
 use crate::push::{self, Push};
-use crate::sample::Sample;
-use crate::source::modbus::ModbusSource;
-use crate::source::mqtt::MqttSource;
-use crate::source::writes::{WRITE_QUEUE, WriteRouter};
+use crate::sample::{Input, SourceId, TagKey};
+use crate::source::SourceContext;
 
-/// Samples queued between sources and the engine; a full queue makes the
-/// pollers wait (backpressure), it never drops readings.
-pub const SAMPLE_QUEUE: usize = 65_536;
+/// Inputs queued between sources and the engine; a full queue makes the
+/// sources wait (backpressure), it never drops readings.
+pub const INPUT_QUEUE: usize = 65_536;
 
 /// A running server.
 pub struct Running {
@@ -28,15 +30,21 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared push state (connections, drain).
     pub push: Arc<Push>,
-    /// The engine (catalog, table, epoch).
+    /// The engine's read side (catalog, table, epoch).
     pub engine: Arc<EngineShared>,
-    /// The engine's input, for in-process sources (benchmarks, tests).
-    pub samples: flume::Sender<Sample>,
+    /// The engine's input, for in-process tags (`start_with`'s extras).
+    pub input: flume::Sender<Input>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Running {
+    /// The key of a tag by name, to feed it through `input`.
+    pub fn key(&self, name: &str) -> Option<TagKey> {
+        let catalog = self.engine.catalog();
+        Some(catalog.meta(catalog.id(name)?)?.owner)
+    }
+
     /// Orderly stop: drain, close sessions, stop sources and engine.
     pub async fn stop(self) {
         self.push.drain();
@@ -51,8 +59,8 @@ pub async fn start(config: Config, listener: TcpListener) -> anyhow::Result<Runn
     start_with(config, listener, Vec::new()).await
 }
 
-/// Like `start`, with extra tags fed through `Running::samples` by an
-/// in-process source (the benchmark's synthetic plant).
+/// Like `start`, with extra tags fed in-process through `Running::input`
+/// (tests): they belong to one more source after the configured ones.
 pub async fn start_with(
     config: Config,
     listener: TcpListener,
@@ -61,37 +69,23 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let catalog = Arc::new(Catalog::new(configured_tags(&config).chain(extra)));
-    let engine = EngineShared::new(catalog.clone());
-    let (samples, rx) = flume::bounded(SAMPLE_QUEUE);
-    tasks.spawn(engine::run(rx, engine.clone(), shutdown.clone()));
+    let engine = Engine::new(catalog(&config, extra), Box::new(Counter::random()));
+    let shared = engine.shared().clone();
+    let (input, rx) = flume::bounded(INPUT_QUEUE);
+    tasks.spawn(engine.run(rx, shutdown.clone()));
 
-    let mut router = WriteRouter::default();
-    for device in &config.modbus {
-        let ids = device
-            .tags
-            .iter()
-            .map(|t| catalog.id(&t.name).context("tag missing from catalog"))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let (write_tx, write_rx) = flume::bounded(WRITE_QUEUE);
-        for (tag, id) in device.tags.iter().zip(&ids) {
-            if tag.writable {
-                router.add(*id, write_tx.clone());
-            }
-        }
-        let source = ModbusSource::new(device.clone(), ids, samples.clone(), write_rx);
-        tasks.spawn(source.run(shutdown.clone()));
-    }
-
-    for broker in &config.mqtt {
-        let source = MqttSource::new(broker.clone(), engine.clone(), samples.clone());
-        tasks.spawn(source.run(shutdown.clone()));
+    let mut commands = LocalSources::default();
+    for (id, (_, source)) in config.sources().into_iter().enumerate() {
+        let id = SourceId::try_from(id).context("too many sources")?;
+        let queue = commands.add(id);
+        let cx = SourceContext::new(id, source.name(), input.clone(), queue, shutdown.clone());
+        tasks.spawn(source.build(cx));
     }
 
     let push = Push::new(
         config.server.clone(),
-        engine.clone(),
-        router,
+        shared.clone(),
+        Arc::new(commands),
         shutdown.clone(),
     );
     let serving = push.clone();
@@ -100,27 +94,41 @@ pub async fn start_with(
             tracing::error!(error = %e, "push layer stopped");
         }
     });
-    tracing::info!(%addr, tags = catalog.len(), epoch = engine.epoch, "tagstream running");
+    let tags = shared.catalog().len();
+    tracing::info!(%addr, tags, epoch = shared.epoch, "tagstream running");
     Ok(Running {
         addr,
         push,
-        engine,
-        samples,
+        engine: shared,
+        input,
         shutdown,
         tasks,
     })
 }
 
-/// Every tag the configuration names, in file order (Modbus, then MQTT);
-/// MQTT topic maps add theirs at run time.
-pub fn configured_tags(config: &Config) -> impl Iterator<Item = TagDef> + '_ {
-    let modbus: Vec<TagDef> = Catalog::from_modbus(&config.modbus)
+/// Every configured tag, source by source (source ids in
+/// `Config::sources` order, local keys in each source's order), then
+/// `extra` as one more source. Tags found at run time follow later.
+pub fn catalog(config: &Config, extra: Vec<TagDef>) -> Catalog {
+    let mut catalog = Catalog::default();
+    let sources = config.sources();
+    let lists = sources
         .iter()
-        .cloned()
-        .collect();
-    modbus
-        .into_iter()
-        .chain(config.mqtt.iter().flat_map(crate::source::mqtt::tag_defs))
+        .map(|(_, s)| s.tags())
+        .chain(std::iter::once(extra));
+    for (source, tags) in lists.enumerate() {
+        for (local, def) in tags.into_iter().enumerate() {
+            let key = TagKey {
+                source: source as SourceId,
+                local: local as u32,
+            };
+            // Names are unique: validation refused duplicates.
+            if catalog.id(&def.name).is_none() {
+                catalog.add(def, key, 0);
+            }
+        }
+    }
+    catalog
 }
 
 /// Binds `[server].listen` and serves until Ctrl-C or SIGTERM.

@@ -10,8 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::source::SourceConfig;
 use crate::source::modbus::ModbusConfig;
 use crate::source::mqtt::MqttConfig;
+use crate::source::sim::SimConfig;
 
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq)]
@@ -67,6 +69,11 @@ impl Problems {
             message: message.into(),
         });
     }
+
+    /// The keys of the problems so far, in order.
+    pub fn keys(&self) -> Vec<String> {
+        self.0.iter().map(|p| p.key.clone()).collect()
+    }
 }
 
 /// The whole file.
@@ -81,6 +88,9 @@ pub struct Config {
     /// MQTT brokers.
     #[serde(default)]
     pub mqtt: Vec<MqttConfig>,
+    /// Synthetic sources (load runs, demos without devices).
+    #[serde(default)]
+    pub sim: Vec<SimConfig>,
     /// Not built yet: refused, because ignoring auth would open the server.
     #[serde(default)]
     pub auth: Option<toml::Value>,
@@ -243,41 +253,44 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
-        let mut devices = std::collections::HashSet::new();
-        for (i, device) in self.modbus.iter().enumerate() {
-            if !devices.insert(device.name.as_str()) {
+        let mut sources = std::collections::HashSet::new();
+        if self.sources().len() >= usize::from(u16::MAX) {
+            p.push("sources", "at most 65534 sources");
+        }
+        for (key, source) in self.sources() {
+            if !sources.insert(source.name().to_string()) {
                 p.push(
-                    format!("modbus[{i}].name"),
-                    format!("duplicate source name {:?}", device.name),
+                    format!("{key}.name"),
+                    format!("duplicate source name {:?}", source.name()),
                 );
             }
-            device.validate(&format!("modbus[{i}]"), p);
-            for (j, tag) in device.tags.iter().enumerate() {
-                if !names.insert(tag.name.as_str()) {
+            source.validate(&key, p);
+            for (j, tag) in source.tags().into_iter().enumerate() {
+                if !names.insert(tag.name.clone()) {
                     p.push(
-                        format!("modbus[{i}].tags[{j}].name"),
+                        format!("{key}.tags[{j}].name"),
                         format!("duplicate tag name {:?}", tag.name),
                     );
                 }
             }
         }
-        for (i, broker) in self.mqtt.iter().enumerate() {
-            if !devices.insert(broker.name.as_str()) {
-                p.push(
-                    format!("mqtt[{i}].name"),
-                    format!("duplicate source name {:?}", broker.name),
-                );
-            }
-            broker.validate(&format!("mqtt[{i}]"), p);
-            for (j, tag) in broker.tags.iter().enumerate() {
-                if !names.insert(tag.name.as_str()) {
-                    p.push(
-                        format!("mqtt[{i}].tags[{j}].name"),
-                        format!("duplicate tag name {:?}", tag.name),
-                    );
-                }
-            }
+    }
+
+    /// Every configured source with its key (`modbus[0]`), in source-id
+    /// order: Modbus devices, MQTT brokers, synthetic sources, each in file
+    /// order. A new kind adds its field above and one line here.
+    pub fn sources(&self) -> Vec<(String, &dyn SourceConfig)> {
+        fn keyed<'a, T: SourceConfig>(
+            list: &'a [T],
+        ) -> impl Iterator<Item = (String, &'a dyn SourceConfig)> + 'a {
+            list.iter()
+                .enumerate()
+                .map(|(i, s)| (format!("{}[{i}]", s.kind()), s as &dyn SourceConfig))
         }
+        keyed(&self.modbus)
+            .chain(keyed(&self.mqtt))
+            .chain(keyed(&self.sim))
+            .collect()
     }
 }
 

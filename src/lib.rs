@@ -3,25 +3,38 @@
 //! # Layout
 //!
 //! ```text
-//!  source/modbus ──┐                     ┌─> push/session (one per client)
-//!  source/sim    ──┼─ flume<Sample> ─> engine ─ broadcast<Arc<Batch>> ─┤
-//!  (mqtt: next)  ──┘   (bounded)      (TagTable, encode once)        └─> push/session ...
-//!                                         ^  read for snapshot / catch-up
-//!        source/writes <── WriteRequest ───── push/session
+//!  source/modbus ──┐                          ┌─> push/session (one per client)
+//!  source/mqtt   ──┼─ flume<Input> ─> engine ─┤  broadcast<Arc<Batch>>
+//!  source/sim    ──┘   (bounded)    (TagTable, └─> push/session ...
+//!                                    seq, encode once)
+//!        ^                              ^  read for snapshot / catch-up
+//!        └── WriteCommand ── command ───┴──── push/session (checked writes)
 //! ```
 //!
-//! - [`source`]: field side. Pollers turn device registers into [`sample::Sample`]s.
-//! - [`engine`]: one task owns the [`engine::table::TagTable`], applies
-//!   batches (seq, deadband, status) and publishes each change encoded once.
-//! - [`push`]: HTTP + WebSocket on one listener; sessions assemble deltas
-//!   from the shared encoded bytes and answer catch-up from the table.
-//! - [`client`]: the Rust client used by `tagstream tail`, tests and benches.
+//! - [`source`]: field side. Each kind builds itself from a
+//!   [`source::SourceContext`] and sends [`sample::Input`]s: readings, tags
+//!   found at run time, lost devices.
+//! - [`engine`]: one task owns the [`engine::table::TagTable`] and the
+//!   sequencer, applies batches (seq, deadband, status, definitions) and
+//!   publishes each change encoded once.
+//! - [`push`]: HTTP + WebSocket on one listener; each session is a sans-IO
+//!   state machine behind a thin driver, assembling deltas from the shared
+//!   encoded bytes and answering catch-up from the table.
+//! - [`command`]: writes from sessions, routed by the tag's owner to the
+//!   source that carries them out. [`auth`]: the principal of a session.
+//! - [`client`]: the Rust client used by `tagstream tail` and the tests.
+//! - [`demo`]: the simulated plant of `tagstream demo` (and test devices).
 //! - [`app`]: wiring and shutdown order; [`config`]: the TOML contract.
+//!
+//! `engine` and `push` import nothing from `source`: they know no device
+//! protocol.
 
 pub mod app;
-pub mod bench;
+pub mod auth;
 pub mod client;
+pub mod command;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod pattern;
 pub mod proto;

@@ -51,8 +51,6 @@ enum Command {
         /// Tag patterns (MQTT wildcards); default: everything.
         patterns: Vec<String>,
     },
-    /// Measure end-to-end latency with N clients (in-process server).
-    Bench(tagstream::bench::BenchArgs),
 }
 
 fn init_logs(format: &str) {
@@ -86,13 +84,12 @@ async fn main() -> anyhow::Result<()> {
             token,
             patterns,
         } => tagstream::tail::run(&url, token.as_deref(), patterns).await,
-        Command::Bench(args) => tagstream::bench::run(args).await,
     }
 }
 
 async fn demo(listen: &str) -> anyhow::Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
-    let plant = tagstream::source::sim::start_demo_plant(stop.clone()).await?;
+    let plant = tagstream::demo::start_demo_plant(stop.clone()).await?;
     let mut config = Config::parse(&plant.config).context("demo config")?;
     config.server.listen = listen.to_string();
     eprintln!(
@@ -116,8 +113,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    let catalog =
-        tagstream::engine::catalog::Catalog::new(tagstream::app::configured_tags(&config));
+    let catalog = tagstream::app::catalog(&config, Vec::new());
     println!(
         "{:>5}  {:<40} {:<8} {:<8} {:<5} source",
         "id", "name", "type", "unit", "write"
@@ -130,21 +126,22 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             t.id, t.name, ty, t.unit, w, t.source
         );
     }
-    for broker in &config.mqtt {
-        for map in &broker.topics {
-            let ty = format!("{:?}", map.kind.data_type());
-            let from = format!("{} (discovered from {})", broker.name, map.filter);
+    let sources = config.sources();
+    for (_, source) in &sources {
+        for (t, from) in source.discovered() {
+            let ty = format!("{:?}", t.data_type);
             println!(
                 "{:>5}  {:<40} {:<8} {:<8} {:<5} {from}",
-                "*", map.name, ty, map.unit, ""
+                "*", t.name, ty, t.unit, ""
             );
         }
     }
+    let kinds = |kind: &str| sources.iter().filter(|(_, s)| s.kind() == kind).count();
     println!(
         "{} tags from {} device(s) and {} broker(s): OK",
         catalog.len(),
-        config.modbus.len(),
-        config.mqtt.len()
+        kinds("modbus"),
+        kinds("mqtt")
     );
     Ok(())
 }

@@ -5,6 +5,9 @@
 
 include!(concat!(env!("OUT_DIR"), "/tagstream.v1.rs"));
 
+use bytes::Bytes;
+use prost::Message as _;
+
 use crate::sample;
 
 /// The subprotocol the server selects.
@@ -48,4 +51,11 @@ pub fn server(kind: server_message::Kind) -> ServerMessage {
 /// Shorthand for a `ClientMessage` with one kind.
 pub fn client(kind: client_message::Kind) -> ClientMessage {
     ClientMessage { kind: Some(kind) }
+}
+
+impl ServerMessage {
+    /// Encodes to a frame payload.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(self.encode_to_vec())
+    }
 }

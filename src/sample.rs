@@ -1,13 +1,32 @@
-//! `Sample`: the one type on the flume channel from sources to the engine.
-//! Sources decode and scale; the engine decides (deadband, status) whether a
-//! sample is a change.
+//! The engine's one input type: everything sources say arrives as an
+//! [`Input`] on one bounded flume channel, in order — readings, tags found
+//! at run time, definition changes and a lost source. Sources name their
+//! tags by their own [`TagKey`] and never wait for the engine to answer, so
+//! a full channel slows a source down but can never deadlock discovery.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::engine::catalog::TagDef;
+
 /// Compact tag id, stable for an epoch; index into the catalog and table.
 pub type TagId = u32;
+
+/// A source's index in the running configuration (assigned at start).
+pub type SourceId = u16;
+
+/// A source's own name for one of its tags: the source's index and the
+/// tag's index among the tags that source defined (its configured tags
+/// first, in file order, then those it found at run time). The engine maps
+/// keys to ids; writes come back to the source by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TagKey {
+    /// Which source.
+    pub source: SourceId,
+    /// Which of its tags.
+    pub local: u32,
+}
 
 /// A tag value after decoding and scaling (protocol.md, "Which Value kind").
 #[derive(Clone, Debug, PartialEq)]
@@ -55,8 +74,8 @@ impl std::fmt::Display for Value {
 /// One reading (or failure to read) of one tag.
 #[derive(Clone, Debug)]
 pub struct Sample {
-    /// Which tag.
-    pub tag: TagId,
+    /// Which tag, by its source's key.
+    pub tag: TagKey,
     /// `None` keeps the last value: a Bad status from a source that could not
     /// read (protocol.md: "A Bad update still carries the last value").
     pub value: Option<Value>,
@@ -68,7 +87,7 @@ pub struct Sample {
 
 impl Sample {
     /// A good reading taken now.
-    pub fn good(tag: TagId, value: Value) -> Self {
+    pub fn good(tag: TagKey, value: Value) -> Self {
         Sample {
             tag,
             value: Some(value),
@@ -78,7 +97,7 @@ impl Sample {
     }
 
     /// A failed reading: the status changes, the last value stays.
-    pub fn bad(tag: TagId, status: u32) -> Self {
+    pub fn bad(tag: TagKey, status: u32) -> Self {
         Sample {
             tag,
             value: None,
@@ -86,6 +105,35 @@ impl Sample {
             source_time_us: now_us(),
         }
     }
+}
+
+/// What a source tells the engine.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A reading of a tag the source defined (configured or `Define`d).
+    Sample(Sample),
+    /// A tag the source found at run time, or a new definition of one it
+    /// defined before (a Sparkplug rebirth with another type). A new key
+    /// gets the next id; a known key keeps its id and every session that
+    /// sees the tag gets its Catalog entry again. A name that already
+    /// belongs to another key is refused (logged and counted): a run-time
+    /// name never takes over another tag. Samples may follow at once.
+    Define {
+        /// The source's key for the tag.
+        key: TagKey,
+        /// The definition (its `id` is ignored).
+        def: TagDef,
+    },
+    /// The source lost its device or broker: each of its tags turns
+    /// `status` (those never read: `unread`), keeping its last value.
+    SourceDown {
+        /// Which source.
+        source: SourceId,
+        /// Status of tags that have a value.
+        status: u32,
+        /// Status of tags never read.
+        unread: u32,
+    },
 }
 
 /// Wall-clock µs since the Unix epoch (0 if the clock is before 1970).

@@ -35,11 +35,7 @@ impl Drop for Proxy {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    tagstream_testkit::free_port().unwrap()
 }
 
 /// `text` with each `(from, to)` replaced; every `from` must occur.
@@ -74,7 +70,7 @@ async fn wait_port(port: u16, child: &mut Child, log: &Path) {
 fn nginx_main(dir: &Scratch, site: &Path) -> PathBuf {
     let tmp = dir.path("tmp");
     std::fs::create_dir_all(&tmp).unwrap();
-    let d = dir.0.display();
+    let d = dir.dir().display();
     let main = format!(
         "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
          events {{ worker_connections 1024; }}\n\
@@ -133,7 +129,7 @@ async fn start_nginx(backend: SocketAddr, idle_timeout: &str) -> Option<Proxy> {
     let log = dir.path("error.log");
     let mut child = Command::new(bin)
         .arg("-p")
-        .arg(&dir.0)
+        .arg(dir.dir())
         .arg("-e")
         .arg(&log)
         .arg("-c")
@@ -337,7 +333,7 @@ async fn nginx_tls_variant_is_valid() {
     let out = Command::new(nginx)
         .arg("-t")
         .arg("-p")
-        .arg(&dir.0)
+        .arg(dir.dir())
         .arg("-e")
         .arg(dir.path("error.log"))
         .arg("-c")

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use tagstream::client::{Client, Event};
+use tagstream::demo::ModbusDevice;
 use tagstream::proto::{self, client_message::Kind as C, value::Kind as V};
 use tagstream::source::modbus::Table;
-use tagstream::source::sim::ModbusDevice;
 use tagstream::status;
 use tokio_modbus::ExceptionCode;
 

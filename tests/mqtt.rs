@@ -61,7 +61,7 @@ async fn broker() -> Broker {
             _process: Some((child, dir)),
         };
     }
-    let addr = tagstream::source::mqtt::broker::start(0).expect("embedded broker");
+    let addr = tagstream::demo::broker::start(0).expect("embedded broker");
     Broker {
         addr,
         _process: None,
@@ -390,7 +390,7 @@ topic = "g/ok"
 fn openssl(bin: &std::path::Path, dir: &Scratch, args: &[&str]) {
     let out = Command::new(bin)
         .args(args)
-        .current_dir(&dir.0)
+        .current_dir(dir.dir())
         .output()
         .unwrap();
     assert!(
@@ -476,7 +476,7 @@ async fn mqtts_with_a_private_ca() {
             .port()
     };
     let (tls_port, plain_port) = (free(), free());
-    let d = dir.0.display();
+    let d = dir.dir().display();
     let conf = format!(
         "per_listener_settings false\nallow_anonymous true\npersistence false\n\
          listener {plain_port} 127.0.0.1\n\
@@ -486,7 +486,7 @@ async fn mqtts_with_a_private_ca() {
     // Mosquitto drops to its own user when started as root: let it read the files.
     let _ = Command::new("chmod")
         .args(["-R", "a+rX"])
-        .arg(&dir.0)
+        .arg(dir.dir())
         .status();
     let mut child = Command::new(mosquitto)
         .arg("-c")

@@ -40,9 +40,10 @@ pub struct Batch {
     pub entries: Vec<Entry>,
     /// Published bytes before this batch, for lag accounting.
     pub published_before: u64,
-    /// Catalog length when the batch was applied: sessions whose selection
-    /// is older re-select first, so Catalog entries precede updates.
-    pub catalog_len: usize,
+    /// Catalog version when the batch was applied: sessions whose
+    /// selection is older re-select first, so Catalog entries precede
+    /// updates.
+    pub catalog_version: u64,
     parts: Mutex<PartCache>,
 }
 
@@ -163,7 +164,7 @@ impl Builder {
             bytes: self.buf.split().freeze(),
             entries: std::mem::take(&mut self.entries),
             published_before,
-            catalog_len: catalog.len(),
+            catalog_version: catalog.version(),
             parts: Mutex::new(HashMap::new()),
         }
     }

@@ -1,19 +1,19 @@
 //! The tag catalog of one epoch: id <-> name, the `TagInfo` each client is
-//! told, and what the engine needs per tag (deadband, keep_samples). Each
-//! `TagInfo` is encoded once here and shared by every Catalog message.
+//! told, what the engine needs per tag (deadband, keep_samples), and each
+//! tag's owner key and history (when it appeared, when it was redefined).
+//! Each `TagInfo` is encoded once here and shared by every Catalog message.
+//! It knows no device protocol: sources build their own `TagDef`s.
 
 use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
-use prost::Message;
 
 use crate::proto;
-use crate::sample::{TagId, Value};
-use crate::source::modbus::{ModbusConfig, RegisterType};
+use crate::sample::{TagId, TagKey, Value};
 use crate::status;
 
 /// Everything known about one tag.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TagDef {
     /// Wire id (1-based; 0 is never used so a default field is never valid).
     pub id: TagId,
@@ -39,58 +39,92 @@ pub struct TagDef {
     pub keep_samples: bool,
 }
 
-/// All tags of the epoch, indexed by id. Append-only: a tag discovered at
-/// run time (an MQTT wildcard's new topic) gets the next id in the same epoch.
+/// Where a tag came from and when, beside its definition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TagMeta {
+    /// The source's key for it: writes are routed to `owner.source`.
+    pub owner: TagKey,
+    /// Table seq when the tag appeared (0 for configured tags): a client
+    /// resuming from a seq at or before it may not know the tag yet.
+    pub appeared_seq: u64,
+    /// Table seq when its definition last changed (appeared or redefined).
+    pub defined_seq: u64,
+    /// Catalog version of that change: a session that resolved its
+    /// selection at an older version sends the entry again.
+    pub revision: u64,
+}
+
+/// All tags of the epoch, indexed by id. Ids are never reused or removed
+/// within an epoch; a tag found at run time gets the next id, a redefined
+/// tag keeps its id. Only the engine task changes it (copy-on-write:
+/// sessions keep the `Arc` they hold).
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     tags: Vec<TagDef>,
+    meta: Vec<TagMeta>,
     encoded: Vec<Bytes>,
     by_name: HashMap<String, TagId>,
+    version: u64,
 }
 
 impl Catalog {
-    /// Builds the catalog from tag definitions; ids follow the given order.
+    /// A catalog of configured tags; ids and keys follow the given order
+    /// (tests and tools: one source, local keys 0..n).
     pub fn new(defs: impl IntoIterator<Item = TagDef>) -> Self {
         let mut catalog = Catalog::default();
-        for def in defs {
-            catalog.push(def);
+        for (local, def) in defs.into_iter().enumerate() {
+            let key = TagKey {
+                source: 0,
+                local: local as u32,
+            };
+            catalog.add(def, key, 0);
         }
         catalog
     }
 
-    /// Appends a tag (copy-on-write: readers keep the catalog they hold).
-    pub fn with(&self, def: TagDef) -> Catalog {
-        let mut next = self.clone();
-        next.push(def);
-        next
-    }
-
-    fn push(&mut self, mut def: TagDef) {
+    /// Appends a tag owned by `owner`, appearing at table seq `seq`;
+    /// returns its id. The caller checks the name is free.
+    pub fn add(&mut self, mut def: TagDef, owner: TagKey, seq: u64) -> TagId {
         def.id = self.tags.len() as TagId + 1;
+        self.version += 1;
         self.by_name.insert(def.name.clone(), def.id);
-        let mut buf = BytesMut::new();
-        prost::encoding::message::encode(1, &def.info(), &mut buf);
-        self.encoded.push(buf.freeze());
+        self.encoded.push(encode_info(&def));
+        self.meta.push(TagMeta {
+            owner,
+            appeared_seq: seq,
+            defined_seq: seq,
+            revision: self.version,
+        });
+        let id = def.id;
         self.tags.push(def);
+        id
     }
 
-    /// Every Modbus tag of the configuration, in file order.
-    pub fn from_modbus(devices: &[ModbusConfig]) -> Self {
-        Catalog::new(devices.iter().flat_map(|d| {
-            d.tags.iter().map(move |t| TagDef {
-                id: 0,
-                name: t.name.clone(),
-                data_type: modbus_type(t.kind, t.is_scaled()),
-                unit: t.unit.clone(),
-                description: t.description.clone(),
-                writable: t.writable,
-                min: t.min,
-                max: t.max,
-                source: d.name.clone(),
-                deadband: t.deadband,
-                keep_samples: t.keep_samples,
-            })
-        }))
+    /// Replaces the definition of tag `id` (same name, same id) at table
+    /// seq `seq`. Returns false if nothing changed or the id is unknown.
+    pub fn redefine(&mut self, id: TagId, mut def: TagDef, seq: u64) -> bool {
+        let Some(index) = (id as usize).checked_sub(1) else {
+            return false;
+        };
+        let Some(old) = self.tags.get(index) else {
+            return false;
+        };
+        def.id = id;
+        def.name.clone_from(&old.name);
+        if *old == def {
+            return false;
+        }
+        self.version += 1;
+        self.encoded[index] = encode_info(&def);
+        self.meta[index].defined_seq = seq;
+        self.meta[index].revision = self.version;
+        self.tags[index] = def;
+        true
+    }
+
+    /// Bumped by every addition and redefinition.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Number of tags.
@@ -106,6 +140,11 @@ impl Catalog {
     /// The tag with this id.
     pub fn get(&self, id: TagId) -> Option<&TagDef> {
         self.tags.get((id as usize).checked_sub(1)?)
+    }
+
+    /// Owner and history of the tag with this id.
+    pub fn meta(&self, id: TagId) -> Option<&TagMeta> {
+        self.meta.get((id as usize).checked_sub(1)?)
     }
 
     /// The id of a name.
@@ -124,23 +163,10 @@ impl Catalog {
     }
 }
 
-fn modbus_type(kind: RegisterType, scaled: bool) -> proto::DataType {
-    use proto::DataType as D;
-    if scaled {
-        return D::F64;
-    }
-    match kind {
-        RegisterType::Bool => D::Bool,
-        RegisterType::U16 => D::U16,
-        RegisterType::I16 => D::I16,
-        RegisterType::U32 => D::U32,
-        RegisterType::I32 => D::I32,
-        RegisterType::U64 => D::U64,
-        RegisterType::I64 => D::I64,
-        RegisterType::F32 => D::F32,
-        RegisterType::F64 => D::F64,
-        RegisterType::String => D::String,
-    }
+fn encode_info(def: &TagDef) -> Bytes {
+    let mut buf = BytesMut::new();
+    prost::encoding::message::encode(1, &def.info(), &mut buf);
+    buf.freeze()
 }
 
 impl TagDef {
@@ -222,26 +248,5 @@ impl TagDef {
             }
         }
         Ok(converted)
-    }
-}
-
-/// Encodes a `Catalog` message body (no oneof wrapper) for the given ids.
-pub fn encode_catalog(catalog: &Catalog, ids: &[TagId], last: bool) -> proto::ServerMessage {
-    proto::ServerMessage {
-        kind: Some(proto::server_message::Kind::Catalog(proto::Catalog {
-            tags: ids
-                .iter()
-                .filter_map(|id| catalog.get(*id))
-                .map(TagDef::info)
-                .collect(),
-            last,
-        })),
-    }
-}
-
-impl proto::ServerMessage {
-    /// Encodes to a frame payload.
-    pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(self.encode_to_vec())
     }
 }

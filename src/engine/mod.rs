@@ -1,17 +1,20 @@
-//! The engine: one task owns the tag table, fed by one bounded flume channel.
-//! It awaits one sample, drains what else is ready, applies the batch, encodes
-//! each changed tag once, and publishes one `Batch` that every session shares.
+//! The engine: one task owns the tag table, fed by one bounded flume channel
+//! of [`Input`]s. It awaits one input, drains what else is ready, applies
+//! the batch (tags defined, readings, lost sources), encodes each change
+//! once, and publishes one `Batch` that every session shares.
 //!
-//! Sessions read the table (behind an `RwLock`, held only for short scans)
-//! for snapshots and catch-up; only this task writes it.
+//! Sessions read the table through [`EngineShared`] (an `RwLock`, read-held
+//! only for short scans); only [`Engine`], inside the engine task, writes
+//! it. Seq and epoch come from the engine's [`seq::Sequencer`].
 
 pub mod batch;
 pub mod catalog;
 pub mod selection;
+pub mod seq;
 pub mod table;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -19,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 pub use batch::Batch;
 use catalog::{Catalog, TagDef};
 use selection::Selections;
+use seq::Sequencer;
 use table::TagTable;
 
-use crate::sample::{Sample, TagId, now_us};
+use crate::sample::{Input, Sample, SourceId, TagId, TagKey, now_us};
 
-/// Most samples applied in one batch: bounds the write-lock hold and the
+/// Most inputs applied in one batch: bounds the write-lock hold and the
 /// size of one Delta under a burst.
 pub const MAX_BATCH: usize = 1024;
 
@@ -31,11 +35,12 @@ pub const MAX_BATCH: usize = 1024;
 /// up from the table instead. Memory is shared, not per session.
 pub const BATCH_RING: usize = 128;
 
-/// What sessions need from the engine.
+/// What sessions read: the table, the epoch, interned selections and the
+/// stream of published batches.
 #[derive(Debug)]
 pub struct EngineShared {
     table: RwLock<TagTable>,
-    /// The epoch.
+    /// The epoch (from the sequencer).
     pub epoch: u64,
     /// Interned subscriptions.
     pub selections: Selections,
@@ -45,33 +50,18 @@ pub struct EngineShared {
 }
 
 impl EngineShared {
-    /// A new engine state with a fresh table and a random epoch.
-    pub fn new(catalog: Arc<Catalog>) -> Arc<Self> {
-        let epoch = fastrand::u64(1..);
-        let (batches, _) = broadcast::channel(BATCH_RING);
-        Arc::new(EngineShared {
-            table: RwLock::new(TagTable::new(catalog, epoch)),
-            epoch,
-            selections: Selections::default(),
-            batches,
-            published_bytes: AtomicU64::new(0),
-        })
-    }
-
     /// Reads the table. Hold it only for a scan, never across an await.
     pub fn table(&self) -> RwLockReadGuard<'_, TagTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The current catalog (it only grows within an epoch).
-    pub fn catalog(&self) -> Arc<Catalog> {
-        self.table().catalog().clone()
+    fn table_mut(&self) -> RwLockWriteGuard<'_, TagTable> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The id of a tag, adding it to the catalog if new (run-time discovery).
-    pub fn register(&self, def: TagDef) -> TagId {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        table.register(def)
+    /// The current catalog (ids are never reused within an epoch).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.table().catalog().clone()
     }
 
     /// A receiver for future batches. Subscribe *before* reading the table,
@@ -84,67 +74,312 @@ impl EngineShared {
     pub fn published_bytes(&self) -> u64 {
         self.published_bytes.load(Ordering::Acquire)
     }
+}
 
-    /// Applies one batch of samples and publishes it; returns the batch if
-    /// anything changed. The async task below is a thin loop around this.
-    pub fn apply_batch(
-        &self,
-        samples: impl IntoIterator<Item = Sample>,
-        scratch: &mut batch::Builder,
-    ) -> Option<Arc<Batch>> {
+/// Key -> id, per source. 0: not (yet) defined; `REFUSED`: its name
+/// belonged to another tag, so its samples are dropped.
+#[derive(Debug, Default)]
+struct Keys(Vec<Vec<TagId>>);
+
+const REFUSED: TagId = TagId::MAX;
+
+impl Keys {
+    fn get(&self, key: TagKey) -> TagId {
+        self.0
+            .get(usize::from(key.source))
+            .and_then(|s| s.get(key.local as usize))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn set(&mut self, key: TagKey, id: TagId) {
+        let source = usize::from(key.source);
+        if self.0.len() <= source {
+            self.0.resize_with(source + 1, Vec::new);
+        }
+        let tags = &mut self.0[source];
+        if tags.len() <= key.local as usize {
+            tags.resize(key.local as usize + 1, 0);
+        }
+        tags[key.local as usize] = id;
+    }
+
+    fn of(&self, source: SourceId) -> impl Iterator<Item = TagId> + '_ {
+        self.0
+            .get(usize::from(source))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|&id| id != 0 && id != REFUSED)
+    }
+}
+
+/// The engine task's state: the write side of the table, the key map and
+/// the sequencer. Sans-IO apart from the clock read once per batch.
+pub struct Engine {
+    shared: Arc<EngineShared>,
+    keys: Keys,
+    seq: Box<dyn Sequencer>,
+    scratch: batch::Builder,
+}
+
+impl Engine {
+    /// An engine over the configured tags (their owners' keys are taken
+    /// from the catalog), numbering changes with `seq`.
+    pub fn new(catalog: Catalog, seq: Box<dyn Sequencer>) -> Engine {
+        let mut keys = Keys::default();
+        for def in catalog.iter() {
+            if let Some(meta) = catalog.meta(def.id) {
+                keys.set(meta.owner, def.id);
+            }
+        }
+        let (batches, _) = broadcast::channel(BATCH_RING);
+        let shared = Arc::new(EngineShared {
+            table: RwLock::new(TagTable::new(Arc::new(catalog), seq.current())),
+            epoch: seq.epoch(),
+            selections: Selections::default(),
+            batches,
+            published_bytes: AtomicU64::new(0),
+        });
+        Engine {
+            shared,
+            keys,
+            seq,
+            scratch: batch::Builder::default(),
+        }
+    }
+
+    /// The read side, for sessions.
+    pub fn shared(&self) -> &Arc<EngineShared> {
+        &self.shared
+    }
+
+    /// Applies one batch of inputs and publishes it; returns the batch if
+    /// any tag changed. The async task below is a thin loop around this.
+    pub fn apply(&mut self, inputs: impl IntoIterator<Item = Input>) -> Option<Arc<Batch>> {
         let now = now_us();
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let shared = self.shared.clone();
+        let mut table = shared.table_mut();
         let from_seq = table.seq();
-        for sample in samples {
-            let id = sample.tag;
-            if let Some(seq) = table.apply(sample, now) {
-                if let Some(state) = table.state(id) {
-                    scratch.push(id, seq, state);
+        let version = table.catalog().version();
+        for input in inputs {
+            match input {
+                Input::Sample(sample) => {
+                    let id = self.keys.get(sample.tag);
+                    self.change(&mut table, id, sample, now);
+                }
+                Input::Define { key, def } => self.define(&mut table, key, def),
+                Input::SourceDown {
+                    source,
+                    status,
+                    unread,
+                } => {
+                    let ids: Vec<TagId> = self.keys.of(source).collect();
+                    for id in ids {
+                        let read = table.state(id).is_some_and(|s| s.value.is_some());
+                        let status = if read { status } else { unread };
+                        self.change(&mut table, id, Sample::bad(TagKey::default(), status), now);
+                    }
                 }
             }
         }
         let to_seq = table.seq();
         let catalog = table.catalog().clone();
         drop(table);
+        if catalog.version() != version {
+            metrics::gauge!("tagstream_tags").set(catalog.len() as f64);
+        }
         if to_seq == from_seq {
             return None;
         }
-        let end = self.published_bytes.load(Ordering::Relaxed);
-        let batch = Arc::new(scratch.finish(from_seq, to_seq, &catalog, end));
-        self.published_bytes
+        let end = self.shared.published_bytes.load(Ordering::Relaxed);
+        let batch = Arc::new(self.scratch.finish(from_seq, to_seq, &catalog, end));
+        self.shared
+            .published_bytes
             .fetch_add(batch.bytes.len() as u64, Ordering::Release);
         // No receivers is fine: nobody is connected.
-        let _ = self.batches.send(batch.clone());
+        let _ = self.shared.batches.send(batch.clone());
         Some(batch)
+    }
+
+    fn change(&mut self, table: &mut TagTable, id: TagId, sample: Sample, now: i64) {
+        if id == 0 || id == REFUSED {
+            metrics::counter!("tagstream_samples_dropped_total").increment(1);
+            return;
+        }
+        if let Some(seq) = table.apply(id, sample, now, self.seq.as_mut()) {
+            if let Some(state) = table.state(id) {
+                self.scratch.push(id, seq, state);
+            }
+        }
+    }
+
+    fn define(&mut self, table: &mut TagTable, key: TagKey, def: TagDef) {
+        match self.keys.get(key) {
+            REFUSED => {}
+            0 => {
+                if let Some(other) = table.catalog().id(&def.name) {
+                    let owner = table.catalog().get(other).map(|d| d.source.clone());
+                    tracing::warn!(tag = %def.name, source = %def.source, owner = ?owner, "tag name already taken: refused");
+                    metrics::counter!("tagstream_tags_refused_total", "source" => def.source)
+                        .increment(1);
+                    self.keys.set(key, REFUSED);
+                    return;
+                }
+                let name = def.name.clone();
+                let id = table.add(def, key);
+                tracing::info!(tag = %name, id, seq = table.seq(), "tag added");
+                self.keys.set(key, id);
+            }
+            id => {
+                let name = def.name.clone();
+                if table.redefine(id, def) {
+                    tracing::info!(tag = %name, id, "tag redefined");
+                }
+            }
+        }
+    }
+
+    /// The engine task: runs until the channel closes or shutdown.
+    pub async fn run(mut self, inputs: flume::Receiver<Input>, shutdown: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                input = inputs.recv_async() => match input {
+                    Ok(input) => input,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let mut n = 1;
+            let drained = std::iter::once(first)
+                .chain(inputs.try_iter().take(MAX_BATCH - 1))
+                .inspect(|_| n += 1);
+            let batch = self.apply(drained);
+            metrics::counter!("tagstream_samples_in_total").increment(n - 1);
+            if let Some(batch) = batch {
+                metrics::counter!("tagstream_updates_applied_total")
+                    .increment(batch.entries.len() as u64);
+                metrics::gauge!("tagstream_seq").set(batch.to_seq as f64);
+            }
+        }
+        tracing::info!("engine stopped");
     }
 }
 
-/// The engine task: runs until the channel closes or shutdown.
-pub async fn run(
-    samples: flume::Receiver<Sample>,
-    shared: Arc<EngineShared>,
-    shutdown: CancellationToken,
-) {
-    let mut scratch = batch::Builder::default();
-    loop {
-        let first = tokio::select! {
-            sample = samples.recv_async() => match sample {
-                Ok(sample) => sample,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let mut n = 1;
-        let drained = std::iter::once(first)
-            .chain(samples.try_iter().take(MAX_BATCH - 1))
-            .inspect(|_| n += 1);
-        let batch = shared.apply_batch(drained, &mut scratch);
-        metrics::counter!("tagstream_samples_in_total").increment(n - 1);
-        if let Some(batch) = batch {
-            metrics::counter!("tagstream_updates_applied_total")
-                .increment(batch.entries.len() as u64);
-            metrics::gauge!("tagstream_seq").set(batch.to_seq as f64);
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Value;
+    use crate::status;
+
+    fn key(source: SourceId, local: u32) -> TagKey {
+        TagKey { source, local }
     }
-    tracing::info!("engine stopped");
+
+    fn sample(k: TagKey, v: f64) -> Input {
+        Input::Sample(Sample::good(k, Value::F64(v)))
+    }
+
+    fn engine() -> Engine {
+        let catalog = Catalog::new([TagDef::read_only("a/x", "s0")]);
+        Engine::new(catalog, Box::new(seq::Counter::new(7)))
+    }
+
+    #[test]
+    fn a_tag_defined_on_the_channel_takes_the_next_id_and_its_samples_apply() {
+        let mut e = engine();
+        assert_eq!(e.shared().epoch, 7);
+        e.apply([sample(key(0, 0), 1.0)]);
+        let def = TagDef::read_only("b/new", "s1");
+        let batch = e
+            .apply([
+                Input::Define {
+                    key: key(1, 0),
+                    def,
+                },
+                sample(key(1, 0), 5.0),
+            ])
+            .expect("a change");
+        let catalog = e.shared().catalog();
+        assert_eq!(catalog.id("b/new"), Some(2));
+        let meta = catalog.meta(2).expect("meta");
+        assert_eq!((meta.owner, meta.appeared_seq), (key(1, 0), 1));
+        assert_eq!(batch.catalog_version, catalog.version());
+        assert_eq!(batch.entries.iter().map(|e| e.id).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn a_name_taken_by_another_key_is_refused_and_its_samples_dropped() {
+        let mut e = engine();
+        let evil = TagDef::read_only("a/x", "evil");
+        assert!(
+            e.apply([
+                Input::Define {
+                    key: key(3, 0),
+                    def: evil
+                },
+                sample(key(3, 0), 7.0)
+            ])
+            .is_none()
+        );
+        let table = e.shared().table();
+        assert_eq!(table.catalog().len(), 1);
+        assert_eq!(
+            table.catalog().get(1).map(|d| d.source.as_str()),
+            Some("s0")
+        );
+        assert_eq!(table.state(1).map(|s| s.seq), Some(0), "untouched");
+    }
+
+    #[test]
+    fn a_redefinition_keeps_the_id_and_bumps_the_version() {
+        let mut e = engine();
+        let before = e.shared().catalog().version();
+        let def = TagDef {
+            unit: "bar".into(),
+            ..TagDef::read_only("a/x", "s0")
+        };
+        e.apply([Input::Define {
+            key: key(0, 0),
+            def: def.clone(),
+        }]);
+        let catalog = e.shared().catalog();
+        assert_eq!(catalog.len(), 1);
+        assert_eq!(catalog.get(1).map(|d| d.unit.as_str()), Some("bar"));
+        assert!(catalog.version() > before);
+        // The same definition again changes nothing.
+        e.apply([Input::Define {
+            key: key(0, 0),
+            def,
+        }]);
+        assert_eq!(e.shared().catalog().version(), catalog.version());
+    }
+
+    #[test]
+    fn source_down_turns_its_tags_bad_keeping_values_unread_ones_their_own_status() {
+        let catalog = Catalog::new([
+            TagDef::read_only("a/x", "s0"),
+            TagDef::read_only("a/y", "s0"),
+        ]);
+        let mut e = Engine::new(catalog, Box::new(seq::Counter::new(1)));
+        e.apply([sample(key(0, 0), 3.0)]);
+        let batch = e
+            .apply([Input::SourceDown {
+                source: 0,
+                status: status::BAD_TIMEOUT,
+                unread: status::BAD_NO_COMMUNICATION,
+            }])
+            .expect("changes");
+        assert_eq!(batch.entries.len(), 2);
+        let table = e.shared().table();
+        let x = table.state(1).expect("x");
+        assert_eq!(
+            (x.status, x.value.clone()),
+            (status::BAD_TIMEOUT, Some(Value::F64(3.0)))
+        );
+        assert_eq!(
+            table.state(2).map(|s| s.status),
+            Some(status::BAD_NO_COMMUNICATION)
+        );
+    }
 }

@@ -17,9 +17,10 @@ pub struct Selection {
     pub patterns: Vec<String>,
     bits: Vec<u64>,
     count: usize,
-    /// Catalog length it was resolved against; a longer catalog means tags
-    /// were discovered since and the selection must be resolved again.
-    pub catalog_len: usize,
+    /// Catalog version it was resolved against; a newer catalog means tags
+    /// were found or redefined since and the selection must be resolved
+    /// again (and those tags' Catalog entries sent).
+    pub catalog_version: u64,
 }
 
 impl Selection {
@@ -36,7 +37,7 @@ impl Selection {
             patterns,
             bits,
             count,
-            catalog_len: catalog.len(),
+            catalog_version: catalog.version(),
         }
     }
 
@@ -86,7 +87,7 @@ impl Selections {
         patterns.dedup();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = map.get(&patterns).and_then(Weak::upgrade) {
-            if existing.catalog_len == catalog.len() {
+            if existing.catalog_version == catalog.version() {
                 return existing;
             }
         }

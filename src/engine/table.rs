@@ -1,12 +1,14 @@
 //! The tag table: latest value, status, timestamps and last-change seq of
-//! every tag. Sans-IO: `apply` reads no clock and does no I/O, so it is
-//! tested and benchmarked directly.
+//! every tag, and the catalog it follows. Sans-IO: `apply` reads no clock,
+//! does no I/O and takes its seq from the engine's sequencer, so it is
+//! tested and benchmarked directly. Only the engine task holds it mutably.
 
 use std::sync::Arc;
 
 use super::catalog::{Catalog, TagDef};
 use super::selection::Selection;
-use crate::sample::{Sample, TagId, Value};
+use super::seq::Sequencer;
+use crate::sample::{Sample, TagId, TagKey, Value};
 use crate::status;
 
 /// The state of one tag.
@@ -27,35 +29,30 @@ pub struct TagState {
 /// All tags of one epoch.
 #[derive(Debug)]
 pub struct TagTable {
-    epoch: u64,
     seq: u64,
     catalog: Arc<Catalog>,
     states: Vec<TagState>,
 }
 
+fn waiting() -> TagState {
+    TagState {
+        value: None,
+        status: status::BAD_WAITING_FOR_INITIAL_DATA,
+        source_time_us: 0,
+        server_time_us: 0,
+        seq: 0,
+    }
+}
+
 impl TagTable {
-    /// A table where every tag waits for its first reading.
-    pub fn new(catalog: Arc<Catalog>, epoch: u64) -> Self {
-        let states = (0..catalog.len())
-            .map(|_| TagState {
-                value: None,
-                status: status::BAD_WAITING_FOR_INITIAL_DATA,
-                source_time_us: 0,
-                server_time_us: 0,
-                seq: 0,
-            })
-            .collect();
+    /// A table where every tag waits for its first reading, at `seq`.
+    pub fn new(catalog: Arc<Catalog>, seq: u64) -> Self {
+        let states = (0..catalog.len()).map(|_| waiting()).collect();
         TagTable {
-            epoch,
-            seq: 0,
+            seq,
             catalog,
             states,
         }
-    }
-
-    /// The epoch; a new one starts whenever seq or ids could not continue.
-    pub fn epoch(&self) -> u64 {
-        self.epoch
     }
 
     /// Seq of the last applied change.
@@ -68,21 +65,29 @@ impl TagTable {
         &self.catalog
     }
 
-    /// The id of `def.name`, adding the tag if new. The new tag waits for
-    /// its first reading; its id is stable for the rest of the epoch.
-    pub fn register(&mut self, def: TagDef) -> TagId {
-        if let Some(id) = self.catalog.id(&def.name) {
-            return id;
-        }
-        self.catalog = Arc::new(self.catalog.with(def));
-        self.states.push(TagState {
-            value: None,
-            status: status::BAD_WAITING_FOR_INITIAL_DATA,
-            source_time_us: 0,
-            server_time_us: 0,
-            seq: 0,
+    /// Adds a tag owned by `owner` (the caller checked its name is free);
+    /// it waits for its first reading. Copies the catalog only if a
+    /// session still holds the current one.
+    pub fn add(&mut self, def: TagDef, owner: TagKey) -> TagId {
+        let seq = self.seq;
+        let id = Arc::make_mut(&mut self.catalog).add(def, owner, seq);
+        self.states.push(waiting());
+        id
+    }
+
+    /// Replaces a tag's definition; true if anything changed.
+    pub fn redefine(&mut self, id: TagId, def: TagDef) -> bool {
+        let unchanged = self.catalog.get(id).is_none_or(|old| {
+            let mut def = def.clone();
+            def.id = old.id;
+            def.name.clone_from(&old.name);
+            *old == def
         });
-        self.catalog.len() as TagId
+        if unchanged {
+            return false;
+        }
+        let seq = self.seq;
+        Arc::make_mut(&mut self.catalog).redefine(id, def, seq)
     }
 
     /// One tag's state.
@@ -90,12 +95,18 @@ impl TagTable {
         self.states.get((id as usize).checked_sub(1)?)
     }
 
-    /// Applies a sample; returns the new seq if it changed the tag. A change
-    /// is a status change (always passes) or a value change beyond the
-    /// tag's absolute deadband.
-    pub fn apply(&mut self, sample: Sample, now_us: i64) -> Option<u64> {
-        let index = (sample.tag as usize).checked_sub(1)?;
-        let def = self.catalog.get(sample.tag)?;
+    /// Applies a reading of tag `id`; returns the seq `seq` handed out if
+    /// it changed the tag. A change is a status change (always passes) or
+    /// a value change beyond the tag's absolute deadband.
+    pub fn apply(
+        &mut self,
+        id: TagId,
+        sample: Sample,
+        now_us: i64,
+        seq: &mut dyn Sequencer,
+    ) -> Option<u64> {
+        let index = (id as usize).checked_sub(1)?;
+        let def = self.catalog.get(id)?;
         let deadband = def.deadband;
         let state = self.states.get_mut(index)?;
         let status_changed = state.status != sample.status;
@@ -113,7 +124,7 @@ impl TagTable {
         if let Some(value) = sample.value {
             state.value = Some(value);
         }
-        self.seq += 1;
+        self.seq = seq.next();
         state.status = sample.status;
         state.source_time_us = sample.source_time_us;
         state.server_time_us = now_us;
@@ -141,6 +152,7 @@ mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
+    use crate::engine::seq::Counter;
 
     fn def(name: &str, deadband: f64) -> TagDef {
         TagDef {
@@ -149,25 +161,23 @@ mod tests {
         }
     }
 
-    fn sample(tag: TagId, value: Option<f64>, status: u32) -> Sample {
+    fn sample(value: Option<f64>, status: u32) -> Sample {
         Sample {
-            tag,
+            tag: TagKey::default(),
             value: value.map(Value::F64),
             status,
             source_time_us: 7,
         }
     }
 
-    fn table() -> TagTable {
-        TagTable::new(
-            Arc::new(Catalog::new([def("a/x", 0.5), def("a/y", 0.0)])),
-            42,
-        )
+    fn table() -> (TagTable, Counter) {
+        let catalog = Arc::new(Catalog::new([def("a/x", 0.5), def("a/y", 0.0)]));
+        (TagTable::new(catalog, 0), Counter::new(42))
     }
 
     #[test]
     fn starts_waiting_for_data_at_seq_zero() {
-        let t = table();
+        let (t, _) = table();
         assert_eq!(t.seq(), 0);
         let s = t.state(1).expect("tag 1");
         assert_eq!(s.status, status::BAD_WAITING_FOR_INITIAL_DATA);
@@ -176,21 +186,28 @@ mod tests {
 
     #[test]
     fn deadband_filters_small_moves_but_never_a_status_change() {
-        let mut t = table();
-        assert_eq!(t.apply(sample(1, Some(10.0), 0), 1), Some(1));
+        let (mut t, mut c) = table();
+        assert_eq!(t.apply(1, sample(Some(10.0), 0), 1, &mut c), Some(1));
         assert_eq!(
-            t.apply(sample(1, Some(10.4), 0), 2),
+            t.apply(1, sample(Some(10.4), 0), 2, &mut c),
             None,
             "within deadband"
         );
-        assert_eq!(t.apply(sample(1, Some(10.5), 0), 2), None, "at deadband");
-        assert_eq!(t.apply(sample(1, Some(10.6), 0), 3), Some(2));
-        assert_eq!(t.apply(sample(1, None, status::BAD_TIMEOUT), 4), Some(3));
+        assert_eq!(
+            t.apply(1, sample(Some(10.5), 0), 2, &mut c),
+            None,
+            "at deadband"
+        );
+        assert_eq!(t.apply(1, sample(Some(10.6), 0), 3, &mut c), Some(2));
+        assert_eq!(
+            t.apply(1, sample(None, status::BAD_TIMEOUT), 4, &mut c),
+            Some(3)
+        );
         let s = t.state(1).expect("tag 1");
         assert_eq!(s.value, Some(Value::F64(10.6)), "bad keeps last value");
         assert_eq!(s.status, status::BAD_TIMEOUT);
         assert_eq!(
-            t.apply(sample(1, Some(10.6), 0), 5),
+            t.apply(1, sample(Some(10.6), 0), 5, &mut c),
             Some(4),
             "good again passes"
         );
@@ -198,20 +215,20 @@ mod tests {
 
     #[test]
     fn same_value_is_no_change_and_unknown_ids_are_ignored() {
-        let mut t = table();
-        assert_eq!(t.apply(sample(2, Some(1.0), 0), 1), Some(1));
-        assert_eq!(t.apply(sample(2, Some(1.0), 0), 1), None);
-        assert_eq!(t.apply(sample(0, Some(1.0), 0), 1), None);
-        assert_eq!(t.apply(sample(99, Some(1.0), 0), 1), None);
+        let (mut t, mut c) = table();
+        assert_eq!(t.apply(2, sample(Some(1.0), 0), 1, &mut c), Some(1));
+        assert_eq!(t.apply(2, sample(Some(1.0), 0), 1, &mut c), None);
+        assert_eq!(t.apply(0, sample(Some(1.0), 0), 1, &mut c), None);
+        assert_eq!(t.apply(99, sample(Some(1.0), 0), 1, &mut c), None);
         assert_eq!(t.seq(), 1);
     }
 
     #[test]
     fn changed_since_answers_catch_up() {
-        let mut t = table();
-        t.apply(sample(1, Some(1.0), 0), 1);
-        t.apply(sample(2, Some(1.0), 0), 1);
-        t.apply(sample(1, Some(5.0), 0), 1);
+        let (mut t, mut c) = table();
+        t.apply(1, sample(Some(1.0), 0), 1, &mut c);
+        t.apply(2, sample(Some(1.0), 0), 1, &mut c);
+        t.apply(1, sample(Some(5.0), 0), 1, &mut c);
         let sels = Selections::default();
         let all = sels.get(vec!["#".into()], t.catalog());
         let ids: Vec<_> = t.changed_since(1, &all).map(|(id, _)| id).collect();

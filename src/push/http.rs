@@ -197,7 +197,9 @@ fn upgrade(
             .write_buffer_size(0)
             .max_message_size(Some(push.config.max_message_bytes))
             .max_frame_size(Some(push.config.max_message_bytes));
-        session::run(TokioIo::new(upgraded), config, push, peer).await;
+        let principal = push.anonymous.clone();
+        let cx = push.sessions.clone();
+        session::run(TokioIo::new(upgraded), config, cx, principal, peer).await;
         drop(slot);
     });
 

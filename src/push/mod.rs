@@ -1,6 +1,9 @@
 //! Push side: HTTP + WebSocket on one listener. `http` answers the plain
 //! routes and the upgrade (with every pre-101 refusal of the spec);
-//! `session` runs one client's protocol against the engine's shared state.
+//! `session` runs one client's protocol against the engine's shared state;
+//! this module admits connections (limits, drain) and runs the accept
+//! thread and the session shards. It knows no source: writes leave through
+//! a `command::CommandSink`.
 
 pub mod close;
 pub mod http;
@@ -18,10 +21,12 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Principal;
+use crate::command::CommandSink;
 use crate::config::ServerConfig;
 use crate::engine::EngineShared;
-use crate::source::writes::WriteRouter;
 use crate::telemetry::PushMetrics;
+use session::SessionContext;
 
 /// Why the push layer could not run.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +40,11 @@ pub enum PushError {
 pub struct Push {
     /// `[server]` settings.
     pub config: ServerConfig,
-    /// The engine's table, catalog and batch stream.
-    pub engine: Arc<EngineShared>,
-    /// Where writes go.
-    pub writes: WriteRouter,
-    /// `Welcome.server_id`.
-    pub server_id: String,
-    /// Shared heartbeat clock: one timer for all sessions, not one each.
-    pub heartbeat: watch::Receiver<u64>,
+    /// What sessions work with (engine, commands, heartbeat clock).
+    pub sessions: Arc<SessionContext>,
+    /// The principal of a connection without a token (one shared `Arc`:
+    /// idle sessions stay small).
+    pub anonymous: Arc<Principal>,
     /// Cancelled on shutdown: sessions close with 1001.
     pub shutdown: CancellationToken,
     /// Counters.
@@ -69,7 +71,7 @@ impl Push {
     pub fn new(
         config: ServerConfig,
         engine: Arc<EngineShared>,
-        writes: WriteRouter,
+        commands: Arc<dyn CommandSink>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (tick_tx, heartbeat) = watch::channel(0u64);
@@ -91,14 +93,23 @@ impl Push {
         } else {
             config.server_id.clone()
         };
+        let metrics = PushMetrics::new();
+        let sessions = Arc::new(SessionContext {
+            engine,
+            commands,
+            server_id,
+            heartbeat_ms: period.as_millis().min(u128::from(u32::MAX)) as u32,
+            max_pending_bytes: config.max_pending_bytes as u64,
+            hello_timeout: config.hello_timeout,
+            heartbeat,
+            metrics: metrics.clone(),
+        });
         Arc::new(Push {
             config,
-            engine,
-            writes,
-            server_id,
-            heartbeat,
+            sessions,
+            anonymous: Arc::new(Principal::open()),
             shutdown,
-            metrics: PushMetrics::new(),
+            metrics,
             connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             per_ip: Mutex::new(HashMap::new()),

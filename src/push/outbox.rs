@@ -224,6 +224,20 @@ impl Outbox {
         Ok(())
     }
 
+    /// Everything queued as (opcode, payload) pairs, emptying the box:
+    /// what `write_to` would put on the wire, for tests of the protocol
+    /// without a socket.
+    #[cfg(test)]
+    pub(crate) fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let wire: Vec<u8> = self
+            .chunks
+            .iter()
+            .flat_map(|c| c.bytes().to_vec())
+            .collect();
+        self.clear();
+        split_frames(&wire)
+    }
+
     fn clear(&mut self) {
         if self.chunks.capacity() > KEEP_CHUNKS {
             self.chunks = Vec::new();

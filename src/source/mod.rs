@@ -1,24 +1,215 @@
-//! Field side: sources read devices and brokers and send `Sample`s into the
-//! engine's channel. Each source owns its reconnect/backoff and reports
+//! Field side: every source kind behind one interface. A kind's config
+//! implements [`SourceConfig`]: it names its configured tags as `TagDef`s
+//! (the engine assigns ids), validates itself, and builds its task from a
+//! [`SourceContext`] — the engine input, its command queue, shutdown and
+//! its telemetry. Sources own their reconnects ([`Backoff`]) and report
 //! failures as tag status, never as a crash.
+//!
+//! Adding a kind: its own module here, one field in `config::Config` and
+//! one line in `Config::sources`.
 
 pub mod modbus;
 pub mod mqtt;
 pub mod sim;
-pub mod writes;
 
-use crate::sample::{Sample, TagId};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
 
-/// Sends a Bad status for each tag (the last value stays). Returns false
-/// when the engine is gone, so the caller can stop.
-pub(crate) async fn report_bad(
-    samples: &flume::Sender<Sample>,
-    tags: impl IntoIterator<Item = (TagId, u32)>,
-) -> bool {
-    for (id, status) in tags {
-        if samples.send_async(Sample::bad(id, status)).await.is_err() {
-            return false;
+use tokio_util::sync::CancellationToken;
+
+use crate::command::WriteCommand;
+use crate::config::Problems;
+use crate::engine::catalog::TagDef;
+use crate::sample::{Input, Sample, SourceId, TagKey, Value};
+
+/// A running source.
+pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The engine is gone (shutdown): the source should stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the engine stopped")]
+pub struct EngineGone;
+
+/// One configured source of any kind.
+pub trait SourceConfig: Send + Sync {
+    /// The kind, as its config table is named (`modbus`, `mqtt`, `sim`).
+    fn kind(&self) -> &'static str;
+
+    /// Its `name` (logs, metrics, `TagInfo.source`).
+    fn name(&self) -> &str;
+
+    /// Its configured tags; their local keys are their positions here.
+    /// Keys a source defines at run time start after them.
+    fn tags(&self) -> Vec<TagDef>;
+
+    /// Tags it will define at run time, for `tagstream check`: a template
+    /// definition (its name a template) and where they come from.
+    fn discovered(&self) -> Vec<(TagDef, String)> {
+        Vec::new()
+    }
+
+    /// Every problem of this entry, with keys under `key` (`modbus[0]`).
+    fn validate(&self, key: &str, problems: &mut Problems);
+
+    /// The source's task. It runs until `cx.shutdown`.
+    fn build(&self, cx: SourceContext) -> SourceTask;
+}
+
+/// What a running source is given.
+pub struct SourceContext {
+    /// Its index: the `source` of its keys.
+    pub id: SourceId,
+    /// Its name.
+    pub name: String,
+    /// Writes for its tags, by key; bounded (`command::WRITE_QUEUE`).
+    pub commands: flume::Receiver<WriteCommand>,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    input: flume::Sender<Input>,
+    up: metrics::Gauge,
+}
+
+impl SourceContext {
+    /// A context for source `id`.
+    pub fn new(
+        id: SourceId,
+        name: &str,
+        input: flume::Sender<Input>,
+        commands: flume::Receiver<WriteCommand>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        SourceContext {
+            id,
+            name: name.to_string(),
+            commands,
+            shutdown,
+            input,
+            up: metrics::gauge!("tagstream_device_up", "device" => name.to_string()),
         }
     }
-    true
+
+    /// The key of this source's tag number `local`.
+    pub fn key(&self, local: u32) -> TagKey {
+        TagKey {
+            source: self.id,
+            local,
+        }
+    }
+
+    /// Sends a reading; waits while the engine's channel is full
+    /// (backpressure: readings are never dropped).
+    pub async fn send(&self, sample: Sample) -> Result<(), EngineGone> {
+        self.input
+            .send_async(Input::Sample(sample))
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// A good reading of tag `local`, taken now.
+    pub async fn good(&self, local: u32, value: Value) -> Result<(), EngineGone> {
+        self.send(Sample::good(self.key(local), value)).await
+    }
+
+    /// A failed reading of tag `local`: its last value stays.
+    pub async fn bad(&self, local: u32, status: u32) -> Result<(), EngineGone> {
+        self.send(Sample::bad(self.key(local), status)).await
+    }
+
+    /// Defines (or redefines) tag `local` at run time; samples may follow
+    /// at once. Never waits for an answer.
+    pub async fn define(&self, local: u32, def: TagDef) -> Result<(), EngineGone> {
+        let key = self.key(local);
+        self.input
+            .send_async(Input::Define { key, def })
+            .await
+            .map_err(|_| EngineGone)
+    }
+
+    /// The device or broker answers again.
+    pub fn up(&self) {
+        self.up.set(1.0);
+    }
+
+    /// The device or broker is lost: every tag of this source turns
+    /// `status` (never read: `unread`), keeping its last value.
+    pub async fn down(&self, status: u32, unread: u32) -> Result<(), EngineGone> {
+        self.up.set(0.0);
+        self.input
+            .send_async(Input::SourceDown {
+                source: self.id,
+                status,
+                unread,
+            })
+            .await
+            .map_err(|_| EngineGone)
+    }
+}
+
+/// Reconnect delays: 200 ms doubling to 5 s, each with up to 20% jitter so
+/// a plant's sources do not retry in lockstep after a network blip.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    /// First delay.
+    pub const MIN: Duration = Duration::from_millis(200);
+    /// Longest delay.
+    pub const MAX: Duration = Duration::from_secs(5);
+
+    /// At the first delay.
+    pub fn new() -> Self {
+        Backoff { next: Self::MIN }
+    }
+
+    /// After a success: the next failure waits the first delay again.
+    pub fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    /// True until a failure moved it on (log the first failure loudly).
+    pub fn is_first(&self) -> bool {
+        self.next == Self::MIN
+    }
+
+    /// The delay before the next attempt, with jitter, and doubles.
+    pub fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        base + base.mul_f64(fastrand::f64() * 0.2)
+    }
+
+    /// The delay the next call to `delay` starts from (for logs).
+    pub fn upcoming(&self) -> Duration {
+        self.next
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() {
+        let mut b = Backoff::new();
+        assert!(b.is_first());
+        let d = b.delay();
+        assert!(d >= Backoff::MIN && d <= Backoff::MIN.mul_f64(1.2), "{d:?}");
+        assert!(!b.is_first());
+        for _ in 0..10 {
+            let d = b.delay();
+            assert!(d <= Backoff::MAX.mul_f64(1.2), "{d:?}");
+        }
+        assert_eq!(b.upcoming(), Backoff::MAX);
+        b.reset();
+        assert!(b.is_first());
+    }
 }

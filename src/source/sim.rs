@@ -1,381 +1,141 @@
-//! Simulated devices: a real Modbus TCP server (tokio-modbus) over an
-//! in-memory register bank. Tests use it as the device under test (with
-//! fault injection: stop, stall, exceptions); `tagstream demo` runs a small
-//! plant of them whose registers move like real signals, polled through the
-//! same Modbus source as real devices.
+//! `[[sim]]`: a synthetic source. `tags` F64 tags named
+//! `<prefix>/g<i / group>/t<i>` change `rate` times per second in all,
+//! at random, each value stamped with the time it entered the engine's
+//! channel (its source time). Load runs configure it to measure the
+//! server alone: source time -> client decode is the server's latency.
 
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::ops::Range;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
-use tokio_modbus::prelude::{ExceptionCode, Request, Response};
-use tokio_modbus::server::Service;
-use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
-use tokio_util::sync::CancellationToken;
+use serde::Deserialize;
 
-use super::modbus::Table;
+use super::{SourceConfig, SourceContext, SourceTask};
+use crate::config::Problems;
+use crate::engine::catalog::TagDef;
+use crate::sample::{Sample, Value, now_us};
 
-/// The four Modbus tables of a device.
-#[derive(Debug)]
-pub struct Registers {
-    /// Holding registers.
-    pub holding: Vec<u16>,
-    /// Input registers.
-    pub input: Vec<u16>,
-    /// Coils.
-    pub coils: Vec<bool>,
-    /// Discrete inputs.
-    pub discrete: Vec<bool>,
-    /// Injected faults: reads overlapping these answer the exception.
-    pub exceptions: Vec<(Table, Range<u16>, ExceptionCode)>,
-    /// When set, requests are never answered (a hung device).
-    pub stalled: bool,
+/// Largest `tags`: far above any load run, low enough that a typo does not
+/// allocate gigabytes.
+const MAX_TAGS: usize = 1_000_000;
+
+/// One synthetic source (`[[sim]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Source name.
+    pub name: String,
+    /// How many tags.
+    pub tags: usize,
+    /// First level of every tag name.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Tags per group (the `g<N>` level), so clients can subscribe to a
+    /// group with `<prefix>/g<N>/#`.
+    #[serde(default = "default_group")]
+    pub group: usize,
+    /// Changes per second over all its tags; 0: the tags never change.
+    #[serde(default)]
+    pub rate: u64,
 }
 
-impl Default for Registers {
-    fn default() -> Self {
-        Registers {
-            holding: vec![0; 65_536],
-            input: vec![0; 65_536],
-            coils: vec![false; 65_536],
-            discrete: vec![false; 65_536],
-            exceptions: Vec::new(),
-            stalled: false,
-        }
+fn default_prefix() -> String {
+    "sim".into()
+}
+fn default_group() -> usize {
+    100
+}
+
+impl SimConfig {
+    /// The name of tag `i`.
+    pub fn tag_name(&self, i: usize) -> String {
+        format!("{}/g{}/t{i}", self.prefix, i / self.group.max(1))
     }
 }
 
-type Bank = Arc<Mutex<Registers>>;
-
-#[derive(Clone)]
-struct DeviceService {
-    bank: Bank,
-}
-
-fn lock(bank: &Bank) -> MutexGuard<'_, Registers> {
-    bank.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Service for DeviceService {
-    type Request = Request<'static>;
-    type Response = Response;
-    type Exception = ExceptionCode;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
-
-    fn call(&self, req: Self::Request) -> Self::Future {
-        let bank = self.bank.clone();
-        Box::pin(async move {
-            if lock(&bank).stalled {
-                std::future::pending::<()>().await;
-            }
-            answer(&mut lock(&bank), req)
-        })
-    }
-}
-
-fn span(start: u16, count: u16) -> Result<Range<usize>, ExceptionCode> {
-    let end = usize::from(start) + usize::from(count);
-    if count == 0 || end > 65_536 {
-        return Err(ExceptionCode::IllegalDataAddress);
-    }
-    Ok(usize::from(start)..end)
-}
-
-fn check_faults(r: &Registers, table: Table, start: u16, count: u16) -> Result<(), ExceptionCode> {
-    let end = u32::from(start) + u32::from(count);
-    for (t, range, code) in &r.exceptions {
-        if *t == table && u32::from(range.start) < end && u32::from(range.end) > u32::from(start) {
-            return Err(*code);
-        }
-    }
-    Ok(())
-}
-
-fn answer(r: &mut Registers, req: Request<'static>) -> Result<Response, ExceptionCode> {
-    Ok(match req {
-        Request::ReadHoldingRegisters(a, n) => {
-            check_faults(r, Table::Holding, a, n)?;
-            Response::ReadHoldingRegisters(r.holding[span(a, n)?].to_vec())
-        }
-        Request::ReadInputRegisters(a, n) => {
-            check_faults(r, Table::Input, a, n)?;
-            Response::ReadInputRegisters(r.input[span(a, n)?].to_vec())
-        }
-        Request::ReadCoils(a, n) => {
-            check_faults(r, Table::Coil, a, n)?;
-            Response::ReadCoils(r.coils[span(a, n)?].to_vec())
-        }
-        Request::ReadDiscreteInputs(a, n) => {
-            check_faults(r, Table::Discrete, a, n)?;
-            Response::ReadDiscreteInputs(r.discrete[span(a, n)?].to_vec())
-        }
-        Request::WriteSingleRegister(a, v) => {
-            check_faults(r, Table::Holding, a, 1)?;
-            r.holding[usize::from(a)] = v;
-            Response::WriteSingleRegister(a, v)
-        }
-        Request::WriteMultipleRegisters(a, words) => {
-            check_faults(r, Table::Holding, a, words.len() as u16)?;
-            let range = span(a, words.len() as u16)?;
-            r.holding[range].copy_from_slice(&words);
-            Response::WriteMultipleRegisters(a, words.len() as u16)
-        }
-        Request::WriteSingleCoil(a, v) => {
-            check_faults(r, Table::Coil, a, 1)?;
-            r.coils[usize::from(a)] = v;
-            Response::WriteSingleCoil(a, v)
-        }
-        _ => return Err(ExceptionCode::IllegalFunction),
-    })
-}
-
-/// A running simulated device on loopback.
-pub struct ModbusDevice {
-    addr: SocketAddr,
-    bank: Bank,
-    stop: Option<CancellationToken>,
-}
-
-impl ModbusDevice {
-    /// Starts a device on `addr` (`127.0.0.1:0` picks a free port).
-    pub async fn start(addr: SocketAddr) -> io::Result<Self> {
-        let mut device = ModbusDevice {
-            addr,
-            bank: Arc::new(Mutex::new(Registers::default())),
-            stop: None,
-        };
-        device.listen().await?;
-        Ok(device)
+impl SourceConfig for SimConfig {
+    fn kind(&self) -> &'static str {
+        "sim"
     }
 
-    async fn listen(&mut self) -> io::Result<()> {
-        let socket = if self.addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(self.addr)?;
-        let listener: TcpListener = socket.listen(64)?;
-        self.addr = listener.local_addr()?;
-        let stop = CancellationToken::new();
-        let service = DeviceService {
-            bank: self.bank.clone(),
-        };
-        let abort = stop.clone().cancelled_owned();
-        tokio::spawn(async move {
-            let new_service = move |_| Ok(Some(service.clone()));
-            let on_connected = move |stream: tokio::net::TcpStream, addr| {
-                let new_service = new_service.clone();
-                async move {
-                    let _ = stream.set_nodelay(true);
-                    accept_tcp_connection(stream, addr, new_service)
-                }
-            };
-            let result = Server::new(listener)
-                .serve_until(&on_connected, |_| {}, abort)
-                .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "simulated device stopped");
-            }
-        });
-        self.stop = Some(stop);
-        Ok(())
+    fn name(&self) -> &str {
+        &self.name
     }
 
-    /// Where the device listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    fn tags(&self) -> Vec<TagDef> {
+        (0..self.tags)
+            .map(|i| TagDef::read_only(self.tag_name(i), &self.name))
+            .collect()
     }
 
-    /// The register bank, to set or read values.
-    pub fn registers(&self) -> MutexGuard<'_, Registers> {
-        lock(&self.bank)
-    }
-
-    /// Stops listening and drops every connection (a device powered off).
-    pub fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            stop.cancel();
+    fn validate(&self, key: &str, p: &mut Problems) {
+        if self.tags == 0 || self.tags > MAX_TAGS {
+            p.push(format!("{key}.tags"), format!("must be 1..={MAX_TAGS}"));
+        }
+        if self.group == 0 {
+            p.push(format!("{key}.group"), "must be at least 1");
+        }
+        if let Err(e) = crate::config::check_tag_name(&self.prefix) {
+            p.push(format!("{key}.prefix"), e);
         }
     }
 
-    /// Listens again on the same port (the device is back).
-    pub async fn restart(&mut self) -> io::Result<()> {
-        self.stop();
-        self.listen().await
+    fn build(&self, cx: SourceContext) -> SourceTask {
+        Box::pin(run(Arc::new(self.clone()), cx))
     }
 }
 
-impl Drop for ModbusDevice {
-    fn drop(&mut self) {
-        self.stop();
+/// Sends what is due every millisecond; waits when the engine's channel is
+/// full (so an overloaded engine shows as a lower rate, not lost samples).
+async fn run(config: Arc<SimConfig>, cx: SourceContext) {
+    cx.up();
+    if config.rate == 0 {
+        cx.shutdown.cancelled().await;
+        return;
     }
-}
-
-/// Writes an f32 in ABCD order.
-pub fn put_f32(regs: &mut [u16], at: usize, v: f32) {
-    let b = v.to_be_bytes();
-    regs[at] = u16::from_be_bytes([b[0], b[1]]);
-    regs[at + 1] = u16::from_be_bytes([b[2], b[3]]);
-}
-
-fn get_f32(regs: &[u16], at: usize) -> f32 {
-    let [a, b] = regs[at].to_be_bytes();
-    let [c, d] = regs[at + 1].to_be_bytes();
-    f32::from_be_bytes([a, b, c, d])
-}
-
-/// The demo plant's configuration; `{boiler}`, `{line}` and `{mqtt}` are
-/// replaced by the simulated devices' and the broker's addresses.
-pub const DEMO_CONFIG: &str = include_str!("../../deploy/demo.toml");
-
-/// A running demo plant: two devices, a broker with a publishing gateway,
-/// and the tasks that move their signals.
-pub struct DemoPlant {
-    /// The boiler device.
-    pub boiler: ModbusDevice,
-    /// The packing line device.
-    pub line: ModbusDevice,
-    /// The in-process MQTT broker.
-    pub broker: SocketAddr,
-    /// The config text that polls them.
-    pub config: String,
-}
-
-/// Starts the demo devices and their signal task on loopback.
-pub async fn start_demo_plant(shutdown: CancellationToken) -> io::Result<DemoPlant> {
-    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let boiler = ModbusDevice::start(any).await?;
-    let line = ModbusDevice::start(any).await?;
-    let broker = super::mqtt::broker::start(0)?;
-    let config = DEMO_CONFIG
-        .replace("{boiler}", &boiler.addr().to_string())
-        .replace("{line}", &line.addr().to_string())
-        .replace("{mqtt}", &broker.to_string());
-    tokio::spawn(run_gateway(broker, shutdown.clone()));
-    {
-        let mut b = boiler.registers();
-        put_f32(&mut b.holding, 0, 20.0);
-        put_f32(&mut b.holding, 4, 85.0);
-        b.coils[0] = true;
-        let mut l = line.registers();
-        for (i, pair) in b"WIDGET-A".chunks(2).enumerate() {
-            l.holding[10 + i] = u16::from_be_bytes([pair[0], pair[1]]);
-        }
-        l.holding[20] = 1200;
-    }
-    let (b, l) = (boiler.bank.clone(), line.bank.clone());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let mut t = 0.0f64;
-        let mut count = 0u32;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = shutdown.cancelled() => break,
-            }
-            t += 0.1;
-            move_signals(&mut lock(&b), &mut lock(&l), t, &mut count);
-        }
-    });
-    Ok(DemoPlant {
-        boiler,
-        line,
-        broker,
-        config,
-    })
-}
-
-/// One 100 ms step of the simulated plant.
-fn move_signals(b: &mut Registers, l: &mut Registers, t: f64, count: &mut u32) {
-    let noise = || (fastrand::f64() - 0.5) * 0.1;
-    // Boiler: temperature follows the setpoint while the burner is on.
-    let setpoint = f64::from(get_f32(&b.holding, 4));
-    let temp = f64::from(get_f32(&b.holding, 0));
-    let target = if b.coils[0] { setpoint } else { 15.0 };
-    let temp = temp + (target - temp) * 0.02 + noise();
-    put_f32(&mut b.holding, 0, temp as f32);
-    b.holding[2] = ((1.0 + temp / 100.0) * 100.0).clamp(0.0, 65_535.0) as u16; // bar * 100
-    let running = u16::from(b.coils[0]);
-    let alarm = u16::from(temp > 120.0) << 3;
-    b.holding[3] = running | alarm | 0b0100; // bit 2: remote mode
-    // Line: flow oscillates, the counter integrates it, the product changes.
-    let flow = 12.0 + 3.0 * (t / 5.0).sin() + noise();
-    let fb = (flow as f32).to_be_bytes();
-    l.input[0] = u16::from_be_bytes([fb[2], fb[3]]); // CDAB: word-swapped
-    l.input[1] = u16::from_be_bytes([fb[0], fb[1]]);
-    *count = count.wrapping_add((flow / 4.0) as u32);
-    l.input[2] = (*count >> 16) as u16;
-    l.input[3] = *count as u16;
-    l.input[4] = ((50.0 + 30.0 * (t / 20.0).sin()) * 10.0) as u16;
-    l.discrete[0] = (t as u64 / 15) % 4 == 3;
-    let product: &[u8; 8] = if (t as u64 / 30) % 2 == 0 {
-        b"WIDGET-A"
-    } else {
-        b"WIDGET-B"
-    };
-    for (i, pair) in product.chunks(2).enumerate() {
-        l.holding[10 + i] = u16::from_be_bytes([pair[0], pair[1]]);
-    }
-}
-
-/// A simulated PLC gateway publishing line 3 and line 4 over MQTT.
-async fn run_gateway(broker: SocketAddr, shutdown: CancellationToken) {
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let opts = MqttOptions::new("demo-gateway", broker.ip().to_string(), broker.port());
-    let (client, mut events) = AsyncClient::new(opts, 64);
-    tokio::spawn(async move {
-        loop {
-            if events.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    });
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut t = 0.0f64;
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let (mut sent, mut value) = (0u64, 0.0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.cancelled() => break,
+            () = cx.shutdown.cancelled() => return,
         }
-        t += 0.2;
-        let speed = 1450.0 + 40.0 * (t / 7.0).sin() + (fastrand::f64() - 0.5) * 2.0;
-        let running = (t as u64 / 40) % 5 != 4;
-        let state = if running { "RUNNING" } else { "CHANGEOVER" };
-        let mut messages = vec![
-            (
-                "factory/line3/speed".to_string(),
-                format!("{:.1}", if running { speed } else { 0.0 }),
-                false,
-            ),
-            ("factory/line3/state".to_string(), state.to_string(), true),
-            (
-                "factory/line3/running".to_string(),
-                if running { "on" } else { "off" }.to_string(),
-                true,
-            ),
-        ];
-        let machines: &[&str] = if t < 15.0 {
-            &["m1", "m2"]
-        } else {
-            &["m1", "m2", "m3"]
-        };
-        for (i, m) in machines.iter().enumerate() {
-            let temp = 60.0 + 5.0 * i as f64 + 3.0 * (t / (9.0 + i as f64)).sin();
-            let body = format!(
-                r#"{{"temp":{temp:.2},"ts":{}}}"#,
-                crate::sample::now_us() / 1000
-            );
-            messages.push((format!("factory/line4/{m}/telemetry"), body, false));
+        let due = (started.elapsed().as_secs_f64() * config.rate as f64) as u64;
+        while sent < due {
+            value += 1.0;
+            let local = fastrand::usize(..config.tags.max(1)) as u32;
+            let sample = Sample {
+                tag: cx.key(local),
+                value: Some(Value::F64(value)),
+                status: 0,
+                source_time_us: now_us(),
+            };
+            if cx.send(sample).await.is_err() {
+                return;
+            }
+            sent += 1;
         }
-        for (topic, payload, retain) in messages {
-            let _ = client.try_publish(topic, QoS::AtMostOnce, retain, payload);
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_groups_and_bad_shapes_are_refused() {
+        let c: SimConfig =
+            toml::from_str("name = \"s\"\ntags = 250\nprefix = \"b\"\ngroup = 100\n")
+                .expect("toml");
+        let tags = c.tags();
+        assert_eq!(tags.len(), 250);
+        assert_eq!(tags[0].name, "b/g0/t0");
+        assert_eq!(tags[249].name, "b/g2/t249");
+        let bad: SimConfig =
+            toml::from_str("name = \"s\"\ntags = 0\nprefix = \"a/\"\ngroup = 0\n").expect("toml");
+        let mut p = Problems::default();
+        bad.validate("sim[0]", &mut p);
+        let keys: Vec<String> = p.keys();
+        assert_eq!(keys, ["sim[0].tags", "sim[0].group", "sim[0].prefix"]);
     }
 }

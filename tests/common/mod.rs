@@ -11,7 +11,7 @@ use tagstream::client::{Client, Event};
 use tagstream::config::Config;
 use tagstream::engine::catalog::TagDef;
 use tagstream::proto;
-use tagstream::sample::{Sample, Value, now_us};
+use tagstream::sample::{Input, Sample, Value, now_us};
 
 /// Upper bound on any wait: a hang fails the test instead of blocking CI.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -55,14 +55,18 @@ pub fn hello(patterns: &[&str]) -> proto::Hello {
 
 /// Puts one value into the engine's channel.
 pub async fn set(server: &Running, name: &str, v: f64) {
-    let tag = server.engine.catalog().id(name).expect("known tag");
+    let tag = server.key(name).expect("known tag");
     let sample = Sample {
         tag,
         value: Some(Value::F64(v)),
         status: 0,
         source_time_us: now_us(),
     };
-    server.samples.send_async(sample).await.unwrap();
+    server
+        .input
+        .send_async(Input::Sample(sample))
+        .await
+        .unwrap();
 }
 
 /// Connects and reads through Welcome, Catalog and the last Snapshot chunk.
@@ -118,37 +122,21 @@ pub async fn until_state(c: &mut Client, mut pred: impl FnMut(&Client) -> bool) 
 /// The program's path, or `None` after a loud SKIPPED (a failure when
 /// TAGSTREAM_REQUIRE_ALL=1).
 pub fn require(program: &str) -> Option<PathBuf> {
-    let found = tagstream::bench::find_program(program);
-    if found.is_none() {
-        if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
-        }
-        eprintln!(
-            "\n********** SKIPPED: `{program}` is not installed; this test did not run **********\n"
-        );
-    }
-    found
+    tagstream_testkit::require(program)
 }
 
 /// A scratch directory removed on drop.
-pub struct Scratch(pub PathBuf);
+pub struct Scratch(tagstream_testkit::Scratch);
 
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("tagstream-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
+        Scratch(tagstream_testkit::Scratch::new(tag).unwrap())
     }
     pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
+        self.0.path(name)
     }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    pub fn dir(&self) -> &std::path::Path {
+        self.0.dir()
     }
 }
 

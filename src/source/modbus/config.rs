@@ -201,7 +201,7 @@ impl ModbusTagConfig {
 }
 
 impl ModbusConfig {
-    pub(crate) fn validate(&self, key: &str, p: &mut Problems) {
+    pub(crate) fn check(&self, key: &str, p: &mut Problems) {
         if self.name.is_empty() {
             p.push(format!("{key}.name"), "must not be empty");
         }

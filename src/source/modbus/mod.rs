@@ -17,25 +17,79 @@ pub mod config;
 pub mod plan;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::{ExceptionCode, Slave};
-use tokio_util::sync::CancellationToken;
 
 pub use config::{ModbusConfig, ModbusTagConfig, RegisterType, Table};
 use plan::ReadGroup;
 
-use super::writes::{WriteCommand, WriteFailure};
-use crate::sample::{Sample, TagId, Value};
+use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
+use crate::command::{WriteCommand, WriteFailure};
+use crate::config::Problems;
+use crate::engine::catalog::TagDef;
+use crate::proto;
+use crate::sample::Value;
 use crate::status;
 
-/// First reconnect delay; doubles up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+impl SourceConfig for ModbusConfig {
+    fn kind(&self) -> &'static str {
+        "modbus"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tags(&self) -> Vec<TagDef> {
+        self.tags
+            .iter()
+            .map(|t| TagDef {
+                data_type: data_type(t.kind, t.is_scaled()),
+                unit: t.unit.clone(),
+                description: t.description.clone(),
+                writable: t.writable,
+                min: t.min,
+                max: t.max,
+                deadband: t.deadband,
+                keep_samples: t.keep_samples,
+                ..TagDef::read_only(t.name.clone(), &self.name)
+            })
+            .collect()
+    }
+
+    fn validate(&self, key: &str, problems: &mut Problems) {
+        self.check(key, problems);
+    }
+
+    fn build(&self, cx: SourceContext) -> SourceTask {
+        Box::pin(ModbusSource::new(Arc::new(self.clone()), cx).run())
+    }
+}
+
+/// The wire type of a register tag (protocol.md: a scaled tag is F64).
+fn data_type(kind: RegisterType, scaled: bool) -> proto::DataType {
+    use proto::DataType as D;
+    if scaled {
+        return D::F64;
+    }
+    match kind {
+        RegisterType::Bool => D::Bool,
+        RegisterType::U16 => D::U16,
+        RegisterType::I16 => D::I16,
+        RegisterType::U32 => D::U32,
+        RegisterType::I32 => D::I32,
+        RegisterType::U64 => D::U64,
+        RegisterType::I64 => D::I64,
+        RegisterType::F32 => D::F32,
+        RegisterType::F64 => D::F64,
+        RegisterType::String => D::String,
+    }
+}
 
 /// Why one request failed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -86,51 +140,40 @@ pub fn exception_status(code: ExceptionCode) -> u32 {
     }
 }
 
-/// One device's poller.
+/// One device's poller. Its tags' local keys are their indices in
+/// `config.tags`.
 pub struct ModbusSource {
-    config: ModbusConfig,
-    /// Catalog id of each of `config.tags`.
-    ids: Vec<TagId>,
-    samples: flume::Sender<Sample>,
-    writes: flume::Receiver<WriteCommand>,
+    config: Arc<ModbusConfig>,
+    cx: SourceContext,
 }
 
 struct Link {
     ctx: Option<Context>,
     ever_connected: bool,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Instant,
 }
 
 impl ModbusSource {
-    /// A poller for `config`, whose tags have the given catalog ids.
-    pub fn new(
-        config: ModbusConfig,
-        ids: Vec<TagId>,
-        samples: flume::Sender<Sample>,
-        writes: flume::Receiver<WriteCommand>,
-    ) -> Self {
-        ModbusSource {
-            config,
-            ids,
-            samples,
-            writes,
-        }
+    /// A poller for `config`.
+    pub fn new(config: Arc<ModbusConfig>, cx: SourceContext) -> Self {
+        ModbusSource { config, cx }
     }
 
     /// Polls until shutdown. Never returns early on device errors.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(self) {
+        let shutdown = self.cx.shutdown.clone();
         let groups = plan::plan(&self.config);
         let mut due: Vec<Instant> = vec![Instant::now(); groups.len()];
         let mut link = Link {
             ctx: None,
             ever_connected: false,
-            backoff: MIN_BACKOFF,
+            backoff: Backoff::new(),
             retry_at: Instant::now(),
         };
         // A device without writable tags has no write senders at all.
         let mut writes_open = true;
-        tracing::info!(device = %self.config.name, reads = groups.len(), tags = self.ids.len(), "modbus source started");
+        tracing::info!(device = %self.config.name, reads = groups.len(), tags = self.config.tags.len(), "modbus source started");
         loop {
             let next = due
                 .iter()
@@ -145,14 +188,20 @@ impl ModbusSource {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = sleep_until(wake) => {}
-                cmd = self.writes.recv_async(), if writes_open => {
+                cmd = self.cx.commands.recv_async(), if writes_open => {
                     writes_open = cmd.is_ok();
                     if let Ok(cmd) = cmd {
+                        // Answered already (timeout) or the client left:
+                        // a late write must not reach the device.
+                        if cmd.reply.is_closed() {
+                            continue;
+                        }
                         let result = self.write(&mut link, &cmd).await;
                         if result.is_ok() {
                             // Read the new value back at once.
+                            let local = cmd.tag.local as usize;
                             for (g, group) in groups.iter().enumerate() {
-                                if group.tags.iter().any(|&i| self.ids[i] == cmd.tag) {
+                                if group.tags.contains(&local) {
                                     due[g] = Instant::now();
                                 }
                             }
@@ -167,7 +216,9 @@ impl ModbusSource {
                     continue;
                 }
                 if let Err(e) = self.connect(&mut link).await {
-                    self.connection_lost(&mut link, &e).await;
+                    if self.connection_lost(&mut link, &e).await.is_err() {
+                        break;
+                    }
                     continue;
                 }
             }
@@ -181,9 +232,13 @@ impl ModbusSource {
                 let result = self.read(&mut link, group).await;
                 metrics::histogram!("tagstream_modbus_poll_seconds", "device" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
-                if let Err(e) = self.publish(group, result).await {
-                    self.connection_lost(&mut link, &e).await;
-                    break;
+                match self.publish(group, result).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = self.connection_lost(&mut link, &e).await;
+                        break;
+                    }
+                    Err(EngineGone) => return,
                 }
             }
         }
@@ -213,30 +268,28 @@ impl ModbusSource {
             Slave(self.config.unit_id),
         ));
         link.ever_connected = true;
-        link.backoff = MIN_BACKOFF;
+        link.backoff.reset();
         tracing::info!(device = %self.config.name, %address, "modbus connected");
-        metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone()).set(1.0);
+        self.cx.up();
         Ok(())
     }
 
     /// Drops the connection, marks every tag Bad and schedules a retry.
-    async fn connection_lost(&self, link: &mut Link, error: &RequestError) {
-        if link.ctx.take().is_some() || link.backoff == MIN_BACKOFF {
-            tracing::warn!(device = %self.config.name, %error, retry_in = ?link.backoff, "modbus device unreachable");
+    async fn connection_lost(
+        &self,
+        link: &mut Link,
+        error: &RequestError,
+    ) -> Result<(), EngineGone> {
+        if link.ctx.take().is_some() || link.backoff.is_first() {
+            tracing::warn!(device = %self.config.name, %error, retry_in = ?link.backoff.upcoming(), "modbus device unreachable");
         }
-        metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone()).set(0.0);
         let status = match (error, link.ever_connected) {
             (_, false) => status::BAD_NO_COMMUNICATION,
             (RequestError::Timeout(_), true) => status::BAD_TIMEOUT,
             (_, true) => status::BAD_COMMUNICATION_ERROR,
         };
-        let bad: Vec<(TagId, u32)> = self.ids.iter().map(|&id| (id, status)).collect();
-        if !super::report_bad(&self.samples, bad).await {
-            return;
-        }
-        let jitter = link.backoff.mul_f64(fastrand::f64() * 0.2);
-        link.retry_at = Instant::now() + link.backoff + jitter;
-        link.backoff = (link.backoff * 2).min(MAX_BACKOFF);
+        link.retry_at = Instant::now() + link.backoff.delay();
+        self.cx.down(status, status).await
     }
 
     async fn read(
@@ -266,35 +319,29 @@ impl ModbusSource {
         answer.map_err(|e| RequestError::Communication(e.to_string()))
     }
 
-    /// Sends the samples of one read; returns an error that breaks the link.
+    /// Sends the samples of one read; the inner error breaks the link.
     async fn publish(
         &self,
         g: &ReadGroup,
         result: Result<Result<Vec<u16>, ExceptionCode>, RequestError>,
-    ) -> Result<(), RequestError> {
+    ) -> Result<Result<(), RequestError>, EngineGone> {
         let words = match result {
             Ok(Ok(words)) => words,
             Ok(Err(code)) => {
                 let status = exception_status(code);
                 tracing::warn!(device = %self.config.name, table = ?g.table, start = g.start, count = g.count, exception = ?code, "modbus exception");
                 for &i in &g.tags {
-                    let _ = self
-                        .samples
-                        .send_async(Sample::bad(self.ids[i], status))
-                        .await;
+                    self.cx.bad(i as u32, status).await?;
                 }
-                return Ok(());
+                return Ok(Ok(()));
             }
-            Err(e) => return Err(e),
+            Err(e) => return Ok(Err(e)),
         };
         for &i in &g.tags {
             let tag = &self.config.tags[i];
             let offset = usize::from(tag.address - g.start);
             let Some(regs) = words.get(offset..offset + usize::from(tag.width())) else {
-                let _ = self
-                    .samples
-                    .send_async(Sample::bad(self.ids[i], status::BAD_DEVICE_FAILURE))
-                    .await;
+                self.cx.bad(i as u32, status::BAD_DEVICE_FAILURE).await?;
                 continue;
             };
             let value = if tag.table.is_bits() {
@@ -302,27 +349,19 @@ impl ModbusSource {
             } else {
                 codec::decode_registers(tag, regs)
             };
-            if self
-                .samples
-                .send_async(Sample::good(self.ids[i], value))
-                .await
-                .is_err()
-            {
-                break;
-            }
+            self.cx.good(i as u32, value).await?;
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Carries out one write; `Ok` only after the device acknowledged.
     async fn write(&self, link: &mut Link, cmd: &WriteCommand) -> Result<(), WriteFailure> {
-        let Some(index) = self.ids.iter().position(|&id| id == cmd.tag) else {
+        let Some(tag) = self.config.tags.get(cmd.tag.local as usize) else {
             return Err((
                 status::BAD_NODE_ID_UNKNOWN,
                 "tag is not on this device".into(),
             ));
         };
-        let tag = &self.config.tags[index];
         if !tag.table.is_bits() {
             if let Err(e) = codec::encode_registers(tag, &cmd.value) {
                 let status = match e {
@@ -350,7 +389,7 @@ impl ModbusSource {
             Err(e) => {
                 let status = e.status(None);
                 if e.breaks_connection() {
-                    self.connection_lost(link, &e).await;
+                    let _ = self.connection_lost(link, &e).await;
                 }
                 Err((status, e.to_string()))
             }

@@ -188,7 +188,7 @@ pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
 }
 
 impl MqttConfig {
-    pub(crate) fn validate(&self, key: &str, p: &mut Problems) {
+    pub(crate) fn check(&self, key: &str, p: &mut Problems) {
         if self.name.is_empty() {
             p.push(format!("{key}.name"), "must not be empty");
         }

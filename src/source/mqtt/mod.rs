@@ -6,34 +6,30 @@
 //! value; BadNoCommunication if never received); fresh data turns them
 //! Good. An undecodable payload turns only its tag BadDecodingError, with a
 //! rate-limited log line naming topic and reason. Topics of a wildcard map
-//! become tags the first time they are seen (engine `register`).
+//! become tags the first time they are seen: the source defines them on
+//! the engine's channel under its own keys and sends their samples after.
 
-pub mod broker;
 pub mod config;
 pub mod payload;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
     AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
 };
-use tokio_util::sync::CancellationToken;
 
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
-use crate::engine::EngineShared;
+use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
+use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
-use crate::sample::{Sample, TagId, now_us};
+use crate::sample::{Sample, now_us};
 use crate::status;
 
-/// First reconnect delay; doubles up to `MAX_BACKOFF`.
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait between reconnect attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// At most one log line per topic per this period for bad payloads.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Largest MQTT packet accepted from the broker. Far above
@@ -41,66 +37,96 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// disconnect loop (a retained one would come back on every reconnect).
 const MAX_PACKET: usize = 16 << 20;
 
-/// The static tags of a config, as catalog entries.
-pub fn tag_defs(config: &MqttConfig) -> impl Iterator<Item = TagDef> + '_ {
-    config.tags.iter().map(|t| TagDef {
-        data_type: t.kind.data_type(),
-        unit: t.unit.clone(),
-        description: t.description.clone(),
-        deadband: t.deadband,
-        keep_samples: t.keep_samples,
-        ..TagDef::read_only(t.name.clone(), &config.name)
-    })
+impl SourceConfig for MqttConfig {
+    fn kind(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tags(&self) -> Vec<TagDef> {
+        self.tags
+            .iter()
+            .map(|t| TagDef {
+                data_type: t.kind.data_type(),
+                unit: t.unit.clone(),
+                description: t.description.clone(),
+                deadband: t.deadband,
+                keep_samples: t.keep_samples,
+                ..TagDef::read_only(t.name.clone(), &self.name)
+            })
+            .collect()
+    }
+
+    fn discovered(&self) -> Vec<(TagDef, String)> {
+        self.topics
+            .iter()
+            .map(|map| {
+                let from = format!("{} (discovered from {})", self.name, map.filter);
+                (map.tag_def(map.name.clone(), &self.name), from)
+            })
+            .collect()
+    }
+
+    fn validate(&self, key: &str, problems: &mut Problems) {
+        self.check(key, problems);
+    }
+
+    fn build(&self, cx: SourceContext) -> SourceTask {
+        Box::pin(MqttSource::new(Arc::new(self.clone()), cx).run())
+    }
+}
+
+impl MqttTopicConfig {
+    /// The definition of a tag this map discovers.
+    fn tag_def(&self, name: String, source: &str) -> TagDef {
+        TagDef {
+            data_type: self.kind.data_type(),
+            unit: self.unit.clone(),
+            description: self.description.clone(),
+            deadband: self.deadband,
+            keep_samples: self.keep_samples,
+            ..TagDef::read_only(name, source)
+        }
+    }
 }
 
 struct Route {
-    id: TagId,
+    local: u32,
     spec: PayloadSpec,
 }
 
-/// One broker's source.
+/// One broker's source. Local keys: its `[[mqtt.tags]]` in order, then the
+/// tags its topic maps discover, in the order first seen.
 pub struct MqttSource {
-    config: MqttConfig,
-    engine: Arc<EngineShared>,
-    samples: flume::Sender<Sample>,
+    config: Arc<MqttConfig>,
+    cx: SourceContext,
     /// Exact topic -> its tags.
     routes: HashMap<String, Vec<Route>>,
-    /// Tag name -> id for tags discovered through topic maps.
-    discovered: HashMap<String, TagId>,
-    /// Every tag of this source (for the Bad-on-disconnect sweep).
-    ids: Vec<TagId>,
-    /// Tags that received data at least once.
-    received: HashSet<TagId>,
+    /// Tag name -> local key for tags discovered through topic maps.
+    discovered: HashMap<String, u32>,
+    next_local: u32,
     last_log: HashMap<String, (Instant, u64)>,
 }
 
 impl MqttSource {
-    /// A source for `config`; its static tags must be in the engine's catalog.
-    pub fn new(
-        config: MqttConfig,
-        engine: Arc<EngineShared>,
-        samples: flume::Sender<Sample>,
-    ) -> Self {
-        let catalog = engine.catalog();
+    /// A source for `config`.
+    pub fn new(config: Arc<MqttConfig>, cx: SourceContext) -> Self {
         let mut routes: HashMap<String, Vec<Route>> = HashMap::new();
-        let mut ids = Vec::new();
-        for t in &config.tags {
-            if let Some(id) = catalog.id(&t.name) {
-                routes.entry(t.topic.clone()).or_default().push(Route {
-                    id,
-                    spec: t.payload(),
-                });
-                ids.push(id);
-            }
+        for (local, t) in config.tags.iter().enumerate() {
+            routes.entry(t.topic.clone()).or_default().push(Route {
+                local: local as u32,
+                spec: t.payload(),
+            });
         }
         MqttSource {
+            next_local: config.tags.len() as u32,
             config,
-            engine,
-            samples,
+            cx,
             routes,
             discovered: HashMap::new(),
-            ids,
-            received: HashSet::new(),
             last_log: HashMap::new(),
         }
     }
@@ -175,14 +201,15 @@ impl MqttSource {
     }
 
     /// Runs until shutdown; never returns on broker errors.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(mut self) {
+        let shutdown = self.cx.shutdown.clone();
         let (client, mut events) = AsyncClient::new(self.options(), 64);
         let mut network = events.network_options();
         network.set_tcp_nodelay(true);
         network.set_connection_timeout(5);
         events.set_network_options(network);
         let filters = self.filters();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new();
         let mut connected = false;
         tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
         loop {
@@ -193,32 +220,38 @@ impl MqttSource {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     tracing::info!(source = %self.config.name, "mqtt connected");
-                    metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone())
-                        .set(1.0);
+                    self.cx.up();
                     if let Err(e) = client.try_subscribe_many(filters.clone()) {
                         tracing::warn!(source = %self.config.name, error = %e, "mqtt subscribe failed");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    self.on_publish(&p.topic, &p.payload).await
+                    if self.on_publish(&p.topic, &p.payload).await.is_err() {
+                        break;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if connected || backoff == MIN_BACKOFF {
-                        tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff, "mqtt broker unreachable");
+                    if connected || backoff.is_first() {
+                        tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff.upcoming(), "mqtt broker unreachable");
                     }
                     connected = false;
-                    metrics::gauge!("tagstream_device_up", "device" => self.config.name.clone())
-                        .set(0.0);
-                    self.all_bad().await;
-                    let jitter = backoff.mul_f64(fastrand::f64() * 0.2);
+                    let down = self
+                        .cx
+                        .down(
+                            status::BAD_COMMUNICATION_ERROR,
+                            status::BAD_NO_COMMUNICATION,
+                        )
+                        .await;
+                    if down.is_err() {
+                        break;
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff + jitter) => {}
+                        () = tokio::time::sleep(backoff.delay()) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -226,26 +259,15 @@ impl MqttSource {
         tracing::info!(source = %self.config.name, "mqtt source stopped");
     }
 
-    async fn all_bad(&self) {
-        let bad: Vec<(TagId, u32)> = self
-            .ids
-            .iter()
-            .map(|&id| match self.received.contains(&id) {
-                true => (id, status::BAD_COMMUNICATION_ERROR),
-                false => (id, status::BAD_NO_COMMUNICATION),
-            })
-            .collect();
-        super::report_bad(&self.samples, bad).await;
-    }
-
-    async fn on_publish(&mut self, topic: &str, payload: &[u8]) {
-        let mut targets: Vec<(TagId, PayloadSpec)> = self
+    async fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineGone> {
+        let mut targets: Vec<(u32, PayloadSpec)> = self
             .routes
             .get(topic)
-            .map(|r| r.iter().map(|r| (r.id, r.spec.clone())).collect())
+            .map(|r| r.iter().map(|r| (r.local, r.spec.clone())).collect())
             .unwrap_or_default();
         let mut bad_names = Vec::new();
-        for map in &self.config.topics {
+        let config = self.config.clone();
+        for map in &config.topics {
             let Some(caps) = pattern::captures(&map.filter, topic) else {
                 continue;
             };
@@ -254,29 +276,26 @@ impl MqttSource {
                 bad_names.push(name);
                 continue;
             }
-            let id = match self.discovered.get(&name) {
-                Some(id) => *id,
+            let local = match self.discovered.get(&name) {
+                Some(local) => *local,
                 None => {
-                    let id = self.engine.register(TagDef {
-                        data_type: map.kind.data_type(),
-                        unit: map.unit.clone(),
-                        description: map.description.clone(),
-                        deadband: map.deadband,
-                        keep_samples: map.keep_samples,
-                        ..TagDef::read_only(name.clone(), &self.config.name)
-                    });
-                    tracing::info!(source = %self.config.name, %topic, tag = %name, id, "tag discovered");
-                    self.discovered.insert(name, id);
-                    self.ids.push(id);
-                    id
+                    let local = self.next_local;
+                    self.next_local += 1;
+                    tracing::info!(source = %self.config.name, %topic, tag = %name, "tag discovered");
+                    self.cx
+                        .define(local, map.tag_def(name.clone(), &self.config.name))
+                        .await?;
+                    self.discovered.insert(name, local);
+                    local
                 }
             };
-            targets.push((id, map.payload()));
+            targets.push((local, map.payload()));
         }
         for name in bad_names {
             self.log_bad(topic, &format!("maps to an invalid tag name {name:?}"));
         }
-        for (id, spec) in targets {
+        for (local, spec) in targets {
+            let key = self.cx.key(local);
             let sample = if payload.len() > self.config.max_payload_bytes {
                 let why = format!(
                     "payload of {} bytes over max_payload_bytes {}",
@@ -284,25 +303,23 @@ impl MqttSource {
                     self.config.max_payload_bytes
                 );
                 self.log_bad(topic, &why);
-                Sample::bad(id, status::BAD_DECODING_ERROR)
+                Sample::bad(key, status::BAD_DECODING_ERROR)
             } else {
                 match spec.decode(payload) {
                     Ok((value, time)) => {
-                        self.received.insert(id);
-                        let mut s = Sample::good(id, value);
+                        let mut s = Sample::good(key, value);
                         s.source_time_us = time.unwrap_or_else(now_us);
                         s
                     }
                     Err(e) => {
                         self.log_bad(topic, &e.0);
-                        Sample::bad(id, status::BAD_DECODING_ERROR)
+                        Sample::bad(key, status::BAD_DECODING_ERROR)
                     }
                 }
             };
-            if self.samples.send_async(sample).await.is_err() {
-                return;
-            }
+            self.cx.send(sample).await?;
         }
+        Ok(())
     }
 
     /// One line per topic per `LOG_EVERY`, with how many were suppressed.

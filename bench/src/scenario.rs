@@ -1,21 +1,20 @@
-//! Named load scenarios, each against a server in its own process (so its
-//! CPU and RSS are its own): `idle`, `room`, `wall`, `storm`. The server
-//! runs a synthetic source that stamps every change on entry; lean
-//! subscribers measure entry -> decode latency and prove continuity.
+//! Named load scenarios, each against a `tagstream run` child process (so
+//! its CPU and RSS are its own): `idle`, `room`, `wall`, `storm`, or any
+//! shape (`channel`). The server runs a `[[sim]]` source that stamps every
+//! change as it enters the engine's channel; lean subscribers measure
+//! entry -> decode latency and prove continuity.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tagstream_testkit::{cpu_seconds, rss_bytes};
 use tokio_util::sync::CancellationToken;
 
-use super::Report;
-use super::lean::{Lean, Tally};
-use crate::config::Config;
-use crate::engine::catalog::TagDef;
+use crate::Report;
+use crate::lean::{Lean, Tally};
+use crate::server::Server;
 
 /// A load shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +56,19 @@ impl Scenario {
         })
     }
 
+    /// Any shape: `clients` each taking one of the groups of `group` tags.
+    pub fn custom(clients: usize, tags: usize, group: usize, rate: u64) -> Scenario {
+        Scenario {
+            name: "custom",
+            clients,
+            tags,
+            group,
+            rate,
+            duration: Duration::from_secs(10),
+            storm: false,
+        }
+    }
+
     /// The same shape scaled down (clients and rate), for smoke tests.
     pub fn scaled(mut self, factor: f64) -> Scenario {
         self.clients = ((self.clients as f64 * factor) as usize).max(2);
@@ -69,99 +81,15 @@ impl Scenario {
     }
 }
 
-fn tag_name(i: usize, group: usize) -> String {
-    format!("b/g{}/t{i}", i / group.max(1))
-}
-
-/// The server side: synthetic tags and a driver at `rate` changes/s, on
-/// `listen`, until the process is killed. Prints `READY <addr>` once serving.
-pub async fn serve(tags: usize, group: usize, rate: u64, listen: &str) -> anyhow::Result<()> {
-    let defs: Vec<TagDef> = (0..tags)
-        .map(|i| TagDef::read_only(tag_name(i, group), "bench"))
-        .collect();
-    let mut config = Config::default();
-    config.server.max_connections = 100_000;
-    config.server.push_threads = push_threads();
-    config.server.listen = listen.to_string();
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let server = crate::app::start_with(config, listener, defs).await?;
-    println!("READY {}", server.addr);
-    let first = server
-        .engine
-        .catalog()
-        .id(&tag_name(0, group))
-        .context("bench tags")?;
-    if rate == 0 {
-        std::future::pending::<()>().await;
-    }
-    super::drive(&server.samples, first, tags, rate, Duration::MAX).await?;
-    Ok(())
-}
-
-/// Session threads for a benchmark server: half the cores, because the load
-/// generator runs on the same machine and takes the other half (on the
-/// 2-core reference machine: one).
-pub(crate) fn push_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-}
-
-/// utime + stime of a process, in seconds.
-pub(crate) fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i)?.parse::<f64>().ok())
-        .sum();
-    ticks / 100.0
-}
-
-pub(crate) fn rss_bytes(pid: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib * 1024.0)
-}
-
 /// Runs a scenario against a server started from `server_bin`.
 pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Report> {
-    super::raise_fd_limit();
-    let mut child = tokio::process::Command::new(server_bin)
-        .args([
-            "bench",
-            "--mode",
-            "serve",
-            "--tags",
-            &scenario.tags.to_string(),
-        ])
-        .args([
-            "--group",
-            &scenario.group.to_string(),
-            "--rate",
-            &scenario.rate.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("server pid")?.to_string();
-    let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await??
-        .context("server exited")?;
-    let addr = ready
-        .strip_prefix("READY ")
-        .context("no READY line")?
-        .to_string();
-    let url = format!("ws://{addr}/api/v1/stream");
+    crate::raise_fd_limit();
+    let sim = format!(
+        "[[sim]]\nname = \"bench\"\ntags = {}\nprefix = \"b\"\ngroup = {}\nrate = {}\n",
+        scenario.tags, scenario.group, scenario.rate
+    );
+    let server = Server::start(server_bin, "max_connections = 100000", &sim).await?;
+    let (pid, url) = (server.pid.clone(), server.url.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(&pid);
 
@@ -246,7 +174,7 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
             Err(_) => failed += 1,
         }
     }
-    let _ = child.kill().await;
+    server.stop().await;
 
     let mut r = Report::default();
     r.add("clients", scenario.clients as f64, "");

@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::proto::{self, client_message, server_message};
-use crate::sample::now_us;
+use tagstream::proto::{self, client_message, server_message};
+use tagstream::sample::now_us;
 
 /// What one subscriber saw.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub struct Tally {
 impl Default for Tally {
     fn default() -> Self {
         Tally {
-            latency: super::subscriber_histogram(),
+            latency: crate::subscriber_histogram(),
             updates: 0,
             frames: 0,
             bytes: 0,

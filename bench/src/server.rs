@@ -1,0 +1,87 @@
+//! A `tagstream run` child process for a measurement: the server binary
+//! under test, with a configuration written for the run, on a free port.
+//! Its CPU and RSS are its own, read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tagstream_testkit::{Scratch, free_port};
+use tokio::net::TcpStream;
+
+/// A running server.
+pub struct Server {
+    child: tokio::process::Child,
+    /// Its pid, for `/proc` readings.
+    pub pid: String,
+    /// Where clients connect (`ws://…/api/v1/stream`).
+    pub url: String,
+    _dir: Scratch,
+}
+
+/// The `tagstream` binary beside this one (`target/release/tagstream`
+/// next to `target/release/tagstream-bench`).
+pub fn default_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("tagstream")))
+        .unwrap_or_else(|| PathBuf::from("tagstream"))
+}
+
+/// Session threads for a benchmark server: half the cores, because the load
+/// generator runs on the same machine and takes the other half (on the
+/// 2-core reference machine: one).
+pub fn push_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl Server {
+    /// Starts `bin run` with `[server]` on a free loopback port (plus
+    /// `server` lines) and the given source sections; waits until it
+    /// accepts.
+    pub async fn start(bin: &Path, server: &str, sources: &str) -> anyhow::Result<Server> {
+        anyhow::ensure!(
+            bin.is_file(),
+            "server binary {} not found: build it first (cargo build --release)",
+            bin.display()
+        );
+        let dir = Scratch::new("bench")?;
+        let port = free_port()?;
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\npush_threads = {}\n{server}\n{sources}",
+            push_threads()
+        );
+        let path = dir.path("tagstream.toml");
+        std::fs::write(&path, config)?;
+        let child = tokio::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("server pid")?.to_string();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .context("the server did not listen within 30 s")?;
+        Ok(Server {
+            child,
+            pid,
+            url: format!("ws://127.0.0.1:{port}/api/v1/stream"),
+            _dir: dir,
+        })
+    }
+
+    /// Kills it.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}

@@ -1,0 +1,229 @@
+//! The thin async shell around a [`SessionState`]: reads the socket,
+//! awaits batches, heartbeat ticks and pending writes, feeds each to the
+//! state machine, and writes what it queued in one vectored write per
+//! wakeup. tungstenite keeps the read side and its own replies (pong,
+//! close); the session's frames go straight to the byte stream under it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::state::{self, Action, End, Now, SessionContext, SessionState};
+use super::writes::WriteDone;
+use crate::auth::Principal;
+use crate::proto::{self, server_message};
+use crate::push::close;
+use crate::push::outbox::Outbox;
+
+/// A WebSocket: tungstenite reads it (and writes its own replies and the
+/// close); the session writes its frames straight to the byte stream under
+/// it (see `outbox`).
+pub trait Socket:
+    Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
+{
+    /// The byte stream under the WebSocket.
+    type Io: AsyncWrite + Unpin + Send;
+    /// The byte stream, for frames written by the session.
+    fn io(&mut self) -> &mut Self::Io;
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<T> {
+    type Io = T;
+    fn io(&mut self) -> &mut T {
+        self.get_mut()
+    }
+}
+
+type WriteFuture = Pin<Box<dyn Future<Output = WriteDone> + Send>>;
+
+/// Runs a session over an upgraded connection to its end. The WebSocket
+/// is built here, not by the caller: a value moved into a nested future
+/// keeps its slot in the outer one too, and every idle session pays for
+/// each such slot.
+pub async fn run<T>(
+    io: T,
+    config: WebSocketConfig,
+    cx: Arc<SessionContext>,
+    principal: Arc<Principal>,
+    peer: SocketAddr,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let first = tokio::time::timeout(cx.hello_timeout, next_message(&mut ws)).await;
+    let hello = match first {
+        Err(_) => Err(End::Close(
+            close::POLICY_VIOLATION,
+            "no Hello within the handshake timeout".into(),
+            None,
+        )),
+        Ok(first) => first.and_then(state::expect_hello),
+    };
+    let end = match hello {
+        Ok(hello) => {
+            tracing::debug!(%peer, client = %hello.client_name, "hello");
+            serve(&mut ws, cx, principal, hello).await
+        }
+        Err(end) => end,
+    };
+    tracing::debug!(%peer, ?end, "session ends");
+    finish(&mut ws, end).await;
+}
+
+/// Reads until a data message; control frames are handled by tungstenite.
+async fn next_message<S: Socket>(ws: &mut S) -> Result<proto::ClientMessage, End> {
+    loop {
+        if let Some(msg) = classify(ws.next().await)? {
+            return Ok(msg);
+        }
+    }
+}
+
+/// Maps one read to a client message, nothing (control frame) or an end.
+fn classify(item: Option<Result<Message, WsError>>) -> Result<Option<proto::ClientMessage>, End> {
+    match item {
+        None => Err(End::Gone("connection closed")),
+        Some(Err(WsError::Capacity(e))) => {
+            Err(End::Close(close::MESSAGE_TOO_BIG, format!("{e}"), None))
+        }
+        Some(Err(_)) => Err(End::Gone("read error")),
+        Some(Ok(Message::Binary(bytes))) => state::decode(bytes).map(Some),
+        Some(Ok(Message::Text(_))) => Err(End::Close(
+            close::UNSUPPORTED_DATA,
+            "binary frames only".into(),
+            None,
+        )),
+        Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
+        Some(Ok(_)) => Ok(None),
+    }
+}
+
+async fn serve<S: Socket>(
+    ws: &mut S,
+    cx: Arc<SessionContext>,
+    principal: Arc<Principal>,
+    hello: proto::Hello,
+) -> End {
+    let mut out = Outbox::default();
+    let mut heartbeat = cx.heartbeat.clone();
+    heartbeat.mark_unchanged();
+    let mut session = SessionState::on_hello(cx.clone(), principal, hello, &mut out);
+    let mut writes: Option<FuturesUnordered<WriteFuture>> = None;
+    if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
+        return end;
+    }
+    loop {
+        let action = tokio::select! {
+            item = ws.next() => {
+                session.on_heard();
+                match classify(item) {
+                    Ok(Some(msg)) => session.on_message(msg, Now::current(), &mut out),
+                    Ok(None) => Action::Nothing,
+                    Err(end) => Action::End(end),
+                }
+            }
+            batch = session.next_batch() => session.on_batch(batch, &mut out),
+            changed = heartbeat.changed() => match changed {
+                Ok(()) => session.on_tick(&mut out),
+                // The clock stops at shutdown: one signal for every session
+                // instead of a second waiter in each.
+                Err(_) => Action::End(End::shutting_down()),
+            },
+            Some(done) = next_write(&mut writes) => {
+                session.on_write_done(done, &mut out);
+                Action::Nothing
+            }
+        };
+        match action {
+            Action::Nothing => {}
+            Action::StartWrite(pending) => writes
+                .get_or_insert_with(FuturesUnordered::new)
+                .push(Box::pin(pending.finish())),
+            Action::End(end) => return end,
+        }
+        if !out.is_empty() {
+            if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
+                return end;
+            }
+        }
+    }
+}
+
+async fn next_write(writes: &mut Option<FuturesUnordered<WriteFuture>>) -> Option<WriteDone> {
+    match writes {
+        Some(w) if !w.is_empty() => w.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Writes `out`; a peer that takes two heartbeat periods to accept the
+/// bytes is dead. tungstenite's own pending replies (a pong) go first, so
+/// frames never interleave.
+async fn send<S: Socket>(
+    ws: &mut S,
+    heartbeat: &mut tokio::sync::watch::Receiver<u64>,
+    cx: &SessionContext,
+    out: &mut Outbox,
+) -> Result<(), End> {
+    let (frames, bytes) = (out.frames(), out.bytes());
+    let io = async {
+        ws.flush().await.map_err(|_| ())?;
+        out.write_to(ws.io()).await.map_err(|_| ())
+    };
+    tokio::pin!(io);
+    let mut ticks = 0;
+    loop {
+        tokio::select! {
+            result = &mut io => {
+                cx.metrics.frames_out.increment(frames);
+                cx.metrics.bytes_out.increment(bytes);
+                return result.map_err(|_| End::Gone("write error"));
+            }
+            Ok(()) = heartbeat.changed() => {
+                ticks += 1;
+                if ticks >= 2 {
+                    return Err(End::Gone("peer stopped reading for two heartbeat periods"));
+                }
+            }
+        }
+    }
+}
+
+async fn finish<S: Socket>(ws: &mut S, end: End) {
+    match end {
+        End::Gone(why) => tracing::debug!(why, "terminating connection"),
+        End::PeerClosed => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
+        }
+        End::Close(code, reason, error) => {
+            if let Some((code, message)) = error {
+                let msg = proto::server(server_message::Kind::Error(proto::Error {
+                    code: code as i32,
+                    message,
+                }));
+                let _ = ws.feed(Message::Binary(msg.to_bytes())).await;
+            }
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            };
+            let closing = async {
+                ws.send(Message::Close(Some(frame))).await?;
+                // Wait for the peer's close so the TCP close is clean.
+                while let Some(Ok(_)) = ws.next().await {}
+                Ok::<_, WsError>(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        }
+    }
+}

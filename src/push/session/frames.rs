@@ -1,0 +1,256 @@
+//! Encoders of the frames a session sends: Catalog and Snapshot chunks,
+//! catch-up and merged Deltas, errors and write results. Pure: they read
+//! the catalog, table and batches they are given and append to an
+//! `Outbox`; Delta updates are the batches' shared bytes, never re-encoded.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+use crate::engine::Batch;
+use crate::engine::batch::encode_update;
+use crate::engine::catalog::Catalog;
+use crate::engine::selection::Selection;
+use crate::engine::table::TagTable;
+use crate::pattern;
+use crate::proto::{self, ErrorCode, server_message};
+use crate::push::outbox::Outbox;
+use crate::sample::TagId;
+
+/// Target size of one Catalog or Snapshot chunk: a client can apply a large
+/// subscription piece by piece, and a burst of new sessions holds little
+/// memory per chunk while its writes are pending.
+pub const CHUNK_BYTES: usize = 4096;
+
+/// An `Error` message.
+pub fn error_frame(code: ErrorCode, message: String) -> Bytes {
+    proto::server(server_message::Kind::Error(proto::Error {
+        code: code as i32,
+        message,
+    }))
+    .to_bytes()
+}
+
+/// A `WriteResult` message.
+pub fn write_result(request_id: u64, status: u32, message: String) -> Bytes {
+    proto::server(server_message::Kind::WriteResult(proto::WriteResult {
+        request_id,
+        status,
+        message,
+    }))
+    .to_bytes()
+}
+
+/// Splits patterns into the valid ones and error messages for the rest.
+pub fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Vec<String>) {
+    let mut errors = Vec::new();
+    let valid = patterns
+        .into_iter()
+        .filter(|p| match pattern::validate(p) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(format!("pattern ignored: {e}"));
+                false
+            }
+        })
+        .collect();
+    (valid, errors)
+}
+
+/// Queues a Delta with the selected tags changed after `position`; none
+/// when nothing changed and `always` is false. Returns the updates sent,
+/// `None` if no Delta went.
+pub fn catch_up_delta(
+    table: &TagTable,
+    selection: &Selection,
+    position: u64,
+    always: bool,
+    out: &mut Outbox,
+) -> Option<u64> {
+    let mut buf = BytesMut::new();
+    let mut updates = 0;
+    for (id, state) in table.changed_since(position, selection) {
+        encode_update(3, id, state, &mut buf);
+        updates += 1;
+    }
+    let mut delta = out.delta(position);
+    if !buf.is_empty() {
+        delta.push(buf.freeze());
+    }
+    delta.close(table.seq(), always).then_some(updates)
+}
+
+/// Queues what `selection` takes from `batches` after `position` as one
+/// Delta (one frame and one write per wakeup), split where the next part
+/// would pass `max_bytes`. Returns the new position (unchanged if nothing
+/// was selected) and the updates queued.
+pub fn merge(
+    out: &mut Outbox,
+    batches: &[Arc<Batch>],
+    selection: &Arc<Selection>,
+    mut position: u64,
+    max_bytes: usize,
+) -> (u64, u64) {
+    let mut delta = out.delta(position);
+    let mut to_seq = position;
+    let mut updates = 0;
+    for b in batches {
+        if b.to_seq <= to_seq {
+            continue;
+        }
+        if let Some(part) = b.part_for(selection, to_seq) {
+            if delta.len() + part.bytes.len() > max_bytes && !delta.is_empty() {
+                delta.close(to_seq, false);
+                position = to_seq;
+                delta = out.delta(to_seq);
+            }
+            updates += part.updates;
+            delta.push(part.bytes);
+        }
+        to_seq = b.to_seq;
+    }
+    if delta.close(to_seq, false) {
+        position = to_seq;
+    }
+    (position, updates)
+}
+
+/// Wraps a body as `ServerMessage` oneof field `field`.
+fn wrap(field: u32, body: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(body.len() + 1 + encoded_len_varint(body.len() as u64));
+    encode_key(field, WireType::LengthDelimited, &mut buf);
+    encode_varint(body.len() as u64, &mut buf);
+    buf.put_slice(body);
+    buf.freeze()
+}
+
+/// `Catalog` chunks of about `CHUNK_BYTES`, `last` on the final one (also
+/// when empty, so a client always sees the end).
+pub fn catalog_frames(catalog: &Catalog, ids: &[TagId], out: &mut Outbox) {
+    let mut body = BytesMut::new();
+    for info in ids.iter().filter_map(|id| catalog.encoded_info(*id)) {
+        if !body.is_empty() && body.len() + info.len() > CHUNK_BYTES {
+            out.message(wrap(2, &body.split()));
+        }
+        body.put_slice(info);
+    }
+    encode_key(2, WireType::Varint, &mut body);
+    encode_varint(1, &mut body);
+    out.message(wrap(2, &body));
+}
+
+/// `Snapshot` chunks at `seq`, `last` on the final one.
+pub fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Outbox) {
+    let header = |buf: &mut BytesMut| {
+        if seq != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(seq, buf);
+        }
+    };
+    let mut body = BytesMut::new();
+    header(&mut body);
+    for id in ids {
+        if body.len() >= CHUNK_BYTES {
+            out.message(wrap(3, &body.split()));
+            header(&mut body);
+        }
+        if let Some(state) = table.state(*id) {
+            encode_update(2, *id, state, &mut body);
+        }
+    }
+    encode_key(3, WireType::Varint, &mut body);
+    encode_varint(1, &mut body);
+    out.message(wrap(3, &body));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::batch::Builder;
+    use crate::engine::catalog::TagDef;
+    use crate::engine::selection::Selections;
+    use crate::engine::table::TagState;
+    use crate::proto::server_message::Kind;
+    use crate::sample::Value;
+    use prost::Message as _;
+
+    fn state(seq: u64) -> TagState {
+        TagState {
+            value: Some(Value::F64(seq as f64)),
+            status: 0,
+            source_time_us: 1,
+            server_time_us: 2,
+            seq,
+        }
+    }
+
+    /// Three batches of two changes each, seqs 1..=6; tag 3 is `b/z`.
+    fn batches(catalog: &Catalog) -> Vec<Arc<Batch>> {
+        let mut b = Builder::default();
+        (0..3u64)
+            .map(|i| {
+                let (s1, s2) = (i * 2 + 1, i * 2 + 2);
+                b.push(1, s1, &state(s1));
+                b.push(if i == 1 { 3 } else { 2 }, s2, &state(s2));
+                Arc::new(b.finish(i * 2, s2, catalog, 0))
+            })
+            .collect()
+    }
+
+    fn deltas(out: &mut Outbox) -> Vec<proto::Delta> {
+        out.take_frames()
+            .into_iter()
+            .map(
+                |(_, payload)| match proto::ServerMessage::decode(&payload[..]) {
+                    Ok(proto::ServerMessage {
+                        kind: Some(Kind::Delta(d)),
+                    }) => d,
+                    other => panic!("not a delta: {other:?}"),
+                },
+            )
+            .collect()
+    }
+
+    #[test]
+    fn drained_batches_merge_into_continuous_deltas_split_at_the_cap() {
+        let catalog = Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef::read_only(n, "s")));
+        let batches = batches(&catalog);
+        let sels = Selections::default();
+        let all = sels.get(vec!["#".into()], &catalog);
+        let part = batches[0].bytes.len();
+
+        // No cap reached: one Delta 0 -> 6 with all six updates.
+        let mut out = Outbox::default();
+        assert_eq!(merge(&mut out, &batches, &all, 0, usize::MAX), (6, 6));
+        let d = deltas(&mut out);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 6));
+
+        // A cap of two parts: 0 -> 4, then 4 -> 6, continuous.
+        assert_eq!(merge(&mut out, &batches, &all, 0, 2 * part), (6, 6));
+        let d = deltas(&mut out);
+        let spans: Vec<_> = d
+            .iter()
+            .map(|d| (d.from_seq, d.to_seq, d.updates.len()))
+            .collect();
+        assert_eq!(spans, [(0, 4, 4), (4, 6, 2)]);
+
+        // Already past the first batch: it is skipped.
+        assert_eq!(merge(&mut out, &batches, &all, 2, usize::MAX), (6, 4));
+        let d = deltas(&mut out);
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (2, 6, 4));
+
+        // Only b/z (changed in the middle batch): the Delta still runs to
+        // the last batch's seq, so the next one starts where this ends.
+        let only_z = sels.get(vec!["b/#".into()], &catalog);
+        assert_eq!(merge(&mut out, &batches, &only_z, 0, usize::MAX), (6, 1));
+        let d = deltas(&mut out);
+        assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 1));
+
+        // Nothing selected: no frame, position unchanged.
+        let none = sels.get(vec!["c/#".into()], &catalog);
+        assert_eq!(merge(&mut out, &batches, &none, 0, usize::MAX), (0, 0));
+        assert!(out.is_empty());
+    }
+}

@@ -1,0 +1,15 @@
+//! One client's session, split by job: [`state`] is the protocol as a
+//! sans-IO state machine (no socket, no clock), [`driver`] the thin async
+//! shell that feeds it, [`frames`] the encoders of what it sends, and
+//! [`writes`] the checks and the wait of a setpoint write.
+
+pub mod driver;
+pub mod frames;
+pub mod state;
+pub mod writes;
+
+#[cfg(test)]
+mod tests;
+
+pub use driver::run;
+pub use state::{Action, End, Now, SessionContext, SessionState};

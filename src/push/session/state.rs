@@ -1,0 +1,462 @@
+//! One client's protocol as a sans-IO state machine (protocol.md): Hello
+//! -> Welcome -> Catalog -> Snapshot (or a resume Delta), then deltas from
+//! shared batches, requests and heartbeats. It never touches a socket or a
+//! clock: the driver feeds it messages, batches, ticks and finished writes
+//! (with the time), it writes frames into the `Outbox` and returns what the
+//! driver must do ([`Action`]).
+//!
+//! The session's *position* only moves with what it sends. A session that
+//! falls behind (ring overflow, or more than `max_pending_bytes` published
+//! since it last caught up) drops its backlog and gets one Delta from its
+//! position computed from the tag table.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::frames::{
+    catalog_frames, catch_up_delta, error_frame, merge, snapshot_frames, valid_patterns,
+    write_result,
+};
+use super::writes::{self, MAX_WRITES_IN_FLIGHT, PendingWrite, WRITE_TIMEOUT, WriteDone};
+use crate::auth::Principal;
+use crate::command::{CommandSink, WriteCommand};
+use crate::engine::selection::Selection;
+use crate::engine::{Batch, EngineShared};
+use crate::pattern;
+use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
+use crate::push::close;
+use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
+use crate::sample::TagId;
+use crate::status;
+use crate::telemetry::PushMetrics;
+
+/// What every session of a node shares: the handles a session works with
+/// (and nothing about admission or HTTP).
+pub struct SessionContext {
+    /// The table, catalog, selections and batch stream.
+    pub engine: Arc<EngineShared>,
+    /// Where checked writes go.
+    pub commands: Arc<dyn CommandSink>,
+    /// `Welcome.server_id`.
+    pub server_id: String,
+    /// `Welcome.heartbeat_ms`.
+    pub heartbeat_ms: u32,
+    /// Update bytes a session may fall behind before it catches up.
+    pub max_pending_bytes: u64,
+    /// Time allowed between the 101 and the Hello (driver).
+    pub hello_timeout: std::time::Duration,
+    /// Shared heartbeat clock: one timer for all sessions, not one each;
+    /// it closes at shutdown (driver).
+    pub heartbeat: watch::Receiver<u64>,
+    /// Counters.
+    pub metrics: PushMetrics,
+}
+
+/// How a session ends.
+#[derive(Debug, PartialEq)]
+pub enum End {
+    /// Send `Error` (if any), then close with this code and reason.
+    Close(u16, String, Option<(ErrorCode, String)>),
+    /// The peer closed; answer its close.
+    PeerClosed,
+    /// Peer gone or dead: drop the socket.
+    Gone(&'static str),
+}
+
+impl End {
+    /// Close 1008 with `Error { UNEXPECTED_MESSAGE }`.
+    pub fn unexpected(why: &str) -> End {
+        End::Close(
+            close::POLICY_VIOLATION,
+            why.into(),
+            Some((ErrorCode::UnexpectedMessage, why.into())),
+        )
+    }
+
+    /// Close 1007 with `Error { MALFORMED }`.
+    pub fn malformed(why: &str) -> End {
+        End::Close(
+            close::INVALID_PAYLOAD,
+            "malformed message".into(),
+            Some((ErrorCode::Malformed, why.into())),
+        )
+    }
+
+    /// Close 1001 with a jittered reconnect delay in ms.
+    pub fn shutting_down() -> End {
+        let delay_ms = fastrand::u32(500..5000);
+        End::Close(close::GOING_AWAY, delay_ms.to_string(), None)
+    }
+}
+
+/// What the driver must do after a step.
+#[must_use]
+#[derive(Debug)]
+pub enum Action {
+    /// Nothing besides writing what the outbox holds.
+    Nothing,
+    /// Await this write's answer and hand it to `on_write_done`.
+    StartWrite(PendingWrite),
+    /// End the session.
+    End(End),
+}
+
+/// The time of a step, passed in (tests inject it).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    /// Wall clock, µs since the Unix epoch (Pong).
+    pub wall_us: i64,
+    /// Monotonic (write deadlines).
+    pub at: tokio::time::Instant,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Now {
+        Now {
+            wall_us: crate::sample::now_us(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+/// A binary message as a `ClientMessage`, or how the session ends.
+pub fn decode(bytes: Bytes) -> Result<proto::ClientMessage, End> {
+    match proto::ClientMessage::decode(bytes) {
+        Ok(msg) if msg.kind.is_some() => Ok(msg),
+        Ok(_) => Err(End::malformed("message has no kind")),
+        Err(e) => Err(End::malformed(&format!("undecodable ClientMessage: {e}"))),
+    }
+}
+
+/// The first message must be a Hello.
+pub fn expect_hello(msg: proto::ClientMessage) -> Result<proto::Hello, End> {
+    match msg.kind {
+        Some(client_message::Kind::Hello(hello)) => Ok(hello),
+        _ => Err(End::unexpected("the first message must be Hello")),
+    }
+}
+
+/// One session's protocol state.
+pub struct SessionState {
+    cx: Arc<SessionContext>,
+    principal: Arc<Principal>,
+    selection: Arc<Selection>,
+    position: u64,
+    consumed: u64,
+    rx: broadcast::Receiver<Arc<Batch>>,
+    alive: bool,
+    writes_in_flight: usize,
+}
+
+impl SessionState {
+    /// Answers the Hello (Welcome, then Catalog + Snapshot, or the resume's
+    /// Catalog entries + one Delta) and starts following the batches.
+    pub fn on_hello(
+        cx: Arc<SessionContext>,
+        principal: Arc<Principal>,
+        hello: proto::Hello,
+        out: &mut Outbox,
+    ) -> SessionState {
+        let engine = cx.engine.clone();
+        let (patterns, errors) = valid_patterns(hello.subscribe);
+        // Subscribe before reading the table: no batch can fall between.
+        let rx = engine.subscribe();
+        let consumed = engine.published_bytes();
+        let table = engine.table();
+        let selection = engine.selections.get(patterns, table.catalog());
+        let current = table.seq();
+        let outcome = match hello.resume {
+            Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
+            Some(_) => ResumeOutcome::Resync,
+            None => ResumeOutcome::Fresh,
+        };
+        let position = match (outcome, hello.resume) {
+            (ResumeOutcome::Resumed, Some(r)) => r.seq,
+            _ => current,
+        };
+        let welcome = proto::Welcome {
+            server_id: cx.server_id.clone(),
+            epoch: engine.epoch,
+            seq: position,
+            heartbeat_ms: cx.heartbeat_ms,
+            resume: outcome as i32,
+        };
+        out.message(proto::server(server_message::Kind::Welcome(welcome)).to_bytes());
+        for e in errors {
+            out.message(error_frame(ErrorCode::Malformed, e));
+        }
+        if outcome == ResumeOutcome::Resumed {
+            // Tags that appeared (or changed definition) since the resume
+            // point may be unknown to the client: their entries first.
+            let catalog = table.catalog();
+            let unknown: Vec<TagId> = selection
+                .ids()
+                .filter(|&id| catalog.meta(id).is_some_and(|m| m.defined_seq >= position))
+                .collect();
+            if !unknown.is_empty() {
+                catalog_frames(catalog, &unknown, out);
+            }
+            if let Some(n) = catch_up_delta(&table, &selection, position, true, out) {
+                cx.metrics.updates_out.increment(n);
+            }
+        } else {
+            let ids: Vec<TagId> = selection.ids().collect();
+            catalog_frames(table.catalog(), &ids, out);
+            snapshot_frames(&table, &ids, position, out);
+        }
+        drop(table);
+        SessionState {
+            selection,
+            // The resume Delta ends at `current`: later deltas start there.
+            position: current,
+            consumed,
+            rx,
+            alive: true,
+            writes_in_flight: 0,
+            cx,
+            principal,
+        }
+    }
+
+    /// Seq of the last Snapshot or Delta sent.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Writes awaiting their answer.
+    pub fn writes_in_flight(&self) -> usize {
+        self.writes_in_flight
+    }
+
+    /// The peer sent something (any frame, a pong included): it is alive.
+    pub fn on_heard(&mut self) {
+        self.alive = true;
+    }
+
+    /// A heartbeat period passed: ping, or end a peer silent since the
+    /// last one.
+    pub fn on_tick(&mut self, out: &mut Outbox) -> Action {
+        if !self.alive {
+            return Action::End(End::Gone("no pong within a heartbeat interval"));
+        }
+        self.alive = false;
+        out.ping();
+        Action::Nothing
+    }
+
+    /// One client message after the Hello.
+    pub fn on_message(&mut self, msg: proto::ClientMessage, now: Now, out: &mut Outbox) -> Action {
+        use client_message::Kind;
+        self.alive = true;
+        match msg.kind {
+            Some(Kind::Hello(_)) => return Action::End(End::unexpected("a second Hello")),
+            Some(Kind::Subscribe(s)) => self.subscribe(s.patterns, out),
+            Some(Kind::Unsubscribe(u)) => {
+                let mut patterns = self.selection.patterns.clone();
+                patterns.retain(|p| !u.patterns.contains(p));
+                self.reselect(patterns, out);
+            }
+            Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
+                Ok(()) => {
+                    let catalog = self.cx.engine.catalog();
+                    let ids: Vec<TagId> = catalog
+                        .iter()
+                        .filter(|d| pattern::matches(&b.pattern, &d.name))
+                        .map(|d| d.id)
+                        .collect();
+                    catalog_frames(&catalog, &ids, out);
+                }
+                Err(e) => out.message(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
+            },
+            Some(Kind::Ping(p)) => {
+                let pong = proto::Pong {
+                    nonce: p.nonce,
+                    client_time_us: p.client_time_us,
+                    server_time_us: now.wall_us,
+                };
+                out.message(proto::server(server_message::Kind::Pong(pong)).to_bytes());
+            }
+            Some(Kind::Write(w)) => return self.write(w, now, out),
+            None => return Action::End(End::malformed("message has no kind")),
+        }
+        Action::Nothing
+    }
+
+    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) {
+        let (mut valid, errors) = valid_patterns(patterns);
+        for e in errors {
+            out.message(error_frame(ErrorCode::Malformed, e));
+        }
+        valid.extend(self.selection.patterns.iter().cloned());
+        self.reselect(valid, out);
+    }
+
+    /// Resolves `patterns` against the current catalog. Tags it newly
+    /// matches (a Subscribe, or tags found at run time) get their Catalog
+    /// entries and a Snapshot at the position, and tags redefined since
+    /// the last resolution their entries again, after a Delta that brings
+    /// the connection current: so an entry always precedes the first
+    /// update that uses its id.
+    fn reselect(&mut self, patterns: Vec<String>, out: &mut Outbox) {
+        let engine = self.cx.engine.clone();
+        let table = engine.table();
+        let catalog = table.catalog();
+        let selection = engine.selections.get(patterns, catalog);
+        let seen = self.selection.catalog_version;
+        let (mut newly, mut redefined) = (Vec::new(), Vec::new());
+        for id in selection.ids() {
+            if !self.selection.contains(id) {
+                newly.push(id);
+            } else if catalog.meta(id).is_some_and(|m| m.revision > seen) {
+                redefined.push(id);
+            }
+        }
+        // A redefined tag's new entry goes before the Delta that may carry
+        // its first update under the new definition.
+        if !redefined.is_empty() {
+            catalog_frames(catalog, &redefined, out);
+        }
+        if !newly.is_empty() {
+            if table.seq() > self.position {
+                let old = &self.selection;
+                if let Some(n) = catch_up_delta(&table, old, self.position, true, out) {
+                    self.cx.metrics.updates_out.increment(n);
+                }
+                self.position = table.seq();
+            }
+            catalog_frames(catalog, &newly, out);
+            snapshot_frames(&table, &newly, self.position, out);
+        }
+        drop(table);
+        self.selection = selection;
+    }
+
+    /// Waits for the next batch (the driver's only await on the engine).
+    pub async fn next_batch(&mut self) -> Result<Arc<Batch>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+
+    /// The next batch if one is ready (tests).
+    pub fn try_batch(&mut self) -> Option<Result<Arc<Batch>, broadcast::error::RecvError>> {
+        use broadcast::error::{RecvError, TryRecvError};
+        match self.rx.try_recv() {
+            Ok(b) => Some(Ok(b)),
+            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+            Err(TryRecvError::Empty) => None,
+        }
+    }
+
+    /// A batch arrived: drains what else is ready and queues it as one
+    /// merged Delta, or catches up from the table when behind.
+    pub fn on_batch(
+        &mut self,
+        first: Result<Arc<Batch>, broadcast::error::RecvError>,
+        out: &mut Outbox,
+    ) -> Action {
+        use broadcast::error::{RecvError, TryRecvError};
+        let mut batches = Vec::new();
+        let mut lagged = match first {
+            Ok(b) => {
+                batches.push(b);
+                false
+            }
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => return Action::End(End::shutting_down()),
+        };
+        loop {
+            match self.rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(TryRecvError::Lagged(_)) => lagged = true,
+                Err(_) => break,
+            }
+        }
+        let behind = self
+            .cx
+            .engine
+            .published_bytes()
+            .saturating_sub(self.consumed);
+        if lagged || behind > self.cx.max_pending_bytes {
+            self.catch_up(out);
+            return Action::Nothing;
+        }
+        if batches
+            .iter()
+            .any(|b| b.catalog_version > self.selection.catalog_version)
+        {
+            self.reselect(self.selection.patterns.clone(), out);
+        }
+        if let Some(b) = batches.last() {
+            self.consumed = b.published_before + b.bytes.len() as u64;
+        }
+        let (position, updates) = merge(
+            out,
+            &batches,
+            &self.selection,
+            self.position,
+            MAX_DELTA_BYTES,
+        );
+        self.position = position;
+        self.cx.metrics.updates_out.increment(updates);
+        Action::Nothing
+    }
+
+    /// Drops the backlog and sends one Delta from the position to now.
+    fn catch_up(&mut self, out: &mut Outbox) {
+        let engine = self.cx.engine.clone();
+        self.rx = self.rx.resubscribe();
+        self.consumed = engine.published_bytes();
+        self.cx.metrics.catch_ups.increment(1);
+        if engine.catalog().version() > self.selection.catalog_version {
+            self.reselect(self.selection.patterns.clone(), out);
+        }
+        let table = engine.table();
+        if let Some(n) = catch_up_delta(&table, &self.selection, self.position, false, out) {
+            self.cx.metrics.updates_out.increment(n);
+            self.position = table.seq();
+        }
+    }
+
+    fn write(&mut self, w: proto::WriteRequest, now: Now, out: &mut Outbox) -> Action {
+        let request_id = w.request_id;
+        let catalog = self.cx.engine.catalog();
+        let (tag, value) = match writes::check(&catalog, &self.principal, &w) {
+            Ok(checked) => checked,
+            Err((status, message)) => {
+                out.message(write_result(request_id, status, message));
+                return Action::Nothing;
+            }
+        };
+        if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT {
+            let why = "too many writes in flight".to_string();
+            out.message(write_result(
+                request_id,
+                status::BAD_TOO_MANY_OPERATIONS,
+                why,
+            ));
+            return Action::Nothing;
+        }
+        let (reply, rx) = oneshot::channel();
+        if let Err((status, message)) = self.cx.commands.submit(WriteCommand { tag, value, reply })
+        {
+            out.message(write_result(request_id, status, message));
+            return Action::Nothing;
+        }
+        self.writes_in_flight += 1;
+        Action::StartWrite(PendingWrite {
+            request_id,
+            reply: rx,
+            deadline: now.at + WRITE_TIMEOUT,
+        })
+    }
+
+    /// A write started by `StartWrite` ended: its one `WriteResult`.
+    pub fn on_write_done(&mut self, done: WriteDone, out: &mut Outbox) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        out.message(write_result(done.request_id, done.status, done.message));
+    }
+}

@@ -1,0 +1,650 @@
+//! The session protocol driven through the state machine alone: no socket,
+//! no clock. An engine (without its task) applies inputs, the state answers
+//! into an `Outbox`, and the frames are decoded as a client would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::watch;
+
+use super::state::{Action, End, Now, SessionContext, SessionState, decode, expect_hello};
+use crate::auth::Principal;
+use crate::command::{LocalSources, WriteCommand};
+use crate::engine::catalog::{Catalog, TagDef};
+use crate::engine::seq::Counter;
+use crate::engine::{BATCH_RING, Engine};
+use crate::proto::{
+    self, ErrorCode, ResumeOutcome, client_message::Kind as C, server_message::Kind,
+};
+use crate::push::close;
+use crate::push::outbox::Outbox;
+use crate::sample::{Input, Sample, TagKey, Value};
+use crate::status;
+use crate::telemetry::PushMetrics;
+
+const EPOCH: u64 = 0xE90C;
+
+struct Harness {
+    engine: Engine,
+    cx: Arc<SessionContext>,
+    commands: flume::Receiver<WriteCommand>,
+    _clock: watch::Sender<u64>,
+}
+
+/// Tags `a/x`, `a/y` (writable f64 with limits 0..=100), `b/z`, `b/flag`
+/// (writable bool), all owned by source 0.
+fn harness() -> Harness {
+    harness_with(1 << 20)
+}
+
+fn harness_with(max_pending_bytes: u64) -> Harness {
+    let catalog = Catalog::new([
+        TagDef::read_only("a/x", "s"),
+        TagDef {
+            writable: true,
+            min: Some(0.0),
+            max: Some(100.0),
+            ..TagDef::read_only("a/y", "s")
+        },
+        TagDef::read_only("b/z", "s"),
+        TagDef {
+            writable: true,
+            data_type: proto::DataType::Bool,
+            ..TagDef::read_only("b/flag", "s")
+        },
+    ]);
+    let engine = Engine::new(catalog, Box::new(Counter::new(EPOCH)));
+    let mut sources = LocalSources::default();
+    let commands = sources.add(0);
+    let (clock, heartbeat) = watch::channel(0);
+    let cx = Arc::new(SessionContext {
+        engine: engine.shared().clone(),
+        commands: Arc::new(sources),
+        server_id: "test".into(),
+        heartbeat_ms: 25_000,
+        max_pending_bytes,
+        hello_timeout: Duration::from_secs(10),
+        heartbeat,
+        metrics: PushMetrics::new(),
+    });
+    Harness {
+        engine,
+        cx,
+        commands,
+        _clock: clock,
+    }
+}
+
+fn key(local: u32) -> TagKey {
+    TagKey { source: 0, local }
+}
+
+impl Harness {
+    /// Applies one batch setting tag `local` (0-based, `a/x` = 0) to `v`.
+    fn set(&mut self, local: u32, v: f64) {
+        self.set_many(&[(local, v)]);
+    }
+
+    fn set_many(&mut self, values: &[(u32, f64)]) {
+        let inputs = values
+            .iter()
+            .map(|&(l, v)| Input::Sample(Sample::good(key(l), Value::F64(v))));
+        self.engine.apply(inputs.collect::<Vec<_>>());
+    }
+
+    fn open(&self, hello: proto::Hello, out: &mut Outbox) -> SessionState {
+        SessionState::on_hello(self.cx.clone(), Arc::new(Principal::open()), hello, out)
+    }
+}
+
+fn hello(patterns: &[&str], resume: Option<(u64, u64)>) -> proto::Hello {
+    proto::Hello {
+        client_name: "unit".into(),
+        resume: resume.map(|(epoch, seq)| proto::Resume { epoch, seq }),
+        subscribe: patterns.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+/// What the session queued, decoded; a ping is `None`.
+fn sent(out: &mut Outbox) -> Vec<Option<Kind>> {
+    out.take_frames()
+        .into_iter()
+        .map(|(opcode, payload)| match opcode {
+            9 => None,
+            2 => Some(
+                proto::ServerMessage::decode(&payload[..])
+                    .expect("decodes")
+                    .kind
+                    .expect("kind"),
+            ),
+            other => panic!("unexpected opcode {other}"),
+        })
+        .collect()
+}
+
+fn kinds(out: &mut Outbox) -> Vec<Kind> {
+    sent(out)
+        .into_iter()
+        .map(|k| k.expect("not a ping"))
+        .collect()
+}
+
+fn names(catalog: &proto::Catalog) -> Vec<&str> {
+    catalog.tags.iter().map(|t| t.name.as_str()).collect()
+}
+
+fn ids(updates: &[proto::TagUpdate]) -> Vec<u32> {
+    updates.iter().map(|u| u.id).collect()
+}
+
+/// Feeds every ready batch to the session.
+fn pump(s: &mut SessionState, out: &mut Outbox) {
+    while let Some(batch) = s.try_batch() {
+        assert!(matches!(s.on_batch(batch, out), Action::Nothing));
+    }
+}
+
+fn msg(kind: C) -> proto::ClientMessage {
+    proto::client(kind)
+}
+
+fn now() -> Now {
+    Now {
+        wall_us: 1_234,
+        at: tokio::time::Instant::now(),
+    }
+}
+
+#[test]
+fn hello_fresh_gets_welcome_catalog_snapshot_then_deltas() {
+    let mut h = harness();
+    h.set(0, 1.0);
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/#"], None), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(w), Kind::Catalog(c), Kind::Snapshot(snap)] = &k[..] else {
+        panic!("{k:?}");
+    };
+    assert_eq!(
+        (w.epoch, w.seq, w.resume()),
+        (EPOCH, 1, ResumeOutcome::Fresh)
+    );
+    assert_eq!((names(c), c.last), (vec!["a/x", "a/y"], true));
+    assert_eq!(
+        (snap.seq, ids(&snap.tags), snap.last),
+        (1, vec![1, 2], true)
+    );
+    assert_eq!(snap.tags[1].status, status::BAD_WAITING_FOR_INITIAL_DATA);
+
+    h.set_many(&[(1, 5.0), (2, 9.0)]);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        (d.from_seq, d.to_seq, ids(&d.updates)),
+        (1, 3, vec![2]),
+        "b/z not selected"
+    );
+    assert_eq!(s.position(), 3);
+}
+
+#[test]
+fn resume_same_epoch_gets_exactly_one_delta_of_the_changes_since() {
+    let mut h = harness();
+    h.set(0, 1.0);
+    h.set(1, 2.0);
+    h.set(0, 3.0);
+    let mut out = Outbox::default();
+    let s = h.open(hello(&["#"], Some((EPOCH, 2))), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(w), Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((w.resume(), w.seq), (ResumeOutcome::Resumed, 2));
+    assert_eq!((d.from_seq, d.to_seq, ids(&d.updates)), (2, 3, vec![1]));
+    assert_eq!(s.position(), 3);
+
+    // Nothing changed since: still exactly one, empty Delta.
+    let _s = h.open(hello(&["#"], Some((EPOCH, 3))), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(_), Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, d.to_seq, d.updates.len()), (3, 3, 0));
+}
+
+#[test]
+fn resume_foreign_epoch_or_future_seq_resyncs_with_a_snapshot() {
+    let mut h = harness();
+    h.set(0, 1.0);
+    let mut out = Outbox::default();
+    for resume in [(EPOCH + 1, 1), (EPOCH, 99)] {
+        let _s = h.open(hello(&["a/x"], Some(resume)), &mut out);
+        let k = kinds(&mut out);
+        let [Kind::Welcome(w), Kind::Catalog(_), Kind::Snapshot(snap)] = &k[..] else {
+            panic!("{resume:?}: {k:?}");
+        };
+        assert_eq!((w.resume(), w.seq, snap.seq), (ResumeOutcome::Resync, 1, 1));
+    }
+}
+
+#[test]
+fn resume_after_a_tag_appeared_sends_its_catalog_entry_before_the_delta() {
+    let mut h = harness();
+    h.set(0, 1.0);
+    let def = TagDef::read_only("a/late", "s");
+    h.engine.apply([
+        Input::Define { key: key(9), def },
+        Input::Sample(Sample::good(key(9), Value::F64(4.0))),
+    ]);
+    let mut out = Outbox::default();
+    let _s = h.open(hello(&["a/#"], Some((EPOCH, 1))), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(w), Kind::Catalog(c), Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}");
+    };
+    assert_eq!(w.resume(), ResumeOutcome::Resumed);
+    assert_eq!(names(c), ["a/late"], "only the tag the client cannot know");
+    assert_eq!((d.from_seq, ids(&d.updates)), (1, vec![5]));
+}
+
+#[test]
+fn subscribe_mid_session_brings_the_connection_current_then_catalog_and_snapshot() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/x"], None), &mut out);
+    kinds(&mut out);
+    // A change the session has not been told yet (its batch is pending).
+    h.set_many(&[(0, 1.0), (2, 2.0)]);
+    let step = s.on_message(
+        msg(C::Subscribe(proto::Subscribe {
+            patterns: vec!["b/#".into(), "bad/#/x".into()],
+        })),
+        now(),
+        &mut out,
+    );
+    assert!(matches!(step, Action::Nothing));
+    let k = kinds(&mut out);
+    let [
+        Kind::Error(e),
+        Kind::Delta(d),
+        Kind::Catalog(c),
+        Kind::Snapshot(snap),
+    ] = &k[..]
+    else {
+        panic!("{k:?}");
+    };
+    assert_eq!(
+        e.code(),
+        ErrorCode::Malformed,
+        "the invalid pattern is named, the session stays"
+    );
+    assert_eq!((d.from_seq, d.to_seq, ids(&d.updates)), (0, 2, vec![1]));
+    assert_eq!(names(c), ["b/z", "b/flag"]);
+    assert_eq!((snap.seq, ids(&snap.tags)), (2, vec![3, 4]));
+    // The pending batch is already covered: no duplicate Delta.
+    pump(&mut s, &mut out);
+    assert!(kinds(&mut out).is_empty());
+
+    // Unsubscribe needs no answer; later deltas leave those tags out.
+    let step = s.on_message(
+        msg(C::Unsubscribe(proto::Unsubscribe {
+            patterns: vec!["b/#".into()],
+        })),
+        now(),
+        &mut out,
+    );
+    assert!(matches!(step, Action::Nothing));
+    assert!(kinds(&mut out).is_empty());
+    h.set_many(&[(0, 7.0), (2, 8.0)]);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, ids(&d.updates)), (2, vec![1]));
+}
+
+#[test]
+fn browse_lists_matching_tags_without_subscribing_and_names_a_bad_pattern() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let browse = |p: &str| msg(C::Browse(proto::Browse { pattern: p.into() }));
+    assert!(matches!(
+        s.on_message(browse("b/+"), now(), &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Catalog(c)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((names(c), c.last), (vec!["b/z", "b/flag"], true));
+    h.set(2, 1.0);
+    pump(&mut s, &mut out);
+    assert!(kinds(&mut out).is_empty(), "browsing subscribed nothing");
+    assert!(matches!(
+        s.on_message(browse("#/b"), now(), &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Error(e)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::Malformed);
+}
+
+#[test]
+fn a_late_tag_gets_its_catalog_entry_and_snapshot_before_its_first_update() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/#"], None), &mut out);
+    kinds(&mut out);
+    h.set(0, 1.0);
+    let def = TagDef::read_only("a/new", "s");
+    h.engine.apply([
+        Input::Define { key: key(7), def },
+        Input::Sample(Sample::good(key(7), Value::F64(3.0))),
+        Input::Sample(Sample::good(key(0), Value::F64(2.0))),
+    ]);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d1), Kind::Catalog(c), Kind::Snapshot(snap)] = &k[..] else {
+        panic!("{k:?}");
+    };
+    assert_eq!((d1.from_seq, d1.to_seq), (0, 3));
+    assert_eq!(ids(&d1.updates), [1], "the old selection brought current");
+    assert_eq!(names(c), ["a/new"]);
+    assert_eq!((snap.seq, ids(&snap.tags)), (3, vec![5]));
+    assert_eq!(
+        snap.tags[0]
+            .value
+            .as_ref()
+            .and_then(proto::Value::to_sample),
+        Some(Value::F64(3.0))
+    );
+    assert_eq!(s.position(), 3);
+}
+
+#[test]
+fn a_redefined_tag_gets_its_catalog_entry_again_before_its_next_update() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["b/z"], None), &mut out);
+    kinds(&mut out);
+    let def = TagDef {
+        unit: "rpm".into(),
+        ..TagDef::read_only("b/z", "s")
+    };
+    h.engine.apply([
+        Input::Define { key: key(2), def },
+        Input::Sample(Sample::good(key(2), Value::F64(10.0))),
+    ]);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Catalog(c), Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        (c.tags[0].id, c.tags[0].unit.as_str()),
+        (3, "rpm"),
+        "same id"
+    );
+    assert_eq!(ids(&d.updates), [3]);
+}
+
+#[test]
+fn a_slow_consumer_drops_its_backlog_and_catches_up_in_one_delta() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/x"], None), &mut out);
+    kinds(&mut out);
+    // More batches than the ring keeps: the session has lagged.
+    for i in 0..(BATCH_RING as u64 + 10) {
+        h.set(0, i as f64 + 1.0);
+    }
+    let first = s.try_batch().expect("something ready");
+    assert!(matches!(s.on_batch(first, &mut out), Action::Nothing));
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    let last = BATCH_RING as u64 + 10;
+    assert_eq!((d.from_seq, d.to_seq, ids(&d.updates)), (0, last, vec![1]));
+    // Continues from there without a gap.
+    h.set(0, -1.0);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, d.to_seq), (last, last + 1));
+
+    // The byte bound: a session more than max_pending_bytes behind.
+    let mut h = harness_with(1);
+    let mut s = h.open(hello(&["#"], None), &mut out);
+    kinds(&mut out);
+    h.set(0, 1.0);
+    h.set(1, 2.0);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, d.to_seq, ids(&d.updates)), (0, 2, vec![1, 2]));
+}
+
+fn write(id: u64, tag: &str, value: Option<proto::value::Kind>) -> proto::ClientMessage {
+    msg(C::Write(proto::WriteRequest {
+        request_id: id,
+        tag: tag.into(),
+        value: value.map(|k| proto::Value { kind: Some(k) }),
+    }))
+}
+
+fn results(out: &mut Outbox) -> Vec<(u64, u32)> {
+    kinds(out)
+        .into_iter()
+        .map(|k| match k {
+            Kind::WriteResult(r) => (r.request_id, r.status),
+            other => panic!("not a WriteResult: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn writes_are_checked_in_the_specs_order_before_anything_reaches_a_source() {
+    use proto::value::Kind as V;
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let cases = [
+        (1, "no/such", Some(V::F64(1.0)), status::BAD_NODE_ID_UNKNOWN),
+        (2, "a/x", Some(V::F64(1.0)), status::BAD_NOT_WRITABLE),
+        (3, "a/y", None, status::BAD_TYPE_MISMATCH),
+        (
+            4,
+            "a/y",
+            Some(V::Text("hot".into())),
+            status::BAD_TYPE_MISMATCH,
+        ),
+        (5, "a/y", Some(V::F64(101.0)), status::BAD_OUT_OF_RANGE),
+        (6, "b/flag", Some(V::U64(7)), status::BAD_TYPE_MISMATCH),
+    ];
+    for (id, tag, value, want) in cases {
+        assert!(matches!(
+            s.on_message(write(id, tag, value), now(), &mut out),
+            Action::Nothing
+        ));
+        assert_eq!(results(&mut out), [(id, want)], "{tag}");
+    }
+    assert!(h.commands.is_empty(), "nothing was handed to the source");
+
+    // A principal without write scope: BadUserAccessDenied after the
+    // writable check, before the value checks.
+    let reader = Principal {
+        write: vec!["b/#".into()],
+        ..Principal::open()
+    };
+    let mut s = SessionState::on_hello(h.cx.clone(), Arc::new(reader), hello(&[], None), &mut out);
+    kinds(&mut out);
+    let step = s.on_message(write(7, "a/y", None), now(), &mut out);
+    assert!(matches!(step, Action::Nothing));
+    assert_eq!(results(&mut out), [(7, status::BAD_USER_ACCESS_DENIED)]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_late() {
+    use proto::value::Kind as V;
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+
+    // Acknowledged by the owner: its key and the converted value arrive.
+    let Action::StartWrite(pending) =
+        s.on_message(write(1, "a/y", Some(V::I64(42))), now(), &mut out)
+    else {
+        panic!("write not started");
+    };
+    assert!(out.is_empty(), "no answer before the owner's");
+    let cmd = h.commands.try_recv().expect("queued for source 0");
+    assert_eq!((cmd.tag, cmd.value.clone()), (key(1), Value::F64(42.0)));
+    cmd.reply.send(Ok(())).expect("session waits");
+    s.on_write_done(pending.finish().await, &mut out);
+    assert_eq!(results(&mut out), [(1, status::GOOD)]);
+
+    // No answer: BadTimeout at the deadline, and the source can tell.
+    let Action::StartWrite(pending) =
+        s.on_message(write(2, "a/y", Some(V::F64(1.0))), now(), &mut out)
+    else {
+        panic!("write not started");
+    };
+    let cmd = h.commands.try_recv().expect("queued");
+    let done = pending.finish().await;
+    assert_eq!((done.request_id, done.status), (2, status::BAD_TIMEOUT));
+    assert!(
+        cmd.reply.is_closed(),
+        "an answered write is never carried out"
+    );
+    s.on_write_done(done, &mut out);
+    assert_eq!(s.writes_in_flight(), 0);
+    assert_eq!(results(&mut out), [(2, status::BAD_TIMEOUT)]);
+}
+
+#[test]
+fn writes_over_the_in_flight_limit_get_bad_too_many_operations() {
+    use proto::value::Kind as V;
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let mut pending = Vec::new();
+    for id in 0..super::writes::MAX_WRITES_IN_FLIGHT as u64 {
+        match s.on_message(write(id, "b/flag", Some(V::Bool(true))), now(), &mut out) {
+            Action::StartWrite(p) => pending.push(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    let step = s.on_message(write(99, "b/flag", Some(V::Bool(true))), now(), &mut out);
+    assert!(matches!(step, Action::Nothing));
+    assert_eq!(results(&mut out), [(99, status::BAD_TOO_MANY_OPERATIONS)]);
+}
+
+#[test]
+fn bad_input_rows_end_the_session_with_their_codes() {
+    let code = |end: End| match end {
+        End::Close(code, _, error) => (code, error.map(|(c, _)| c)),
+        other => panic!("{other:?}"),
+    };
+    // Undecodable, and a message without a kind: Error MALFORMED, 1007.
+    let garbage = decode(bytes::Bytes::from_static(&[0xff, 0xff, 0xff])).expect_err("garbage");
+    assert_eq!(
+        code(garbage),
+        (close::INVALID_PAYLOAD, Some(ErrorCode::Malformed))
+    );
+    let empty = decode(bytes::Bytes::new()).expect_err("no kind");
+    assert_eq!(
+        code(empty),
+        (close::INVALID_PAYLOAD, Some(ErrorCode::Malformed))
+    );
+    // First message not a Hello: UNEXPECTED_MESSAGE, 1008.
+    let ping = msg(C::Ping(proto::Ping::default()));
+    let first = expect_hello(ping).expect_err("not a hello");
+    assert_eq!(
+        code(first),
+        (close::POLICY_VIOLATION, Some(ErrorCode::UnexpectedMessage))
+    );
+    // A second Hello.
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["#", "a/#/b", "+x"], None), &mut out);
+    let k = kinds(&mut out);
+    let errors = k
+        .iter()
+        .filter(|k| matches!(k, Kind::Error(e) if e.code() == ErrorCode::Malformed));
+    assert_eq!(
+        errors.count(),
+        2,
+        "each invalid Hello pattern is named; the session stays"
+    );
+    let Action::End(end) = s.on_message(msg(C::Hello(hello(&[], None))), now(), &mut out) else {
+        panic!("a second Hello must end the session");
+    };
+    assert_eq!(
+        code(end),
+        (close::POLICY_VIOLATION, Some(ErrorCode::UnexpectedMessage))
+    );
+}
+
+#[test]
+fn ping_is_answered_with_the_injected_time_and_a_silent_peer_is_dropped() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let ping = msg(C::Ping(proto::Ping {
+        nonce: 5,
+        client_time_us: 77,
+    }));
+    assert!(matches!(
+        s.on_message(ping, now(), &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Pong(p)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        (p.nonce, p.client_time_us, p.server_time_us),
+        (5, 77, 1_234)
+    );
+
+    // A tick pings; a peer heard from stays; one silent for a period goes.
+    assert!(matches!(s.on_tick(&mut out), Action::Nothing));
+    assert_eq!(sent(&mut out), [None], "a WebSocket ping");
+    s.on_heard();
+    assert!(matches!(s.on_tick(&mut out), Action::Nothing));
+    sent(&mut out);
+    assert!(matches!(s.on_tick(&mut out), Action::End(End::Gone(_))));
+}
+
+#[test]
+fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    let closed = Err(tokio::sync::broadcast::error::RecvError::Closed);
+    let Action::End(End::Close(code, reason, None)) = s.on_batch(closed, &mut out) else {
+        panic!("expected a close");
+    };
+    assert_eq!(code, close::GOING_AWAY);
+    let delay: u32 = reason.parse().expect("a delay in ms");
+    assert!((500..5000).contains(&delay));
+}

@@ -1,0 +1,137 @@
+//! Who gets in: capacity, per-IP and handshake-rate limits, clients that
+//! trickle their headers or stay silent.
+
+use std::time::Duration;
+
+use super::*;
+
+#[tokio::test]
+async fn at_capacity_new_clients_get_503_and_readyz_turns_503() {
+    let mut config = Config::default();
+    config.server.max_connections = 2;
+    let server = spawn_config(config, TAGS).await;
+    let r = http(
+        server.addr,
+        "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let mut a = connect_synced(&server, &["#"]).await;
+    let _b = connect_synced(&server, &["#"]).await;
+    let r = http(server.addr, &upgrade_request("")).await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.to_lowercase().contains("retry-after:"), "{r}");
+    let r = http(
+        server.addr,
+        "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    let r = http(
+        server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Existing sessions keep streaming.
+    set(&server, "a/x", 1.0).await;
+    until_state(&mut a, |c| f64_of(c, "a/x") == Some(1.0)).await;
+    let r = http(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_per_ip_limit_or_handshake_rate_gets_429() {
+    let mut config = Config::default();
+    config.server.max_connections_per_ip = 1;
+    let server = spawn_config(config, TAGS).await;
+    let held = connect_synced(&server, &["#"]).await;
+    let r = http(server.addr, &upgrade_request("")).await;
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+    assert!(r.to_lowercase().contains("retry-after:"), "{r}");
+    drop(held);
+    // The slot is released when the session ends.
+    tokio::time::timeout(DEADLINE, async {
+        while server.push.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let _again = connect_synced(&server, &["#"]).await;
+    server.stop().await;
+
+    let mut config = Config::default();
+    config.server.handshake_rate = 1;
+    let server = spawn_config(config, TAGS).await;
+    // Three handshakes in a row span at most two one-second windows.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(http(server.addr, &upgrade_request("")).await);
+    }
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|r| r.starts_with("HTTP/1.1 429"))
+        .collect();
+    assert!(!limited.is_empty(), "{answers:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|r| r.to_lowercase().contains("retry-after:"))
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn clients_trickling_headers_cost_memory_not_availability() {
+    let server = spawn_config(Config::default(), TAGS).await;
+    // More half-sent requests than the server serves HTTP exchanges at once
+    // (256), each stalled until hyper's 10 s header timeout.
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // A real client is still served well before those time out.
+    let client =
+        tokio::time::timeout(Duration::from_secs(5), connect_synced(&server, &["#"])).await;
+    assert!(client.is_ok(), "stalled requests blocked a new client");
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        http(
+            server.addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("healthz answered");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    drop((stalled, client));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn silent_connections_are_dropped_after_the_header_timeout() {
+    let server = spawn_config(Config::default(), TAGS).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // The server closes it (10 s header timeout): EOF, not a hang.
+    let read = tokio::time::timeout(Duration::from_secs(20), silent.read(&mut buf))
+        .await
+        .expect("server dropped the silent connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "dropped too early"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,158 @@
+//! Every bad input row of protocol.md that reaches a socket, each answered
+//! while another client keeps receiving.
+
+use std::time::Duration;
+
+use super::*;
+
+/// Every bad input gets its answer while a watcher keeps receiving.
+#[tokio::test]
+async fn bad_inputs_get_their_answers_while_others_keep_streaming() {
+    let mut config = Config::default();
+    config.server.hello_timeout = Duration::from_millis(300);
+    config.server.max_message_bytes = 1024;
+    config.server.allowed_origins = vec!["https://hmi.plant.local".into()];
+    let server = spawn_config(config, TAGS).await;
+    let mut watcher = connect_synced(&server, &["a/x"]).await;
+    let pump = {
+        let samples = server.input.clone();
+        let tag = server.key("a/x").unwrap();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let s = Sample {
+                    tag,
+                    value: Some(Value::F64(f64::from(i))),
+                    status: 0,
+                    source_time_us: now_us(),
+                };
+                if samples.send_async(Input::Sample(s)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let addr = server.addr;
+    let mut checks = 0;
+
+    // 426: plain GET on the stream path.
+    let r = http(
+        addr,
+        "GET /api/v1/stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 426"), "{r}");
+    // 404: another path.
+    let r = http(
+        addr,
+        "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    // 400: subprotocols offered, none ours.
+    let r = http(addr, &upgrade_request("Sec-WebSocket-Protocol: mqtt\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // 403: origin not allowed.
+    let r = http(addr, &upgrade_request("Origin: https://evil.example\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // 101 with our subprotocol selected, from an allowed origin.
+    let r = http(addr, &upgrade_request("Origin: https://hmi.plant.local\r\nSec-WebSocket-Protocol: tagstream.v1, bearer.abc\r\n")).await;
+    assert!(r.starts_with("HTTP/1.1 101"), "{r}");
+    assert!(
+        r.to_lowercase()
+            .contains("sec-websocket-protocol: tagstream.v1\r\n"),
+        "{r}"
+    );
+    assert!(!r.contains("bearer.abc"), "bearer entry never echoed");
+    checks += 5;
+
+    // Text frame: close 1003.
+    let mut ws = raw_ws(&server).await;
+    ws.send(Message::Binary(hello_bytes().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text("hi".into())).await.unwrap();
+    let (_, code) = read_to_close(&mut ws).await;
+    assert_eq!(code, Some(1003));
+    // Undecodable: Error MALFORMED then 1007 (first message and later).
+    for first in [true, false] {
+        let mut ws = raw_ws(&server).await;
+        if !first {
+            ws.send(Message::Binary(hello_bytes().into()))
+                .await
+                .unwrap();
+        }
+        ws.send(Message::Binary(vec![0xff, 0xff, 0xff, 0x01].into()))
+            .await
+            .unwrap();
+        let (msgs, code) = read_to_close(&mut ws).await;
+        assert_eq!(error_code(&msgs), Some(ErrorCode::Malformed));
+        assert_eq!(code, Some(1007));
+    }
+    // Not Hello first: Error UNEXPECTED_MESSAGE, 1008.
+    let mut ws = raw_ws(&server).await;
+    let ping = proto::client(C::Ping(proto::Ping {
+        nonce: 1,
+        client_time_us: 0,
+    }))
+    .encode_to_vec();
+    ws.send(Message::Binary(ping.into())).await.unwrap();
+    let (msgs, code) = read_to_close(&mut ws).await;
+    assert_eq!(error_code(&msgs), Some(ErrorCode::UnexpectedMessage));
+    assert_eq!(code, Some(1008));
+    // A second Hello: same.
+    let mut ws = raw_ws(&server).await;
+    ws.send(Message::Binary(hello_bytes().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(hello_bytes().into()))
+        .await
+        .unwrap();
+    let (msgs, code) = read_to_close(&mut ws).await;
+    assert_eq!(error_code(&msgs), Some(ErrorCode::UnexpectedMessage));
+    assert_eq!(code, Some(1008));
+    // Over max_message_bytes: 1009.
+    let mut ws = raw_ws(&server).await;
+    ws.send(Message::Binary(hello_bytes().into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![0u8; 4096].into()))
+        .await
+        .unwrap();
+    let (_, code) = read_to_close(&mut ws).await;
+    assert_eq!(code, Some(1009));
+    // No Hello within the handshake timeout: closed.
+    let mut ws = raw_ws(&server).await;
+    let (msgs, code) = read_to_close(&mut ws).await;
+    assert!(msgs.is_empty());
+    assert_eq!(code, Some(1008));
+    // A bad pattern in Subscribe: Error MALFORMED, the session stays.
+    let mut c = connect_synced(&server, &["a/y"]).await;
+    c.send(C::Subscribe(proto::Subscribe {
+        patterns: vec!["a/#/x".into()],
+    }))
+    .await
+    .unwrap();
+    let Event::Error(e) = next_until(&mut c, |e| matches!(e, Event::Error(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(e.code(), ErrorCode::Malformed);
+    c.send(C::Ping(proto::Ping {
+        nonce: 9,
+        client_time_us: 0,
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_until(&mut c, |e| matches!(e, Event::Pong(_))).await,
+        Event::Pong(_)
+    ));
+    checks += 8;
+
+    // The watcher saw every change in order throughout (Client checks gaps).
+    let before = watcher.position;
+    until_state(&mut watcher, |c| c.position > before + 5).await;
+    assert_eq!(checks, 13);
+    pump.abort();
+    server.stop().await;
+}

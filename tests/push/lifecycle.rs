@@ -1,0 +1,93 @@
+//! Heartbeats, shutdown, and `tagstream check`.
+
+use std::time::Duration;
+
+use super::*;
+
+#[tokio::test]
+async fn heartbeat_drops_a_silent_peer_and_keeps_a_live_one() {
+    let mut config = Config::default();
+    config.server.heartbeat_interval = Duration::from_millis(200);
+    let server = spawn_config(config, TAGS).await;
+    let mut live = connect_synced(&server, &["#"]).await;
+    // A peer that says Hello and then never reads, so never answers a ping.
+    let mut silent = raw_ws(&server).await;
+    silent
+        .send(Message::Binary(hello_bytes().into()))
+        .await
+        .unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        while server.push.connections() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // The live client reads (and so pongs) across many heartbeats.
+    for i in 0..10 {
+        set(&server, "a/x", f64::from(i)).await;
+        until_state(&mut live, |c| f64_of(c, "a/x") == Some(f64::from(i))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        server.push.connections(),
+        1,
+        "silent peer terminated, live one kept"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_1001_with_a_reconnect_delay() {
+    let server = spawn_server("", TAGS).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    let stopping = tokio::spawn(server.stop());
+    let Event::Closed(Some(frame)) = next_until(&mut c, |e| matches!(e, Event::Closed(_))).await
+    else {
+        panic!("close frame expected")
+    };
+    assert_eq!(frame.code, CloseCode::Away);
+    let delay: u32 = frame.reason.parse().expect("reason is a delay in ms");
+    assert!((500..5000).contains(&delay));
+    stopping.await.unwrap();
+}
+
+#[test]
+fn check_prints_the_tag_table_or_every_error() {
+    let bin = env!("CARGO_BIN_EXE_tagstream");
+    let ok = std::process::Command::new(bin)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config.example.toml"),
+        ])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{out}");
+    assert!(out.contains("plant/boiler1/temperature"), "{out}");
+    assert!(
+        out.contains("14 tags from 2 device(s) and 1 broker(s): OK"),
+        "{out}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tagstream-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[server]\nlisten = \"x\"\ncolour = 1\n[[modbus]]\nname = \"d\"\n",
+    )
+    .unwrap();
+    let failed = std::process::Command::new(bin)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(err.contains("line 3: server.colour: unknown key"), "{err}");
+    assert!(err.contains("server.listen"), "{err}");
+    assert!(err.contains("modbus[0].address"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,375 @@
+//! The stream over real sockets: fresh, resume, resync, subscriptions,
+//! continuity under a long random run, and slow consumers.
+
+use std::time::Duration;
+
+use super::*;
+
+#[tokio::test]
+async fn fresh_client_gets_welcome_catalog_snapshot_then_deltas() {
+    let server = spawn_server("", TAGS).await;
+    set(&server, "a/x", 1.0).await;
+    set(&server, "b/z", 2.0).await;
+    let mut c = Client::connect(&url(&server), hello(&["a/#"]))
+        .await
+        .unwrap();
+    let Event::Welcome(w) = next(&mut c).await else {
+        panic!("welcome first")
+    };
+    assert_eq!(w.resume(), ResumeOutcome::Fresh);
+    assert_eq!(w.epoch, server.engine.epoch);
+    let Event::Catalog(cat) = next(&mut c).await else {
+        panic!("catalog second")
+    };
+    let mut names: Vec<_> = cat.tags.iter().map(|t| t.name.clone()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["a/x", "a/y"],
+        "catalog covers only the subscription"
+    );
+    assert!(cat.last);
+    let Event::Snapshot(s) = next(&mut c).await else {
+        panic!("snapshot third")
+    };
+    assert!(s.last);
+    assert_eq!(s.seq, w.seq);
+    assert_eq!(s.tags.len(), 2);
+    let y = c.value("a/y").unwrap();
+    assert_eq!(y.status, tagstream::status::BAD_WAITING_FOR_INITIAL_DATA);
+    assert!(y.value.is_none(), "never read: no value");
+
+    set(&server, "b/z", 3.0).await; // not subscribed
+    set(&server, "a/y", 4.0).await;
+    let Event::Delta(d) = next(&mut c).await else {
+        panic!("delta")
+    };
+    assert_eq!(d.from_seq, s.seq);
+    assert_eq!(d.updates.len(), 1, "only the subscribed change: {d:?}");
+    assert_eq!(f64_of(&c, "a/y"), Some(4.0));
+    // The recorder is process-wide (`cargo test` runs tests side by side),
+    // so only "counted at all" is ours to assert.
+    let metrics = tagstream::telemetry::prometheus().unwrap().render();
+    let out = metrics
+        .lines()
+        .find(|l| l.starts_with("tagstream_updates_out_total "))
+        .unwrap();
+    let n: f64 = out.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 1.0, "{out}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
+    let server = spawn_server("", TAGS).await;
+    for (i, t) in TAGS.iter().enumerate() {
+        set(&server, t, i as f64).await;
+    }
+    let c = connect_synced(&server, &["a/#", "b/z"]).await;
+    let resume = c.resume();
+    c.close().await;
+
+    set(&server, "a/x", 10.0).await;
+    set(&server, "b/w", 11.0).await; // not subscribed
+    set(&server, "b/z", 12.0).await;
+    set(&server, "a/x", 13.0).await;
+    // Wait until the engine applied all four.
+    tokio::time::timeout(DEADLINE, async {
+        while server.engine.table().seq() < resume.seq + 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+
+    let mut h = hello(&["a/#", "b/z"]);
+    h.resume = Some(resume);
+    let mut c = Client::connect(&url(&server), h).await.unwrap();
+    // The resumed client keeps its catalog: seed the mirror as an SDK would.
+    let Event::Welcome(w) = next(&mut c).await else {
+        panic!("welcome")
+    };
+    assert_eq!(w.resume(), ResumeOutcome::Resumed);
+    assert_eq!(w.seq, resume.seq);
+    for name in ["a/x", "b/z"] {
+        let id = server.engine.catalog().id(name).unwrap();
+        c.catalog
+            .insert(id, server.engine.catalog().get(id).unwrap().info());
+    }
+    let Event::Delta(d) = next(&mut c).await else {
+        panic!("exactly one delta after RESUMED")
+    };
+    assert_eq!(d.from_seq, resume.seq);
+    assert_eq!(d.to_seq, server.engine.table().seq());
+    let mut ids: Vec<u32> = d.updates.iter().map(|u| u.id).collect();
+    ids.sort();
+    let want = vec![
+        server.engine.catalog().id("a/x").unwrap(),
+        server.engine.catalog().id("b/z").unwrap(),
+    ];
+    assert_eq!(
+        ids, want,
+        "exactly the subscribed tags changed since, each once"
+    );
+    assert_eq!(f64_of(&c, "a/x"), Some(13.0), "latest state, conflated");
+    // The stream goes on from the resume Delta's end (the client checks).
+    set(&server, "a/x", 14.0).await;
+    until_state(&mut c, |c| f64_of(c, "a/x") == Some(14.0)).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn foreign_epoch_or_future_seq_resyncs_with_a_snapshot() {
+    let server = spawn_server("", TAGS).await;
+    set(&server, "a/x", 1.0).await;
+    for resume in [
+        proto::Resume {
+            epoch: server.engine.epoch ^ 1,
+            seq: 0,
+        },
+        proto::Resume {
+            epoch: server.engine.epoch,
+            seq: 1_000_000,
+        },
+    ] {
+        let mut h = hello(&["#"]);
+        h.resume = Some(resume);
+        let mut c = Client::connect(&url(&server), h).await.unwrap();
+        let Event::Welcome(w) = next(&mut c).await else {
+            panic!("welcome")
+        };
+        assert_eq!(w.resume(), ResumeOutcome::Resync);
+        assert!(matches!(next(&mut c).await, Event::Catalog(_)));
+        let Event::Snapshot(s) = next(&mut c).await else {
+            panic!("snapshot")
+        };
+        assert_eq!(s.tags.len(), TAGS.len());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_unsubscribe_browse_and_ping() {
+    let server = spawn_server("", TAGS).await;
+    set(&server, "b/z", 5.0).await;
+    let mut c = connect_synced(&server, &["a/x"]).await;
+    set(&server, "a/x", 1.0).await;
+    // Subscribe: brought current (delta), then Catalog + Snapshot of the new tags.
+    c.send(C::Subscribe(proto::Subscribe {
+        patterns: vec!["b/+".into()],
+    }))
+    .await
+    .unwrap();
+    let mut catalog_names = Vec::new();
+    let snapshot = loop {
+        match next(&mut c).await {
+            Event::Catalog(cat) => catalog_names.extend(cat.tags.into_iter().map(|t| t.name)),
+            Event::Snapshot(s) => break s,
+            Event::Delta(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    catalog_names.sort();
+    assert_eq!(catalog_names, vec!["b/w", "b/z"]);
+    assert_eq!(snapshot.seq, c.position, "snapshot at the position");
+    assert_eq!(f64_of(&c, "b/z"), Some(5.0));
+
+    // Browse answers a Catalog without subscribing.
+    c.send(C::Browse(proto::Browse {
+        pattern: "a/#".into(),
+    }))
+    .await
+    .unwrap();
+    let Event::Catalog(cat) = next_until(&mut c, |e| matches!(e, Event::Catalog(_))).await else {
+        unreachable!()
+    };
+    assert_eq!(cat.tags.len(), 2);
+
+    // Unsubscribe: later deltas leave those tags out.
+    c.send(C::Unsubscribe(proto::Unsubscribe {
+        patterns: vec!["b/+".into()],
+    }))
+    .await
+    .unwrap();
+    c.send(C::Ping(proto::Ping {
+        nonce: 77,
+        client_time_us: 5,
+    }))
+    .await
+    .unwrap();
+    let Event::Pong(p) = next_until(&mut c, |e| matches!(e, Event::Pong(_))).await else {
+        unreachable!()
+    };
+    assert_eq!((p.nonce, p.client_time_us), (77, 5));
+    assert!(p.server_time_us > 0);
+    set(&server, "b/z", 6.0).await;
+    set(&server, "a/x", 2.0).await;
+    let Event::Delta(d) = next_until(&mut c, |e| matches!(e, Event::Delta(_))).await else {
+        unreachable!()
+    };
+    let x = server.engine.catalog().id("a/x").unwrap();
+    assert!(
+        d.updates.iter().all(|u| u.id == x),
+        "unsubscribed tag left out: {d:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn long_randomized_run_keeps_continuity_and_converges() {
+    let names: Vec<String> = (0..200).map(|i| format!("r/{}/t{i}", i % 7)).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    // Three session threads: the four clients land on different ones.
+    let server = spawn_server("[server]\npush_threads = 3\n", &refs).await;
+    let patterns: [&[&str]; 4] = [
+        &["#"],
+        &["r/1/#"],
+        &["r/+/t3", "r/5/#"],
+        &["r/2/#", "r/3/#"],
+    ];
+    let mut readers = Vec::new();
+    for p in patterns {
+        let c = connect_synced(&server, p).await;
+        readers.push(tokio::spawn(async move {
+            let mut c = c;
+            let mut deltas = 0u64;
+            loop {
+                match tokio::time::timeout(Duration::from_millis(1500), c.next_event()).await {
+                    Err(_) => break,
+                    Ok(Ok(Event::Delta(_))) => deltas += 1,
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => panic!("continuity broken: {e}"),
+                }
+            }
+            (c, deltas)
+        }));
+    }
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..30_000 {
+        let tag = server.key(&names[rng.usize(..names.len())]).unwrap();
+        let status = if rng.u8(..20) == 0 {
+            tagstream::status::BAD_TIMEOUT
+        } else {
+            0
+        };
+        let value = if status == 0 {
+            Some(Value::F64(f64::from(rng.u8(..50))))
+        } else {
+            None
+        };
+        server
+            .input
+            .send_async(Input::Sample(Sample {
+                tag,
+                value,
+                status,
+                source_time_us: now_us(),
+            }))
+            .await
+            .unwrap();
+        if rng.u16(..2000) == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for r in readers {
+        let (c, deltas) = r.await.unwrap();
+        assert!(deltas > 0);
+        let table = server.engine.table();
+        assert_eq!(c.position, table.seq(), "client reached the head");
+        for (id, info) in &c.catalog {
+            let state = table.state(*id).unwrap();
+            let mine = c.values.get(id).unwrap();
+            assert_eq!(mine.status, state.status, "{}", info.name);
+            assert_eq!(
+                mine.value.as_ref().and_then(proto::Value::to_sample),
+                state.value,
+                "{}",
+                info.name
+            );
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_consumer_is_bounded_then_caught_up_without_a_gap() {
+    let mut config = Config::default();
+    config.server.max_pending_bytes = 4096;
+    let names: Vec<String> = (0..500).map(|i| format!("s/t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = spawn_config(config, &refs).await;
+    let mut slow = connect_synced(&server, &["#"]).await;
+    let mut fast = connect_synced(&server, &["s/t1"]).await;
+    let rss_before = rss_kib();
+    // Far more than any socket buffer holds, while `slow` reads nothing.
+    let mut published = 0u64;
+    for round in 0..400 {
+        for (i, name) in names.iter().enumerate() {
+            let tag = server.key(name).unwrap();
+            let value = Some(Value::Text(
+                format!("{round}-{i}-{}", "x".repeat(200)).into(),
+            ));
+            server
+                .input
+                .send_async(Input::Sample(Sample {
+                    tag,
+                    value,
+                    status: 0,
+                    source_time_us: 0,
+                }))
+                .await
+                .unwrap();
+            published += 1;
+        }
+        if round % 20 == 0 {
+            // The other client keeps receiving meanwhile.
+            let before = fast.position;
+            until_state(&mut fast, |c| c.position > before).await;
+        }
+    }
+    let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 64,
+        "server memory grew {grown_mib} MiB for one stalled client"
+    );
+    // Let the engine apply everything still queued.
+    let last = server.engine.catalog().id(&names[names.len() - 1]).unwrap();
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let done = matches!(&server.engine.table().state(last).unwrap().value,
+                Some(Value::Text(t)) if t.starts_with("399-"));
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    // Reading again: continuity holds (the client errors on any gap) and it converges.
+    let head = server.engine.table().seq();
+    let mut deltas = 0;
+    tokio::time::timeout(DEADLINE, async {
+        while slow.position < head {
+            if let Event::Delta(_) = slow.next_event().await.expect("no gap") {
+                deltas += 1;
+            }
+        }
+    })
+    .await
+    .expect("caught up");
+    assert!(
+        deltas < published / 10,
+        "{deltas} deltas for {published} updates: backlog was dropped"
+    );
+    {
+        let table = server.engine.table();
+        for (id, mine) in &slow.values {
+            assert_eq!(
+                mine.value.as_ref().and_then(proto::Value::to_sample),
+                table.state(*id).unwrap().value
+            );
+        }
+    }
+    server.stop().await;
+}
