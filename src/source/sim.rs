@@ -20,7 +20,6 @@ const MAX_TAGS: usize = 1_000_000;
 
 /// One synthetic source (`[[sim]]`).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SimConfig {
     /// Source name.
     pub name: String,
