@@ -534,7 +534,10 @@ json_pointer = "/v"
         let ok = Config::parse("[[sim]]\nname = \"s\"\ntags = 3\nrate = 10\n").expect("valid");
         let sources = ok.sources();
         assert_eq!(sources.len(), 1);
-        assert_eq!((sources[0].0.as_str(), sources[0].1.tags().len()), ("sim[0]", 3));
+        assert_eq!(
+            (sources[0].0.as_str(), sources[0].1.tags().len()),
+            ("sim[0]", 3)
+        );
     }
 
     #[test]
