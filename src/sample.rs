@@ -121,8 +121,9 @@ pub enum Input {
     Define {
         /// The source's key for the tag.
         key: TagKey,
-        /// The definition (its `id` is ignored).
-        def: TagDef,
+        /// The definition (its `id` is ignored). Boxed: it is rare, and
+        /// every slot of the channel is as large as the largest input.
+        def: Box<TagDef>,
     },
     /// The source lost its device or broker: each of its tags turns
     /// `status` (those never read: `unread`), keeping its last value.
@@ -142,4 +143,15 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_is_no_larger_than_a_sample() {
+        // The channel holds up to 65,536 of them under backpressure.
+        assert!(std::mem::size_of::<Input>() <= std::mem::size_of::<Sample>() + 8);
+    }
 }

@@ -168,7 +168,7 @@ impl Engine {
                     let id = self.keys.get(sample.tag);
                     self.change(&mut table, id, sample, now);
                 }
-                Input::Define { key, def } => self.define(&mut table, key, def),
+                Input::Define { key, def } => self.define(&mut table, key, *def),
                 Input::SourceDown {
                     source,
                     status,
@@ -295,7 +295,7 @@ mod tests {
             .apply([
                 Input::Define {
                     key: key(1, 0),
-                    def,
+                    def: Box::new(def),
                 },
                 sample(key(1, 0), 5.0),
             ])
@@ -316,7 +316,7 @@ mod tests {
             e.apply([
                 Input::Define {
                     key: key(3, 0),
-                    def: evil
+                    def: Box::new(evil)
                 },
                 sample(key(3, 0), 7.0)
             ])
@@ -341,7 +341,7 @@ mod tests {
         };
         e.apply([Input::Define {
             key: key(0, 0),
-            def: def.clone(),
+            def: Box::new(def.clone()),
         }]);
         let catalog = e.shared().catalog();
         assert_eq!(catalog.len(), 1);
@@ -350,7 +350,7 @@ mod tests {
         // The same definition again changes nothing.
         e.apply([Input::Define {
             key: key(0, 0),
-            def,
+            def: Box::new(def),
         }]);
         assert_eq!(e.shared().catalog().version(), catalog.version());
     }

@@ -121,7 +121,10 @@ impl SourceContext {
     pub async fn define(&self, local: u32, def: TagDef) -> Result<(), EngineGone> {
         let key = self.key(local);
         self.input
-            .send_async(Input::Define { key, def })
+            .send_async(Input::Define {
+                key,
+                def: Box::new(def),
+            })
             .await
             .map_err(|_| EngineGone)
     }

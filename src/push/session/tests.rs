@@ -238,7 +238,10 @@ fn resume_after_a_tag_appeared_sends_its_catalog_entry_before_the_delta() {
     h.set(0, 1.0);
     let def = TagDef::read_only("a/late", "s");
     h.engine.apply([
-        Input::Define { key: key(9), def },
+        Input::Define {
+            key: key(9),
+            def: Box::new(def),
+        },
         Input::Sample(Sample::good(key(9), Value::F64(4.0))),
     ]);
     let mut out = Outbox::default();
@@ -348,7 +351,10 @@ fn a_late_tag_gets_its_catalog_entry_and_snapshot_before_its_first_update() {
     h.set(0, 1.0);
     let def = TagDef::read_only("a/new", "s");
     h.engine.apply([
-        Input::Define { key: key(7), def },
+        Input::Define {
+            key: key(7),
+            def: Box::new(def),
+        },
         Input::Sample(Sample::good(key(7), Value::F64(3.0))),
         Input::Sample(Sample::good(key(0), Value::F64(2.0))),
     ]);
@@ -382,7 +388,10 @@ fn a_redefined_tag_gets_its_catalog_entry_again_before_its_next_update() {
         ..TagDef::read_only("b/z", "s")
     };
     h.engine.apply([
-        Input::Define { key: key(2), def },
+        Input::Define {
+            key: key(2),
+            def: Box::new(def),
+        },
         Input::Sample(Sample::good(key(2), Value::F64(10.0))),
     ]);
     pump(&mut s, &mut out);
