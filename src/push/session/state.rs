@@ -149,7 +149,7 @@ pub struct SessionState {
     consumed: u64,
     rx: broadcast::Receiver<Arc<Batch>>,
     alive: bool,
-    writes_in_flight: usize,
+    writes_in_flight: u16,
 }
 
 impl SessionState {
@@ -229,7 +229,7 @@ impl SessionState {
 
     /// Writes awaiting their answer.
     pub fn writes_in_flight(&self) -> usize {
-        self.writes_in_flight
+        usize::from(self.writes_in_flight)
     }
 
     /// The peer sent something (any frame, a pong included): it is alive.
@@ -336,8 +336,12 @@ impl SessionState {
     }
 
     /// Waits for the next batch (the driver's only await on the engine).
-    pub async fn next_batch(&mut self) -> Result<Arc<Batch>, broadcast::error::RecvError> {
-        self.rx.recv().await
+    /// The receiver's own future, not a wrapper: it lives in every idle
+    /// session.
+    pub fn next_batch(
+        &mut self,
+    ) -> impl Future<Output = Result<Arc<Batch>, broadcast::error::RecvError>> + '_ {
+        self.rx.recv()
     }
 
     /// The next batch if one is ready (tests).
@@ -431,7 +435,7 @@ impl SessionState {
                 return Action::Nothing;
             }
         };
-        if self.writes_in_flight >= MAX_WRITES_IN_FLIGHT {
+        if self.writes_in_flight() >= MAX_WRITES_IN_FLIGHT {
             let why = "too many writes in flight".to_string();
             out.message(write_result(
                 request_id,
