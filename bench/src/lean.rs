@@ -35,6 +35,17 @@ pub struct Tally {
     pub snapshots: u64,
 }
 
+impl Tally {
+    /// Starts counting afresh: latency, updates, frames and bytes go to
+    /// zero; gaps and snapshots are kept (they are correctness, not rate).
+    pub fn restart(&mut self) {
+        self.latency.reset();
+        self.updates = 0;
+        self.frames = 0;
+        self.bytes = 0;
+    }
+}
+
 impl Default for Tally {
     fn default() -> Self {
         Tally {

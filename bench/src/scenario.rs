@@ -95,6 +95,7 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
 
     let stop = CancellationToken::new();
     let drop_all = CancellationToken::new();
+    let all_synced = CancellationToken::new();
     let resumed = Arc::new(tokio::sync::Semaphore::new(0));
     let synced = Arc::new(tokio::sync::Semaphore::new(0));
     let groups = scenario.groups();
@@ -102,6 +103,7 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
     for k in 0..scenario.clients {
         let patterns = vec![format!("b/g{}/#", k % groups)];
         let (url, stop, drop_all) = (url.clone(), stop.clone(), drop_all.clone());
+        let all_synced = all_synced.clone();
         let (synced, resumed, storm) = (synced.clone(), resumed.clone(), scenario.storm);
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
@@ -109,6 +111,12 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
             lean.sync(&mut tally).await?;
             let first_snapshots = tally.snapshots;
             synced.add_permits(1);
+            // Read (and check continuity) until every client is in sync,
+            // but count deliveries and latency only from then on: the
+            // first clients would otherwise add the connect phase's
+            // deliveries to a window that starts after it.
+            lean.run(&mut tally, &all_synced).await?;
+            tally.restart();
             if storm {
                 lean.run(&mut tally, &drop_all).await?;
                 let resume = lean.resume();
@@ -135,6 +143,7 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         .forget();
     let connect_time = connect_started.elapsed();
     // Deliveries are counted from here (every client in sync) to the end.
+    all_synced.cancel();
     let counting = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = rss_bytes(&pid);
