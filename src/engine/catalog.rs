@@ -235,9 +235,22 @@ impl TagDef {
             _ => return mismatch("expects an integer"),
         };
         if let Some(x) = converted.as_f64() {
+            // A device never gets an infinity or NaN, nor an f32 tag a
+            // value f32 cannot hold (it would arrive as infinity).
+            let unrepresentable = !x.is_finite()
+                || (self.data_type == proto::DataType::F32 && x.abs() > f64::from(f32::MAX));
+            if unrepresentable {
+                return Err((
+                    status::BAD_OUT_OF_RANGE,
+                    format!(
+                        "{x} cannot be written to {} ({:?})",
+                        self.name, self.data_type
+                    ),
+                ));
+            }
             let below = self.min.is_some_and(|min| x < min);
             let above = self.max.is_some_and(|max| x > max);
-            if below || above || x.is_nan() {
+            if below || above {
                 return Err((
                     status::BAD_OUT_OF_RANGE,
                     format!(
@@ -248,5 +261,35 @@ impl TagDef {
             }
         }
         Ok(converted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_of_non_finite_or_unrepresentable_floats_are_out_of_range() {
+        let f32_tag = TagDef {
+            writable: true,
+            data_type: proto::DataType::F32,
+            ..TagDef::read_only("a/sp", "s")
+        };
+        for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN, 1e39, -1e39] {
+            let err = f32_tag
+                .convert_for_write(&Value::F64(v))
+                .expect_err("refused");
+            assert_eq!(err.0, status::BAD_OUT_OF_RANGE, "{v}");
+        }
+        assert!(f32_tag.convert_for_write(&Value::F64(1e38)).is_ok());
+        let f64_tag = TagDef {
+            writable: true,
+            ..TagDef::read_only("a/f", "s")
+        };
+        let err = f64_tag
+            .convert_for_write(&Value::F64(f64::INFINITY))
+            .expect_err("refused");
+        assert_eq!(err.0, status::BAD_OUT_OF_RANGE);
+        assert!(f64_tag.convert_for_write(&Value::F64(1e39)).is_ok());
     }
 }

@@ -114,6 +114,10 @@ impl TagTable {
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(old), Some(new)) => match (old.as_f64(), new.as_f64()) {
+                // NaN -> number and number -> NaN are changes, NaN -> NaN is
+                // not: `NaN - x` is never over a deadband and `NaN != NaN`
+                // is always true, so neither comparison below can say it.
+                (Some(a), Some(b)) if a.is_nan() || b.is_nan() => a.is_nan() != b.is_nan(),
                 (Some(a), Some(b)) if deadband > 0.0 => (a - b).abs() > deadband,
                 _ => old != new,
             },
@@ -221,6 +225,32 @@ mod tests {
         assert_eq!(t.apply(0, sample(Some(1.0), 0), 1, &mut c), None);
         assert_eq!(t.apply(99, sample(Some(1.0), 0), 1, &mut c), None);
         assert_eq!(t.seq(), 1);
+    }
+
+    #[test]
+    fn nan_to_number_and_back_are_changes_nan_to_nan_is_not() {
+        for tag in [1, 2] {
+            // Tag 1 has a deadband, tag 2 none.
+            let (mut t, mut c) = table();
+            assert!(t.apply(tag, sample(Some(f64::NAN), 0), 1, &mut c).is_some());
+            assert_eq!(
+                t.apply(tag, sample(Some(f64::NAN), 0), 2, &mut c),
+                None,
+                "tag {tag}"
+            );
+            assert!(
+                t.apply(tag, sample(Some(50.0), 0), 3, &mut c).is_some(),
+                "tag {tag}"
+            );
+            assert_eq!(
+                t.state(tag).and_then(|s| s.value.clone()),
+                Some(Value::F64(50.0))
+            );
+            assert!(
+                t.apply(tag, sample(Some(f64::NAN), 0), 4, &mut c).is_some(),
+                "tag {tag}"
+            );
+        }
     }
 
     #[test]

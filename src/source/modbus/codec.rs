@@ -147,9 +147,24 @@ pub fn encode_registers(tag: &ModbusTagConfig, value: &Value) -> Result<Vec<u16>
             } else {
                 x
             };
+            let float_fits = |max: f64| {
+                if raw.is_finite() && raw.abs() <= max {
+                    Ok(())
+                } else {
+                    Err(EncodeError::OutOfRange(format!(
+                        "{raw} does not fit the register type"
+                    )))
+                }
+            };
             let be: Vec<u8> = match kind {
-                RegisterType::F32 => (raw as f32).to_be_bytes().to_vec(),
-                RegisterType::F64 => raw.to_be_bytes().to_vec(),
+                RegisterType::F32 => {
+                    float_fits(f64::from(f32::MAX))?;
+                    (raw as f32).to_be_bytes().to_vec()
+                }
+                RegisterType::F64 => {
+                    float_fits(f64::MAX)?;
+                    raw.to_be_bytes().to_vec()
+                }
                 RegisterType::U16 => int_in::<u16>(exact, raw)?.to_be_bytes().to_vec(),
                 RegisterType::I16 => int_in::<i16>(exact, raw)?.to_be_bytes().to_vec(),
                 RegisterType::U32 => int_in::<u32>(exact, raw)?.to_be_bytes().to_vec(),
@@ -341,6 +356,35 @@ mod tests {
         ));
         assert!(matches!(
             encode_registers(&t, &Value::I64(-1)),
+            Err(EncodeError::OutOfRange(_))
+        ));
+    }
+
+    #[test]
+    fn non_finite_and_oversized_floats_never_reach_the_registers() {
+        for kind in [RegisterType::F32, RegisterType::F64] {
+            let t = tag(kind, "");
+            for v in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+                assert!(
+                    matches!(
+                        encode_registers(&t, &Value::F64(v)),
+                        Err(EncodeError::OutOfRange(_))
+                    ),
+                    "{kind:?} {v}"
+                );
+            }
+        }
+        let f32_tag = tag(RegisterType::F32, "");
+        assert!(matches!(
+            encode_registers(&f32_tag, &Value::F64(1e39)),
+            Err(EncodeError::OutOfRange(_))
+        ));
+        assert!(encode_registers(&f32_tag, &Value::F64(3.0e38)).is_ok());
+        // After inverse scaling: 1e38 / 0.01 is past f32's range.
+        let mut scaled = tag(RegisterType::F32, "");
+        scaled.scale = 0.01;
+        assert!(matches!(
+            encode_registers(&scaled, &Value::F64(1e38)),
             Err(EncodeError::OutOfRange(_))
         ));
     }
