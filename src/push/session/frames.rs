@@ -42,20 +42,23 @@ pub fn write_result(request_id: u64, status: u32, message: String) -> Bytes {
     .to_bytes()
 }
 
-/// Splits patterns into the valid ones and error messages for the rest.
-pub fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Vec<String>) {
+/// Splits patterns into the valid ones and, if any were invalid, one
+/// message naming them all (one Error per request, not one per pattern).
+pub fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Option<String>) {
     let mut errors = Vec::new();
     let valid = patterns
         .into_iter()
         .filter(|p| match pattern::validate(p) {
             Ok(()) => true,
             Err(e) => {
-                errors.push(format!("pattern ignored: {e}"));
+                errors.push(e.to_string());
                 false
             }
         })
         .collect();
-    (valid, errors)
+    let message = (!errors.is_empty())
+        .then(|| format!("{} pattern(s) ignored: {}", errors.len(), errors.join("; ")));
+    (valid, message)
 }
 
 /// Queues a Delta with the selected tags changed after `position`; none

@@ -186,7 +186,7 @@ impl SessionState {
             resume: outcome as i32,
         };
         out.message(proto::server(server_message::Kind::Welcome(welcome)).to_bytes());
-        for e in errors {
+        if let Some(e) = errors {
             out.message(error_frame(ErrorCode::Malformed, e));
         }
         if outcome == ResumeOutcome::Resumed {
@@ -288,7 +288,7 @@ impl SessionState {
 
     fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) {
         let (mut valid, errors) = valid_patterns(patterns);
-        for e in errors {
+        if let Some(e) = errors {
             out.message(error_frame(ErrorCode::Malformed, e));
         }
         valid.extend(self.selection.patterns.iter().cloned());
