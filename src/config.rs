@@ -15,6 +15,13 @@ use crate::source::modbus::ModbusConfig;
 use crate::source::mqtt::MqttConfig;
 use crate::source::sim::SimConfig;
 
+/// Shortest timer a config may set.
+pub const MIN_TIMER: Duration = Duration::from_millis(1);
+/// One hour: the longest heartbeat, handshake or request timeout.
+pub const HOUR: Duration = Duration::from_secs(3600);
+/// One day: the longest poll interval.
+pub const DAY: Duration = Duration::from_secs(86_400);
+
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
@@ -68,6 +75,28 @@ impl Problems {
             line: None,
             message: message.into(),
         });
+    }
+
+    /// Records a problem unless `value` lies in `min..=max`. A duration a
+    /// timer cannot add to an `Instant` (years) would panic in the task
+    /// that uses it, long after `check` said OK.
+    pub fn duration(
+        &mut self,
+        key: impl Into<String>,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    ) {
+        if value < min || value > max {
+            self.push(
+                key,
+                format!(
+                    "must be between {} and {}",
+                    humantime_serde::re::humantime::format_duration(min),
+                    humantime_serde::re::humantime::format_duration(max)
+                ),
+            );
+        }
     }
 
     /// The keys of the problems so far, in order.
@@ -184,12 +213,13 @@ impl ServerConfig {
         if self.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
         }
-        if self.heartbeat_interval.is_zero() {
-            p.push("server.heartbeat_interval", "must be above zero");
-        }
-        if self.hello_timeout.is_zero() {
-            p.push("server.hello_timeout", "must be above zero");
-        }
+        p.duration(
+            "server.heartbeat_interval",
+            self.heartbeat_interval,
+            MIN_TIMER,
+            HOUR,
+        );
+        p.duration("server.hello_timeout", self.hello_timeout, MIN_TIMER, HOUR);
         if self.max_message_bytes < 64 {
             p.push("server.max_message_bytes", "must be at least 64");
         }
@@ -519,6 +549,54 @@ json_pointer = "/v"
         }
         let ok = "[[mqtt]]\nname = \"b\"\nurl = \"mqtts://broker:8883\"\n[[mqtt.topics]]\nfilter = \"p/+/v\"\nname = \"p/{1}\"\n";
         Config::parse(ok).expect("valid mqtt config");
+    }
+
+    #[test]
+    fn durations_a_task_would_panic_on_are_refused_with_their_keys() {
+        // Each of these passed `check` and then panicked in its task:
+        // the heartbeat and the poll loop overflowed adding to an Instant,
+        // rumqttc asserts a keep-alive of at least one second.
+        let text = r#"
+[server]
+heartbeat_interval = "10000000000000000000s"
+hello_timeout = "0s"
+[[modbus]]
+name = "d"
+address = "127.0.0.1:502"
+poll_interval = "10000000000000000000s"
+timeout = "2h"
+[[modbus.tags]]
+name = "a/x"
+address = 0
+type = "u16"
+poll_interval = "0s"
+[[mqtt]]
+name = "b"
+url = "mqtt://127.0.0.1:1883"
+keep_alive = "500ms"
+"#;
+        let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+            panic!("expected Invalid");
+        };
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "server.heartbeat_interval",
+            "server.hello_timeout",
+            "modbus[0].poll_interval",
+            "modbus[0].timeout",
+            "modbus[0].tags[0].poll_interval",
+            "mqtt[0].keep_alive",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let line = problems
+            .iter()
+            .find(|p| p.key == "server.heartbeat_interval");
+        assert_eq!(line.and_then(|p| p.line), Some(3));
+        // Zero keep-alive means "off" in MQTT and stays valid.
+        let off = "[[mqtt]]\nname = \"b\"\nurl = \"mqtt://h:1\"\nkeep_alive = \"0s\"\n\
+                   [[mqtt.topics]]\nfilter = \"p/+\"\nname = \"p/{1}\"\n";
+        Config::parse(off).expect("keep_alive 0 is off");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Problems, check_tag_name};
+use crate::config::{DAY, HOUR, MIN_TIMER, Problems, check_tag_name};
 
 /// One Modbus device (`[[modbus]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -228,12 +228,13 @@ impl ModbusConfig {
             ),
             (None, None) => p.push(format!("{key}.address"), "required (host:port)"),
         }
-        if self.poll_interval.is_zero() {
-            p.push(format!("{key}.poll_interval"), "must be above zero");
-        }
-        if self.timeout.is_zero() {
-            p.push(format!("{key}.timeout"), "must be above zero");
-        }
+        p.duration(
+            format!("{key}.poll_interval"),
+            self.poll_interval,
+            MIN_TIMER,
+            DAY,
+        );
+        p.duration(format!("{key}.timeout"), self.timeout, MIN_TIMER, HOUR);
         if !(1..=125).contains(&self.max_registers_per_read) {
             p.push(
                 format!("{key}.max_registers_per_read"),
@@ -325,8 +326,8 @@ impl ModbusTagConfig {
                 "input registers and discrete inputs are read-only",
             );
         }
-        if self.poll_interval.is_some_and(|d| d.is_zero()) {
-            p.push(format!("{key}.poll_interval"), "must be above zero");
+        if let Some(d) = self.poll_interval {
+            p.duration(format!("{key}.poll_interval"), d, MIN_TIMER, DAY);
         }
     }
 }

@@ -192,6 +192,17 @@ impl MqttConfig {
         if self.name.is_empty() {
             p.push(format!("{key}.name"), "must not be empty");
         }
+        // MQTT carries keep-alive in whole seconds (u16); rumqttc panics
+        // below one second.
+        if !self.keep_alive.is_zero() {
+            let max = Duration::from_secs(u64::from(u16::MAX));
+            p.duration(
+                format!("{key}.keep_alive"),
+                self.keep_alive,
+                Duration::from_secs(1),
+                max,
+            );
+        }
         if let Err(e) = parse_url(&self.url) {
             p.push(format!("{key}.url"), e);
         }
