@@ -393,6 +393,56 @@ async fn a_device_never_reached_is_bad_no_communication() {
     server.stop().await;
 }
 
+/// A device that accepts TCP but answers every request wrongly: the source
+/// must back off (200 ms doubling), not reconnect every 200 ms because the
+/// TCP connect itself succeeded.
+#[tokio::test]
+async fn a_device_that_answers_garbage_is_retried_with_growing_backoff() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                // A reply whose transaction id is not the request's, then
+                // a hang-up: fails at once, as a confused gateway does.
+                let mut buf = [0u8; 256];
+                if let Ok(n @ 2..) = s.read(&mut buf).await {
+                    let tid = u16::from_be_bytes([buf[0], buf[1]]).wrapping_add(1);
+                    let [a, b] = tid.to_be_bytes();
+                    let _ = s
+                        .write_all(&[a, b, 0, 0, 0, 3, buf[6.min(n - 1)], 0x83, 0x02])
+                        .await;
+                }
+            });
+        }
+    });
+    let toml = format!(
+        "[[modbus]]\nname = \"liar\"\naddress = \"{addr}\"\npoll_interval = \"30ms\"\ntimeout = \"300ms\"\n\
+         [[modbus.tags]]\nname = \"l/x\"\naddress = 0\ntype = \"u16\"\n"
+    );
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    until_state(&mut c, |c| {
+        status_of(c, "l/x") != status::BAD_WAITING_FOR_INITIAL_DATA
+    })
+    .await;
+    let first = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let reconnects = accepted.load(std::sync::atomic::Ordering::Relaxed) - first;
+    // Reset on connect: one attempt per ~0.2 s, 13 or more in 3 s. Growing
+    // from 0.2 s: 0.4 + 0.8 + 1.6 s, at most 4 (jitter only lengthens).
+    assert!(
+        (1..=6).contains(&reconnects),
+        "{reconnects} reconnects in 3 s: the backoff did not grow"
+    );
+    assert_ne!(status_of(&c, "l/x"), status::GOOD);
+    server.stop().await;
+}
+
 async fn write(c: &mut Client, id: u64, tag: &str, value: V) -> proto::WriteResult {
     c.send(C::Write(proto::WriteRequest {
         request_id: id,

@@ -150,6 +150,10 @@ pub struct ModbusSource {
 struct Link {
     ctx: Option<Context>,
     ever_connected: bool,
+    /// The device answered a request since the last connect: only then is
+    /// the link healthy (a device that accepts TCP and answers garbage
+    /// must back off, not reconnect every 200 ms).
+    answered: bool,
     backoff: Backoff,
     retry_at: Instant,
 }
@@ -168,6 +172,7 @@ impl ModbusSource {
         let mut link = Link {
             ctx: None,
             ever_connected: false,
+            answered: false,
             backoff: Backoff::new(),
             retry_at: Instant::now(),
         };
@@ -230,6 +235,12 @@ impl ModbusSource {
                 due[g] = (due[g] + group.interval).max(now);
                 let started = std::time::Instant::now();
                 let result = self.read(&mut link, group).await;
+                if result.is_ok() && !link.answered {
+                    // A reply (data or a Modbus exception): healthy again.
+                    link.answered = true;
+                    link.backoff.reset();
+                    self.cx.up();
+                }
                 metrics::histogram!("tagstream_modbus_poll_seconds", "device" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 match self.publish(group, result).await {
@@ -268,9 +279,7 @@ impl ModbusSource {
             Slave(self.config.unit_id),
         ));
         link.ever_connected = true;
-        link.backoff.reset();
         tracing::info!(device = %self.config.name, %address, "modbus connected");
-        self.cx.up();
         Ok(())
     }
 
@@ -280,7 +289,10 @@ impl ModbusSource {
         link: &mut Link,
         error: &RequestError,
     ) -> Result<(), EngineGone> {
-        if link.ctx.take().is_some() || link.backoff.is_first() {
+        link.ctx = None;
+        // Loud once per outage: when a healthy link breaks, or on the
+        // first failure; quiet while a broken device keeps failing.
+        if std::mem::take(&mut link.answered) || link.backoff.is_first() {
             tracing::warn!(device = %self.config.name, %error, retry_in = ?link.backoff.upcoming(), "modbus device unreachable");
         }
         let status = match (error, link.ever_connected) {
@@ -377,6 +389,11 @@ impl ModbusSource {
             }
         }
         let result = self.write_tag(link, tag, &cmd.value).await;
+        if result.is_ok() && !link.answered {
+            link.answered = true;
+            link.backoff.reset();
+            self.cx.up();
+        }
         match result {
             Ok(Ok(())) => {
                 tracing::info!(device = %self.config.name, tag = %tag.name, value = %cmd.value, "write acknowledged");
