@@ -59,6 +59,30 @@ pub enum Event {
     Closed(Option<CloseFrame>),
 }
 
+/// What a client knows, kept across a reconnect so a resume costs one
+/// Delta: the catalog, the latest values and the position.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    /// Tag descriptions by id.
+    pub catalog: HashMap<u32, proto::TagInfo>,
+    /// Latest state by id.
+    pub values: HashMap<u32, proto::TagUpdate>,
+    /// Epoch from Welcome.
+    pub epoch: u64,
+    /// Seq of the last Snapshot / Delta.
+    pub position: u64,
+}
+
+impl Mirror {
+    /// The resume point, if this mirror has seen a Welcome.
+    pub fn resume(&self) -> Option<proto::Resume> {
+        (self.epoch != 0).then_some(proto::Resume {
+            epoch: self.epoch,
+            seq: self.position,
+        })
+    }
+}
+
 /// A connected client.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -76,6 +100,34 @@ impl Client {
     /// Connects to `url` (ws://host:port/api/v1/stream) and sends `hello`.
     pub async fn connect(url: &str, hello: proto::Hello) -> Result<Client, ClientError> {
         Self::connect_with(url, hello, None).await
+    }
+
+    /// Reconnects with what an earlier connection knew: the Hello resumes
+    /// from the mirror's position, and on RESUMED the catalog and values
+    /// carry on (a RESYNC or FRESH Welcome clears them, as for any client).
+    pub async fn reconnect(
+        url: &str,
+        mut hello: proto::Hello,
+        token: Option<&str>,
+        mirror: Mirror,
+    ) -> Result<Client, ClientError> {
+        hello.resume = mirror.resume();
+        let mut client = Self::connect_with(url, hello, token).await?;
+        client.catalog = mirror.catalog;
+        client.values = mirror.values;
+        client.epoch = mirror.epoch;
+        client.position = mirror.position;
+        Ok(client)
+    }
+
+    /// What this client knows, for `reconnect`.
+    pub fn into_mirror(self) -> Mirror {
+        Mirror {
+            catalog: self.catalog,
+            values: self.values,
+            epoch: self.epoch,
+            position: self.position,
+        }
     }
 
     /// Like `connect`, with an optional bearer token.

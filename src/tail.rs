@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, Event, format_value};
+use crate::client::{Client, ClientError, Event, Mirror, format_value};
 use crate::proto;
 use crate::status;
 
@@ -12,25 +12,35 @@ pub async fn run(url: &str, token: Option<&str>, mut patterns: Vec<String>) -> a
     if patterns.is_empty() {
         patterns.push("#".into());
     }
-    let mut resume = None;
+    // What the last connection knew: a reconnect resumes from it and keeps
+    // its catalog, so a blip costs one Delta. A resume the stream then
+    // contradicts (a gap, an unknown id) starts over with a fresh Hello.
+    let mut mirror = Mirror::default();
     let mut delay = Duration::from_millis(250);
     loop {
         let hello = proto::Hello {
             client_name: "tagstream-tail".into(),
-            resume,
+            resume: None,
             subscribe: patterns.clone(),
         };
-        match Client::connect_with(url, hello, token).await {
+        match Client::reconnect(url, hello, token, mirror.clone()).await {
             Ok(mut client) => {
                 delay = Duration::from_millis(250);
                 let result = tokio::select! {
                     r = print_stream(&mut client) => r,
                     _ = tokio::signal::ctrl_c() => return Ok(()),
                 };
-                resume = (client.epoch != 0).then(|| client.resume());
+                let fresh_start = matches!(
+                    result,
+                    Err(ClientError::Protocol(_) | ClientError::Gap { .. })
+                );
+                if !fresh_start {
+                    mirror = client.into_mirror();
+                }
                 match result {
                     Ok(Some(reason)) => eprintln!("# closed by server: {reason}"),
                     Ok(None) => eprintln!("# connection closed"),
+                    Err(e) if fresh_start => eprintln!("# {e}; starting over without resume"),
                     Err(e) => eprintln!("# {e}"),
                 }
             }

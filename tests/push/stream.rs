@@ -373,3 +373,83 @@ async fn slow_consumer_is_bounded_then_caught_up_without_a_gap() {
     }
     server.stop().await;
 }
+
+/// `tagstream tail` across a network blip during which a tag appeared and
+/// another changed: it resumes (RESUMED, one Delta), keeps its catalog,
+/// learns the new tag from the resume's Catalog entry and prints both,
+/// instead of looping on "update before its Catalog entry".
+#[tokio::test]
+async fn tail_resumes_across_a_blip_and_learns_a_tag_that_appeared_meanwhile() {
+    use tokio::io::AsyncBufReadExt;
+    let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
+    let mut relay = Relay::start(server.addr).await;
+    set(&server, "a/x", 1.5).await;
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args([
+            "tail",
+            "--url",
+            &format!("ws://{}/api/v1/stream", relay.addr),
+            "a/#",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
+    let errors = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(line)) = err.next_line().await {
+            seen.push(line);
+        }
+        seen
+    });
+    let mut until = async |want: &[&str]| {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let line = out.next_line().await.unwrap().expect("tail still running");
+                if want.iter().all(|w| line.contains(w)) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("tail never printed {want:?}"));
+    };
+    until(&["a/x", "1.5"]).await;
+
+    relay.stop();
+    let extras = server.key("a/x").unwrap().source;
+    let late = tagstream::sample::TagKey {
+        source: extras,
+        local: 2,
+    };
+    server
+        .input
+        .send_async(Input::Define {
+            key: late,
+            def: Box::new(synthetic_tag("a/late")),
+        })
+        .await
+        .unwrap();
+    server
+        .input
+        .send_async(Input::Sample(Sample::good(late, Value::F64(5.25))))
+        .await
+        .unwrap();
+    set(&server, "a/x", 2.5).await;
+    // The relay's old listener closes on its task's next turn; tail's
+    // reconnects fail meanwhile, as in a real outage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay.restart();
+
+    until(&["a/late", "5.25"]).await;
+    set(&server, "a/x", 3.5).await;
+    until(&["a/x", "3.5"]).await;
+    drop(tail);
+    let stderr = errors.await.unwrap().join("\n");
+    assert!(stderr.contains("Resumed"), "{stderr}");
+    assert!(!stderr.contains("protocol violation"), "{stderr}");
+    server.stop().await;
+}
