@@ -75,10 +75,12 @@ pub async fn start_with(
     tasks.spawn(engine.run(rx, shutdown.clone()));
 
     let mut commands = LocalSources::default();
+    let node_id = config.server.node_id();
     for (id, (_, source)) in config.sources().into_iter().enumerate() {
         let id = SourceId::try_from(id).context("too many sources")?;
         let queue = commands.add(id);
-        let cx = SourceContext::new(id, source.name(), input.clone(), queue, shutdown.clone());
+        let (name, input) = (source.name(), input.clone());
+        let cx = SourceContext::new(id, name, &node_id, input, queue, shutdown.clone());
         tasks.spawn(source.build(cx));
     }
 

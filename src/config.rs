@@ -196,6 +196,20 @@ pub struct TlsConfig {
 }
 
 impl ServerConfig {
+    /// `server_id`, or the machine's host name when empty (read from the
+    /// kernel: systemd does not set `$HOSTNAME`), or `tagstream`.
+    pub fn node_id(&self) -> String {
+        if !self.server_id.is_empty() {
+            return self.server_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tagstream".into())
+    }
+
     /// The listen address, parsed.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
         self.listen
@@ -597,6 +611,15 @@ keep_alive = "500ms"
         let off = "[[mqtt]]\nname = \"b\"\nurl = \"mqtt://h:1\"\nkeep_alive = \"0s\"\n\
                    [[mqtt.topics]]\nfilter = \"p/+\"\nname = \"p/{1}\"\n";
         Config::parse(off).expect("keep_alive 0 is off");
+    }
+
+    #[test]
+    fn node_id_is_server_id_else_the_kernels_host_name() {
+        let mut server = ServerConfig::default();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("linux");
+        assert_eq!(server.node_id(), host.trim());
+        server.server_id = "gw-2".into();
+        assert_eq!(server.node_id(), "gw-2");
     }
 
     #[test]

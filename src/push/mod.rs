@@ -88,11 +88,7 @@ impl Push {
                 }
             }
         });
-        let server_id = if config.server_id.is_empty() {
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "tagstream".into())
-        } else {
-            config.server_id.clone()
-        };
+        let server_id = config.node_id();
         let metrics = PushMetrics::new();
         let sessions = Arc::new(SessionContext {
             engine,

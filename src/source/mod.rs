@@ -62,6 +62,10 @@ pub struct SourceContext {
     pub id: SourceId,
     /// Its name.
     pub name: String,
+    /// This node's id (`[server] server_id` or the host name): part of
+    /// default broker client ids, so two nodes with one config do not take
+    /// each other's session.
+    pub node_id: String,
     /// Writes for its tags, by key; bounded (`command::WRITE_QUEUE`).
     pub commands: flume::Receiver<WriteCommand>,
     /// Cancelled at shutdown.
@@ -75,6 +79,7 @@ impl SourceContext {
     pub fn new(
         id: SourceId,
         name: &str,
+        node_id: &str,
         input: flume::Sender<Input>,
         commands: flume::Receiver<WriteCommand>,
         shutdown: CancellationToken,
@@ -82,6 +87,7 @@ impl SourceContext {
         SourceContext {
             id,
             name: name.to_string(),
+            node_id: node_id.to_string(),
             commands,
             shutdown,
             input,

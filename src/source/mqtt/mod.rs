@@ -30,6 +30,8 @@ use crate::pattern;
 use crate::sample::{Sample, now_us};
 use crate::status;
 
+/// A broker session that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(10);
 /// At most one log line per topic per this period for bad payloads.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Largest MQTT packet accepted from the broker. Far above
@@ -93,6 +95,17 @@ impl MqttTopicConfig {
     }
 }
 
+/// The MQTT client id: `client_id`, else `tagstream-<node>-<name>`. A
+/// broker drops the older of two sessions with one id, so two nodes of a
+/// cluster with one config must not share the default.
+pub fn client_id(config: &MqttConfig, node_id: &str) -> String {
+    if config.client_id.is_empty() {
+        format!("tagstream-{node_id}-{}", config.name)
+    } else {
+        config.client_id.clone()
+    }
+}
+
 struct Route {
     local: u32,
     spec: PayloadSpec,
@@ -134,11 +147,7 @@ impl MqttSource {
     fn options(&self) -> MqttOptions {
         let (host, port, tls) =
             config::parse_url(&self.config.url).unwrap_or(("127.0.0.1".into(), 1883, false));
-        let id = if self.config.client_id.is_empty() {
-            format!("tagstream-{}", self.config.name)
-        } else {
-            self.config.client_id.clone()
-        };
+        let id = client_id(&self.config, &self.cx.node_id);
         let mut o = MqttOptions::new(id, host, port);
         o.set_keep_alive(self.config.keep_alive);
         o.set_clean_session(true);
@@ -211,6 +220,7 @@ impl MqttSource {
         let filters = self.filters();
         let mut backoff = Backoff::new();
         let mut connected = false;
+        let mut connected_at = Instant::now();
         tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
         loop {
             let event = tokio::select! {
@@ -220,7 +230,7 @@ impl MqttSource {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
-                    backoff.reset();
+                    connected_at = Instant::now();
                     tracing::info!(source = %self.config.name, "mqtt connected");
                     self.cx.up();
                     if let Err(e) = client.try_subscribe_many(filters.clone()) {
@@ -234,6 +244,12 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // A session that lasted is a recovered link; one cut
+                    // right after its ConnAck (another client took its
+                    // id, a broker that refuses it) keeps backing off.
+                    if connected && connected_at.elapsed() >= STABLE {
+                        backoff.reset();
+                    }
                     if connected || backoff.is_first() {
                         tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff.upcoming(), "mqtt broker unreachable");
                     }
@@ -348,4 +364,19 @@ fn install_crypto_provider() {
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_client_ids_differ_per_node_and_an_explicit_one_wins() {
+        let mut c: MqttConfig =
+            toml::from_str("name = \"line3\"\nurl = \"mqtt://h:1883\"\n").expect("toml");
+        assert_eq!(client_id(&c, "node-a"), "tagstream-node-a-line3");
+        assert_ne!(client_id(&c, "node-a"), client_id(&c, "node-b"));
+        c.client_id = "fixed".into();
+        assert_eq!(client_id(&c, "node-a"), "fixed");
+    }
 }
