@@ -195,6 +195,10 @@ fn upgrade(
         let config = WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(0)
+            // tungstenite buffers only its own pongs and the close (the
+            // session writes its frames itself): bounded, a pong that does
+            // not fit waits in tungstenite's single pending slot.
+            .max_write_buffer_size(64 * 1024)
             .max_message_size(Some(push.config.max_message_bytes))
             .max_frame_size(Some(push.config.max_message_bytes));
         let principal = push.anonymous.clone();

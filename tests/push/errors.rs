@@ -156,3 +156,80 @@ async fn bad_inputs_get_their_answers_while_others_keep_streaming() {
     pump.abort();
     server.stop().await;
 }
+
+/// A client that floods WebSocket pings and never reads: before this, each
+/// ping queued a pong in an unbounded buffer (1.8 GB in 12 s). Now the
+/// session closes with 1008 (before or after its Hello), and a watcher
+/// keeps streaming meanwhile.
+#[tokio::test]
+async fn a_ping_flood_is_closed_1008_and_costs_no_memory() {
+    let server = spawn_config(Config::default(), TAGS).await;
+    let mut watcher = connect_synced(&server, &["a/x"]).await;
+    let rss_before = rss_kib();
+    for after_hello in [false, true] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(upgrade_request("").as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            s.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"));
+        // Masked client frames with a zero key (payload unchanged).
+        let frame = |opcode: u8, payload: &[u8]| {
+            let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+            f.extend_from_slice(payload);
+            f
+        };
+        if after_hello {
+            let hello = hello_bytes();
+            assert!(hello.len() < 126);
+            s.write_all(&frame(0x2, &hello)).await.unwrap();
+        }
+        // 20,000 pings of 125 bytes, written without reading anything.
+        let batch: Vec<u8> = (0..200).flat_map(|_| frame(0x9, &[7u8; 125])).collect();
+        for _ in 0..100 {
+            if s.write_all(&batch).await.is_err() {
+                break; // the server already hung up
+            }
+        }
+        // What the server sent, up to its close: the close code is 1008.
+        let mut wire = Vec::new();
+        let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut wire)).await;
+        let close = find_close(&wire);
+        assert_eq!(close, Some(1008), "after_hello={after_hello}");
+        // The watcher is unaffected.
+        let before = watcher.position;
+        set(&server, "a/x", if after_hello { 2.0 } else { 1.0 }).await;
+        until_state(&mut watcher, |c| c.position > before).await;
+    }
+    let grown_mib = rss_kib().saturating_sub(rss_before) / 1024;
+    assert!(
+        grown_mib < 32,
+        "server grew {grown_mib} MiB under a ping flood"
+    );
+    server.stop().await;
+}
+
+/// The code of the first Close frame in a stream of unmasked server frames.
+fn find_close(mut wire: &[u8]) -> Option<u16> {
+    while wire.len() >= 2 {
+        let opcode = wire[0] & 0x0f;
+        let (len, head) = match wire[1] & 0x7f {
+            126 if wire.len() >= 4 => (usize::from(u16::from_be_bytes([wire[2], wire[3]])), 4),
+            127 if wire.len() >= 10 => (
+                u64::from_be_bytes(wire[2..10].try_into().ok()?) as usize,
+                10,
+            ),
+            n if n < 126 => (usize::from(n), 2),
+            _ => return None,
+        };
+        let body = wire.get(head..head + len)?;
+        if opcode == 0x8 && body.len() >= 2 {
+            return Some(u16::from_be_bytes([body[0], body[1]]));
+        }
+        wire = &wire[head + len..];
+    }
+    None
+}

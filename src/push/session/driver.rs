@@ -89,31 +89,52 @@ fn hello(
     }
 }
 
-/// Reads until a data message; control frames are handled by tungstenite.
+/// Reads until a data message; control frames are answered by tungstenite,
+/// and a ping flood before the Hello ends the connection too.
 async fn next_message<S: Socket>(ws: &mut S) -> Result<proto::ClientMessage, End> {
+    let mut pings = 0;
     loop {
-        if let Some(msg) = classify(ws.next().await)? {
-            return Ok(msg);
+        match classify(ws.next().await)? {
+            Read::Message(msg) => return Ok(msg),
+            Read::Ping => {
+                pings += 1;
+                if pings > state::MAX_PINGS_PER_TICK {
+                    return Err(End::ping_flood());
+                }
+            }
+            Read::Control => {}
         }
     }
 }
 
-/// Maps one read to a client message, nothing (control frame) or an end.
-fn classify(item: Option<Result<Message, WsError>>) -> Result<Option<proto::ClientMessage>, End> {
+/// What one read gave the session.
+#[derive(Debug)]
+enum Read {
+    /// A client message.
+    Message(proto::ClientMessage),
+    /// A WebSocket ping (tungstenite queues the pong).
+    Ping,
+    /// Any other control frame.
+    Control,
+}
+
+/// Maps one read to a client message, a control frame or an end.
+fn classify(item: Option<Result<Message, WsError>>) -> Result<Read, End> {
     match item {
         None => Err(End::Gone("connection closed")),
         Some(Err(WsError::Capacity(e))) => {
             Err(End::Close(close::MESSAGE_TOO_BIG, format!("{e}"), None))
         }
         Some(Err(_)) => Err(End::Gone("read error")),
-        Some(Ok(Message::Binary(bytes))) => state::decode(bytes).map(Some),
+        Some(Ok(Message::Binary(bytes))) => state::decode(bytes).map(Read::Message),
         Some(Ok(Message::Text(_))) => Err(End::Close(
             close::UNSUPPORTED_DATA,
             "binary frames only".into(),
             None,
         )),
         Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
-        Some(Ok(_)) => Ok(None),
+        Some(Ok(Message::Ping(_))) => Ok(Read::Ping),
+        Some(Ok(_)) => Ok(Read::Control),
     }
 }
 
@@ -136,8 +157,9 @@ async fn serve<S: Socket>(
             item = ws.next() => {
                 session.on_heard();
                 match classify(item) {
-                    Ok(Some(msg)) => session.on_message(msg, Now::current(), &mut out),
-                    Ok(None) => Action::Nothing,
+                    Ok(Read::Message(msg)) => session.on_message(msg, Now::current(), &mut out),
+                    Ok(Read::Ping) => session.on_ping(),
+                    Ok(Read::Control) => Action::Nothing,
                     Err(end) => Action::End(end),
                 }
             }
@@ -242,7 +264,7 @@ mod tests {
     use super::*;
     use tokio_tungstenite::tungstenite::error::CapacityError;
 
-    fn code(r: Result<Option<proto::ClientMessage>, End>) -> u16 {
+    fn code(r: Result<Read, End>) -> u16 {
         match r {
             Err(End::Close(code, _, _)) => code,
             other => panic!("expected a close: {other:?}"),
@@ -265,10 +287,14 @@ mod tests {
             Err(End::PeerClosed)
         ));
         assert!(matches!(classify(None), Err(End::Gone(_))));
-        // Control frames are tungstenite's: nothing for the session.
+        // Control frames are tungstenite's; pings are counted (flood).
         assert!(matches!(
             classify(Some(Ok(Message::Pong(Vec::new().into())))),
-            Ok(None)
+            Ok(Read::Control)
+        ));
+        assert!(matches!(
+            classify(Some(Ok(Message::Ping(Vec::new().into())))),
+            Ok(Read::Ping)
         ));
     }
 

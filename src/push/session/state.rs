@@ -33,6 +33,12 @@ use crate::sample::TagId;
 use crate::status;
 use crate::telemetry::PushMetrics;
 
+/// WebSocket pings a peer may send per heartbeat interval. Each one makes
+/// the server queue a pong; a client that pings and never reads would
+/// otherwise have the server buffer pongs for it. Clients that check the
+/// link ping a few times per interval at most.
+pub const MAX_PINGS_PER_TICK: u32 = 100;
+
 /// What every session of a node shares: the handles a session works with
 /// (and nothing about admission or HTTP).
 pub struct SessionContext {
@@ -82,6 +88,15 @@ impl End {
             close::INVALID_PAYLOAD,
             "malformed message".into(),
             Some((ErrorCode::Malformed, why.into())),
+        )
+    }
+
+    /// Close 1008: the peer pings faster than a heartbeat's allowance.
+    pub fn ping_flood() -> End {
+        End::Close(
+            close::POLICY_VIOLATION,
+            "pings faster than the connection drains its pongs".into(),
+            None,
         )
     }
 
@@ -150,6 +165,7 @@ pub struct SessionState {
     rx: broadcast::Receiver<Arc<Batch>>,
     alive: bool,
     writes_in_flight: u16,
+    pings: u16,
 }
 
 impl SessionState {
@@ -217,6 +233,7 @@ impl SessionState {
             rx,
             alive: true,
             writes_in_flight: 0,
+            pings: 0,
             cx,
             principal,
         }
@@ -237,9 +254,21 @@ impl SessionState {
         self.alive = true;
     }
 
+    /// The peer sent a WebSocket ping (tungstenite answers it): past
+    /// `MAX_PINGS_PER_TICK` since the last tick the session ends with 1008.
+    pub fn on_ping(&mut self) -> Action {
+        self.alive = true;
+        self.pings = self.pings.saturating_add(1);
+        if u32::from(self.pings) > MAX_PINGS_PER_TICK {
+            return Action::End(End::ping_flood());
+        }
+        Action::Nothing
+    }
+
     /// A heartbeat period passed: ping, or end a peer silent since the
     /// last one.
     pub fn on_tick(&mut self, out: &mut Outbox) -> Action {
+        self.pings = 0;
         if !self.alive {
             return Action::End(End::Gone("no pong within a heartbeat interval"));
         }

@@ -651,6 +651,26 @@ fn ping_is_answered_with_the_injected_time_and_a_silent_peer_is_dropped() {
 }
 
 #[test]
+fn pings_past_the_allowance_of_one_heartbeat_close_1008() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    for _ in 0..super::state::MAX_PINGS_PER_TICK {
+        assert!(matches!(s.on_ping(), Action::Nothing));
+    }
+    // A tick starts a new allowance.
+    assert!(matches!(s.on_tick(&mut out), Action::Nothing));
+    for _ in 0..super::state::MAX_PINGS_PER_TICK {
+        assert!(matches!(s.on_ping(), Action::Nothing));
+    }
+    let Action::End(End::Close(code, _, None)) = s.on_ping() else {
+        panic!("a ping flood must close");
+    };
+    assert_eq!(code, close::POLICY_VIOLATION);
+}
+
+#[test]
 fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
     let h = harness();
     let mut out = Outbox::default();
