@@ -250,8 +250,16 @@ async fn finish<S: Socket>(ws: &mut S, end: End) {
             };
             let closing = async {
                 ws.send(Message::Close(Some(frame))).await?;
-                // Wait for the peer's close so the TCP close is clean.
-                while let Some(Ok(_)) = ws.next().await {}
+                // Wait for the peer's close so the TCP close is clean, but
+                // not through a flood: a peer that keeps sending gets a
+                // few frames' grace, then the socket is dropped.
+                let mut grace = 64;
+                while let Some(Ok(msg)) = ws.next().await {
+                    grace -= 1;
+                    if msg.is_close() || grace == 0 {
+                        break;
+                    }
+                }
                 Ok::<_, WsError>(())
             };
             let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
