@@ -32,7 +32,7 @@ pub trait Socket:
     Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send
 {
     /// The byte stream under the WebSocket.
-    type Io: AsyncWrite + Unpin + Send;
+    type Io: AsyncRead + AsyncWrite + Unpin + Send;
     /// The byte stream, for frames written by the session.
     fn io(&mut self) -> &mut Self::Io;
 }
@@ -230,6 +230,22 @@ async fn send<S: Socket>(
     }
 }
 
+/// Shuts our write side and reads and drops at most `DISCARD_BYTES` of
+/// what the peer still sends, until it closes.
+async fn discard<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const DISCARD_BYTES: usize = 4 << 20;
+    let _ = io.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let mut left = DISCARD_BYTES;
+    while left > 0 {
+        match io.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
+}
+
 async fn finish<S: Socket>(ws: &mut S, end: End) {
     match end {
         End::Gone(why) => tracing::debug!(why, "terminating connection"),
@@ -251,12 +267,17 @@ async fn finish<S: Socket>(ws: &mut S, end: End) {
             let closing = async {
                 ws.send(Message::Close(Some(frame))).await?;
                 // Wait for the peer's close so the TCP close is clean, but
-                // not through a flood: a peer that keeps sending gets a
-                // few frames' grace, then the socket is dropped.
+                // not by parsing a flood: after a few frames' grace, finish
+                // our side and discard (bounded) what the peer still sends,
+                // so the close frame is not lost to a reset.
                 let mut grace = 64;
                 while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_close() {
+                        return Ok(());
+                    }
                     grace -= 1;
-                    if msg.is_close() || grace == 0 {
+                    if grace == 0 {
+                        discard(ws.io()).await;
                         break;
                     }
                 }
