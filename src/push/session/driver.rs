@@ -236,7 +236,8 @@ async fn discard<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const DISCARD_BYTES: usize = 4 << 20;
     let _ = io.shutdown().await;
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would sit in every idle session's future.
+    let mut scratch = vec![0u8; 4096];
     let mut left = DISCARD_BYTES;
     while left > 0 {
         match io.read(&mut scratch).await {
