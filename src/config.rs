@@ -224,6 +224,15 @@ impl ServerConfig {
         if !self.path.starts_with('/') {
             p.push("server.path", "must start with `/`");
         }
+        if ["/healthz", "/readyz", "/metrics"].contains(&self.path.as_str()) {
+            p.push(
+                "server.path",
+                format!(
+                    "{} is a built-in route; the stream needs its own path",
+                    self.path
+                ),
+            );
+        }
         if self.max_connections == 0 {
             p.push("server.max_connections", "must be at least 1");
         }
@@ -620,6 +629,15 @@ keep_alive = "500ms"
         assert_eq!(server.node_id(), host.trim());
         server.server_id = "gw-2".into();
         assert_eq!(server.node_id(), "gw-2");
+    }
+
+    #[test]
+    fn a_stream_path_on_a_built_in_route_is_refused() {
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            let err = Config::parse(&format!("[server]\npath = \"{path}\"\n")).expect_err(path);
+            assert!(err.to_string().contains("built-in route"), "{err}");
+        }
+        Config::parse("[server]\npath = \"/ws\"\n").expect("a path of its own");
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 use hyper::StatusCode;
 
+/// Frame-level protocol error (RSV bits, unmasked frame, bad opcode,
+/// fragmented or oversized control frame).
+pub const PROTOCOL_ERROR: u16 = 1002;
 /// Text frame: binary only.
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// Undecodable message.

@@ -165,8 +165,13 @@ fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     if !push.config.allowed_origins.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-            if !push.config.allowed_origins.iter().any(|o| o == origin) {
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            // An Origin that is not plain ASCII cannot be in the list: it
+            // is refused, not skipped.
+            let allowed = origin
+                .to_str()
+                .is_ok_and(|o| push.config.allowed_origins.iter().any(|a| a == o));
+            if !allowed {
                 return Err(Refusal::Origin);
             }
         }

@@ -167,21 +167,7 @@ async fn a_ping_flood_is_closed_1008_and_costs_no_memory() {
     let mut watcher = connect_synced(&server, &["a/x"]).await;
     let rss_before = rss_kib();
     for after_hello in [false, true] {
-        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(upgrade_request("").as_bytes()).await.unwrap();
-        let mut head = Vec::new();
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            s.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
-        assert!(head.starts_with(b"HTTP/1.1 101"));
-        // Masked client frames with a zero key (payload unchanged).
-        let frame = |opcode: u8, payload: &[u8]| {
-            let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-            f.extend_from_slice(payload);
-            f
-        };
+        let mut s = raw_upgrade(&server).await;
         if after_hello {
             let hello = hello_bytes();
             assert!(hello.len() < 126);
@@ -209,6 +195,97 @@ async fn a_ping_flood_is_closed_1008_and_costs_no_memory() {
         grown_mib < 32,
         "server grew {grown_mib} MiB under a ping flood"
     );
+    server.stop().await;
+}
+
+/// A TCP connection after a successful upgrade, speaking raw frames.
+async fn raw_upgrade(server: &tagstream::app::Running) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(upgrade_request("").as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// A masked client frame with a zero key (payload unchanged); `first` is
+/// the whole first byte (FIN, RSV bits, opcode).
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    raw_frame(0x80 | opcode, payload)
+}
+
+/// The close code a raw connection receives after sending `bytes`.
+async fn close_after(server: &tagstream::app::Running, bytes: &[u8]) -> Option<u16> {
+    let mut s = raw_upgrade(server).await;
+    s.write_all(&frame(0x2, &hello_bytes())).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut wire = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut wire)).await;
+    find_close(&wire)
+}
+
+/// Frame-level errors close with 1002, and any text frame with 1003 (valid
+/// UTF-8 or not); they used to drop the connection without a Close. An
+/// Origin that is not ASCII is refused, not waved through.
+#[tokio::test]
+async fn frame_level_errors_get_their_close_codes_and_a_non_ascii_origin_403() {
+    let mut config = Config::default();
+    config.server.allowed_origins = vec!["https://hmi.plant.local".into()];
+    let server = spawn_config(config, TAGS).await;
+    let rsv1 = raw_frame(0x80 | 0x40 | 0x2, &hello_bytes());
+    assert_eq!(
+        close_after(&server, &rsv1).await,
+        Some(1002),
+        "RSV1 without an extension"
+    );
+    let bad_opcode = raw_frame(0x80 | 0x3, b"x");
+    assert_eq!(
+        close_after(&server, &bad_opcode).await,
+        Some(1002),
+        "reserved opcode"
+    );
+    let fragmented_ping = raw_frame(0x9, b"x");
+    assert_eq!(
+        close_after(&server, &fragmented_ping).await,
+        Some(1002),
+        "fragmented ping"
+    );
+    let invalid_text = frame(0x1, &[0xff, 0xfe]);
+    assert_eq!(
+        close_after(&server, &invalid_text).await,
+        Some(1003),
+        "invalid UTF-8 text"
+    );
+    let text = frame(0x1, b"hello");
+    assert_eq!(close_after(&server, &text).await, Some(1003), "valid text");
+
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut request = upgrade_request("").into_bytes();
+    request.truncate(request.len() - 2);
+    request.extend_from_slice(b"Origin: https://hmi.plant.local\xc3\xa9\r\n\r\n");
+    s.write_all(&request).await.unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(DEADLINE, s.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     server.stop().await;
 }
 

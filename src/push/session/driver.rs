@@ -125,6 +125,17 @@ fn classify(item: Option<Result<Message, WsError>>) -> Result<Read, End> {
         Some(Err(WsError::Capacity(e))) => {
             Err(End::Close(close::MESSAGE_TOO_BIG, format!("{e}"), None))
         }
+        // A text frame is refused whether or not it is valid UTF-8.
+        Some(Err(WsError::Utf8(_))) => Err(End::Close(
+            close::UNSUPPORTED_DATA,
+            "binary frames only".into(),
+            None,
+        )),
+        Some(Err(WsError::Protocol(e))) => Err(End::Close(
+            close::PROTOCOL_ERROR,
+            format!("protocol error: {e}"),
+            None,
+        )),
         Some(Err(_)) => Err(End::Gone("read error")),
         Some(Ok(Message::Binary(bytes))) => state::decode(bytes).map(Read::Message),
         Some(Ok(Message::Text(_))) => Err(End::Close(
@@ -317,6 +328,13 @@ mod tests {
             Err(End::PeerClosed)
         ));
         assert!(matches!(classify(None), Err(End::Gone(_))));
+        let bad_text = Some(Err(WsError::Utf8("invalid utf-8".into())));
+        assert_eq!(code(classify(bad_text)), close::UNSUPPORTED_DATA);
+        let rsv = tokio_tungstenite::tungstenite::error::ProtocolError::NonZeroReservedBits;
+        assert_eq!(
+            code(classify(Some(Err(WsError::Protocol(rsv))))),
+            close::PROTOCOL_ERROR
+        );
         // Control frames are tungstenite's; pings are counted (flood).
         assert!(matches!(
             classify(Some(Ok(Message::Pong(Vec::new().into())))),
