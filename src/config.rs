@@ -151,6 +151,11 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Bytes a connection may fall behind before it switches to catch-up.
     pub max_pending_bytes: usize,
+    /// Distinct valid patterns one connection may hold (Hello and
+    /// Subscribes together); past it `Error { LIMIT_EXCEEDED }` and 1008.
+    /// Each held pattern costs a match against every tag on each
+    /// Subscribe and a key in the interned selections.
+    pub max_patterns: usize,
     /// Optional TLS (wss); not built yet.
     pub tls: Option<TlsConfig>,
     /// Extension: time allowed between the 101 and the client's Hello.
@@ -177,6 +182,7 @@ impl Default for ServerConfig {
             heartbeat_interval: Duration::from_secs(25),
             max_message_bytes: 65_536,
             max_pending_bytes: 1_048_576,
+            max_patterns: 1000,
             tls: None,
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
@@ -251,6 +257,9 @@ impl ServerConfig {
                 "server.push_threads",
                 "must be at most 1024 (0: one per core)",
             );
+        }
+        if !(1..=100_000).contains(&self.max_patterns) {
+            p.push("server.max_patterns", "must be 1..=100000");
         }
         if self.max_pending_bytes < 1024 {
             p.push("server.max_pending_bytes", "must be at least 1024");

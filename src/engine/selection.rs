@@ -77,7 +77,17 @@ impl Selection {
 /// Interns selections by pattern list.
 #[derive(Debug, Default)]
 pub struct Selections {
-    map: Mutex<HashMap<Vec<String>, Weak<Selection>>>,
+    map: Mutex<Interned>,
+}
+
+/// The interned lists. Entries whose selection no connection holds any
+/// more are swept whenever the map has doubled since the last sweep, so
+/// their keys (every intermediate pattern list of every session) do not
+/// pile up, at amortised O(1) per lookup.
+#[derive(Debug, Default)]
+struct Interned {
+    map: HashMap<Vec<String>, Weak<Selection>>,
+    sweep_at: usize,
 }
 
 impl Selections {
@@ -85,18 +95,24 @@ impl Selections {
     pub fn get(&self, mut patterns: Vec<String>, catalog: &Catalog) -> Arc<Selection> {
         patterns.sort();
         patterns.dedup();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = map.get(&patterns).and_then(Weak::upgrade) {
+        let mut interned = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = interned.map.get(&patterns).and_then(Weak::upgrade) {
             if existing.catalog_version == catalog.version() {
                 return existing;
             }
         }
-        if map.len() > 1024 {
-            map.retain(|_, weak| weak.strong_count() > 0);
+        if interned.map.len() >= interned.sweep_at {
+            interned.map.retain(|_, weak| weak.strong_count() > 0);
+            interned.sweep_at = (interned.map.len() * 2).max(64);
         }
         let selection = Arc::new(Selection::build(patterns.clone(), catalog));
-        map.insert(patterns, Arc::downgrade(&selection));
+        interned.map.insert(patterns, Arc::downgrade(&selection));
         selection
+    }
+
+    /// Pattern lists interned (live or not yet swept).
+    pub fn interned(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).map.len()
     }
 }
 
@@ -104,6 +120,20 @@ impl Selections {
 mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
+
+    #[test]
+    fn lists_no_connection_holds_are_swept() {
+        let catalog = Catalog::new([TagDef::read_only("a/x", "s")]);
+        let sels = Selections::default();
+        let held = sels.get(vec!["a/#".into()], &catalog);
+        // A session growing its subscription one pattern at a time leaves
+        // every intermediate list behind.
+        for i in 0..10_000 {
+            drop(sels.get(vec![format!("p/{i}")], &catalog));
+        }
+        assert!(sels.interned() <= 130, "{} lists kept", sels.interned());
+        assert!(Arc::ptr_eq(&held, &sels.get(vec!["a/#".into()], &catalog)));
+    }
 
     #[test]
     fn ids_are_the_matched_tags_in_order_across_words() {

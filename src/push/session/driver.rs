@@ -158,7 +158,10 @@ async fn serve<S: Socket>(
     let mut out = Outbox::default();
     let mut heartbeat = cx.heartbeat.clone();
     heartbeat.mark_unchanged();
-    let mut session = SessionState::on_hello(cx.clone(), principal, hello, &mut out);
+    let mut session = match SessionState::on_hello(cx.clone(), principal, hello, &mut out) {
+        Ok(session) => session,
+        Err(end) => return end,
+    };
     let mut writes: Writes = None;
     if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
         return end;

@@ -52,6 +52,8 @@ pub struct SessionContext {
     pub heartbeat_ms: u32,
     /// Update bytes a session may fall behind before it catches up.
     pub max_pending_bytes: u64,
+    /// Distinct valid patterns a session may hold.
+    pub max_patterns: usize,
     /// Time allowed between the 101 and the Hello (driver).
     pub hello_timeout: std::time::Duration,
     /// Shared heartbeat clock: one timer for all sessions, not one each;
@@ -88,6 +90,15 @@ impl End {
             close::INVALID_PAYLOAD,
             "malformed message".into(),
             Some((ErrorCode::Malformed, why.into())),
+        )
+    }
+
+    /// `Error { LIMIT_EXCEEDED }` and close 1008.
+    pub fn limit_exceeded(why: String) -> End {
+        End::Close(
+            close::POLICY_VIOLATION,
+            "limit exceeded".into(),
+            Some((ErrorCode::LimitExceeded, why)),
         )
     }
 
@@ -176,9 +187,19 @@ impl SessionState {
         principal: Arc<Principal>,
         hello: proto::Hello,
         out: &mut Outbox,
-    ) -> SessionState {
+    ) -> Result<SessionState, End> {
         let engine = cx.engine.clone();
-        let (patterns, errors) = valid_patterns(hello.subscribe);
+        let (mut patterns, errors) = valid_patterns(hello.subscribe);
+        patterns.sort_unstable();
+        patterns.dedup();
+        if patterns.len() > cx.max_patterns {
+            let why = format!(
+                "{} patterns; max_patterns is {}",
+                patterns.len(),
+                cx.max_patterns
+            );
+            return Err(End::limit_exceeded(why));
+        }
         // Subscribe before reading the table: no batch can fall between.
         let rx = engine.subscribe();
         let consumed = engine.published_bytes();
@@ -225,7 +246,7 @@ impl SessionState {
             snapshot_frames(&table, &ids, position, out);
         }
         drop(table);
-        SessionState {
+        Ok(SessionState {
             selection,
             // The resume Delta ends at `current`: later deltas start there.
             position: current,
@@ -236,7 +257,7 @@ impl SessionState {
             pings: 0,
             cx,
             principal,
-        }
+        })
     }
 
     /// Seq of the last Snapshot or Delta sent.
@@ -283,10 +304,12 @@ impl SessionState {
         self.alive = true;
         match msg.kind {
             Some(Kind::Hello(_)) => return Action::End(End::unexpected("a second Hello")),
-            Some(Kind::Subscribe(s)) => self.subscribe(s.patterns, out),
+            Some(Kind::Subscribe(s)) => return self.subscribe(s.patterns, out),
             Some(Kind::Unsubscribe(u)) => {
+                // A set: O(held + sent), not O(held × sent).
+                let gone: std::collections::HashSet<String> = u.patterns.into_iter().collect();
                 let mut patterns = self.selection.patterns.clone();
-                patterns.retain(|p| !u.patterns.contains(p));
+                patterns.retain(|p| !gone.contains(p));
                 self.reselect(patterns, out);
             }
             Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
@@ -315,13 +338,24 @@ impl SessionState {
         Action::Nothing
     }
 
-    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) {
+    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) -> Action {
         let (mut valid, errors) = valid_patterns(patterns);
         if let Some(e) = errors {
             out.message(error_frame(ErrorCode::Malformed, e));
         }
         valid.extend(self.selection.patterns.iter().cloned());
+        valid.sort_unstable();
+        valid.dedup();
+        if valid.len() > self.cx.max_patterns {
+            let why = format!(
+                "{} patterns held after this Subscribe; max_patterns is {}",
+                valid.len(),
+                self.cx.max_patterns
+            );
+            return Action::End(End::limit_exceeded(why));
+        }
         self.reselect(valid, out);
+        Action::Nothing
     }
 
     /// Resolves `patterns` against the current catalog. Tags it newly

@@ -65,6 +65,7 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
         server_id: "test".into(),
         heartbeat_ms: 25_000,
         max_pending_bytes,
+        max_patterns: 4,
         hello_timeout: Duration::from_secs(10),
         heartbeat,
         metrics: PushMetrics::new(),
@@ -96,6 +97,7 @@ impl Harness {
 
     fn open(&self, hello: proto::Hello, out: &mut Outbox) -> SessionState {
         SessionState::on_hello(self.cx.clone(), Arc::new(Principal::open()), hello, out)
+            .expect("hello accepted")
     }
 }
 
@@ -501,7 +503,8 @@ fn writes_are_checked_in_the_specs_order_before_anything_reaches_a_source() {
         write: vec!["b/#".into()],
         ..Principal::open()
     };
-    let mut s = SessionState::on_hello(h.cx.clone(), Arc::new(reader), hello(&[], None), &mut out);
+    let mut s = SessionState::on_hello(h.cx.clone(), Arc::new(reader), hello(&[], None), &mut out)
+        .expect("hello accepted");
     kinds(&mut out);
     let step = s.on_message(write(7, "a/y", None), now(), &mut out);
     assert!(matches!(step, Action::Nothing));
@@ -668,6 +671,44 @@ fn pings_past_the_allowance_of_one_heartbeat_close_1008() {
         panic!("a ping flood must close");
     };
     assert_eq!(code, close::POLICY_VIOLATION);
+}
+
+#[test]
+fn holding_more_than_max_patterns_is_limit_exceeded_and_1008() {
+    let h = harness();
+    let limit = |end: End| match end {
+        End::Close(code, _, Some((error, _))) => (code, error),
+        other => panic!("{other:?}"),
+    };
+    // In the Hello (duplicates count once: four distinct are allowed).
+    let mut out = Outbox::default();
+    let five = hello(&["a/1", "a/2", "a/3", "a/4", "a/5"], None);
+    let end = SessionState::on_hello(h.cx.clone(), Arc::new(Principal::open()), five, &mut out)
+        .err()
+        .expect("refused");
+    assert_eq!(
+        limit(end),
+        (close::POLICY_VIOLATION, ErrorCode::LimitExceeded)
+    );
+    let mut s = h.open(hello(&["a/1", "a/1", "a/2"], None), &mut out);
+    kinds(&mut out);
+    // Across Subscribes: the held set is what counts.
+    let sub = |p: &[&str]| {
+        msg(C::Subscribe(proto::Subscribe {
+            patterns: p.iter().map(|p| p.to_string()).collect(),
+        }))
+    };
+    assert!(matches!(
+        s.on_message(sub(&["a/2", "a/3", "a/4"]), now(), &mut out),
+        Action::Nothing
+    ));
+    let Action::End(end) = s.on_message(sub(&["a/5"]), now(), &mut out) else {
+        panic!("a fifth pattern must be refused");
+    };
+    assert_eq!(
+        limit(end),
+        (close::POLICY_VIOLATION, ErrorCode::LimitExceeded)
+    );
 }
 
 #[test]
