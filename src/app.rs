@@ -79,9 +79,19 @@ pub async fn start_with(
     for (id, (_, source)) in config.sources().into_iter().enumerate() {
         let id = SourceId::try_from(id).context("too many sources")?;
         let queue = commands.add(id);
-        let (name, input) = (source.name(), input.clone());
-        let cx = SourceContext::new(id, name, &node_id, input, queue, shutdown.clone());
-        tasks.spawn(source.build(cx));
+        let (name, node_id, input) = (source.name().to_string(), node_id.clone(), input.clone());
+        let shutdown = shutdown.clone();
+        let context = move || {
+            SourceContext::new(
+                id,
+                &name,
+                &node_id,
+                input.clone(),
+                queue.clone(),
+                shutdown.clone(),
+            )
+        };
+        tasks.spawn(crate::source::supervise(source, context));
     }
 
     let push = Push::new(

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -341,13 +342,14 @@ impl Config {
     /// Every configured source with its key (`modbus[0]`), in source-id
     /// order: Modbus devices, MQTT brokers, synthetic sources, each in file
     /// order. A new kind adds its field above and one line here.
-    pub fn sources(&self) -> Vec<(String, &dyn SourceConfig)> {
-        fn keyed<'a, T: SourceConfig>(
-            list: &'a [T],
-        ) -> impl Iterator<Item = (String, &'a dyn SourceConfig)> + 'a {
-            list.iter()
-                .enumerate()
-                .map(|(i, s)| (format!("{}[{i}]", s.kind()), s as &dyn SourceConfig))
+    pub fn sources(&self) -> Vec<(String, Arc<dyn SourceConfig>)> {
+        fn keyed<T: SourceConfig + Clone + 'static>(
+            list: &[T],
+        ) -> impl Iterator<Item = (String, Arc<dyn SourceConfig>)> + '_ {
+            list.iter().enumerate().map(|(i, s)| {
+                let source: Arc<dyn SourceConfig> = Arc::new(s.clone());
+                (format!("{}[{i}]", s.kind()), source)
+            })
         }
         keyed(&self.modbus)
             .chain(keyed(&self.mqtt))

@@ -31,6 +31,9 @@ pub const BAD_DEVICE_FAILURE: u32 = 0x808B_0000;
 pub const BAD_TOO_MANY_OPERATIONS: u32 = 0x8010_0000;
 /// The device does not support the request (Modbus exception 01).
 pub const BAD_NOT_SUPPORTED: u32 = 0x803D_0000;
+/// BadInternalError: the source itself failed (it panicked and is being
+/// restarted).
+pub const BAD_INTERNAL_ERROR: u32 = 0x8002_0000;
 /// Last usable value, quality not assured.
 pub const UNCERTAIN_LAST_USABLE_VALUE: u32 = 0x4090_0000;
 
@@ -49,6 +52,7 @@ pub fn name(status: u32) -> &'static str {
     match status {
         GOOD => "Good",
         BAD_NO_COMMUNICATION => "BadNoCommunication",
+        BAD_INTERNAL_ERROR => "BadInternalError",
         BAD_WAITING_FOR_INITIAL_DATA => "BadWaitingForInitialData",
         BAD_TIMEOUT => "BadTimeout",
         BAD_COMMUNICATION_ERROR => "BadCommunicationError",

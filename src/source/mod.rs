@@ -14,6 +14,7 @@ pub mod sim;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -155,6 +156,47 @@ impl SourceContext {
     }
 }
 
+/// Runs a source until it ends (shutdown, or the engine gone). A panic in
+/// it cannot die silently: it is caught (the source runs as its own task),
+/// logged and counted, the source's tags turn BadInternalError keeping
+/// their last values, and the source is built again after a backoff.
+/// `context` makes a fresh context for each start (the command queue is
+/// shared, so queued writes survive a restart).
+pub async fn supervise(source: Arc<dyn SourceConfig>, context: impl Fn() -> SourceContext) {
+    let mut backoff = Backoff::new();
+    loop {
+        let cx = context();
+        let shutdown = cx.shutdown.clone();
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::spawn(source.build(cx)).await;
+        let panic = match outcome {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => e.into_panic(),
+            Err(_) => return,
+        };
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        metrics::counter!("tagstream_source_panics_total", "source" => source.name().to_string())
+            .increment(1);
+        if started.elapsed() > Backoff::MAX * 2 {
+            backoff.reset();
+        }
+        let delay = backoff.delay();
+        tracing::error!(source = %source.name(), panic = %why, restart_in = ?delay, "source panicked; its tags are Bad until it runs again");
+        let status = crate::status::BAD_INTERNAL_ERROR;
+        if context().down(status, status).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
 /// Reconnect delays: 200 ms doubling to 5 s, each with up to 20% jitter so
 /// a plant's sources do not retry in lockstep after a network blip.
 #[derive(Debug, Clone)]
@@ -205,6 +247,66 @@ impl Default for Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Panics on its first start; on the next it reports one reading.
+    struct Flaky(Arc<AtomicU32>);
+
+    impl SourceConfig for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        fn tags(&self) -> Vec<TagDef> {
+            vec![TagDef::read_only("f/x", "flaky")]
+        }
+        fn validate(&self, _: &str, _: &mut Problems) {}
+        fn build(&self, cx: SourceContext) -> SourceTask {
+            let starts = self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                assert!(starts > 0, "the first start fails");
+                let _ = cx.good(0, Value::F64(1.0)).await;
+                cx.shutdown.cancelled().await;
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_source_turns_its_tags_bad_and_runs_again() {
+        let (input, inputs) = flume::bounded(16);
+        let (_, commands) = flume::bounded(1);
+        let shutdown = CancellationToken::new();
+        let starts = Arc::new(AtomicU32::new(0));
+        let context = {
+            let shutdown = shutdown.clone();
+            move || {
+                SourceContext::new(
+                    3,
+                    "flaky",
+                    "node",
+                    input.clone(),
+                    commands.clone(),
+                    shutdown.clone(),
+                )
+            }
+        };
+        let running = tokio::spawn(supervise(Arc::new(Flaky(starts.clone())), context));
+        let first = inputs.recv_async().await.expect("an input");
+        assert!(
+            matches!(first, Input::SourceDown { source: 3, status, .. } if status == crate::status::BAD_INTERNAL_ERROR),
+            "{first:?}"
+        );
+        let second = inputs.recv_async().await.expect("an input");
+        assert!(
+            matches!(second, Input::Sample(ref s) if s.tag.source == 3),
+            "{second:?}"
+        );
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        shutdown.cancel();
+        running.await.expect("supervisor ends at shutdown");
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_bounded_jitter_and_resets() {
