@@ -145,6 +145,7 @@ pub fn catalog(config: &Config, extra: Vec<TagDef>) -> Catalog {
 
 /// Binds `[server].listen` and serves until Ctrl-C or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    raise_fd_limit(config.server.max_connections);
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let running = start(config, listener).await?;
@@ -152,6 +153,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+/// Descriptors beyond one per client: listener, devices, brokers, logs.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the open-file limit as far as the hard limit allows and warns
+/// when that is still below what `max_connections` needs: past it the
+/// kernel refuses accepts and `/healthz` itself stops answering.
+pub fn raise_fd_limit(max_connections: usize) {
+    let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
+        return;
+    };
+    if soft < hard && rlimit::Resource::NOFILE.set(hard, hard).is_ok() {
+        tracing::info!(from = soft, to = hard, "raised the open-file limit");
+    }
+    let have = rlimit::Resource::NOFILE.get().map_or(soft, |(s, _)| s);
+    if let Some(warning) = fd_shortfall(max_connections, have) {
+        tracing::warn!(limit = have, max_connections, "{warning}");
+    }
+}
+
+/// The warning, if `limit` descriptors cannot hold `max_connections`
+/// clients and the server's own.
+pub fn fd_shortfall(max_connections: usize, limit: u64) -> Option<String> {
+    let need = max_connections as u64 + FD_RESERVE;
+    (limit < need).then(|| {
+        format!(
+            "open-file limit {limit} is below the {need} that max_connections needs: \
+             raise LimitNOFILE (systemd) or nofile (limits.d), or lower max_connections"
+        )
+    })
 }
 
 /// Accept queue: a reconnect storm after a network blip arrives at once;
@@ -182,4 +214,18 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit_and_a_shortfall_named() {
+        raise_fd_limit(10);
+        let (soft, hard) = rlimit::Resource::NOFILE.get().expect("readable");
+        assert_eq!(soft, hard);
+        assert!(fd_shortfall(10_000, 1024).is_some_and(|w| w.contains("10256")));
+        assert_eq!(fd_shortfall(10_000, 65_535), None);
+    }
 }
