@@ -103,23 +103,29 @@ impl Catalog {
     /// Replaces the definition of tag `id` (same name, same id) at table
     /// seq `seq`. Returns false if nothing changed or the id is unknown.
     pub fn redefine(&mut self, id: TagId, mut def: TagDef, seq: u64) -> bool {
-        let Some(index) = (id as usize).checked_sub(1) else {
-            return false;
-        };
-        let Some(old) = self.tags.get(index) else {
-            return false;
-        };
-        def.id = id;
-        def.name.clone_from(&old.name);
-        if *old == def {
+        if !self.would_change(id, &def) {
             return false;
         }
+        let index = id as usize - 1;
+        def.id = id;
+        def.name.clone_from(&self.tags[index].name);
         self.version += 1;
         self.encoded[index] = encode_info(&def);
         self.meta[index].defined_seq = seq;
         self.meta[index].revision = self.version;
         self.tags[index] = def;
         true
+    }
+
+    /// True if `def` would change tag `id`'s definition (its id and name
+    /// are the tag's own, whatever `def` says); false for an unknown id.
+    pub fn would_change(&self, id: TagId, def: &TagDef) -> bool {
+        self.get(id).is_some_and(|old| {
+            let mut def = def.clone();
+            def.id = old.id;
+            def.name.clone_from(&old.name);
+            *old != def
+        })
     }
 
     /// Bumped by every addition and redefinition.

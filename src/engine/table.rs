@@ -77,13 +77,8 @@ impl TagTable {
 
     /// Replaces a tag's definition; true if anything changed.
     pub fn redefine(&mut self, id: TagId, def: TagDef) -> bool {
-        let unchanged = self.catalog.get(id).is_none_or(|old| {
-            let mut def = def.clone();
-            def.id = old.id;
-            def.name.clone_from(&old.name);
-            *old == def
-        });
-        if unchanged {
+        // Checked first: `make_mut` copies the catalog a session holds.
+        if !self.catalog.would_change(id, &def) {
             return false;
         }
         let seq = self.seq;
