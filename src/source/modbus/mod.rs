@@ -235,11 +235,8 @@ impl ModbusSource {
                 due[g] = (due[g] + group.interval).max(now);
                 let started = std::time::Instant::now();
                 let result = self.read(&mut link, group).await;
-                if result.is_ok() && !link.answered {
-                    // A reply (data or a Modbus exception): healthy again.
-                    link.answered = true;
-                    link.backoff.reset();
-                    self.cx.up();
+                if result.is_ok() {
+                    self.answered(&mut link);
                 }
                 metrics::histogram!("tagstream_modbus_poll_seconds", "device" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -281,6 +278,16 @@ impl ModbusSource {
         link.ever_connected = true;
         tracing::info!(device = %self.config.name, %address, "modbus connected");
         Ok(())
+    }
+
+    /// The device replied (data, an acknowledgement or a Modbus
+    /// exception): the link is healthy again.
+    fn answered(&self, link: &mut Link) {
+        if !link.answered {
+            link.answered = true;
+            link.backoff.reset();
+            self.cx.up();
+        }
     }
 
     /// Drops the connection, marks every tag Bad and schedules a retry.
@@ -389,10 +396,8 @@ impl ModbusSource {
             }
         }
         let result = self.write_tag(link, tag, &cmd.value).await;
-        if result.is_ok() && !link.answered {
-            link.answered = true;
-            link.backoff.reset();
-            self.cx.up();
+        if result.is_ok() {
+            self.answered(link);
         }
         match result {
             Ok(Ok(())) => {
