@@ -29,6 +29,17 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("tagstream"))
 }
 
+/// Waits until something accepts on loopback `port`, at most `within`.
+pub async fn wait_port(port: u16, within: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(within, async {
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("nothing listening on {port} after {within:?}"))
+}
+
 /// Session threads for a benchmark server: half the cores, because the load
 /// generator runs on the same machine and takes the other half (on the
 /// 2-core reference machine: one).
@@ -65,13 +76,7 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("server pid")?.to_string();
-        tokio::time::timeout(Duration::from_secs(30), async {
-            while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .context("the server did not listen within 30 s")?;
+        wait_port(port, Duration::from_secs(30)).await?;
         Ok(Server {
             child,
             pid,

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tagstream_testkit::{Scratch, free_port};
-use tokio::net::TcpStream;
 
 use super::Peer;
+use crate::server::wait_port;
 
 /// A server (and for tagstream the broker feeding it) in child processes.
 pub struct Servers {
@@ -26,16 +26,8 @@ pub struct Servers {
     _dir: Scratch,
 }
 
-/// Waits until something listens on loopback `port`.
-pub async fn wait_port(port: u16) -> anyhow::Result<()> {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .with_context(|| format!("nothing listening on {port} after 20 s"))
-}
+/// Programs of a side-by-side run get this long to listen.
+const LISTEN_WITHIN: Duration = Duration::from_secs(20);
 
 fn spawn(program: &Path, args: &[&str]) -> anyhow::Result<tokio::process::Child> {
     tokio::process::Command::new(program)
@@ -63,9 +55,9 @@ async fn mosquitto(dir: &Path, tcp: u16, ws: Option<u16>) -> anyhow::Result<toki
     let path = dir.join("mosquitto.conf");
     std::fs::write(&path, conf)?;
     let child = spawn(&find("mosquitto")?, &["-c", &path.to_string_lossy()])?;
-    wait_port(tcp).await?;
+    wait_port(tcp, LISTEN_WITHIN).await?;
     if let Some(ws) = ws {
-        wait_port(ws).await?;
+        wait_port(ws, LISTEN_WITHIN).await?;
     }
     Ok(child)
 }
@@ -93,8 +85,8 @@ impl Servers {
                 args.extend(["-c".into(), conf.to_string_lossy().into_owned()]);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 children.push(spawn(&find("nats-server")?, &args)?);
-                wait_port(tcp).await?;
-                wait_port(ws).await?;
+                wait_port(tcp, LISTEN_WITHIN).await?;
+                wait_port(ws, LISTEN_WITHIN).await?;
                 format!("ws://127.0.0.1:{ws}/")
             }
             Peer::Tagstream => {
@@ -126,7 +118,7 @@ type = "f64"
                 )?;
                 let conf = conf.to_string_lossy().into_owned();
                 children.push(spawn(tagstream, &["run", "--config", &conf])?);
-                wait_port(ws).await?;
+                wait_port(ws, LISTEN_WITHIN).await?;
                 format!("ws://127.0.0.1:{ws}/api/v1/stream")
             }
         };
