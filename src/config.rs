@@ -430,6 +430,7 @@ mod tests {
             Config::parse(include_str!("../deploy/config.example.toml")).expect("example parses");
         assert_eq!(c.modbus.len(), 2);
         assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
+        assert_eq!(c.server.max_patterns, 1000);
         let demo = include_str!("../deploy/demo.toml")
             .replace("{boiler}", "127.0.0.1:1")
             .replace("{line}", "127.0.0.1:2")
