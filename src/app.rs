@@ -78,7 +78,7 @@ pub async fn start_with(
     let node_id = config.server.node_id();
     for (id, (_, source)) in config.sources().into_iter().enumerate() {
         let id = SourceId::try_from(id).context("too many sources")?;
-        let queue = commands.add(id);
+        let queue = commands.add(id, source.write_operation());
         let (name, node_id, input) = (source.name().to_string(), node_id.clone(), input.clone());
         let shutdown = shutdown.clone();
         let context = move || {

@@ -1,12 +1,24 @@
 //! The command path: setpoint writes from sessions to whichever part of
 //! the system owns the tag. A session checks a write (protocol.md
-//! "Writes") and hands a [`WriteCommand`] to a [`CommandSink`], which
-//! routes it by the tag's owner key at run time — so a tag found at run
-//! time can be writable, and a cluster gateway can route to a remote edge
-//! node instead. The push layer knows no source type; sources receive
-//! their commands on the queue their context gives them.
+//! "Writes") and hands it to a [`CommandSink`], which routes it by the
+//! tag's owner key at run time — so a tag found at run time can be
+//! writable, and a cluster gateway can route to a remote edge node
+//! instead. The push layer knows no source type; sources receive their
+//! [`WriteCommand`]s on the queue their context gives them.
+//!
+//! Timing: the sink gives every write two instants, both from the
+//! server's receipt. `start_by` is the last moment the source may send it
+//! to the device; `answer_by` is when the session answers BadTimeout.
+//! `answer_by - start_by` covers one operation, so a write the session
+//! timed out was either never sent or was sent before that answer: an
+//! answered write never reaches the device afterwards. The budget grows
+//! with the writes queued ahead (each bounded by the device's own
+//! timeout), not a fixed 30 s.
+
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::sample::{SourceId, TagKey, Value};
 use crate::status;
@@ -25,58 +37,207 @@ pub struct WriteCommand {
     pub tag: TagKey,
     /// Value already converted to the tag's kind and checked against limits.
     pub value: Value,
+    /// Past this the source must not send it (see the module header).
+    pub start_by: Instant,
+    /// How many writes were queued ahead of it at submission (for the
+    /// message when it is not started in time).
+    pub queued_ahead: usize,
     /// Answered once the device acknowledged or failed. A closed sender
-    /// means the session already answered (timeout) or left: the source
-    /// drops the command instead of writing late.
+    /// means the session already answered or left: the source drops the
+    /// command instead of writing late.
     pub reply: oneshot::Sender<WriteReply>,
+}
+
+impl WriteCommand {
+    /// Whether the source may still send it: the session still waits and
+    /// its start deadline has not passed. Otherwise it answers (if anyone
+    /// listens) and drops it.
+    pub fn still_wanted(self, now: Instant) -> Option<WriteCommand> {
+        if self.reply.is_closed() {
+            return None;
+        }
+        if now > self.start_by {
+            let why = format!(
+                "not started in time ({} writes were queued ahead); never sent",
+                self.queued_ahead
+            );
+            let _ = self.reply.send(Err((status::BAD_TIMEOUT, why)));
+            return None;
+        }
+        Some(self)
+    }
+}
+
+/// A write accepted by the sink.
+#[derive(Debug)]
+pub struct Submitted {
+    /// The owner's answer.
+    pub reply: oneshot::Receiver<WriteReply>,
+    /// When the session answers BadTimeout instead.
+    pub answer_by: Instant,
 }
 
 /// Writes queued per source; a full queue answers BadTooManyOperations
 /// instead of stalling the session.
 pub const WRITE_QUEUE: usize = 64;
 
+/// Longest wait for an acknowledgement, from the request's receipt,
+/// however long the queue.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Slack between the source's own answer and the session's timeout, so
+/// the source's answer (more precise than BadTimeout) wins the race.
+const ANSWER_SLACK: Duration = Duration::from_millis(200);
+
 /// Where sessions send writes.
 pub trait CommandSink: Send + Sync {
-    /// Queues a write for the owner of `cmd.tag`, or says why not. Never
-    /// waits.
-    fn submit(&self, cmd: WriteCommand) -> Result<(), WriteFailure>;
+    /// Queues a write for the owner of `tag`, received at `received`, or
+    /// says why not. Never waits.
+    fn submit(
+        &self,
+        tag: TagKey,
+        value: Value,
+        received: Instant,
+    ) -> Result<Submitted, WriteFailure>;
+}
+
+/// One source's queue.
+#[derive(Debug)]
+struct Queue {
+    tx: flume::Sender<WriteCommand>,
+    /// The longest one operation of this source takes (a Modbus write
+    /// that must reconnect first: connect + request, each bounded by the
+    /// device's timeout).
+    operation: Duration,
 }
 
 /// The sources of this process: one bounded queue per source id.
 #[derive(Debug, Default)]
 pub struct LocalSources {
-    queues: Vec<flume::Sender<WriteCommand>>,
+    queues: Vec<Queue>,
 }
 
 impl LocalSources {
-    /// A queue for source `id` (ids are handed out in order); the source
-    /// reads the receiver.
-    pub fn add(&mut self, id: SourceId) -> flume::Receiver<WriteCommand> {
+    /// A queue for source `id` (ids are handed out in order), whose one
+    /// operation takes at most `operation`; the source reads the receiver.
+    pub fn add(&mut self, id: SourceId, operation: Duration) -> flume::Receiver<WriteCommand> {
         let (tx, rx) = flume::bounded(WRITE_QUEUE);
         let index = usize::from(id);
         if self.queues.len() <= index {
             // A placeholder for ids without a queue: its receiver is gone,
             // so a write there reads as "source stopped".
-            self.queues.resize_with(index + 1, || flume::bounded(0).0);
+            self.queues.resize_with(index + 1, || Queue {
+                tx: flume::bounded(0).0,
+                operation: Duration::ZERO,
+            });
         }
-        self.queues[index] = tx;
+        self.queues[index] = Queue { tx, operation };
         rx
     }
 }
 
+/// The two instants of a write received at `received` with `ahead` writes
+/// queued before it on a source whose operation takes `operation`: one
+/// operation in progress, those ahead, then its own; capped at
+/// [`WRITE_TIMEOUT`].
+pub fn deadlines(received: Instant, ahead: usize, operation: Duration) -> (Instant, Instant) {
+    let waits = u32::try_from(ahead + 2).unwrap_or(u32::MAX);
+    let budget = operation
+        .saturating_mul(waits)
+        .saturating_add(ANSWER_SLACK)
+        .min(WRITE_TIMEOUT);
+    let answer_by = received + budget;
+    let start_by = answer_by
+        .checked_sub(operation + ANSWER_SLACK)
+        .unwrap_or(received)
+        .max(received);
+    (start_by, answer_by)
+}
+
 impl CommandSink for LocalSources {
-    fn submit(&self, cmd: WriteCommand) -> Result<(), WriteFailure> {
-        let Some(queue) = self.queues.get(usize::from(cmd.tag.source)) else {
+    fn submit(
+        &self,
+        tag: TagKey,
+        value: Value,
+        received: Instant,
+    ) -> Result<Submitted, WriteFailure> {
+        let Some(queue) = self.queues.get(usize::from(tag.source)) else {
             return Err((status::BAD_NOT_WRITABLE, "no source writes this tag".into()));
         };
-        queue.try_send(cmd).map_err(|e| match e {
+        let queued_ahead = queue.tx.len();
+        let (start_by, answer_by) = deadlines(received, queued_ahead, queue.operation);
+        let (reply, rx) = oneshot::channel();
+        let cmd = WriteCommand {
+            tag,
+            value,
+            start_by,
+            queued_ahead,
+            reply,
+        };
+        queue.tx.try_send(cmd).map_err(|e| match e {
             flume::TrySendError::Full(_) => (
                 status::BAD_TOO_MANY_OPERATIONS,
-                "source write queue full".into(),
+                "device write queue full".into(),
             ),
             flume::TrySendError::Disconnected(_) => {
                 (status::BAD_COMMUNICATION_ERROR, "source stopped".into())
             }
+        })?;
+        Ok(Submitted {
+            reply: rx,
+            answer_by,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_grows_with_the_queue_and_leaves_one_operation_after_the_start_deadline() {
+        let t0 = Instant::now();
+        let op = Duration::from_secs(1);
+        let (start, answer) = deadlines(t0, 0, op);
+        assert_eq!(answer - t0, Duration::from_millis(2_200));
+        assert_eq!(answer - start, Duration::from_millis(1_200));
+        let (start, answer) = deadlines(t0, 5, op);
+        assert_eq!(answer - t0, Duration::from_millis(7_200));
+        assert_eq!(answer - start, Duration::from_millis(1_200));
+        let (start, answer) = deadlines(t0, 1_000, op);
+        assert_eq!(answer - t0, WRITE_TIMEOUT, "capped");
+        assert!(answer - start >= op, "room for one operation");
+        let (start, answer) = deadlines(t0, 3, Duration::from_secs(3600));
+        assert_eq!((start, answer - t0), (t0, WRITE_TIMEOUT));
+    }
+
+    #[tokio::test]
+    async fn a_late_or_abandoned_command_is_not_wanted_and_a_late_one_is_answered() {
+        let now = Instant::now();
+        let make = |start_by| {
+            let (reply, rx) = oneshot::channel();
+            let cmd = WriteCommand {
+                tag: TagKey {
+                    source: 0,
+                    local: 0,
+                },
+                value: Value::Bool(true),
+                start_by,
+                queued_ahead: 3,
+                reply,
+            };
+            (cmd, rx)
+        };
+        let (cmd, _rx) = make(now);
+        assert!(cmd.still_wanted(now).is_some());
+        let (cmd, rx) = make(now);
+        assert!(cmd.still_wanted(now + Duration::from_millis(1)).is_none());
+        let (status, why) = rx.await.unwrap().unwrap_err();
+        assert_eq!(status, status::BAD_TIMEOUT);
+        assert!(why.contains("3 writes were queued ahead"), "{why}");
+        let (cmd, rx) = make(now + Duration::from_secs(1));
+        drop(rx);
+        assert!(cmd.still_wanted(now).is_none(), "the session left");
     }
 }

@@ -157,6 +157,9 @@ pub struct ServerConfig {
     /// Each held pattern costs a match against every tag on each
     /// Subscribe and a key in the interned selections.
     pub max_patterns: usize,
+    /// Writes one connection may start per second (one second's worth may
+    /// come at once); past it BadTooManyOperations. 0: unlimited.
+    pub max_writes_per_s: u32,
     /// Optional TLS (wss); not built yet.
     pub tls: Option<TlsConfig>,
     /// Extension: time allowed between the 101 and the client's Hello.
@@ -184,6 +187,7 @@ impl Default for ServerConfig {
             max_message_bytes: 65_536,
             max_pending_bytes: 1_048_576,
             max_patterns: 1000,
+            max_writes_per_s: 50,
             tls: None,
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
@@ -261,6 +265,12 @@ impl ServerConfig {
         }
         if !(1..=100_000).contains(&self.max_patterns) {
             p.push("server.max_patterns", "must be 1..=100000");
+        }
+        if self.max_writes_per_s > 100_000 {
+            p.push(
+                "server.max_writes_per_s",
+                "must be at most 100000 (0: unlimited)",
+            );
         }
         if self.max_pending_bytes < 1024 {
             p.push("server.max_pending_bytes", "must be at least 1024");
@@ -431,6 +441,7 @@ mod tests {
         assert_eq!(c.modbus.len(), 2);
         assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
         assert_eq!(c.server.max_patterns, 1000);
+        assert_eq!(c.server.max_writes_per_s, 50);
         let demo = include_str!("../deploy/demo.toml")
             .replace("{boiler}", "127.0.0.1:1")
             .replace("{line}", "127.0.0.1:2")

@@ -543,3 +543,93 @@ async fn writes_are_checked_in_order_and_acknowledged_by_the_device() {
     assert!(!failed.message.is_empty());
     server.stop().await;
 }
+
+/// Sends writes of `values` to `tag` back to back, then collects every
+/// answer with the time it arrived.
+async fn write_burst(
+    c: &mut Client,
+    tag: &str,
+    values: &[u64],
+) -> Vec<(u64, proto::WriteResult, std::time::Instant)> {
+    for &v in values {
+        c.send(C::Write(proto::WriteRequest {
+            request_id: v,
+            tag: tag.into(),
+            value: Some(proto::Value {
+                kind: Some(V::U64(v)),
+            }),
+        }))
+        .await
+        .unwrap();
+    }
+    let mut answers = Vec::new();
+    while answers.len() < values.len() {
+        if let Event::WriteResult(w) = next_until(c, |e| matches!(e, Event::WriteResult(_))).await {
+            answers.push((w.request_id, w, std::time::Instant::now()));
+        }
+    }
+    answers
+}
+
+#[tokio::test]
+async fn a_slow_device_is_shared_fairly_and_no_write_reaches_it_after_its_answer() {
+    let dev = device().await;
+    {
+        let mut r = dev.registers();
+        r.delay = Duration::from_millis(120);
+        r.write_log = Some(Vec::new());
+    }
+    let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n";
+    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let mut flooder = connect_synced(&server, &["w/#"]).await;
+    let mut other = connect_synced(&server, &["w/#"]).await;
+    until_state(&mut flooder, |c| status_of(c, "w/sp") == status::GOOD).await;
+
+    // One client floods the device: it gets its share (8) queued, the rest
+    // refused at once; another client's write still goes through.
+    let flood: Vec<u64> = (1..=20).collect();
+    let (flooded, single) = tokio::join!(write_burst(&mut flooder, "w/sp", &flood), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        write_burst(&mut other, "w/sp", &[1000]).await
+    });
+    let good: Vec<u64> = flooded
+        .iter()
+        .filter(|(_, w, _)| w.status == status::GOOD)
+        .map(|(id, _, _)| *id)
+        .collect();
+    let refused = flooded
+        .iter()
+        .filter(|(_, w, _)| w.status == status::BAD_TOO_MANY_OPERATIONS)
+        .count();
+    assert_eq!(
+        (good.len(), refused),
+        (8, 12),
+        "one connection's share of a device: {flooded:?}"
+    );
+    assert_eq!(single[0].1.status, status::GOOD, "{single:?}");
+
+    // The device stops answering: queued writes are answered (BadTimeout
+    // or never sent), and none reaches the device after its answer.
+    dev.registers().stalled = true;
+    let stalled = write_burst(&mut other, "w/sp", &[2001, 2002, 2003]).await;
+    for (_, w, _) in &stalled {
+        assert_ne!(w.status, status::GOOD, "{w:?}");
+        assert!(!w.message.is_empty());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = dev.registers().write_log.take().unwrap();
+    let answered: Vec<_> = flooded.iter().chain(&single).chain(&stalled).collect();
+    for (id, w, at) in answered {
+        let reached: Vec<_> = log.iter().filter(|s| s.words == [*id as u16]).collect();
+        if w.status == status::GOOD {
+            assert_eq!(reached.len(), 1, "write {id} acknowledged once");
+        }
+        for seen in reached {
+            assert!(
+                seen.at < *at,
+                "write {id} reached the device after its answer {w:?}"
+            );
+        }
+    }
+    server.stop().await;
+}

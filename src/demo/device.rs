@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_modbus::prelude::{ExceptionCode, Request, Response};
@@ -32,6 +33,37 @@ pub struct Registers {
     pub exceptions: Vec<(Table, Range<u16>, ExceptionCode)>,
     /// When set, requests are never answered (a hung device).
     pub stalled: bool,
+    /// Each request is carried out and answered this long after it
+    /// arrived (a slow device).
+    pub delay: Duration,
+    /// When set, every write request is logged here as it arrives (tests
+    /// check when a write reached the device).
+    pub write_log: Option<Vec<WriteSeen>>,
+}
+
+/// A write request as the device received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteSeen {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// First register or coil.
+    pub address: u16,
+    /// The words written (a coil as 0 / 1).
+    pub words: Vec<u16>,
+}
+
+fn write_seen(req: &Request<'_>) -> Option<WriteSeen> {
+    let (address, words) = match req {
+        Request::WriteSingleRegister(a, v) => (*a, vec![*v]),
+        Request::WriteMultipleRegisters(a, w) => (*a, w.to_vec()),
+        Request::WriteSingleCoil(a, v) => (*a, vec![u16::from(*v)]),
+        _ => return None,
+    };
+    Some(WriteSeen {
+        at: std::time::Instant::now(),
+        address,
+        words,
+    })
 }
 
 impl Default for Registers {
@@ -43,6 +75,8 @@ impl Default for Registers {
             discrete: vec![false; 65_536],
             exceptions: Vec::new(),
             stalled: false,
+            delay: Duration::ZERO,
+            write_log: None,
         }
     }
 }
@@ -69,8 +103,17 @@ impl Service for DeviceService {
     fn call(&self, req: Self::Request) -> Self::Future {
         let bank = self.bank.clone();
         Box::pin(async move {
-            if lock(&bank).stalled {
-                std::future::pending::<()>().await;
+            let delay = {
+                let mut r = lock(&bank);
+                if let (Some(log), Some(seen)) = (r.write_log.as_mut(), write_seen(&req)) {
+                    log.push(seen);
+                }
+                if r.stalled { None } else { Some(r.delay) }
+            };
+            match delay {
+                None => std::future::pending::<()>().await,
+                Some(d) if !d.is_zero() => tokio::time::sleep(d).await,
+                Some(_) => {}
             }
             answer(&mut lock(&bank), req)
         })

@@ -50,6 +50,13 @@ pub trait SourceConfig: Send + Sync {
         Vec::new()
     }
 
+    /// The longest one write of this source takes once started; a write's
+    /// deadline is counted in these (command.rs). Sources without writes
+    /// keep the default.
+    fn write_operation(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
     /// Every problem of this entry, with keys under `key` (`modbus[0]`).
     fn validate(&self, key: &str, problems: &mut Problems);
 

@@ -14,15 +14,15 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::frames::{
     catalog_frames, catch_up_delta, error_frame, merge, snapshot_frames, valid_patterns,
     write_result,
 };
-use super::writes::{self, MAX_WRITES_IN_FLIGHT, PendingWrite, WRITE_TIMEOUT, WriteDone};
+use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::Principal;
-use crate::command::{CommandSink, WriteCommand};
+use crate::command::CommandSink;
 use crate::engine::selection::Selection;
 use crate::engine::{Batch, EngineShared};
 use crate::pattern;
@@ -30,7 +30,6 @@ use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_messag
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
 use crate::sample::TagId;
-use crate::status;
 use crate::telemetry::PushMetrics;
 
 /// WebSocket pings a peer may send per heartbeat interval. Each one makes
@@ -54,6 +53,8 @@ pub struct SessionContext {
     pub max_pending_bytes: u64,
     /// Distinct valid patterns a session may hold.
     pub max_patterns: usize,
+    /// Writes a session may start per second (0: unlimited).
+    pub max_writes_per_s: u32,
     /// Time allowed between the 101 and the Hello (driver).
     pub hello_timeout: std::time::Duration,
     /// Shared heartbeat clock: one timer for all sessions, not one each;
@@ -175,7 +176,7 @@ pub struct SessionState {
     consumed: u64,
     rx: broadcast::Receiver<Arc<Batch>>,
     alive: bool,
-    writes_in_flight: u16,
+    writes: WriteAllowance,
     pings: u16,
 }
 
@@ -253,7 +254,7 @@ impl SessionState {
             consumed,
             rx,
             alive: true,
-            writes_in_flight: 0,
+            writes: WriteAllowance::new(cx.max_writes_per_s),
             pings: 0,
             cx,
             principal,
@@ -267,7 +268,7 @@ impl SessionState {
 
     /// Writes awaiting their answer.
     pub fn writes_in_flight(&self) -> usize {
-        usize::from(self.writes_in_flight)
+        self.writes.in_flight()
     }
 
     /// The peer sent something (any frame, a pong included): it is alive.
@@ -498,32 +499,28 @@ impl SessionState {
                 return Action::Nothing;
             }
         };
-        if self.writes_in_flight() >= MAX_WRITES_IN_FLIGHT {
-            let why = "too many writes in flight".to_string();
-            out.message(write_result(
-                request_id,
-                status::BAD_TOO_MANY_OPERATIONS,
-                why,
-            ));
-            return Action::Nothing;
-        }
-        let (reply, rx) = oneshot::channel();
-        if let Err((status, message)) = self.cx.commands.submit(WriteCommand { tag, value, reply })
-        {
+        if let Err((status, message)) = self.writes.admit(tag.source, now.at) {
             out.message(write_result(request_id, status, message));
             return Action::Nothing;
         }
-        self.writes_in_flight += 1;
-        Action::StartWrite(PendingWrite {
-            request_id,
-            reply: rx,
-            deadline: now.at + WRITE_TIMEOUT,
-        })
+        match self.cx.commands.submit(tag, value, now.at) {
+            Ok(submitted) => Action::StartWrite(PendingWrite {
+                request_id,
+                source: tag.source,
+                reply: submitted.reply,
+                deadline: submitted.answer_by,
+            }),
+            Err((status, message)) => {
+                self.writes.release(tag.source);
+                out.message(write_result(request_id, status, message));
+                Action::Nothing
+            }
+        }
     }
 
     /// A write started by `StartWrite` ended: its one `WriteResult`.
     pub fn on_write_done(&mut self, done: WriteDone, out: &mut Outbox) {
-        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
+        self.writes.release(done.source);
         out.message(write_result(done.request_id, done.status, done.message));
     }
 }

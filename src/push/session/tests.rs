@@ -10,6 +10,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use super::state::{Action, End, Now, SessionContext, SessionState, decode, expect_hello};
+use super::writes::PendingWrite;
 use crate::auth::Principal;
 use crate::command::{LocalSources, WriteCommand};
 use crate::engine::catalog::{Catalog, TagDef};
@@ -57,7 +58,7 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
     ]);
     let engine = Engine::new(catalog, Box::new(Counter::new(EPOCH)));
     let mut sources = LocalSources::default();
-    let commands = sources.add(0);
+    let commands = sources.add(0, Duration::from_secs(1));
     let (clock, heartbeat) = watch::channel(0);
     let cx = Arc::new(SessionContext {
         engine: engine.shared().clone(),
@@ -66,6 +67,7 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
         heartbeat_ms: 25_000,
         max_pending_bytes,
         max_patterns: 4,
+        max_writes_per_s: 10,
         hello_timeout: Duration::from_secs(10),
         heartbeat,
         metrics: PushMetrics::new(),
@@ -550,23 +552,87 @@ async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_
     assert_eq!(results(&mut out), [(2, status::BAD_TIMEOUT)]);
 }
 
-#[test]
-fn writes_over_the_in_flight_limit_get_bad_too_many_operations() {
+/// Sends a write of `b/flag`: `None` when it started (kept in `pending`),
+/// else its immediate result.
+fn send(
+    s: &mut SessionState,
+    pending: &mut Vec<PendingWrite>,
+    id: u64,
+    out: &mut Outbox,
+) -> Option<(u64, u32)> {
     use proto::value::Kind as V;
+    match s.on_message(write(id, "b/flag", Some(V::Bool(true))), now(), out) {
+        Action::StartWrite(p) => {
+            pending.push(p);
+            None
+        }
+        Action::Nothing => results(out).pop(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_past_the_device_share_or_the_rate_get_bad_too_many_operations() {
     let h = harness();
     let mut out = Outbox::default();
     let mut s = h.open(hello(&[], None), &mut out);
     kinds(&mut out);
     let mut pending = Vec::new();
-    for id in 0..super::writes::MAX_WRITES_IN_FLIGHT as u64 {
-        match s.on_message(write(id, "b/flag", Some(V::Bool(true))), now(), &mut out) {
-            Action::StartWrite(p) => pending.push(p),
-            other => panic!("{other:?}"),
-        }
+    // One connection holds at most its share of one device's queue.
+    for id in 0..u64::from(super::writes::MAX_QUEUED_PER_SOURCE) {
+        assert_eq!(
+            send(&mut s, &mut pending, id, &mut out),
+            None,
+            "write {id} queued"
+        );
     }
-    let step = s.on_message(write(99, "b/flag", Some(V::Bool(true))), now(), &mut out);
-    assert!(matches!(step, Action::Nothing));
-    assert_eq!(results(&mut out), [(99, status::BAD_TOO_MANY_OPERATIONS)]);
+    assert_eq!(
+        send(&mut s, &mut pending, 99, &mut out),
+        Some((99, status::BAD_TOO_MANY_OPERATIONS))
+    );
+    assert_eq!(h.commands.len(), 8, "the refused one never queued");
+    // Answered, they free the share; the rate (10/s, a second's worth at
+    // once) still allows one more, then refuses until time passes.
+    for cmd in h.commands.drain() {
+        cmd.reply.send(Ok(())).expect("session waits");
+    }
+    for p in pending.drain(..) {
+        s.on_write_done(p.finish().await, &mut out);
+    }
+    assert_eq!(results(&mut out).len(), 8);
+    assert_eq!(send(&mut s, &mut pending, 100, &mut out), None);
+    assert_eq!(send(&mut s, &mut pending, 101, &mut out), None);
+    assert_eq!(
+        send(&mut s, &mut pending, 102, &mut out),
+        Some((102, status::BAD_TOO_MANY_OPERATIONS)),
+        "11th write within a second"
+    );
+    tokio::time::advance(Duration::from_millis(150)).await;
+    assert_eq!(
+        send(&mut s, &mut pending, 103, &mut out),
+        None,
+        "refilled at 10/s"
+    );
+    assert_eq!(
+        send(&mut s, &mut pending, 104, &mut out),
+        Some((104, status::BAD_TOO_MANY_OPERATIONS))
+    );
+}
+
+#[test]
+fn the_in_flight_limit_counts_every_device_and_frees_on_answer() {
+    use super::writes::{MAX_WRITES_IN_FLIGHT, WriteAllowance};
+    let t = tokio::time::Instant::now();
+    let mut a = WriteAllowance::new(0);
+    for i in 0..MAX_WRITES_IN_FLIGHT {
+        a.admit(i % 3, t).expect("within the limits");
+    }
+    let (status, why) = a.admit(3, t).expect_err("17th in flight");
+    assert_eq!(status, status::BAD_TOO_MANY_OPERATIONS);
+    assert!(why.contains("in flight"), "{why}");
+    a.release(0);
+    a.admit(3, t).expect("one answered, one more may go");
+    assert_eq!(a.in_flight(), usize::from(MAX_WRITES_IN_FLIGHT));
 }
 
 #[test]

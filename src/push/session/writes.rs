@@ -4,23 +4,104 @@
 //! awaits the [`PendingWrite`] and the state turns its [`WriteDone`] into
 //! exactly one `WriteResult`.
 
-use std::time::Duration;
-
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::auth::Principal;
-use crate::command::{WriteFailure, WriteReply};
+use crate::command::{WRITE_QUEUE, WriteFailure, WriteReply};
 use crate::engine::catalog::Catalog;
 use crate::proto;
-use crate::sample::{TagKey, Value};
+use crate::sample::{SourceId, TagKey, Value};
 use crate::status;
 
 /// Writes a session may have in flight before it is answered
 /// BadTooManyOperations.
-pub const MAX_WRITES_IN_FLIGHT: usize = 16;
-/// Longest wait for an acknowledgement, from the request's receipt.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const MAX_WRITES_IN_FLIGHT: u16 = 16;
+/// Of those, how many may wait on one source: an eighth of its queue, so
+/// one connection flooding a device cannot starve another's write.
+pub const MAX_QUEUED_PER_SOURCE: u16 = (WRITE_QUEUE / 8) as u16;
+
+/// A connection's write allowances: `max_writes_per_s` as a token bucket
+/// holding one second's worth, [`MAX_WRITES_IN_FLIGHT`] awaiting answers,
+/// [`MAX_QUEUED_PER_SOURCE`] of them on one source.
+#[derive(Debug)]
+pub struct WriteAllowance {
+    per_s: u32,
+    tokens: f64,
+    /// When the bucket was last topped up; none before the first write.
+    refilled: Option<Instant>,
+    in_flight: u16,
+    /// In-flight count per source with any (few sources per connection).
+    per_source: Vec<(SourceId, u16)>,
+}
+
+impl WriteAllowance {
+    /// Full allowances; `per_s == 0` is no rate limit.
+    pub fn new(per_s: u32) -> Self {
+        WriteAllowance {
+            per_s,
+            tokens: f64::from(per_s),
+            refilled: None,
+            in_flight: 0,
+            per_source: Vec::new(),
+        }
+    }
+
+    /// Writes awaiting their answer.
+    pub fn in_flight(&self) -> usize {
+        usize::from(self.in_flight)
+    }
+
+    /// Takes one write to `source` at `now`, or says why not
+    /// (BadTooManyOperations).
+    pub fn admit(&mut self, source: SourceId, now: Instant) -> Result<(), WriteFailure> {
+        let busy = |why: String| Err((status::BAD_TOO_MANY_OPERATIONS, why));
+        if self.per_s > 0 {
+            let rate = f64::from(self.per_s);
+            let since = self
+                .refilled
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+            self.tokens = (self.tokens + since * rate).min(rate);
+            self.refilled = Some(now);
+            if self.tokens < 1.0 {
+                return busy(format!("more than max_writes_per_s = {}", self.per_s));
+            }
+        }
+        if self.in_flight >= MAX_WRITES_IN_FLIGHT {
+            return busy(format!("{MAX_WRITES_IN_FLIGHT} writes already in flight"));
+        }
+        let slot = match self.per_source.iter().position(|(s, _)| *s == source) {
+            Some(i) => i,
+            None => {
+                self.per_source.push((source, 0));
+                self.per_source.len() - 1
+            }
+        };
+        if self.per_source[slot].1 >= MAX_QUEUED_PER_SOURCE {
+            return busy(format!(
+                "{MAX_QUEUED_PER_SOURCE} writes already queued for this device"
+            ));
+        }
+        if self.per_s > 0 {
+            self.tokens -= 1.0;
+        }
+        self.in_flight += 1;
+        self.per_source[slot].1 += 1;
+        Ok(())
+    }
+
+    /// A write to `source` that [`admit`](Self::admit) took was refused
+    /// by the sink or answered.
+    pub fn release(&mut self, source: SourceId) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(i) = self.per_source.iter().position(|(s, _)| *s == source) {
+            self.per_source[i].1 = self.per_source[i].1.saturating_sub(1);
+            if self.per_source[i].1 == 0 {
+                self.per_source.swap_remove(i);
+            }
+        }
+    }
+}
 
 /// The checks, in the spec's order: tag exists (BadNodeIdUnknown),
 /// writable (BadNotWritable), the principal may write it
@@ -66,9 +147,11 @@ pub fn check(
 pub struct PendingWrite {
     /// The client's id for it.
     pub request_id: u64,
+    /// Its owner (the allowance it holds).
+    pub source: SourceId,
     /// The owner's answer.
     pub reply: oneshot::Receiver<WriteReply>,
-    /// When the session answers BadTimeout instead (receipt + timeout).
+    /// When the session answers BadTimeout instead (command.rs).
     pub deadline: Instant,
 }
 
@@ -77,6 +160,8 @@ pub struct PendingWrite {
 pub struct WriteDone {
     /// The client's id for it.
     pub request_id: u64,
+    /// Its owner.
+    pub source: SourceId,
     /// OPC UA status (0: acknowledged).
     pub status: u32,
     /// Why, for a failure.
@@ -98,6 +183,7 @@ impl PendingWrite {
         };
         WriteDone {
             request_id: self.request_id,
+            source: self.source,
             status,
             message,
         }

@@ -36,6 +36,9 @@ use crate::proto;
 use crate::sample::Value;
 use crate::status;
 
+/// Queued writes served before each read.
+const WRITES_PER_READ: usize = 4;
+
 impl SourceConfig for ModbusConfig {
     fn kind(&self) -> &'static str {
         "modbus"
@@ -43,6 +46,13 @@ impl SourceConfig for ModbusConfig {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn write_operation(&self) -> Duration {
+        // A write on a dropped link connects first: two requests, each
+        // bounded by the device's timeout; and a read may run between
+        // every WRITES_PER_READ writes.
+        self.timeout.saturating_mul(2) + self.timeout / WRITES_PER_READ as u32
     }
 
     fn tags(&self) -> Vec<TagDef> {
@@ -196,22 +206,7 @@ impl ModbusSource {
                 cmd = self.cx.commands.recv_async(), if writes_open => {
                     writes_open = cmd.is_ok();
                     if let Ok(cmd) = cmd {
-                        // Answered already (timeout) or the client left:
-                        // a late write must not reach the device.
-                        if cmd.reply.is_closed() {
-                            continue;
-                        }
-                        let result = self.write(&mut link, &cmd).await;
-                        if result.is_ok() {
-                            // Read the new value back at once.
-                            let local = cmd.tag.local as usize;
-                            for (g, group) in groups.iter().enumerate() {
-                                if group.tags.contains(&local) {
-                                    due[g] = Instant::now();
-                                }
-                            }
-                        }
-                        let _ = cmd.reply.send(result);
+                        self.serve_write(&mut link, cmd, &groups, &mut due).await;
                     }
                     continue;
                 }
@@ -231,6 +226,17 @@ impl ModbusSource {
             for (g, group) in groups.iter().enumerate() {
                 if due[g] > now {
                     continue;
+                }
+                // Queued writes go before each read, a few at a time, so
+                // neither starves the other (their deadlines count on it).
+                let queued: Vec<WriteCommand> =
+                    self.cx.commands.try_iter().take(WRITES_PER_READ).collect();
+                for cmd in queued {
+                    self.serve_write(&mut link, cmd, &groups, &mut due).await;
+                }
+                if link.ctx.is_none() {
+                    // A write lost the link; the loop reconnects.
+                    break;
                 }
                 due[g] = (due[g] + group.interval).max(now);
                 let started = std::time::Instant::now();
@@ -373,6 +379,32 @@ impl ModbusSource {
         Ok(Ok(()))
     }
 
+    /// Carries out one write if its session still waits and its start
+    /// deadline has not passed (else it never reaches the device), answers
+    /// it, and reads the tag back at once after a success.
+    async fn serve_write(
+        &self,
+        link: &mut Link,
+        cmd: WriteCommand,
+        groups: &[ReadGroup],
+        due: &mut [Instant],
+    ) {
+        let Some(cmd) = cmd.still_wanted(Instant::now()) else {
+            tracing::debug!(device = %self.config.name, "write dropped: answered already or too late to start");
+            return;
+        };
+        let result = self.write(link, &cmd).await;
+        if result.is_ok() {
+            let local = cmd.tag.local as usize;
+            for (g, group) in groups.iter().enumerate() {
+                if group.tags.contains(&local) {
+                    due[g] = Instant::now();
+                }
+            }
+        }
+        let _ = cmd.reply.send(result);
+    }
+
     /// Carries out one write; `Ok` only after the device acknowledged.
     async fn write(&self, link: &mut Link, cmd: &WriteCommand) -> Result<(), WriteFailure> {
         let Some(tag) = self.config.tags.get(cmd.tag.local as usize) else {
@@ -470,3 +502,6 @@ impl ModbusSource {
             .map_err(|e| RequestError::Communication(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;

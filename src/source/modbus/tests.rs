@@ -1,0 +1,78 @@
+//! The Modbus source's write side against a real simulated device over
+//! loopback: a write its session no longer waits for, or one past its
+//! start deadline, never reaches the device.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ModbusConfig, ModbusSource};
+use crate::command::{WriteCommand, WriteReply};
+use crate::config::Config;
+use crate::demo::ModbusDevice;
+use crate::sample::{TagKey, Value};
+use crate::source::SourceContext;
+use crate::status;
+
+fn command(value: u64, start_by: Instant) -> (WriteCommand, oneshot::Receiver<WriteReply>) {
+    let (reply, rx) = oneshot::channel();
+    let cmd = WriteCommand {
+        tag: TagKey {
+            source: 0,
+            local: 0,
+        },
+        value: Value::U64(value),
+        start_by,
+        queued_ahead: 0,
+        reply,
+    };
+    (cmd, rx)
+}
+
+#[tokio::test]
+async fn abandoned_and_late_writes_never_reach_the_device_and_a_timely_one_does() {
+    let dev = ModbusDevice::start(([127, 0, 0, 1], 0).into())
+        .await
+        .unwrap();
+    dev.registers().write_log = Some(Vec::new());
+    let toml = format!(
+        "[[modbus]]\nname = \"d\"\naddress = \"{}\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\n\
+         [[modbus.tags]]\nname = \"d/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n",
+        dev.addr()
+    );
+    let config: Arc<ModbusConfig> = Arc::new(Config::parse(&toml).unwrap().modbus.remove(0));
+    let (input, _samples) = flume::bounded(1024);
+    let (commands, queue) = flume::bounded(8);
+    let shutdown = CancellationToken::new();
+    let cx = SourceContext::new(0, "d", "node", input, queue, shutdown.clone());
+    let task = tokio::spawn(ModbusSource::new(config, cx).run());
+
+    let later = Instant::now() + Duration::from_secs(10);
+    let (abandoned, rx) = command(1, later);
+    drop(rx);
+    let (late, late_rx) = command(2, Instant::now() - Duration::from_millis(1));
+    let (timely, timely_rx) = command(3, later);
+    for cmd in [abandoned, late, timely] {
+        commands.send_async(cmd).await.unwrap();
+    }
+    assert_eq!(timely_rx.await.unwrap(), Ok(()));
+    let (code, why) = late_rx.await.unwrap().unwrap_err();
+    assert_eq!(code, status::BAD_TIMEOUT);
+    assert!(why.contains("never sent"), "{why}");
+    let seen: Vec<Vec<u16>> = dev
+        .registers()
+        .write_log
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|s| s.words.clone())
+        .collect();
+    assert_eq!(seen, [vec![3]], "only the timely write reached the device");
+    assert_eq!(dev.registers().holding[0], 3);
+    shutdown.cancel();
+    task.await.unwrap();
+}
