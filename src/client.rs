@@ -55,6 +55,8 @@ pub enum Event {
     Pong(proto::Pong),
     /// A protocol error report.
     Error(proto::Error),
+    /// One page of a Browse (not the subscription's catalog).
+    BrowseResult(proto::BrowseResult),
     /// The server closed the connection.
     Closed(Option<CloseFrame>),
 }
@@ -272,6 +274,7 @@ impl Client {
             Kind::WriteResult(w) => Event::WriteResult(w),
             Kind::Pong(p) => Event::Pong(p),
             Kind::Error(e) => Event::Error(e),
+            Kind::BrowseResult(b) => Event::BrowseResult(b),
         })
     }
 

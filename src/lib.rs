@@ -22,6 +22,7 @@
 //!   encoded bytes and answering catch-up from the table.
 //! - [`command`]: writes from sessions, routed by the tag's owner to the
 //!   source that carries them out. [`auth`]: the principal of a session.
+//! - [`rate`]: token buckets for what peers can trigger at will.
 //! - [`client`]: the Rust client used by `tagstream tail` and the tests.
 //! - [`demo`]: the simulated plant of `tagstream demo` (and test devices).
 //! - [`app`]: wiring and shutdown order; [`config`]: the TOML contract.
@@ -39,6 +40,7 @@ pub mod engine;
 pub mod pattern;
 pub mod proto;
 pub mod push;
+pub mod rate;
 pub mod sample;
 pub mod source;
 pub mod status;

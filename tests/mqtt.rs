@@ -511,3 +511,42 @@ async fn mqtts_with_a_private_ca() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn topic_maps_stop_discovering_at_max_tags_and_known_tags_keep_updating() {
+    let b = broker().await;
+    let body = MAP.replacen("\n[[mqtt.", "\nmax_tags = 3\n[[mqtt.", 1);
+    let server = spawn_server(&config(b.addr, &body), &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    let mut p = Publisher::connect(b.addr).await;
+    until_subscribed(&mut p, &mut c, "probe", "probe", "1").await;
+    for m in 1..=10 {
+        p.publish(
+            &format!("plant/line4/m{m}/value"),
+            format!(r#"{{"v":{m}}}"#),
+            false,
+        )
+        .await;
+    }
+    // The first three discovered; the rest dropped, counted, never tags.
+    until_state(&mut c, |c| kind(c, "plant/line4/m3") == Some(V::F64(3.0))).await;
+    p.publish("plant/line4/m1/value", r#"{"v":11}"#, false)
+        .await;
+    until_state(&mut c, |c| kind(c, "plant/line4/m1") == Some(V::F64(11.0))).await;
+    let catalog = server.engine.catalog();
+    let line4: Vec<&str> = catalog
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| n.starts_with("plant/line4/"))
+        .collect();
+    assert_eq!(
+        line4,
+        ["plant/line4/m1", "plant/line4/m2", "plant/line4/m3"]
+    );
+    let metrics = tagstream::telemetry::prometheus().unwrap().render();
+    assert!(
+        metrics.contains("tagstream_mqtt_topics_dropped_total{source=\"line\"} 7"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -4,7 +4,8 @@
 //! Each `TagInfo` is encoded once here and shared by every Catalog message.
 //! It knows no device protocol: sources build their own `TagDef`s.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use bytes::{Bytes, BytesMut};
 
@@ -63,7 +64,8 @@ pub struct Catalog {
     tags: Vec<TagDef>,
     meta: Vec<TagMeta>,
     encoded: Vec<Bytes>,
-    by_name: HashMap<String, TagId>,
+    /// Ordered, so Browse pages in name order without sorting.
+    by_name: BTreeMap<String, TagId>,
     version: u64,
 }
 
@@ -158,6 +160,43 @@ impl Catalog {
         self.by_name.get(name).copied()
     }
 
+    /// One Browse page: ids of tags matching `pattern` (valid) in name
+    /// order after the name `after`, at most `limit`, scanning at most
+    /// `max_scan` names (so a page's cost is bounded whatever the pattern).
+    /// Returns the page and the name to continue after, if any is left.
+    /// Only names sharing the pattern's literal prefix are scanned.
+    pub fn browse(
+        &self,
+        pattern: &str,
+        after: &str,
+        limit: usize,
+        max_scan: usize,
+    ) -> (Vec<TagId>, Option<String>) {
+        let prefix = literal_prefix(pattern);
+        let start = if after >= prefix {
+            Bound::Excluded(after)
+        } else {
+            Bound::Included(prefix)
+        };
+        let mut page = Vec::new();
+        let mut last: Option<&str> = None;
+        let names = self
+            .by_name
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(name, _)| name.starts_with(prefix));
+        for (scanned, (name, &id)) in names.enumerate() {
+            if page.len() >= limit.max(1) || scanned >= max_scan.max(1) {
+                // Something is left: continue after the last name looked at.
+                return (page, last.map(str::to_string));
+            }
+            if crate::pattern::matches(pattern, name) {
+                page.push(id);
+            }
+            last = Some(name);
+        }
+        (page, None)
+    }
+
     /// All tags.
     pub fn iter(&self) -> impl Iterator<Item = &TagDef> {
         self.tags.iter()
@@ -167,6 +206,18 @@ impl Catalog {
     pub fn encoded_info(&self, id: TagId) -> Option<&Bytes> {
         self.encoded.get((id as usize).checked_sub(1)?)
     }
+}
+
+/// The levels of `pattern` before its first wildcard, joined: every name it
+/// matches starts with this (`plant/#` matches `plant` itself, so no
+/// trailing `/`).
+fn literal_prefix(pattern: &str) -> &str {
+    let end = pattern
+        .split('/')
+        .take_while(|level| *level != "+" && *level != "#")
+        .map(|level| level.len() + 1)
+        .sum::<usize>();
+    &pattern[..end.saturating_sub(1).min(pattern.len())]
 }
 
 fn encode_info(def: &TagDef) -> Bytes {
@@ -297,5 +348,53 @@ mod tests {
             .expect_err("refused");
         assert_eq!(err.0, status::BAD_OUT_OF_RANGE);
         assert!(f64_tag.convert_for_write(&Value::F64(1e39)).is_ok());
+    }
+
+    #[test]
+    fn browse_pages_in_name_order_and_bounds_what_one_page_scans() {
+        let names = [
+            "b/2",
+            "a/1",
+            "plant",
+            "plant/x",
+            "plantx",
+            "b/10",
+            "plant/y/z",
+        ];
+        let c = Catalog::new(names.map(|n| TagDef::read_only(n, "s")));
+        let page = |p: &str, after: &str, limit, scan| {
+            let (ids, next) = c.browse(p, after, limit, scan);
+            let got: Vec<&str> = ids
+                .iter()
+                .filter_map(|id| c.get(*id))
+                .map(|d| d.name.as_str())
+                .collect();
+            (got, next)
+        };
+        assert_eq!(
+            page("#", "", 3, 100),
+            (vec!["a/1", "b/10", "b/2"], Some("b/2".into()))
+        );
+        assert_eq!(
+            page("#", "b/2", 3, 100),
+            (
+                vec!["plant", "plant/x", "plant/y/z"],
+                Some("plant/y/z".into())
+            )
+        );
+        assert_eq!(page("#", "plant/y/z", 3, 100), (vec!["plantx"], None));
+        // `plant/#` matches `plant` itself, not `plantx`.
+        assert_eq!(
+            page("plant/#", "", 10, 100),
+            (vec!["plant", "plant/x", "plant/y/z"], None)
+        );
+        assert_eq!(page("+/1", "", 10, 100), (vec!["a/1"], None));
+        // The scan bound: an empty page that still says where to go on.
+        assert_eq!(page("+/10", "", 10, 1), (vec![], Some("a/1".into())));
+        assert_eq!(
+            page("+/10", "a/1", 10, 1),
+            (vec!["b/10"], Some("b/10".into()))
+        );
+        assert_eq!(page("nothing/#", "", 10, 100), (vec![], None));
     }
 }

@@ -228,7 +228,7 @@ impl Engine {
                 }
                 let name = def.name.clone();
                 let id = table.add(def, key);
-                tracing::info!(tag = %name, id, seq = table.seq(), "tag added");
+                tracing::debug!(tag = %name, id, seq = table.seq(), "tag added");
                 self.keys.set(key, id);
             }
             id => {

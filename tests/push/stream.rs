@@ -174,16 +174,22 @@ async fn subscribe_unsubscribe_browse_and_ping() {
     assert_eq!(snapshot.seq, c.position, "snapshot at the position");
     assert_eq!(f64_of(&c, "b/z"), Some(5.0));
 
-    // Browse answers a Catalog without subscribing.
+    // Browse answers one BrowseResult without subscribing, its id echoed.
     c.send(C::Browse(proto::Browse {
         pattern: "a/#".into(),
+        request_id: 31,
+        limit: 0,
+        after: String::new(),
     }))
     .await
     .unwrap();
-    let Event::Catalog(cat) = next_until(&mut c, |e| matches!(e, Event::Catalog(_))).await else {
+    let Event::BrowseResult(page) =
+        next_until(&mut c, |e| matches!(e, Event::BrowseResult(_))).await
+    else {
         unreachable!()
     };
-    assert_eq!(cat.tags.len(), 2);
+    assert_eq!((page.request_id, page.tags.len()), (31, 2));
+    assert!(page.next_after.is_empty(), "one page");
 
     // Unsubscribe: later deltas leave those tags out.
     c.send(C::Unsubscribe(proto::Unsubscribe {

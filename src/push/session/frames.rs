@@ -143,6 +143,23 @@ pub fn catalog_frames(catalog: &Catalog, ids: &[TagId], out: &mut Outbox) {
     out.message(wrap(2, &body));
 }
 
+/// One `BrowseResult` of `ids`, their `TagInfo`s shared with Catalog
+/// (both carry them as field 1).
+pub fn browse_result(catalog: &Catalog, request_id: u64, ids: &[TagId], next_after: &str) -> Bytes {
+    let mut body = BytesMut::new();
+    for info in ids.iter().filter_map(|id| catalog.encoded_info(*id)) {
+        body.put_slice(info);
+    }
+    if request_id != 0 {
+        encode_key(2, WireType::Varint, &mut body);
+        encode_varint(request_id, &mut body);
+    }
+    if !next_after.is_empty() {
+        prost::encoding::string::encode(3, &next_after.to_string(), &mut body);
+    }
+    wrap(9, &body)
+}
+
 /// `Snapshot` chunks at `seq`, `last` on the final one.
 pub fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Outbox) {
     let header = |buf: &mut BytesMut| {

@@ -17,8 +17,8 @@ use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 
 use super::frames::{
-    catalog_frames, catch_up_delta, error_frame, merge, snapshot_frames, valid_patterns,
-    write_result,
+    browse_result, catalog_frames, catch_up_delta, error_frame, merge, snapshot_frames,
+    valid_patterns, write_result,
 };
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::Principal;
@@ -29,6 +29,7 @@ use crate::pattern;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
+use crate::rate::Bucket;
 use crate::sample::TagId;
 use crate::telemetry::PushMetrics;
 
@@ -37,6 +38,14 @@ use crate::telemetry::PushMetrics;
 /// otherwise have the server buffer pongs for it. Clients that check the
 /// link ping a few times per interval at most.
 pub const MAX_PINGS_PER_TICK: u32 = 100;
+
+/// Browse requests a connection may send per second (twice that at once).
+pub const BROWSE_PER_S: u32 = 10;
+/// Most tags in one BrowseResult (about 100 KB); a larger `limit` is cut.
+pub const BROWSE_MAX_LIMIT: usize = 1000;
+/// Most names one Browse page looks at; past it the page ends early with
+/// `next_after` set, so a sparse pattern costs no more than a dense one.
+pub const BROWSE_MAX_SCAN: usize = 20_000;
 
 /// What every session of a node shares: the handles a session works with
 /// (and nothing about admission or HTTP).
@@ -167,6 +176,12 @@ pub fn expect_hello(msg: proto::ClientMessage) -> Result<proto::Hello, End> {
     }
 }
 
+/// A session's allowances for requests.
+struct Requests {
+    writes: WriteAllowance,
+    browses: Bucket,
+}
+
 /// One session's protocol state.
 pub struct SessionState {
     cx: Arc<SessionContext>,
@@ -176,7 +191,10 @@ pub struct SessionState {
     consumed: u64,
     rx: broadcast::Receiver<Arc<Batch>>,
     alive: bool,
-    writes: WriteAllowance,
+    /// Write and Browse allowances, boxed on a session's first request:
+    /// most sessions never make one, and every idle session pays for what
+    /// is inline here.
+    requests: Option<Box<Requests>>,
     pings: u16,
 }
 
@@ -254,7 +272,7 @@ impl SessionState {
             consumed,
             rx,
             alive: true,
-            writes: WriteAllowance::new(cx.max_writes_per_s),
+            requests: None,
             pings: 0,
             cx,
             principal,
@@ -268,7 +286,7 @@ impl SessionState {
 
     /// Writes awaiting their answer.
     pub fn writes_in_flight(&self) -> usize {
-        self.writes.in_flight()
+        self.requests.as_ref().map_or(0, |r| r.writes.in_flight())
     }
 
     /// The peer sent something (any frame, a pong included): it is alive.
@@ -313,18 +331,7 @@ impl SessionState {
                 patterns.retain(|p| !gone.contains(p));
                 self.reselect(patterns, out);
             }
-            Some(Kind::Browse(b)) => match pattern::validate(&b.pattern) {
-                Ok(()) => {
-                    let catalog = self.cx.engine.catalog();
-                    let ids: Vec<TagId> = catalog
-                        .iter()
-                        .filter(|d| pattern::matches(&b.pattern, &d.name))
-                        .map(|d| d.id)
-                        .collect();
-                    catalog_frames(&catalog, &ids, out);
-                }
-                Err(e) => out.message(error_frame(ErrorCode::Malformed, format!("browse: {e}"))),
-            },
+            Some(Kind::Browse(b)) => self.browse(b, now, out),
             Some(Kind::Ping(p)) => {
                 let pong = proto::Pong {
                     nonce: p.nonce,
@@ -489,6 +496,44 @@ impl SessionState {
         }
     }
 
+    fn requests(&mut self) -> &mut Requests {
+        let per_s = self.cx.max_writes_per_s;
+        self.requests.get_or_insert_with(|| {
+            Box::new(Requests {
+                writes: WriteAllowance::new(per_s),
+                browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
+            })
+        })
+    }
+
+    /// One Browse page (protocol.md): rate-limited per connection, its
+    /// size capped and the names it scans bounded, so a request costs the
+    /// same on any catalog.
+    fn browse(&mut self, b: proto::Browse, now: Now, out: &mut Outbox) {
+        if !self.requests().browses.take(now.at) {
+            let why = format!("more than {BROWSE_PER_S} Browse requests per second");
+            out.message(error_frame(ErrorCode::LimitExceeded, why));
+            return;
+        }
+        if let Err(e) = pattern::validate(&b.pattern) {
+            let why = format!("browse {}: {e}", b.request_id);
+            out.message(error_frame(ErrorCode::Malformed, why));
+            return;
+        }
+        let limit = match b.limit as usize {
+            0 => BROWSE_MAX_LIMIT,
+            n => n.min(BROWSE_MAX_LIMIT),
+        };
+        let catalog = self.cx.engine.catalog();
+        let (ids, next) = catalog.browse(&b.pattern, &b.after, limit, BROWSE_MAX_SCAN);
+        out.message(browse_result(
+            &catalog,
+            b.request_id,
+            &ids,
+            next.as_deref().unwrap_or(""),
+        ));
+    }
+
     fn write(&mut self, w: proto::WriteRequest, now: Now, out: &mut Outbox) -> Action {
         let request_id = w.request_id;
         let catalog = self.cx.engine.catalog();
@@ -499,7 +544,7 @@ impl SessionState {
                 return Action::Nothing;
             }
         };
-        if let Err((status, message)) = self.writes.admit(tag.source, now.at) {
+        if let Err((status, message)) = self.requests().writes.admit(tag.source, now.at) {
             out.message(write_result(request_id, status, message));
             return Action::Nothing;
         }
@@ -511,7 +556,7 @@ impl SessionState {
                 deadline: submitted.answer_by,
             }),
             Err((status, message)) => {
-                self.writes.release(tag.source);
+                self.requests().writes.release(tag.source);
                 out.message(write_result(request_id, status, message));
                 Action::Nothing
             }
@@ -520,7 +565,7 @@ impl SessionState {
 
     /// A write started by `StartWrite` ended: its one `WriteResult`.
     pub fn on_write_done(&mut self, done: WriteDone, out: &mut Outbox) {
-        self.writes.release(done.source);
+        self.requests().writes.release(done.source);
         out.message(write_result(done.request_id, done.status, done.message));
     }
 }

@@ -316,34 +316,71 @@ fn subscribe_mid_session_brings_the_connection_current_then_catalog_and_snapshot
     assert_eq!((d.from_seq, ids(&d.updates)), (2, vec![1]));
 }
 
-#[test]
-fn browse_lists_matching_tags_without_subscribing_and_names_a_bad_pattern() {
+fn browse(pattern: &str, request_id: u64, limit: u32, after: &str) -> proto::ClientMessage {
+    msg(C::Browse(proto::Browse {
+        pattern: pattern.into(),
+        request_id,
+        limit,
+        after: after.into(),
+    }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn browse_pages_in_name_order_without_subscribing_and_is_rate_limited() {
     let mut h = harness();
     let mut out = Outbox::default();
     let mut s = h.open(hello(&[], None), &mut out);
     kinds(&mut out);
-    let browse = |p: &str| msg(C::Browse(proto::Browse { pattern: p.into() }));
-    assert!(matches!(
-        s.on_message(browse("b/+"), now(), &mut out),
-        Action::Nothing
-    ));
-    let k = kinds(&mut out);
-    let [Kind::Catalog(c)] = &k[..] else {
-        panic!("{k:?}")
+    let page = |s: &mut SessionState, b: proto::ClientMessage, out: &mut Outbox| {
+        assert!(matches!(s.on_message(b, now(), out), Action::Nothing));
+        let k = kinds(out);
+        match &k[..] {
+            [Kind::BrowseResult(r)] => {
+                let names: Vec<String> = r.tags.iter().map(|t| t.name.clone()).collect();
+                Ok((r.request_id, names, r.next_after.clone()))
+            }
+            [Kind::Error(e)] => Err(e.code()),
+            other => panic!("{other:?}"),
+        }
     };
-    assert_eq!((names(c), c.last), (vec!["b/z", "b/flag"], true));
+    // Name order, `limit` per page, `next_after` empty on the last.
+    assert_eq!(
+        page(&mut s, browse("#", 7, 3, ""), &mut out),
+        Ok((
+            7,
+            vec!["a/x".into(), "a/y".into(), "b/flag".into()],
+            "b/flag".into()
+        ))
+    );
+    assert_eq!(
+        page(&mut s, browse("#", 8, 3, "b/flag"), &mut out),
+        Ok((8, vec!["b/z".into()], String::new()))
+    );
+    assert_eq!(
+        page(&mut s, browse("b/+", 9, 0, ""), &mut out),
+        Ok((9, vec!["b/flag".into(), "b/z".into()], String::new())),
+        "limit 0: the server's cap"
+    );
     h.set(2, 1.0);
     pump(&mut s, &mut out);
     assert!(kinds(&mut out).is_empty(), "browsing subscribed nothing");
-    assert!(matches!(
-        s.on_message(browse("#/b"), now(), &mut out),
-        Action::Nothing
-    ));
-    let k = kinds(&mut out);
-    let [Kind::Error(e)] = &k[..] else {
-        panic!("{k:?}")
-    };
-    assert_eq!(e.code(), ErrorCode::Malformed);
+    // A bad pattern: MALFORMED, the session stays.
+    assert_eq!(
+        page(&mut s, browse("#/b", 10, 0, ""), &mut out),
+        Err(ErrorCode::Malformed)
+    );
+    // Twice the rate at once (3 used above, 1 refused-for-pattern counts
+    // too), then LIMIT_EXCEEDED without closing, then the rate again.
+    let burst = 2 * super::state::BROWSE_PER_S - 4;
+    for i in 0..burst {
+        assert!(page(&mut s, browse("a/#", 100 + u64::from(i), 0, ""), &mut out).is_ok());
+    }
+    assert_eq!(
+        page(&mut s, browse("a/#", 200, 0, ""), &mut out),
+        Err(ErrorCode::LimitExceeded)
+    );
+    tokio::time::advance(Duration::from_millis(110)).await;
+    assert!(page(&mut s, browse("a/#", 201, 0, ""), &mut out).is_ok());
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use crate::command::{WRITE_QUEUE, WriteFailure, WriteReply};
 use crate::engine::catalog::Catalog;
 use crate::proto;
+use crate::rate::Bucket;
 use crate::sample::{SourceId, TagKey, Value};
 use crate::status;
 
@@ -27,9 +28,7 @@ pub const MAX_QUEUED_PER_SOURCE: u16 = (WRITE_QUEUE / 8) as u16;
 #[derive(Debug)]
 pub struct WriteAllowance {
     per_s: u32,
-    tokens: f64,
-    /// When the bucket was last topped up; none before the first write.
-    refilled: Option<Instant>,
+    rate: Bucket,
     in_flight: u16,
     /// In-flight count per source with any (few sources per connection).
     per_source: Vec<(SourceId, u16)>,
@@ -40,8 +39,7 @@ impl WriteAllowance {
     pub fn new(per_s: u32) -> Self {
         WriteAllowance {
             per_s,
-            tokens: f64::from(per_s),
-            refilled: None,
+            rate: Bucket::new(per_s, f64::from(per_s)),
             in_flight: 0,
             per_source: Vec::new(),
         }
@@ -56,17 +54,6 @@ impl WriteAllowance {
     /// (BadTooManyOperations).
     pub fn admit(&mut self, source: SourceId, now: Instant) -> Result<(), WriteFailure> {
         let busy = |why: String| Err((status::BAD_TOO_MANY_OPERATIONS, why));
-        if self.per_s > 0 {
-            let rate = f64::from(self.per_s);
-            let since = self
-                .refilled
-                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
-            self.tokens = (self.tokens + since * rate).min(rate);
-            self.refilled = Some(now);
-            if self.tokens < 1.0 {
-                return busy(format!("more than max_writes_per_s = {}", self.per_s));
-            }
-        }
         if self.in_flight >= MAX_WRITES_IN_FLIGHT {
             return busy(format!("{MAX_WRITES_IN_FLIGHT} writes already in flight"));
         }
@@ -82,8 +69,9 @@ impl WriteAllowance {
                 "{MAX_QUEUED_PER_SOURCE} writes already queued for this device"
             ));
         }
-        if self.per_s > 0 {
-            self.tokens -= 1.0;
+        // Last: only writes that go out count against the rate.
+        if self.per_s > 0 && !self.rate.take(now) {
+            return busy(format!("more than max_writes_per_s = {}", self.per_s));
         }
         self.in_flight += 1;
         self.per_source[slot].1 += 1;

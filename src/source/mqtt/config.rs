@@ -37,6 +37,11 @@ pub struct MqttConfig {
     /// Largest payload decoded; larger ones turn the tag BadDecodingError.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: usize,
+    /// Tags its topic maps may discover; past it new topics are dropped,
+    /// counted and logged (a rogue publisher cannot grow the catalog
+    /// without bound).
+    #[serde(default = "default_max_tags")]
+    pub max_tags: usize,
     /// One tag per topic.
     #[serde(default)]
     pub tags: Vec<MqttTagConfig>,
@@ -47,6 +52,9 @@ pub struct MqttConfig {
 
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
+}
+fn default_max_tags() -> usize {
+    100_000
 }
 fn default_max_payload() -> usize {
     65_536
@@ -234,6 +242,9 @@ impl MqttConfig {
         }
         if self.max_payload_bytes == 0 {
             p.push(format!("{key}.max_payload_bytes"), "must be above zero");
+        }
+        if !(1..=1_000_000).contains(&self.max_tags) {
+            p.push(format!("{key}.max_tags"), "must be 1..=1000000");
         }
         if self.tags.is_empty() && self.topics.is_empty() {
             p.push(

@@ -27,6 +27,7 @@ use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
+use crate::rate::Throttle;
 use crate::sample::{Sample, now_us};
 use crate::status;
 
@@ -122,6 +123,11 @@ pub struct MqttSource {
     discovered: HashMap<String, u32>,
     next_local: u32,
     last_log: HashMap<String, (Instant, u64)>,
+    /// "tag discovered" lines: a publisher creating topics cannot flood
+    /// the log.
+    discovery_log: Throttle,
+    /// "max_tags reached" lines.
+    full_log: Throttle,
 }
 
 impl MqttSource {
@@ -141,6 +147,8 @@ impl MqttSource {
             routes,
             discovered: HashMap::new(),
             last_log: HashMap::new(),
+            discovery_log: Throttle::new(100, 10.0),
+            full_log: Throttle::new(1, 0.1),
         }
     }
 
@@ -294,10 +302,20 @@ impl MqttSource {
             }
             let local = match self.discovered.get(&name) {
                 Some(local) => *local,
+                None if self.discovered.len() >= self.config.max_tags => {
+                    metrics::counter!("tagstream_mqtt_topics_dropped_total", "source" => self.config.name.clone())
+                        .increment(1);
+                    if let Some(suppressed) = self.full_log.admit() {
+                        tracing::warn!(source = %self.config.name, %topic, max_tags = self.config.max_tags, suppressed, "max_tags reached: new topic dropped");
+                    }
+                    continue;
+                }
                 None => {
                     let local = self.next_local;
                     self.next_local += 1;
-                    tracing::info!(source = %self.config.name, %topic, tag = %name, "tag discovered");
+                    if let Some(suppressed) = self.discovery_log.admit() {
+                        tracing::info!(source = %self.config.name, %topic, tag = %name, suppressed, "tag discovered");
+                    }
                     self.cx
                         .define(local, map.tag_def(name.clone(), &self.config.name))
                         .await?;
