@@ -128,7 +128,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     }
     let sources = config.sources();
     for (_, source) in &sources {
-        for (t, from) in source.discovered() {
+        for d in source.discovered() {
+            let (t, from) = (d.def, d.from);
             let ty = format!("{:?}", t.data_type);
             println!(
                 "{:>5}  {:<40} {:<8} {:<8} {:<5} {from}",

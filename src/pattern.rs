@@ -71,13 +71,107 @@ pub fn captures<'a>(filter: &str, topic: &'a str) -> Option<Vec<&'a str>> {
     levels.next().is_none().then_some(out)
 }
 
-/// Fills `{N}` in `template` with the N-th capture (1-based).
+/// Fills `{N}` in `template` with the N-th capture (1-based), in one pass:
+/// a capture that itself contains `{2}` stays as it is. A `{N}` without
+/// such a capture stays literal.
 pub fn fill(template: &str, captures: &[&str]) -> String {
-    let mut name = template.to_string();
-    for (i, c) in captures.iter().enumerate() {
-        name = name.replace(&format!("{{{}}}", i + 1), c);
+    let mut name = String::with_capacity(template.len() + 16);
+    for piece in pieces(template) {
+        match piece {
+            Piece::Text(t) => name.push_str(t),
+            Piece::Capture(n, raw) => name.push_str(captures.get(n - 1).copied().unwrap_or(raw)),
+        }
     }
     name
+}
+
+/// A template split into literal text and `{N}` references.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Piece<'a> {
+    Text(&'a str),
+    /// 1-based capture index and its text as written.
+    Capture(usize, &'a str),
+}
+
+fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let index = after[..digits].parse::<usize>().ok().filter(|n| *n > 0);
+        match index {
+            Some(n) if after[digits..].starts_with('}') => {
+                if open > 0 {
+                    out.push(Piece::Text(&rest[..open]));
+                }
+                out.push(Piece::Capture(n, &rest[open..open + digits + 2]));
+                rest = &rest[open + digits + 2..];
+            }
+            _ => {
+                out.push(Piece::Text(&rest[..=open]));
+                rest = after;
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    out
+}
+
+/// Whether a topic map (`filter` → `template`) can produce `name` for some
+/// topic. A `+` capture is one level (any text without `/`), a `#` capture
+/// any text; a capture used twice has one value. `check` uses it to refuse
+/// maps that could take over a configured tag.
+pub fn can_produce(filter: &str, template: &str, name: &str) -> bool {
+    let wildcards: Vec<bool> = filter
+        .split('/')
+        .filter(|l| *l == "+" || *l == "#")
+        .map(|l| l == "#")
+        .collect();
+    let pieces = pieces(template);
+    let mut bound = vec![None; wildcards.len()];
+    produce(&pieces, &wildcards, name, &mut bound)
+}
+
+/// Backtracking match of `pieces` against `name`; `multi[i]`: capture i+1
+/// may span levels; `bound`: values already given to captures.
+fn produce<'a>(
+    pieces: &[Piece<'_>],
+    multi: &[bool],
+    name: &'a str,
+    bound: &mut Vec<Option<&'a str>>,
+) -> bool {
+    let Some((first, rest)) = pieces.split_first() else {
+        return name.is_empty();
+    };
+    let (n, raw) = match *first {
+        Piece::Text(t) => {
+            return name.starts_with(t) && produce(rest, multi, &name[t.len()..], bound);
+        }
+        Piece::Capture(n, raw) => (n, raw),
+    };
+    let Some(&spans) = multi.get(n - 1) else {
+        // No such capture: fill leaves the text as written.
+        return name.starts_with(raw) && produce(rest, multi, &name[raw.len()..], bound);
+    };
+    if let Some(value) = bound[n - 1] {
+        return name.starts_with(value) && produce(rest, multi, &name[value.len()..], bound);
+    }
+    let longest = if spans {
+        name.len()
+    } else {
+        name.find('/').unwrap_or(name.len())
+    };
+    for end in (0..=longest).filter(|e| name.is_char_boundary(*e)) {
+        bound[n - 1] = Some(&name[..end]);
+        if produce(rest, multi, &name[end..], bound) {
+            return true;
+        }
+    }
+    bound[n - 1] = None;
+    false
 }
 
 #[cfg(test)]
@@ -116,5 +210,52 @@ mod tests {
         assert!(validate("a/b#").is_err());
         assert!(validate("a/b+/c").is_err());
         assert!(validate("a/+/#").is_ok());
+    }
+
+    #[test]
+    fn fill_substitutes_once_and_leaves_unknown_references() {
+        assert_eq!(fill("p/{1}/{2}", &["a", "b"]), "p/a/b");
+        assert_eq!(
+            fill("p/{1}/x", &["{2}", "b"]),
+            "p/{2}/x",
+            "no re-substitution"
+        );
+        assert_eq!(fill("p/{3}/{x}/{}", &["a"]), "p/{3}/{x}/{}");
+        assert_eq!(fill("{1}{1}", &["ab"]), "abab");
+    }
+
+    #[test]
+    fn can_produce_decides_whether_a_map_reaches_a_name() {
+        assert!(can_produce(
+            "evil/+",
+            "plant/boiler/{1}",
+            "plant/boiler/temp"
+        ));
+        assert!(
+            !can_produce("evil/+", "plant/boiler/{1}", "plant/boiler/a/b"),
+            "+ is one level"
+        );
+        assert!(can_produce(
+            "evil/#",
+            "plant/boiler/{1}",
+            "plant/boiler/a/b"
+        ));
+        assert!(!can_produce(
+            "evil/+",
+            "plant/line4/{1}",
+            "plant/boiler/temp"
+        ));
+        assert!(can_produce("a/+/+", "x/{2}-{1}", "x/b-a"));
+        assert!(
+            !can_produce("a/+", "x/{1}/{1}", "x/a/b"),
+            "one value per capture"
+        );
+        assert!(can_produce("a/+", "x/{1}/{1}", "x/a/a"));
+        assert!(
+            can_produce("a/+", "x/{2}", "x/{2}"),
+            "an unknown reference is literal"
+        );
+        assert!(!can_produce("a/+", "x/{2}", "x/y"));
+        assert!(can_produce("a", "fixed/name", "fixed/name"));
     }
 }

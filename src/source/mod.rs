@@ -32,6 +32,19 @@ pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 #[error("the engine stopped")]
 pub struct EngineGone;
 
+/// A map that defines tags at run time (an MQTT wildcard map).
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    /// Its key under the source's (`topics[1]`).
+    pub key: String,
+    /// The topic filter whose wildcards are the captures.
+    pub filter: String,
+    /// The definition of each tag it makes; the name is the template.
+    pub def: TagDef,
+    /// Where they come from, for `check`'s listing.
+    pub from: String,
+}
+
 /// One configured source of any kind.
 pub trait SourceConfig: Send + Sync {
     /// The kind, as its config table is named (`modbus`, `mqtt`, `sim`).
@@ -44,9 +57,9 @@ pub trait SourceConfig: Send + Sync {
     /// Keys a source defines at run time start after them.
     fn tags(&self) -> Vec<TagDef>;
 
-    /// Tags it will define at run time, for `tagstream check`: a template
-    /// definition (its name a template) and where they come from.
-    fn discovered(&self) -> Vec<(TagDef, String)> {
+    /// Tags it will define at run time, for `tagstream check`: one entry
+    /// per topic map.
+    fn discovered(&self) -> Vec<Discovery> {
         Vec::new()
     }
 

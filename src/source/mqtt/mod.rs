@@ -23,7 +23,7 @@ use rumqttc::{
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
-use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
+use super::{Backoff, Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
@@ -63,12 +63,15 @@ impl SourceConfig for MqttConfig {
             .collect()
     }
 
-    fn discovered(&self) -> Vec<(TagDef, String)> {
+    fn discovered(&self) -> Vec<Discovery> {
         self.topics
             .iter()
-            .map(|map| {
-                let from = format!("{} (discovered from {})", self.name, map.filter);
-                (map.tag_def(map.name.clone(), &self.name), from)
+            .enumerate()
+            .map(|(i, map)| Discovery {
+                key: format!("topics[{i}]"),
+                filter: map.filter.clone(),
+                def: map.tag_def(map.name.clone(), &self.name),
+                from: format!("{} (discovered from {})", self.name, map.filter),
             })
             .collect()
     }

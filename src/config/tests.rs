@@ -1,0 +1,308 @@
+//! Config parsing and validation: every rule with the key it reports.
+use super::*;
+
+#[test]
+fn example_config_parses() {
+    let c =
+        Config::parse(include_str!("../../deploy/config.example.toml")).expect("example parses");
+    assert_eq!(c.modbus.len(), 2);
+    assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
+    assert_eq!(c.server.max_patterns, 1000);
+    assert_eq!(c.server.max_writes_per_s, 50);
+    let demo = include_str!("../../deploy/demo.toml")
+        .replace("{boiler}", "127.0.0.1:1")
+        .replace("{line}", "127.0.0.1:2")
+        .replace("{mqtt}", "127.0.0.1:3");
+    let demo = Config::parse(&demo).expect("demo template parses");
+    assert_eq!(demo.modbus.len(), 2);
+}
+
+#[test]
+fn modbus_values_are_validated_with_their_keys() {
+    let text = r#"
+[[modbus]]
+name = "d"
+address = "nohost"
+poll_interval = "0s"
+max_registers_per_read = 200
+[[modbus.tags]]
+name = "a/+/b"
+address = 65535
+type = "u32"
+byte_order = "ABCA"
+[[modbus.tags]]
+name = "a/ok"
+table = "input"
+address = 0
+type = "u16"
+bit = 16
+writable = true
+min = 5.0
+max = 1.0
+scale = 0.0
+[[modbus.tags]]
+name = "a/coil"
+table = "coil"
+address = 1
+type = "u16"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "modbus[0].address",
+        "modbus[0].poll_interval",
+        "modbus[0].max_registers_per_read",
+        "modbus[0].tags[0].name",
+        "modbus[0].tags[2].type",
+        "modbus[0].tags[0].address",
+        "modbus[0].tags[0].byte_order",
+        "modbus[0].tags[1].bit",
+        "modbus[0].tags[1].writable",
+        "modbus[0].tags[1].min",
+        "modbus[0].tags[1].scale",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let c = Config::parse("").expect("empty config is valid");
+    assert_eq!(c.server.listen, "0.0.0.0:8080");
+    assert_eq!(c.server.path, "/api/v1/stream");
+    assert_eq!(c.server.heartbeat_interval, Duration::from_secs(25));
+    assert_eq!(c.server.max_message_bytes, 65_536);
+    assert_eq!(c.server.max_pending_bytes, 1_048_576);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_key_and_line() {
+    let text = r#"
+[server]
+listen = "nowhere"
+bogus = 1
+push_threads = 5000
+
+[[modbus]]
+name = "a"
+address = "127.0.0.1:502"
+colour = "red"
+
+[[modbus.tags]]
+name = "x"
+address = 0
+type = "string"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"server.bogus"), "{keys:?}");
+    assert!(keys.contains(&"modbus.0.colour"), "{keys:?}");
+    assert!(keys.contains(&"server.listen"), "{keys:?}");
+    assert!(keys.contains(&"server.push_threads"), "{keys:?}");
+    assert!(keys.contains(&"modbus[0].tags[0].length"), "{keys:?}");
+    let bogus = problems
+        .iter()
+        .find(|p| p.key == "server.bogus")
+        .expect("bogus");
+    assert_eq!(bogus.line, Some(4));
+    let colour = problems
+        .iter()
+        .find(|p| p.key == "modbus.0.colour")
+        .expect("colour");
+    assert_eq!(colour.line, Some(10));
+}
+
+#[test]
+fn bad_duration_is_a_syntax_error_naming_the_key() {
+    let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
+    let text = err.to_string();
+    assert!(text.contains("heartbeat_interval"), "{text}");
+    assert!(text.contains("line 2"), "{text}");
+}
+
+#[test]
+fn mqtt_values_are_validated_with_their_keys() {
+    let text = r#"
+[[mqtt]]
+name = "b"
+url = "http://broker"
+password_env = "TAGSTREAM_TEST_UNSET_VARIABLE"
+[[mqtt.tags]]
+name = "x/y"
+topic = "x/+"
+format = "text"
+type = "f64"
+qos = 3
+write_topic = "x/set"
+[[mqtt.topics]]
+filter = "p/+/v"
+name = "p/{2}"
+format = "number"
+json_pointer = "/v"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "mqtt[0].url",
+        "mqtt[0].password_env",
+        "mqtt[0].tags[0].topic",
+        "mqtt[0].tags[0].write_topic",
+        "mqtt[0].tags[0].qos",
+        "mqtt[0].tags[0].type",
+        "mqtt[0].topics[0].name",
+        "mqtt[0].topics[0].json_pointer",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let ok = "[[mqtt]]\nname = \"b\"\nurl = \"mqtts://broker:8883\"\n[[mqtt.topics]]\nfilter = \"p/+/v\"\nname = \"p/{1}\"\n";
+    Config::parse(ok).expect("valid mqtt config");
+}
+
+#[test]
+fn durations_a_task_would_panic_on_are_refused_with_their_keys() {
+    // Each of these passed `check` and then panicked in its task:
+    // the heartbeat and the poll loop overflowed adding to an Instant,
+    // rumqttc asserts a keep-alive of at least one second.
+    let text = r#"
+[server]
+heartbeat_interval = "10000000000000000000s"
+hello_timeout = "0s"
+[[modbus]]
+name = "d"
+address = "127.0.0.1:502"
+poll_interval = "10000000000000000000s"
+timeout = "2h"
+[[modbus.tags]]
+name = "a/x"
+address = 0
+type = "u16"
+poll_interval = "0s"
+[[mqtt]]
+name = "b"
+url = "mqtt://127.0.0.1:1883"
+keep_alive = "500ms"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "server.heartbeat_interval",
+        "server.hello_timeout",
+        "modbus[0].poll_interval",
+        "modbus[0].timeout",
+        "modbus[0].tags[0].poll_interval",
+        "mqtt[0].keep_alive",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let line = problems
+        .iter()
+        .find(|p| p.key == "server.heartbeat_interval");
+    assert_eq!(line.and_then(|p| p.line), Some(3));
+    // Zero keep-alive means "off" in MQTT and stays valid.
+    let off = "[[mqtt]]\nname = \"b\"\nurl = \"mqtt://h:1\"\nkeep_alive = \"0s\"\n\
+               [[mqtt.topics]]\nfilter = \"p/+\"\nname = \"p/{1}\"\n";
+    Config::parse(off).expect("keep_alive 0 is off");
+}
+
+#[test]
+fn node_id_is_server_id_else_the_kernels_host_name() {
+    let mut server = ServerConfig::default();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("linux");
+    assert_eq!(server.node_id(), host.trim());
+    server.server_id = "gw-2".into();
+    assert_eq!(server.node_id(), "gw-2");
+}
+
+#[test]
+fn a_stream_path_on_a_built_in_route_is_refused() {
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let err = Config::parse(&format!("[server]\npath = \"{path}\"\n")).expect_err(path);
+        assert!(err.to_string().contains("built-in route"), "{err}");
+    }
+    Config::parse("[server]\npath = \"/ws\"\n").expect("a path of its own");
+}
+
+#[test]
+fn sim_sources_are_validated_with_the_others() {
+    let text = "[[sim]]\nname = \"s\"\ntags = 0\nspeed = 3\n[[sim]]\nname = \"s\"\ntags = 2\n";
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in ["sim.0.speed", "sim[0].tags", "sim[1].name"] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let ok = Config::parse("[[sim]]\nname = \"s\"\ntags = 3\nrate = 10\n").expect("valid");
+    let sources = ok.sources();
+    assert_eq!(sources.len(), 1);
+    assert_eq!(
+        (sources[0].0.as_str(), sources[0].1.tags().len()),
+        ("sim[0]", 3)
+    );
+}
+
+#[test]
+fn unbuilt_sections_are_refused_not_ignored() {
+    let err = Config::parse("[auth]\ntokens = []\n").expect_err("auth refused");
+    assert!(err.to_string().contains("auth"));
+}
+
+#[test]
+fn duplicate_tag_names_are_refused() {
+    let text = r#"
+[[modbus]]
+name = "a"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "p/x"
+address = 0
+type = "u16"
+[[modbus]]
+name = "b"
+address = "127.0.0.1:503"
+[[modbus.tags]]
+name = "p/x"
+address = 0
+type = "u16"
+"#;
+    let err = Config::parse(text).expect_err("dup");
+    assert!(err.to_string().contains("duplicate tag name"), "{err}");
+}
+
+#[test]
+fn a_topic_map_that_can_produce_a_configured_name_is_refused() {
+    let text = r#"
+[[modbus]]
+name = "boiler"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "plant/boiler/alarm"
+address = 0
+type = "bool"
+[[mqtt]]
+name = "line"
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.topics]]
+filter = "fine/+"
+name = "plant/line4/{1}"
+[[mqtt.topics]]
+filter = "evil/+"
+name = "plant/boiler/{1}"
+"#;
+    let err = Config::parse(text).expect_err("takeover").to_string();
+    assert!(err.contains("mqtt[0].topics[1].name"), "{err}");
+    assert!(err.contains("\"plant/boiler/alarm\""), "{err}");
+    assert!(err.contains("\"boiler\""), "{err}");
+    assert!(!err.contains("topics[0]"), "the other map is fine: {err}");
+    // One level deeper cannot come from a `+` capture.
+    let fine = text.replace("plant/boiler/{1}", "plant/boiler/{1}/x");
+    Config::parse(&fine).expect("no configured name reachable");
+}
