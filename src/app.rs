@@ -155,9 +155,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Descriptors beyond one per client: listener, devices, brokers, logs.
-const FD_RESERVE: u64 = 256;
-
 /// Raises the open-file limit as far as the hard limit allows and warns
 /// when that is still below what `max_connections` needs: past it the
 /// kernel refuses accepts and `/healthz` itself stops answering.
@@ -175,9 +172,11 @@ pub fn raise_fd_limit(max_connections: usize) {
 }
 
 /// The warning, if `limit` descriptors cannot hold `max_connections`
-/// clients and the server's own.
+/// clients, the fewest sockets waiting for their upgrade, and the server's
+/// own.
 pub fn fd_shortfall(max_connections: usize, limit: u64) -> Option<String> {
-    let need = max_connections as u64 + FD_RESERVE;
+    use crate::push::pending::{FD_RESERVE, MIN_PENDING};
+    let need = max_connections as u64 + MIN_PENDING as u64 + FD_RESERVE;
     (limit < need).then(|| {
         format!(
             "open-file limit {limit} is below the {need} that max_connections needs: \
@@ -225,7 +224,7 @@ mod tests {
         raise_fd_limit(10);
         let (soft, hard) = rlimit::Resource::NOFILE.get().expect("readable");
         assert_eq!(soft, hard);
-        assert!(fd_shortfall(10_000, 1024).is_some_and(|w| w.contains("10256")));
+        assert!(fd_shortfall(10_000, 1024).is_some_and(|w| w.contains("10320")));
         assert_eq!(fd_shortfall(10_000, 65_535), None);
     }
 }

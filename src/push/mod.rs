@@ -8,6 +8,7 @@
 pub mod close;
 pub mod http;
 pub mod outbox;
+pub mod pending;
 pub mod session;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use crate::command::CommandSink;
 use crate::config::ServerConfig;
 use crate::engine::EngineShared;
 use crate::telemetry::PushMetrics;
+use pending::Pending;
 use session::SessionContext;
 
 /// Why the push layer could not run.
@@ -54,6 +56,8 @@ pub struct Push {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     handshakes: Mutex<(u64, u32)>,
     http_in_flight: Arc<Semaphore>,
+    /// Sockets not yet upgraded.
+    pub pending: Arc<Pending>,
 }
 
 /// HTTP exchanges (handshakes included) served at once; accepted
@@ -90,6 +94,8 @@ impl Push {
         });
         let server_id = config.node_id();
         let metrics = PushMetrics::new();
+        let fd_limit = rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft);
+        let pending_cap = pending::cap_for(fd_limit, config.max_connections);
         let sessions = Arc::new(SessionContext {
             engine,
             commands,
@@ -113,6 +119,7 @@ impl Push {
             per_ip: Mutex::new(HashMap::new()),
             handshakes: Mutex::new((0, 0)),
             http_in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
+            pending: Pending::new(pending_cap),
         })
     }
 
@@ -287,14 +294,25 @@ async fn accept_loop(
             return;
         }
     };
+    let mut accept_errors = crate::rate::Throttle::new(1, 0.2);
+    tracing::info!(
+        cap = push.pending.cap(),
+        "sockets before the upgrade capped"
+    );
     for next in (0..workers.len()).cycle() {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: log, back off, keep serving.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // EMFILE and friends: free a descriptor held by a
+                    // socket that never upgraded, log (rate-limited), keep
+                    // serving.
+                    let freed = push.pending.evict_oldest();
+                    if let Some(suppressed) = accept_errors.admit() {
+                        tracing::error!(error = %e, freed, suppressed, "accept failed");
+                    }
+                    let pause = if freed { 5 } else { 100 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
                 }
             },
@@ -328,6 +346,23 @@ async fn connection(
             return;
         }
     };
+    // Counted from the accept until the upgrade (or the HTTP connection's
+    // end); evicted, the socket is dropped wherever it is.
+    let place = push.pending.enter();
+    let evicted = place.evicted.clone();
+    tokio::select! {
+        () = before_upgrade(stream, peer, push.clone(), tracker) => {}
+        () = evicted.cancelled() => tracing::debug!(%peer, "waiting socket dropped to make room"),
+    }
+    drop(place);
+}
+
+async fn before_upgrade(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    push: Arc<Push>,
+    tracker: TaskTracker,
+) {
     let spoke = tokio::select! {
         r = tokio::time::timeout(http::HEADER_TIMEOUT, stream.readable()) => matches!(r, Ok(Ok(()))),
         () = push.shutdown.cancelled() => return,

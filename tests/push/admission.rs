@@ -135,3 +135,63 @@ async fn silent_connections_are_dropped_after_the_header_timeout() {
     );
     server.stop().await;
 }
+
+/// `tagstream run` with `config` under an open-file limit of `fds`, which
+/// it cannot raise (`ulimit -n` sets the hard limit too).
+fn run_with_fd_limit(dir: &Scratch, config: &str, fds: u32) -> std::process::Child {
+    let path = dir.path("config.toml");
+    std::fs::write(&path, config).unwrap();
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {fds} && exec \"$0\" run --config \"$1\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_tagstream"))
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path("stderr.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn silent_sockets_past_the_open_file_limit_never_stop_healthz_or_the_503() {
+    let dir = Scratch::new("fd-limit");
+    let port = tagstream_testkit::free_port().unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let config = format!(
+        "[server]\nlisten = \"{addr}\"\nmax_connections = 1\n[[sim]]\nname = \"s\"\ntags = 4\n"
+    );
+    let mut child = run_with_fd_limit(&dir, &config, 200);
+    wait_listening(addr).await;
+    let url = format!("ws://{addr}/api/v1/stream");
+    let session = Client::connect(&url, hello(&["#"])).await.unwrap();
+    // More silent sockets than the process has descriptors.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let healthz = tokio::time::timeout(
+        Duration::from_secs(5),
+        http(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("healthz answered under the attack");
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    // Full (one session), the server still reads a handshake to refuse it.
+    let full = tokio::time::timeout(Duration::from_secs(5), http(addr, &upgrade_request("")))
+        .await
+        .expect("handshake answered");
+    assert!(full.starts_with("HTTP/1.1 503"), "{full}");
+    drop((silent, session));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path("stderr.log")).unwrap();
+    // The cap kept descriptors free: the kernel never refused an accept.
+    let failed = log.matches("accept failed").count();
+    assert_eq!(failed, 0, "'accept failed' lines:\n{log}");
+    assert!(log.contains("sockets before the upgrade capped"), "{log}");
+}
