@@ -67,7 +67,16 @@ pub struct Catalog {
     /// Ordered, so Browse pages in name order without sorting.
     by_name: BTreeMap<String, TagId>,
     version: u64,
+    /// `(version, id)` of each redefinition, oldest first, so a session
+    /// finds what changed since it last looked without scanning its
+    /// selection. Bounded: past `REDEFINITIONS` the older half goes and
+    /// `forgotten` says up to which version the log is incomplete.
+    redefinitions: std::collections::VecDeque<(u64, TagId)>,
+    forgotten: u64,
 }
+
+/// Redefinitions the log keeps.
+const REDEFINITIONS: usize = 65_536;
 
 impl Catalog {
     /// A catalog of configured tags; ids and keys follow the given order
@@ -116,7 +125,23 @@ impl Catalog {
         self.meta[index].defined_seq = seq;
         self.meta[index].revision = self.version;
         self.tags[index] = def;
+        if self.redefinitions.len() >= REDEFINITIONS {
+            let half = REDEFINITIONS / 2;
+            self.forgotten = self.redefinitions[half - 1].0;
+            self.redefinitions.drain(..half);
+        }
+        self.redefinitions.push_back((self.version, id));
         true
+    }
+
+    /// Ids redefined after catalog version `version` (possibly repeated),
+    /// or `None` if the log no longer reaches back that far.
+    pub fn redefined_since(&self, version: u64) -> Option<impl Iterator<Item = TagId> + '_> {
+        if version < self.forgotten {
+            return None;
+        }
+        let start = self.redefinitions.partition_point(|(v, _)| *v <= version);
+        Some(self.redefinitions.range(start..).map(|(_, id)| *id))
     }
 
     /// True if `def` would change tag `id`'s definition (its id and name
@@ -396,5 +421,23 @@ mod tests {
             (vec!["b/10"], Some("b/10".into()))
         );
         assert_eq!(page("nothing/#", "", 10, 100), (vec![], None));
+    }
+
+    #[test]
+    fn redefinitions_are_logged_by_version() {
+        let mut c = Catalog::new(["a", "b", "c"].map(|n| TagDef::read_only(n, "s")));
+        let v0 = c.version();
+        let unit = |u: &str| TagDef {
+            unit: u.into(),
+            ..TagDef::read_only("ignored", "s")
+        };
+        assert!(c.redefine(2, unit("kg"), 5));
+        let v1 = c.version();
+        assert!(c.redefine(3, unit("m"), 6));
+        assert!(!c.redefine(3, unit("m"), 7), "no change, no entry");
+        let since = |v| c.redefined_since(v).map(|i| i.collect::<Vec<_>>());
+        assert_eq!(since(v0), Some(vec![2, 3]));
+        assert_eq!(since(v1), Some(vec![3]));
+        assert_eq!(since(c.version()), Some(vec![]));
     }
 }

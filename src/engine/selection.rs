@@ -21,24 +21,75 @@ pub struct Selection {
     /// were found or redefined since and the selection must be resolved
     /// again (and those tags' Catalog entries sent).
     pub catalog_version: u64,
+    /// Tags of that catalog (ids `1..=resolved`): a tag's name never
+    /// changes within an epoch, so a newer catalog only needs its later
+    /// ids matched.
+    resolved: usize,
 }
 
 impl Selection {
-    fn build(patterns: Vec<String>, catalog: &Catalog) -> Self {
-        let mut bits = vec![0u64; catalog.len() / 64 + 1];
-        let mut count = 0;
-        for def in catalog.iter() {
-            if patterns.iter().any(|p| pattern::matches(p, &def.name)) {
-                bits[def.id as usize / 64] |= 1 << (def.id % 64);
-                count += 1;
+    /// Resolves `patterns` (sorted, deduplicated) against `catalog`,
+    /// reusing what `base` already decided: the cost is proportional to
+    /// what changed, not to the catalog times the patterns.
+    /// - patterns added to base's: only they are matched, and only against
+    ///   tags base does not select;
+    /// - patterns removed: only base's selected tags are matched again;
+    /// - tags newer than base: matched against every pattern.
+    fn derive(patterns: Vec<String>, base: Option<&Selection>, catalog: &Catalog) -> Self {
+        let mut set = Bits {
+            words: vec![0u64; catalog.len() / 64 + 1],
+            count: 0,
+        };
+        let mut start = 1;
+        if let Some(base) = base.filter(|b| b.resolved <= catalog.len()) {
+            let (added, removed) = difference(&patterns, &base.patterns);
+            if removed.is_empty() {
+                set.words[..base.bits.len()].copy_from_slice(&base.bits);
+                set.count = base.count;
+            } else {
+                let kept: Vec<&str> = patterns.iter().map(String::as_str).collect();
+                for id in base.ids().filter(|&id| matches_any(&kept, catalog, id)) {
+                    set.insert(id);
+                }
+            }
+            // Tags base left out match none of its patterns: only an added
+            // one can take them.
+            if !added.is_empty() {
+                for id in 1..=base.resolved as TagId {
+                    if !base.contains(id) && matches_any(&added, catalog, id) {
+                        set.insert(id);
+                    }
+                }
+            }
+            start = base.resolved + 1;
+        }
+        let all: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        for id in (start..=catalog.len()).map(|i| i as TagId) {
+            if matches_any(&all, catalog, id) {
+                set.insert(id);
             }
         }
         Selection {
             patterns,
-            bits,
-            count,
+            bits: set.words,
+            count: set.count,
             catalog_version: catalog.version(),
+            resolved: catalog.len(),
         }
+    }
+
+    /// Ids this selects and `old` does not, in id order; word by word, so
+    /// cheap even for a selection of the whole catalog.
+    pub fn added_since(&self, old: &Selection) -> Vec<TagId> {
+        let mut out = Vec::new();
+        for (w, &word) in self.bits.iter().enumerate() {
+            let mut rest = word & !old.bits.get(w).copied().unwrap_or(0);
+            while rest != 0 {
+                out.push((w * 64) as TagId + rest.trailing_zeros());
+                rest &= rest - 1;
+            }
+        }
+        out
     }
 
     /// True if the tag is selected.
@@ -74,6 +125,54 @@ impl Selection {
     }
 }
 
+/// A bitset under construction.
+struct Bits {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl Bits {
+    fn insert(&mut self, id: TagId) {
+        let word = &mut self.words[id as usize / 64];
+        let bit = 1 << (id % 64);
+        if *word & bit == 0 {
+            *word |= bit;
+            self.count += 1;
+        }
+    }
+}
+
+/// Patterns in `now` and not in `before`, and the reverse (both sorted).
+fn difference<'a>(now: &'a [String], before: &'a [String]) -> (Vec<&'a str>, Vec<&'a str>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < now.len() || j < before.len() {
+        match (now.get(i), before.get(j)) {
+            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
+            (Some(a), Some(b)) if a < b => {
+                added.push(a.as_str());
+                i += 1;
+            }
+            (Some(a), None) => {
+                added.push(a.as_str());
+                i += 1;
+            }
+            (_, Some(b)) => {
+                removed.push(b.as_str());
+                j += 1;
+            }
+            (None, None) => break,
+        }
+    }
+    (added, removed)
+}
+
+fn matches_any(patterns: &[&str], catalog: &Catalog, id: TagId) -> bool {
+    catalog
+        .get(id)
+        .is_some_and(|def| patterns.iter().any(|p| pattern::matches(p, &def.name)))
+}
+
 /// Interns selections by pattern list.
 #[derive(Debug, Default)]
 pub struct Selections {
@@ -91,28 +190,51 @@ struct Interned {
 }
 
 impl Selections {
-    /// The shared selection for these patterns (order and duplicates ignored).
-    pub fn get(&self, mut patterns: Vec<String>, catalog: &Catalog) -> Arc<Selection> {
+    /// The shared selection for these patterns (order and duplicates
+    /// ignored), resolved from `base` (the caller's current selection) when
+    /// it must be built. Built outside the lock: one session's large
+    /// Subscribe never holds up another's.
+    pub fn get(
+        &self,
+        mut patterns: Vec<String>,
+        base: Option<&Selection>,
+        catalog: &Catalog,
+    ) -> Arc<Selection> {
         patterns.sort();
         patterns.dedup();
-        let mut interned = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = interned.map.get(&patterns).and_then(Weak::upgrade) {
+        if let Some(existing) = self.lock().map.get(&patterns).and_then(Weak::upgrade) {
             if existing.catalog_version == catalog.version() {
                 return existing;
+            }
+        }
+        let selection = Arc::new(Selection::derive(patterns, base, catalog));
+        let mut interned = self.lock();
+        if let Some(raced) = interned
+            .map
+            .get(&selection.patterns)
+            .and_then(Weak::upgrade)
+        {
+            if raced.catalog_version == catalog.version() {
+                return raced;
             }
         }
         if interned.map.len() >= interned.sweep_at {
             interned.map.retain(|_, weak| weak.strong_count() > 0);
             interned.sweep_at = (interned.map.len() * 2).max(64);
         }
-        let selection = Arc::new(Selection::build(patterns.clone(), catalog));
-        interned.map.insert(patterns, Arc::downgrade(&selection));
+        interned
+            .map
+            .insert(selection.patterns.clone(), Arc::downgrade(&selection));
         selection
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Interned> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Pattern lists interned (live or not yet swept).
     pub fn interned(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).map.len()
+        self.lock().map.len()
     }
 }
 
@@ -125,14 +247,17 @@ mod tests {
     fn lists_no_connection_holds_are_swept() {
         let catalog = Catalog::new([TagDef::read_only("a/x", "s")]);
         let sels = Selections::default();
-        let held = sels.get(vec!["a/#".into()], &catalog);
+        let held = sels.get(vec!["a/#".into()], None, &catalog);
         // A session growing its subscription one pattern at a time leaves
         // every intermediate list behind.
         for i in 0..10_000 {
-            drop(sels.get(vec![format!("p/{i}")], &catalog));
+            drop(sels.get(vec![format!("p/{i}")], None, &catalog));
         }
         assert!(sels.interned() <= 130, "{} lists kept", sels.interned());
-        assert!(Arc::ptr_eq(&held, &sels.get(vec!["a/#".into()], &catalog)));
+        assert!(Arc::ptr_eq(
+            &held,
+            &sels.get(vec!["a/#".into()], None, &catalog)
+        ));
     }
 
     #[test]
@@ -146,11 +271,58 @@ mod tests {
             };
             TagDef::read_only(format!("{area}/t{i}"), "s")
         }));
-        let sel = Selections::default().get(vec!["odd/#".into()], &catalog);
+        let sel = Selections::default().get(vec!["odd/#".into()], None, &catalog);
         let ids: Vec<TagId> = sel.ids().collect();
         assert_eq!(ids, [1, 63, 64, 65, 127, 128, 200]);
         assert_eq!(sel.len(), ids.len());
         assert!(ids.iter().all(|id| sel.contains(*id)));
         assert!(!sel.contains(2));
+    }
+
+    #[test]
+    fn a_derived_selection_equals_one_resolved_from_scratch() {
+        use crate::sample::TagKey;
+        let name = |i: usize| format!("a{}/b{}/c{i}", i % 3, i % 7);
+        let mut catalog = Catalog::new((1..=300).map(|i| TagDef::read_only(name(i), "s")));
+        let lists: [&[&str]; 6] = [
+            &["a1/#"],
+            &["a1/#", "+/b2/#"],
+            &["+/b2/#"],
+            &["+/b2/#", "a0/b0/+", "a2/#"],
+            &["a0/b0/+"],
+            &[],
+        ];
+        let owned = |l: &[&str]| -> Vec<String> { l.iter().map(|p| p.to_string()).collect() };
+        let mut current = Selection::derive(Vec::new(), None, &catalog);
+        for (round, list) in lists.iter().cycle().take(12).enumerate() {
+            if round == 6 {
+                // The catalog grows: later ids must be matched too.
+                for i in 301..=400 {
+                    let key = TagKey {
+                        source: 0,
+                        local: i as u32,
+                    };
+                    catalog.add(TagDef::read_only(name(i), "s"), key, 0);
+                }
+            }
+            let mut patterns = owned(list);
+            patterns.sort();
+            let derived = Selection::derive(patterns.clone(), Some(&current), &catalog);
+            let fresh = Selection::derive(patterns, None, &catalog);
+            let ids: Vec<TagId> = derived.ids().collect();
+            assert_eq!(
+                ids,
+                fresh.ids().collect::<Vec<_>>(),
+                "round {round}: {list:?}"
+            );
+            assert_eq!(derived.len(), fresh.len());
+            let added: Vec<TagId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !current.contains(*id))
+                .collect();
+            assert_eq!(derived.added_since(&current), added);
+            current = derived;
+        }
     }
 }

@@ -223,7 +223,7 @@ impl SessionState {
         let rx = engine.subscribe();
         let consumed = engine.published_bytes();
         let table = engine.table();
-        let selection = engine.selections.get(patterns, table.catalog());
+        let selection = engine.selections.get(patterns, None, table.catalog());
         let current = table.seq();
         let outcome = match hello.resume {
             Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
@@ -374,18 +374,30 @@ impl SessionState {
     /// update that uses its id.
     fn reselect(&mut self, patterns: Vec<String>, out: &mut Outbox) {
         let engine = self.cx.engine.clone();
+        // Resolved from the current selection, without the table lock:
+        // a large Subscribe holds up neither the engine nor other sessions.
+        let selection = {
+            let catalog = engine.catalog();
+            engine
+                .selections
+                .get(patterns, Some(&self.selection), &catalog)
+        };
         let table = engine.table();
         let catalog = table.catalog();
-        let selection = engine.selections.get(patterns, catalog);
         let seen = self.selection.catalog_version;
-        let (mut newly, mut redefined) = (Vec::new(), Vec::new());
-        for id in selection.ids() {
-            if !self.selection.contains(id) {
-                newly.push(id);
-            } else if catalog.meta(id).is_some_and(|m| m.revision > seen) {
-                redefined.push(id);
-            }
-        }
+        let newly = selection.added_since(&self.selection);
+        let mut redefined: Vec<TagId> = match catalog.redefined_since(seen) {
+            Some(ids) => ids
+                .filter(|&id| selection.contains(id) && self.selection.contains(id))
+                .collect(),
+            None => selection
+                .ids()
+                .filter(|&id| self.selection.contains(id))
+                .filter(|&id| catalog.meta(id).is_some_and(|m| m.revision > seen))
+                .collect(),
+        };
+        redefined.sort_unstable();
+        redefined.dedup();
         // A redefined tag's new entry goes before the Delta that may carry
         // its first update under the new definition.
         if !redefined.is_empty() {
