@@ -57,10 +57,12 @@ fn engine(c: &mut Criterion) {
     let mut engine = engine_of_tags();
     let shared = engine.shared().clone();
     let batch = engine.apply(samples(1024, 1)).expect("changes");
-    let all = shared.selections.get(vec!["#".into()], &shared.catalog());
+    let all = shared
+        .selections
+        .get(vec!["#".into()], None, &shared.catalog());
     let area = shared
         .selections
-        .get(vec!["plant/area3/#".into()], &shared.catalog());
+        .get(vec!["plant/area3/#".into()], None, &shared.catalog());
     group.throughput(Throughput::Elements(1024));
     group.bench_function("delta_part_all_1024_uncached", |b| {
         b.iter(|| batch.assemble(&all, batch.from_seq));
