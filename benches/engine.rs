@@ -93,7 +93,7 @@ fn fan_out(c: &mut Criterion) {
         .map(|a| {
             shared
                 .selections
-                .get(vec![format!("plant/area{a}/#")], &catalog)
+                .get(vec![format!("plant/area{a}/#")], None, &catalog)
         })
         .collect();
     let mut round = 0;
