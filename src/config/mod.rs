@@ -298,12 +298,10 @@ impl Config {
     /// Parses and validates TOML text; every problem is reported at once.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut unknown = Vec::new();
-        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        let config: Config = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
-            .map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config = deserialize(text, &mut unknown).map_err(|e| value_errors(text, e))?;
         let mut problems = Problems::default();
         for key in unknown {
-            problems.push(key, "unknown key");
+            problems.push(bracketed(&key), "unknown key or section");
         }
         config.validate(&mut problems);
         if problems.0.is_empty() {
@@ -418,6 +416,150 @@ pub fn check_tag_name(name: &str) -> Result<(), String> {
 /// `[[modbus]]`, then the M-th `[[modbus.tags]]` after it, ...) and finds
 /// `leaf =` inside. serde does not carry spans through, so this reads the
 /// text. Accepts both `modbus[0].tags[1].x` and `modbus.0.tags.1.x`.
+/// Deserializes `text`, collecting the keys no field takes.
+fn deserialize(text: &str, unknown: &mut Vec<String>) -> Result<Config, toml::de::Error> {
+    let de = toml::Deserializer::parse(text)?;
+    serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+}
+
+/// Most value errors reported from one file.
+const MAX_VALUE_ERRORS: usize = 20;
+
+/// Every value of the wrong type, not only the first serde stops at: the
+/// offending line is commented out (lines keep their numbers) and the file
+/// read again, until it reads or an error is not one more bad value (a
+/// syntax error, or a missing field the removal caused). A syntax error
+/// alone stays a `Syntax` error with its caret display.
+fn value_errors(text: &str, first: toml::de::Error) -> ConfigError {
+    let mut problems = Vec::new();
+    let mut text = text.to_string();
+    let mut error = first.clone();
+    while problems.len() < MAX_VALUE_ERRORS {
+        let Some(span) = error.span() else { break };
+        if toml::Deserializer::parse(&text).is_err() || error.message().starts_with("missing field")
+        {
+            break;
+        }
+        let line = line_of(&text, span.start);
+        if problems.iter().any(|p: &Problem| p.line == Some(line)) {
+            break;
+        }
+        problems.push(Problem {
+            key: key_at(&text, line),
+            line: Some(line),
+            message: error.message().trim().to_string(),
+        });
+        // Put a value of another type in its place (keeping a required
+        // key present), the first that moves the error off this line.
+        let mut next = None;
+        for candidate in ["0", "\"\"", "false", "[]", "{}", "\"1s\"", "0.0", "#"] {
+            let tried = replace_value(&text, line, candidate);
+            match deserialize(&tried, &mut Vec::new()) {
+                Ok(_) => return ConfigError::Invalid(sorted(problems)),
+                Err(e) if e.span().is_some_and(|s| line_of(&tried, s.start) == line) => {}
+                Err(e) if e.message().starts_with("missing field") => {}
+                Err(e) => {
+                    next = Some((tried, e));
+                    break;
+                }
+            }
+        }
+        let Some((tried, e)) = next else { break };
+        text = tried;
+        error = e;
+    }
+    if problems.is_empty() {
+        ConfigError::Syntax(first.to_string())
+    } else {
+        ConfigError::Invalid(sorted(problems))
+    }
+}
+
+fn sorted(mut problems: Vec<Problem>) -> Vec<Problem> {
+    problems.sort_by_key(|p| p.line);
+    problems
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// `text` with the value on 1-based `line` replaced (`#`: the line
+/// commented out); line numbers stay.
+fn replace_value(text: &str, line: usize, value: &str) -> String {
+    text.split('\n')
+        .enumerate()
+        .map(|(i, l)| match (i + 1 == line, l.split_once('=')) {
+            (false, _) => l.to_string(),
+            (true, Some((key, _))) if value != "#" => format!("{key}= {value}"),
+            (true, _) => format!("# {l}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The key path of the assignment on 1-based `line` (`modbus[1].timeout`),
+/// from the table headers above it.
+fn key_at(text: &str, line: usize) -> String {
+    let mut table = String::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut indexed: HashMap<String, String> = HashMap::new();
+    for l in text.lines().take(line.saturating_sub(1)).map(str::trim) {
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let (parent, leaf) = match name.rsplit_once('.') {
+                Some((p, leaf)) => (
+                    indexed.get(p).cloned().unwrap_or_else(|| p.to_string()),
+                    leaf,
+                ),
+                None => (String::new(), name.as_str()),
+            };
+            let n = counts.entry(name.clone()).or_default();
+            *n += 1;
+            let index = *n - 1;
+            // A new parent entry restarts its children's numbering.
+            let prefix = format!("{name}.");
+            counts.retain(|k, _| !k.starts_with(&prefix));
+            table = if parent.is_empty() {
+                format!("{leaf}[{index}]")
+            } else {
+                format!("{parent}.{leaf}[{index}]")
+            };
+            indexed.insert(name, table.clone());
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let leaf = text
+        .lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| l.split('=').next())
+        .map(|k| k.trim().trim_matches('"').to_string())
+        .unwrap_or_default();
+    if table.is_empty() {
+        leaf
+    } else {
+        format!("{table}.{leaf}")
+    }
+}
+
+/// `modbus.0.tags.2.x` (serde_ignored's paths) as `modbus[0].tags[2].x`,
+/// the style of every other key in a report.
+fn bracketed(path: &str) -> String {
+    let mut out = String::new();
+    for part in path.split('.') {
+        if !out.is_empty() && part.parse::<usize>().is_ok() {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn find_line(text: &str, key: &str) -> Option<usize> {
     let normalized = key.replace('[', ".").replace(']', "");
     let parts: Vec<&str> = normalized.split('.').filter(|p| !p.is_empty()).collect();
@@ -460,6 +602,20 @@ fn find_line(text: &str, key: &str) -> Option<usize> {
         .iter()
         .position(assigns)
         .map(|i| pos + i + 1)
+        .or_else(|| {
+            // A whole table (an unknown section): its header's line.
+            let name = tables
+                .iter()
+                .chain([leaf])
+                .copied()
+                .collect::<Vec<_>>()
+                .join(".");
+            let headers = [format!("[{name}]"), format!("[[{name}]]")];
+            lines
+                .iter()
+                .position(|l| headers.iter().any(|h| l.starts_with(h.as_str())))
+                .map(|i| i + 1)
+        })
 }
 
 #[cfg(test)]

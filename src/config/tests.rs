@@ -100,7 +100,7 @@ type = "string"
     };
     let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
     assert!(keys.contains(&"server.bogus"), "{keys:?}");
-    assert!(keys.contains(&"modbus.0.colour"), "{keys:?}");
+    assert!(keys.contains(&"modbus[0].colour"), "{keys:?}");
     assert!(keys.contains(&"server.listen"), "{keys:?}");
     assert!(keys.contains(&"server.push_threads"), "{keys:?}");
     assert!(keys.contains(&"modbus[0].tags[0].length"), "{keys:?}");
@@ -111,13 +111,13 @@ type = "string"
     assert_eq!(bogus.line, Some(4));
     let colour = problems
         .iter()
-        .find(|p| p.key == "modbus.0.colour")
+        .find(|p| p.key == "modbus[0].colour")
         .expect("colour");
     assert_eq!(colour.line, Some(10));
 }
 
 #[test]
-fn bad_duration_is_a_syntax_error_naming_the_key() {
+fn bad_duration_is_reported_with_its_key_and_line() {
     let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
     let text = err.to_string();
     assert!(text.contains("heartbeat_interval"), "{text}");
@@ -237,7 +237,7 @@ fn sim_sources_are_validated_with_the_others() {
         panic!("expected Invalid");
     };
     let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
-    for key in ["sim.0.speed", "sim[0].tags", "sim[1].name"] {
+    for key in ["sim[0].speed", "sim[0].tags", "sim[1].name"] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
     let ok = Config::parse("[[sim]]\nname = \"s\"\ntags = 3\nrate = 10\n").expect("valid");
@@ -305,4 +305,42 @@ name = "plant/boiler/{1}"
     // One level deeper cannot come from a `+` capture.
     let fine = text.replace("plant/boiler/{1}", "plant/boiler/{1}/x");
     Config::parse(&fine).expect("no configured name reachable");
+}
+
+#[test]
+fn every_value_of_the_wrong_type_is_reported_with_key_and_line() {
+    let text = "[[modbus]]\nname = \"a\"\naddress = \"h:1\"\ntimeout = 5\n\
+                [[modbus.tags]]\nname = \"x\"\naddress = \"zero\"\ntype = \"u16\"\n\
+                [[modbus]]\nname = 7\naddress = \"h:2\"\n";
+    let Err(ConfigError::Invalid(list)) = Config::parse(text) else {
+        panic!("not a list of problems")
+    };
+    let got: Vec<(Option<usize>, &str)> = list.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(4), "modbus[0].timeout"),
+            (Some(7), "modbus[0].tags[0].address"),
+            (Some(10), "modbus[1].name"),
+        ]
+    );
+    assert!(list[0].message.contains("expected a duration"), "{list:?}");
+    // A syntax error stays one error with its caret display.
+    let err = Config::parse("[server\nx = 1\n").expect_err("syntax");
+    assert!(matches!(err, ConfigError::Syntax(_)), "{err}");
+}
+
+#[test]
+fn unknown_sections_and_keys_have_lines_and_one_key_style() {
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\n\n[bogus]\nx = 1\n\n[[modbus]]\nname = \"a\"\n\
+                address = \"127.0.0.1:502\"\npol_interval = \"1s\"\n";
+    let Err(ConfigError::Invalid(list)) = Config::parse(text) else {
+        panic!("not a list of problems")
+    };
+    let got: Vec<(Option<usize>, &str)> = list.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert!(got.contains(&(Some(4), "bogus")), "{got:?}");
+    assert!(
+        got.contains(&(Some(10), "modbus[0].pol_interval")),
+        "{got:?}"
+    );
 }

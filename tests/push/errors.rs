@@ -265,6 +265,22 @@ async fn frame_level_errors_get_their_close_codes_and_a_non_ascii_origin_403() {
         Some(1002),
         "fragmented ping"
     );
+    let unmasked = [&[0x82u8, hello_bytes().len() as u8][..], &hello_bytes()].concat();
+    assert_eq!(
+        close_after(&server, &unmasked).await,
+        Some(1002),
+        "unmasked client frame"
+    );
+    let oversized_ping = {
+        let mut f = vec![0x89, 0x80 | 126, 0, 200, 0, 0, 0, 0];
+        f.extend_from_slice(&[0u8; 200]);
+        f
+    };
+    assert_eq!(
+        close_after(&server, &oversized_ping).await,
+        Some(1002),
+        "control frame over 125 bytes"
+    );
     let invalid_text = frame(0x1, &[0xff, 0xfe]);
     assert_eq!(
         close_after(&server, &invalid_text).await,
