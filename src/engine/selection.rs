@@ -168,9 +168,19 @@ fn difference<'a>(now: &'a [String], before: &'a [String]) -> (Vec<&'a str>, Vec
 }
 
 fn matches_any(patterns: &[&str], catalog: &Catalog, id: TagId) -> bool {
-    catalog
-        .get(id)
-        .is_some_and(|def| patterns.iter().any(|p| pattern::matches(p, &def.name)))
+    catalog.get(id).is_some_and(|def| {
+        patterns.iter().any(|p| {
+            #[cfg(test)]
+            MATCHED.with(|n| n.set(n.get() + 1));
+            pattern::matches(p, &def.name)
+        })
+    })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Pattern evaluations on this thread (tests measure work, not time).
+    static MATCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Interns selections by pattern list.
@@ -324,5 +334,42 @@ mod tests {
             assert_eq!(derived.added_since(&current), added);
             current = derived;
         }
+    }
+
+    #[test]
+    fn subscribe_and_unsubscribe_cost_what_they_change_not_the_catalog() {
+        let catalog = Catalog::new(
+            (0..10_000).map(|i| TagDef::read_only(format!("a/{}/t{i}", i % 1000), "s")),
+        );
+        let held: Vec<String> = (0..500)
+            .map(|i| format!("none/{i}/#"))
+            .chain(["a/7/#".into()])
+            .collect();
+        let mut sorted = held.clone();
+        sorted.sort();
+        let base = Selection::derive(sorted.clone(), None, &catalog);
+        assert_eq!(base.len(), 10);
+        let work = |f: &dyn Fn() -> Selection| {
+            MATCHED.with(|n| n.set(0));
+            let sel = f();
+            (sel, MATCHED.with(std::cell::Cell::get))
+        };
+        // One more pattern: each tag base leaves out, against that pattern.
+        let mut more = sorted.clone();
+        more.push("a/8/#".into());
+        more.sort();
+        let (sel, evaluated) = work(&|| Selection::derive(more.clone(), Some(&base), &catalog));
+        assert_eq!(sel.len(), 20);
+        assert_eq!(evaluated, 10_000 - 10, "not 10,000 tags x 502 patterns");
+        // Dropping 250 patterns: only the 10 selected tags are looked at again.
+        let fewer: Vec<String> = sorted
+            .iter()
+            .filter(|p| !p.starts_with("none/1"))
+            .cloned()
+            .collect();
+        assert!(fewer.len() < 450 && fewer.contains(&"a/7/#".to_string()));
+        let (sel, evaluated) = work(&|| Selection::derive(fewer.clone(), Some(&base), &catalog));
+        assert_eq!(sel.len(), 10);
+        assert!(evaluated <= 10 * fewer.len(), "{evaluated} evaluations");
     }
 }

@@ -95,7 +95,7 @@ impl Push {
         let server_id = config.node_id();
         let metrics = PushMetrics::new();
         let fd_limit = rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft);
-        let pending_cap = pending::cap_for(fd_limit, config.max_connections);
+        let pending = Pending::new(fd_limit, config.max_connections);
         let sessions = Arc::new(SessionContext {
             engine,
             commands,
@@ -119,7 +119,7 @@ impl Push {
             per_ip: Mutex::new(HashMap::new()),
             handshakes: Mutex::new((0, 0)),
             http_in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
-            pending: Pending::new(pending_cap),
+            pending,
         })
     }
 
@@ -296,7 +296,7 @@ async fn accept_loop(
     };
     let mut accept_errors = crate::rate::Throttle::new(1, 0.2);
     tracing::info!(
-        cap = push.pending.cap(),
+        cap = push.pending.cap(0),
         "sockets before the upgrade capped"
     );
     for next in (0..workers.len()).cycle() {
@@ -348,7 +348,7 @@ async fn connection(
     };
     // Counted from the accept until the upgrade (or the HTTP connection's
     // end); evicted, the socket is dropped wherever it is.
-    let place = push.pending.enter();
+    let place = push.pending.enter(push.connections());
     let evicted = place.evicted.clone();
     tokio::select! {
         () = before_upgrade(stream, peer, push.clone(), tracker) => {}
