@@ -190,8 +190,10 @@ async fn silent_sockets_past_the_open_file_limit_never_stop_healthz_or_the_503()
     child.kill().unwrap();
     child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path("stderr.log")).unwrap();
-    // The cap kept descriptors free: the kernel never refused an accept.
+    // The cap keeps descriptors free; eviction is asynchronous, so under
+    // load an accept may still meet EMFILE, which frees one and is logged
+    // at most once per 5 s (it was once per 100 ms per refused accept).
     let failed = log.matches("accept failed").count();
-    assert_eq!(failed, 0, "'accept failed' lines:\n{log}");
+    assert!(failed <= 2, "{failed} 'accept failed' lines:\n{log}");
     assert!(log.contains("sockets before the upgrade capped"), "{log}");
 }
