@@ -272,7 +272,17 @@ impl Client {
                 Event::Delta(d)
             }
             Kind::WriteResult(w) => Event::WriteResult(w),
-            Kind::Pong(p) => Event::Pong(p),
+            Kind::Pong(p) => {
+                // The server is current before each Pong: a position below
+                // its seq means something was lost.
+                if p.seq > self.position {
+                    return Err(ClientError::Gap {
+                        expected: self.position,
+                        got: p.seq,
+                    });
+                }
+                Event::Pong(p)
+            }
             Kind::Error(e) => Event::Error(e),
             Kind::BrowseResult(b) => Event::BrowseResult(b),
         })

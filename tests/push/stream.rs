@@ -208,6 +208,9 @@ async fn subscribe_unsubscribe_browse_and_ping() {
     };
     assert_eq!((p.nonce, p.client_time_us), (77, 5));
     assert!(p.server_time_us > 0);
+    // Current before the Pong: its seq is the position the client reached
+    // (the client itself refuses a Pong ahead of it as a gap).
+    assert_eq!(p.seq, c.position);
     set(&server, "b/z", 6.0).await;
     set(&server, "a/x", 2.0).await;
     let Event::Delta(d) = next_until(&mut c, |e| matches!(e, Event::Delta(_))).await else {

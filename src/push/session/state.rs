@@ -188,6 +188,10 @@ pub struct SessionState {
     principal: Arc<Principal>,
     selection: Arc<Selection>,
     position: u64,
+    /// The newest seq this session has accounted for (batches merged or
+    /// skipped, catch-ups): its position may stay behind it when nothing
+    /// selected changed, and a Ping brings it up (protocol.md Pong).
+    seen: u64,
     consumed: u64,
     rx: broadcast::Receiver<Arc<Batch>>,
     alive: bool,
@@ -269,6 +273,7 @@ impl SessionState {
             selection,
             // The resume Delta ends at `current`: later deltas start there.
             position: current,
+            seen: current,
             consumed,
             rx,
             alive: true,
@@ -333,10 +338,25 @@ impl SessionState {
             }
             Some(Kind::Browse(b)) => self.browse(b, now, out),
             Some(Kind::Ping(p)) => {
+                // Current first: what is ready, then an empty Delta up to
+                // what this session has already accounted for (O(1): no
+                // table walk, so Pings cost nothing to flood).
+                if let Some(first) = self.try_batch() {
+                    if let Action::End(end) = self.on_batch(first, out) {
+                        return Action::End(end);
+                    }
+                }
+                if self.position < self.seen {
+                    let delta = out.delta(self.position);
+                    if delta.close(self.seen, true) {
+                        self.position = self.seen;
+                    }
+                }
                 let pong = proto::Pong {
                     nonce: p.nonce,
                     client_time_us: p.client_time_us,
                     server_time_us: now.wall_us,
+                    seq: self.position,
                 };
                 out.message(proto::server(server_message::Kind::Pong(pong)).to_bytes());
             }
@@ -410,6 +430,7 @@ impl SessionState {
                     self.cx.metrics.updates_out.increment(n);
                 }
                 self.position = table.seq();
+                self.seen = self.seen.max(self.position);
             }
             catalog_frames(catalog, &newly, out);
             snapshot_frames(&table, &newly, self.position, out);
@@ -427,7 +448,7 @@ impl SessionState {
         self.rx.recv()
     }
 
-    /// The next batch if one is ready (tests).
+    /// The next batch if one is ready (a Ping's catch-up; tests).
     pub fn try_batch(&mut self) -> Option<Result<Arc<Batch>, broadcast::error::RecvError>> {
         use broadcast::error::{RecvError, TryRecvError};
         match self.rx.try_recv() {
@@ -488,6 +509,9 @@ impl SessionState {
             MAX_DELTA_BYTES,
         );
         self.position = position;
+        if let Some(b) = batches.last() {
+            self.seen = self.seen.max(b.to_seq);
+        }
         self.cx.metrics.updates_out.increment(updates);
         Action::Nothing
     }
@@ -506,6 +530,7 @@ impl SessionState {
             self.cx.metrics.updates_out.increment(n);
             self.position = table.seq();
         }
+        self.seen = self.seen.max(table.seq());
     }
 
     fn requests(&mut self) -> &mut Requests {

@@ -757,6 +757,50 @@ fn ping_is_answered_with_the_injected_time_and_a_silent_peer_is_dropped() {
 }
 
 #[test]
+fn a_pong_follows_a_delta_that_makes_the_connection_current_and_carries_its_seq() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/x"], None), &mut out);
+    kinds(&mut out);
+    let ping = |n| {
+        msg(C::Ping(proto::Ping {
+            nonce: n,
+            client_time_us: 0,
+        }))
+    };
+    // Current already: only the Pong, at the position.
+    assert!(matches!(
+        s.on_message(ping(1), now(), &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Pong(p)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((p.nonce, p.seq), (1, 0));
+    // Changes the subscription does not take: no Delta while following...
+    h.set(2, 1.0);
+    h.set(2, 2.0);
+    pump(&mut s, &mut out);
+    assert!(kinds(&mut out).is_empty());
+    assert_eq!(s.position(), 0);
+    // ...and one more still unread when the Ping comes: an empty Delta to
+    // the newest seq, then the Pong at it.
+    h.set(2, 3.0);
+    assert!(matches!(
+        s.on_message(ping(2), now(), &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Delta(d), Kind::Pong(p)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, d.to_seq, d.updates.len()), (0, 3, 0));
+    assert_eq!((p.nonce, p.seq), (2, 3));
+    assert_eq!(s.position(), 3);
+}
+
+#[test]
 fn pings_past_the_allowance_of_one_heartbeat_close_1008() {
     let h = harness();
     let mut out = Outbox::default();
