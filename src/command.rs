@@ -68,6 +68,30 @@ impl WriteCommand {
     }
 }
 
+#[cfg(test)]
+impl WriteCommand {
+    /// A command for tag `(0, 0)` and the receiver of its reply (tests).
+    pub fn for_test(
+        value: Value,
+        start_by: Instant,
+        queued_ahead: usize,
+    ) -> (WriteCommand, oneshot::Receiver<WriteReply>) {
+        let (reply, rx) = oneshot::channel();
+        let tag = TagKey {
+            source: 0,
+            local: 0,
+        };
+        let cmd = WriteCommand {
+            tag,
+            value,
+            start_by,
+            queued_ahead,
+            reply,
+        };
+        (cmd, rx)
+    }
+}
+
 /// A write accepted by the sink.
 #[derive(Debug)]
 pub struct Submitted {
@@ -215,20 +239,7 @@ mod tests {
     #[tokio::test]
     async fn a_late_or_abandoned_command_is_not_wanted_and_a_late_one_is_answered() {
         let now = Instant::now();
-        let make = |start_by| {
-            let (reply, rx) = oneshot::channel();
-            let cmd = WriteCommand {
-                tag: TagKey {
-                    source: 0,
-                    local: 0,
-                },
-                value: Value::Bool(true),
-                start_by,
-                queued_ahead: 3,
-                reply,
-            };
-            (cmd, rx)
-        };
+        let make = |start_by| WriteCommand::for_test(Value::Bool(true), start_by, 3);
         let (cmd, _rx) = make(now);
         assert!(cmd.still_wanted(now).is_some());
         let (cmd, rx) = make(now);

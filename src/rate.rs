@@ -59,6 +59,11 @@ impl Throttle {
         }
     }
 
+    /// One line per `period`.
+    pub fn once_per(period: std::time::Duration) -> Self {
+        Throttle::new(1, 1.0 / period.as_secs_f64().max(1e-3))
+    }
+
     /// `Some(suppressed since the last admitted)` if a line may go now.
     pub fn admit(&mut self) -> Option<u64> {
         if self.bucket.take(Instant::now()) {
@@ -98,5 +103,8 @@ mod tests {
         assert_eq!(t.admit(), None);
         assert_eq!(t.admit(), None);
         assert_eq!(t.suppressed, 2);
+        let mut once = Throttle::once_per(Duration::from_secs(10));
+        assert_eq!(once.admit(), Some(0));
+        assert_eq!(once.admit(), None, "one line per period");
     }
 }

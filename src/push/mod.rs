@@ -294,7 +294,7 @@ async fn accept_loop(
             return;
         }
     };
-    let mut accept_errors = crate::rate::Throttle::new(1, 0.2);
+    let mut accept_errors = crate::rate::Throttle::once_per(Duration::from_secs(5));
     tracing::info!(
         cap = push.pending.cap(0),
         "sockets before the upgrade capped"

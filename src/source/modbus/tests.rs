@@ -14,23 +14,12 @@ use super::{ModbusConfig, ModbusSource};
 use crate::command::{WriteCommand, WriteReply};
 use crate::config::Config;
 use crate::demo::ModbusDevice;
-use crate::sample::{TagKey, Value};
+use crate::sample::Value;
 use crate::source::SourceContext;
 use crate::status;
 
 fn command(value: u64, start_by: Instant) -> (WriteCommand, oneshot::Receiver<WriteReply>) {
-    let (reply, rx) = oneshot::channel();
-    let cmd = WriteCommand {
-        tag: TagKey {
-            source: 0,
-            local: 0,
-        },
-        value: Value::U64(value),
-        start_by,
-        queued_ahead: 0,
-        reply,
-    };
-    (cmd, rx)
+    WriteCommand::for_test(Value::U64(value), start_by, 0)
 }
 
 #[tokio::test]

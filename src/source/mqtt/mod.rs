@@ -125,7 +125,8 @@ pub struct MqttSource {
     /// Tag name -> local key for tags discovered through topic maps.
     discovered: HashMap<String, u32>,
     next_local: u32,
-    last_log: HashMap<String, (Instant, u64)>,
+    /// Bad-payload lines, one throttle per topic.
+    last_log: HashMap<String, Throttle>,
     /// "tag discovered" lines: a publisher creating topics cannot flood
     /// the log.
     discovery_log: Throttle,
@@ -151,7 +152,7 @@ impl MqttSource {
             discovered: HashMap::new(),
             last_log: HashMap::new(),
             discovery_log: Throttle::new(100, 10.0),
-            full_log: Throttle::new(1, 0.1),
+            full_log: Throttle::once_per(LOG_EVERY),
         }
     }
 
@@ -365,16 +366,12 @@ impl MqttSource {
         if self.last_log.len() > 4096 {
             self.last_log.clear();
         }
-        let now = Instant::now();
-        let entry = self
+        let throttle = self
             .last_log
             .entry(topic.to_string())
-            .or_insert((now - LOG_EVERY * 2, 0));
-        if now.duration_since(entry.0) >= LOG_EVERY {
-            tracing::warn!(source = %self.config.name, %topic, reason, suppressed = entry.1, "undecodable mqtt payload");
-            *entry = (now, 0);
-        } else {
-            entry.1 += 1;
+            .or_insert_with(|| Throttle::once_per(LOG_EVERY));
+        if let Some(suppressed) = throttle.admit() {
+            tracing::warn!(source = %self.config.name, %topic, reason, suppressed, "undecodable mqtt payload");
         }
     }
 }
