@@ -81,15 +81,8 @@ impl Selection {
     /// Ids this selects and `old` does not, in id order; word by word, so
     /// cheap even for a selection of the whole catalog.
     pub fn added_since(&self, old: &Selection) -> Vec<TagId> {
-        let mut out = Vec::new();
-        for (w, &word) in self.bits.iter().enumerate() {
-            let mut rest = word & !old.bits.get(w).copied().unwrap_or(0);
-            while rest != 0 {
-                out.push((w * 64) as TagId + rest.trailing_zeros());
-                rest &= rest - 1;
-            }
-        }
-        out
+        let new = self.bits.iter().enumerate();
+        set_bits(new.map(|(w, &word)| word & !old.bits.get(w).copied().unwrap_or(0))).collect()
     }
 
     /// True if the tag is selected.
@@ -112,17 +105,23 @@ impl Selection {
 
     /// Selected ids in id order; visits set bits only.
     pub fn ids(&self) -> impl Iterator<Item = TagId> + '_ {
-        self.bits.iter().enumerate().flat_map(|(w, &word)| {
-            let mut rest = word;
-            std::iter::from_fn(move || {
-                (rest != 0).then(|| {
-                    let bit = rest.trailing_zeros();
-                    rest &= rest - 1;
-                    (w * 64) as TagId + bit
-                })
+        set_bits(self.bits.iter().copied())
+    }
+}
+
+/// The ids of the set bits of `words` (word `w` holds ids `64w..64w+63`),
+/// visiting set bits only.
+fn set_bits(words: impl Iterator<Item = u64>) -> impl Iterator<Item = TagId> {
+    words.enumerate().flat_map(|(w, word)| {
+        let mut rest = word;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                (w * 64) as TagId + bit
             })
         })
-    }
+    })
 }
 
 /// A bitset under construction.
@@ -144,27 +143,11 @@ impl Bits {
 
 /// Patterns in `now` and not in `before`, and the reverse (both sorted).
 fn difference<'a>(now: &'a [String], before: &'a [String]) -> (Vec<&'a str>, Vec<&'a str>) {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < now.len() || j < before.len() {
-        match (now.get(i), before.get(j)) {
-            (Some(a), Some(b)) if a == b => (i, j) = (i + 1, j + 1),
-            (Some(a), Some(b)) if a < b => {
-                added.push(a.as_str());
-                i += 1;
-            }
-            (Some(a), None) => {
-                added.push(a.as_str());
-                i += 1;
-            }
-            (_, Some(b)) => {
-                removed.push(b.as_str());
-                j += 1;
-            }
-            (None, None) => break,
-        }
-    }
-    (added, removed)
+    let missing = |from: &'a [String], other: &[String]| -> Vec<&'a str> {
+        let absent = |p: &&String| other.binary_search(p).is_err();
+        from.iter().filter(absent).map(String::as_str).collect()
+    };
+    (missing(now, before), missing(before, now))
 }
 
 fn matches_any(patterns: &[&str], catalog: &Catalog, id: TagId) -> bool {
