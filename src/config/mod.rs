@@ -35,7 +35,8 @@ pub enum ConfigError {
         /// The OS error.
         reason: String,
     },
-    /// TOML syntax or a value of the wrong shape; parsing cannot go on.
+    /// TOML syntax (or a value error without a position): parsing cannot
+    /// go on. Values of the wrong type are `Invalid`, all of them at once.
     #[error("{0}")]
     Syntax(String),
     /// Every semantic problem found, each with its key.
