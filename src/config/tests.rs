@@ -9,6 +9,7 @@ fn example_config_parses() {
     assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
     assert_eq!(c.server.max_patterns, 1000);
     assert_eq!(c.server.max_writes_per_s, 50);
+    assert_eq!(c.mqtt[0].max_tags, 100_000);
     let demo = include_str!("../../deploy/demo.toml")
         .replace("{boiler}", "127.0.0.1:1")
         .replace("{line}", "127.0.0.1:2")
