@@ -67,6 +67,9 @@ pub async fn start_with(
     extra: Vec<TagDef>,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    // Secrets and key files first: a server that cannot check tokens does
+    // not start.
+    let auth = Arc::new(crate::auth::Auth::load(config.auth.as_ref())?);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let engine = Engine::new(catalog(&config, extra), Box::new(Counter::random()));
@@ -94,10 +97,12 @@ pub async fn start_with(
         tasks.spawn(crate::source::supervise(source, context));
     }
 
+    log_unwritable(&auth, &shared);
     let push = Push::new(
         config.server.clone(),
         shared.clone(),
         Arc::new(commands),
+        auth,
         shutdown.clone(),
     );
     let serving = push.clone();
@@ -116,6 +121,29 @@ pub async fn start_with(
         shutdown,
         tasks,
     })
+}
+
+/// Says at start which writable tags no principal may write (protocol.md
+/// "Access"): without `[auth]`, all of them.
+fn log_unwritable(auth: &crate::auth::Auth, engine: &EngineShared) {
+    let catalog = engine.catalog();
+    let writable = catalog
+        .iter()
+        .filter(|d| d.writable)
+        .map(|d| d.name.as_str());
+    let Some(names) = auth.unwritable(writable) else {
+        return;
+    };
+    if names.is_empty() {
+        return;
+    }
+    let shown: Vec<&str> = names.iter().take(20).copied().collect();
+    let hint = if auth.requires_token() {
+        "no token or anonymous scope of [auth] may write them"
+    } else {
+        "no [auth] section: writes are refused; grant them with [auth] anonymous or tokens"
+    };
+    tracing::warn!(count = names.len(), tags = ?shown, "{hint}");
 }
 
 /// Every configured tag, source by source (source ids in

@@ -8,11 +8,12 @@ use std::collections::HashMap;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::either::Either;
 
 use crate::proto::{self, client_message, server_message};
 
@@ -22,6 +23,10 @@ pub enum ClientError {
     /// Connecting or the WebSocket handshake failed.
     #[error("connect: {0}")]
     Connect(#[source] Box<WsError>),
+    /// A `wss://` URL without a CA to check the server against, or an
+    /// unreadable CA file.
+    #[error("tls: {0}")]
+    Tls(String),
     /// Reading or writing failed.
     #[error("socket: {0}")]
     Socket(#[source] Box<WsError>),
@@ -57,6 +62,8 @@ pub enum Event {
     Error(proto::Error),
     /// One page of a Browse (not the subscription's catalog).
     BrowseResult(proto::BrowseResult),
+    /// A Refresh was accepted.
+    Refreshed(proto::Refreshed),
     /// The server closed the connection.
     Closed(Option<CloseFrame>),
 }
@@ -85,9 +92,46 @@ impl Mirror {
     }
 }
 
+/// The byte stream under the WebSocket: plain TCP or TLS.
+type Io = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// A TLS client configuration trusting the PEM CA certificates in `path`
+/// (`tail --ca`): what a `wss://` URL is checked against.
+pub fn tls_config(
+    path: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let fail = |e: String| ClientError::Tls(format!("{}: {e}", path.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(e.to_string()))? {
+        let cert = cert.map_err(|e| fail(e.to_string()))?;
+        roots.add(cert).map_err(|e| fail(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(fail("no certificate in the file".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+/// How to connect: the token and, for `wss://`, the TLS configuration.
+#[derive(Clone, Default)]
+pub struct Connect {
+    /// Sent as `Authorization: Bearer`.
+    pub token: Option<String>,
+    /// Trust for `wss://` (see [`tls_config`]).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 /// A connected client.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<Io>,
     /// Tag descriptions by id.
     pub catalog: HashMap<u32, proto::TagInfo>,
     /// Latest state by id.
@@ -110,11 +154,11 @@ impl Client {
     pub async fn reconnect(
         url: &str,
         mut hello: proto::Hello,
-        token: Option<&str>,
+        how: &Connect,
         mirror: Mirror,
     ) -> Result<Client, ClientError> {
         hello.resume = mirror.resume();
-        let mut client = Self::connect_with(url, hello, token).await?;
+        let mut client = Self::connect_how(url, hello, how).await?;
         client.catalog = mirror.catalog;
         client.values = mirror.values;
         client.epoch = mirror.epoch;
@@ -138,6 +182,20 @@ impl Client {
         hello: proto::Hello,
         token: Option<&str>,
     ) -> Result<Client, ClientError> {
+        let how = Connect {
+            token: token.map(str::to_string),
+            tls: None,
+        };
+        Self::connect_how(url, hello, &how).await
+    }
+
+    /// Connects over ws or wss as `how` says and sends `hello`.
+    pub async fn connect_how(
+        url: &str,
+        hello: proto::Hello,
+        how: &Connect,
+    ) -> Result<Client, ClientError> {
+        let token = how.token.as_deref();
         let mut request = url
             .into_client_request()
             .map_err(|e| ClientError::Connect(Box::new(e)))?;
@@ -151,7 +209,37 @@ impl Client {
             }
         }
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+        let connect = |e: std::io::Error| ClientError::Connect(Box::new(WsError::Io(e)));
+        let uri = request.uri().clone();
+        let host = uri
+            .host()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
+            .to_string();
+        let secure = uri.scheme_str() == Some("wss");
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tcp = TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(connect)?;
+        let _ = tcp.set_nodelay(true);
+        let io: Io = if secure {
+            let tls = how.tls.clone().ok_or_else(|| {
+                ClientError::Tls(
+                    "a wss:// URL needs the CA that signed the server's certificate (--ca FILE)"
+                        .into(),
+                )
+            })?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| ClientError::Tls(format!("{host}: {e}")))?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await
+                .map_err(connect)?;
+            Either::Right(stream)
+        } else {
+            Either::Left(tcp)
+        };
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
             .await
             .map_err(|e| ClientError::Connect(Box::new(e)))?;
         let mut client = Client {
@@ -285,6 +373,7 @@ impl Client {
             }
             Kind::Error(e) => Event::Error(e),
             Kind::BrowseResult(b) => Event::BrowseResult(b),
+            Kind::Refreshed(r) => Event::Refreshed(r),
         })
     }
 

@@ -45,11 +45,30 @@ enum Command {
         /// Server stream URL.
         #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
         url: String,
-        /// Bearer token.
-        #[arg(long)]
+        /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
+        #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// PEM CA certificate(s) a wss:// server's certificate must chain to.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Tag patterns (MQTT wildcards); default: everything.
         patterns: Vec<String>,
+    },
+    /// Write one setpoint and print the WriteResult.
+    Write {
+        /// Server stream URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
+        url: String,
+        /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
+        #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// PEM CA certificate(s) a wss:// server's certificate must chain to.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Tag name.
+        tag: String,
+        /// Value: a number, true/false, or text.
+        value: String,
     },
 }
 
@@ -82,9 +101,25 @@ async fn main() -> anyhow::Result<()> {
         Command::Tail {
             url,
             token,
+            ca,
             patterns,
-        } => tagstream::tail::run(&url, token.as_deref(), patterns).await,
+        } => tagstream::tail::run(&url, connect(token, ca.as_deref())?, patterns).await,
+        Command::Write {
+            url,
+            token,
+            ca,
+            tag,
+            value,
+        } => tagstream::tail::write(&url, connect(token, ca.as_deref())?, &tag, &value).await,
     }
+}
+
+fn connect(
+    token: Option<String>,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<tagstream::client::Connect> {
+    let tls = ca.map(tagstream::client::tls_config).transpose()?;
+    Ok(tagstream::client::Connect { token, tls })
 }
 
 async fn demo(listen: &str) -> anyhow::Result<()> {
@@ -100,6 +135,9 @@ async fn demo(listen: &str) -> anyhow::Result<()> {
     );
     eprintln!("  stream:  ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
     eprintln!("  metrics: http://{listen}/metrics");
+    eprintln!(
+        "  access:  anonymous clients may read and write every tag (demo only: [auth] anonymous)"
+    );
     let result = tagstream::app::run(config).await;
     stop.cancel();
     result

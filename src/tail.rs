@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, Event, Mirror, format_value};
+use crate::client::{Client, ClientError, Connect, Event, Mirror, format_value};
 use crate::proto;
 use crate::status;
 
-/// Runs until Ctrl-C.
-pub async fn run(url: &str, token: Option<&str>, mut patterns: Vec<String>) -> anyhow::Result<()> {
+/// Runs until Ctrl-C, or until the server says not to come back (a close
+/// code 4500-4999).
+pub async fn run(url: &str, how: Connect, mut patterns: Vec<String>) -> anyhow::Result<()> {
     if patterns.is_empty() {
         patterns.push("#".into());
     }
@@ -23,7 +24,7 @@ pub async fn run(url: &str, token: Option<&str>, mut patterns: Vec<String>) -> a
             resume: None,
             subscribe: patterns.clone(),
         };
-        match Client::reconnect(url, hello, token, mirror.clone()).await {
+        match Client::reconnect(url, hello, &how, mirror.clone()).await {
             Ok(mut client) => {
                 delay = Duration::from_millis(250);
                 let result = tokio::select! {
@@ -44,6 +45,7 @@ pub async fn run(url: &str, token: Option<&str>, mut patterns: Vec<String>) -> a
                     Err(e) => eprintln!("# {e}"),
                 }
             }
+            Err(e @ ClientError::Tls(_)) => return Err(e.into()),
             Err(e) => eprintln!("# {e}; retrying in {delay:?}"),
         }
         tokio::time::sleep(delay).await;
@@ -86,4 +88,56 @@ async fn print_stream(client: &mut Client) -> Result<Option<String>, ClientError
             );
         }
     }
+}
+
+/// `tagstream write`: one WriteRequest, its WriteResult printed; an error
+/// unless the status is Good.
+pub async fn write(url: &str, how: Connect, tag: &str, value: &str) -> anyhow::Result<()> {
+    use proto::value::Kind;
+    let kind = if let Ok(b) = value.parse::<bool>() {
+        Kind::Bool(b)
+    } else if let Ok(i) = value.parse::<i64>() {
+        Kind::I64(i)
+    } else if let Ok(f) = value.parse::<f64>() {
+        Kind::F64(f)
+    } else {
+        Kind::Text(value.to_string())
+    };
+    let hello = proto::Hello {
+        client_name: "tagstream-write".into(),
+        resume: None,
+        subscribe: Vec::new(),
+    };
+    let mut client = Client::connect_how(url, hello, &how).await?;
+    let request = proto::WriteRequest {
+        request_id: 1,
+        tag: tag.to_string(),
+        value: Some(proto::Value { kind: Some(kind) }),
+    };
+    client
+        .send(proto::client_message::Kind::Write(request))
+        .await?;
+    let answer = tokio::time::timeout(Duration::from_secs(35), async {
+        loop {
+            match client.next_event().await? {
+                Event::WriteResult(r) if r.request_id == 1 => return Ok(r),
+                Event::Closed(frame) => {
+                    let why = frame.map_or("-".into(), |f| format!("{} {}", f.code, f.reason));
+                    return Err(anyhow::anyhow!("closed by server before the answer: {why}"));
+                }
+                Event::Error(e) => eprintln!("# server error {:?}: {}", e.code(), e.message),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no WriteResult within 35 s"))??;
+    println!("{tag} {} {}", status::name(answer.status), answer.message);
+    client.close().await;
+    anyhow::ensure!(
+        answer.status == status::GOOD,
+        "write refused: {}",
+        status::name(answer.status)
+    );
+    Ok(())
 }

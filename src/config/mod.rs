@@ -123,9 +123,9 @@ pub struct Config {
     /// Synthetic sources (load runs, demos without devices).
     #[serde(default)]
     pub sim: Vec<SimConfig>,
-    /// Not built yet: refused, because ignoring auth would open the server.
+    /// Access control; absent: reads open, writes refused.
     #[serde(default)]
-    pub auth: Option<toml::Value>,
+    pub auth: Option<crate::auth::AuthConfig>,
     /// Not built yet: refused.
     #[serde(default)]
     pub cluster: Option<toml::Value>,
@@ -139,7 +139,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// The WebSocket path.
     pub path: String,
-    /// Browser origins allowed to connect; empty: no Origin check.
+    /// Browser origins allowed to connect; empty: same origin as the Host
+    /// header only; `["*"]`: any. A request without Origin passes.
     pub allowed_origins: Vec<String>,
     /// Above this, new clients get 503 and `/readyz` turns 503.
     pub max_connections: usize,
@@ -162,7 +163,11 @@ pub struct ServerConfig {
     /// Writes one connection may start per second (one second's worth may
     /// come at once); past it BadTooManyOperations. 0: unlimited.
     pub max_writes_per_s: u32,
-    /// Optional TLS (wss); not built yet.
+    /// SIGTERM: sessions are told to reconnect after a delay spread
+    /// uniformly over this window, so a restart is not a thundering herd.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// Optional TLS (wss) on the listener; SIGHUP reloads cert and key.
     pub tls: Option<TlsConfig>,
     /// Extension: time allowed between the 101 and the client's Hello.
     #[serde(with = "humantime_serde")]
@@ -190,6 +195,7 @@ impl Default for ServerConfig {
             max_pending_bytes: 1_048_576,
             max_patterns: 1000,
             max_writes_per_s: 50,
+            drain_window: Duration::from_secs(10),
             tls: None,
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
@@ -198,14 +204,17 @@ impl Default for ServerConfig {
     }
 }
 
-/// `tls = { cert, key }`.
+/// `tls = { cert, key, client_ca }`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.
     pub cert: String,
     /// PEM private key.
     pub key: String,
+    /// PEM CA certificates: when set, clients must present a certificate
+    /// one of them signed.
+    #[serde(default)]
+    pub client_ca: Option<String>,
 }
 
 impl ServerConfig {
@@ -277,11 +286,19 @@ impl ServerConfig {
         if self.max_pending_bytes < 1024 {
             p.push("server.max_pending_bytes", "must be at least 1024");
         }
-        if self.tls.is_some() {
-            p.push(
-                "server.tls",
-                "TLS (wss) is not built yet: terminate TLS in the reverse proxy",
-            );
+        p.duration(
+            "server.drain_window",
+            self.drain_window,
+            Duration::ZERO,
+            HOUR,
+        );
+        for (i, o) in self.allowed_origins.iter().enumerate() {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                p.push(
+                    format!("server.allowed_origins[{i}]"),
+                    format!("{o:?} is not an origin (scheme://host[:port]) or \"*\""),
+                );
+            }
         }
     }
 }
@@ -317,13 +334,11 @@ impl Config {
 
     fn validate(&self, p: &mut Problems) {
         self.server.validate(p);
-        for (section, present) in [
-            ("auth", self.auth.is_some()),
-            ("cluster", self.cluster.is_some()),
-        ] {
-            if present {
-                p.push(section, "this section is not built yet in this version");
-            }
+        if let Some(auth) = &self.auth {
+            auth.validate(p);
+        }
+        if self.cluster.is_some() {
+            p.push("cluster", "this section is not built yet in this version");
         }
         // Configured tag name -> its source, for the duplicate and the
         // topic-map checks.

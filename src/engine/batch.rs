@@ -242,7 +242,12 @@ mod tests {
         b.push(3, 12, &state(3.0, 12));
         let batch = b.finish(10, 12, &cat, 0);
         let sels = Selections::default();
-        let all = sels.get(vec!["#".into()], None, &cat);
+        let all = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["#".into()],
+            None,
+            &cat,
+        );
         let part = batch.part_for(&all, 10).expect("part");
         let d = decode(&part);
         assert_eq!(
@@ -251,10 +256,20 @@ mod tests {
         );
         // Taking everything is the batch's own bytes, not a copy.
         assert_eq!(part.bytes.as_ptr(), batch.bytes.as_ptr());
-        let only_b = sels.get(vec!["b/#".into()], None, &cat);
+        let only_b = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["b/#".into()],
+            None,
+            &cat,
+        );
         let d = decode(&batch.part_for(&only_b, 10).expect("part"));
         assert_eq!(d.updates.iter().map(|u| u.id).collect::<Vec<_>>(), vec![3]);
-        let only_y = sels.get(vec!["a/y".into()], None, &cat);
+        let only_y = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["a/y".into()],
+            None,
+            &cat,
+        );
         assert!(batch.part_for(&only_y, 10).is_none());
         // A session already past seq 11 gets only the later entry.
         let d = decode(&batch.part_for(&all, 11).expect("part"));
@@ -283,7 +298,15 @@ mod tests {
         let sels = Selections::default();
         let d = decode(
             &batch
-                .part_for(&sels.get(vec!["#".into()], None, &cat), 0)
+                .part_for(
+                    &sels.get(
+                        &crate::auth::scope(vec!["#".into()]),
+                        vec!["#".into()],
+                        None,
+                        &cat,
+                    ),
+                    0,
+                )
                 .expect("part"),
         );
         let values: Vec<_> = d.updates.iter().map(|u| u.value.clone()).collect();

@@ -196,6 +196,7 @@ impl Catalog {
         after: &str,
         limit: usize,
         max_scan: usize,
+        visible: impl Fn(&str) -> bool,
     ) -> (Vec<TagId>, Option<String>) {
         let prefix = literal_prefix(pattern);
         let start = if after >= prefix {
@@ -214,7 +215,7 @@ impl Catalog {
                 // Something is left: continue after the last name looked at.
                 return (page, last.map(str::to_string));
             }
-            if crate::pattern::matches(pattern, name) {
+            if crate::pattern::matches(pattern, name) && visible(name) {
                 page.push(id);
             }
             last = Some(name);
@@ -388,7 +389,7 @@ mod tests {
         ];
         let c = Catalog::new(names.map(|n| TagDef::read_only(n, "s")));
         let page = |p: &str, after: &str, limit, scan| {
-            let (ids, next) = c.browse(p, after, limit, scan);
+            let (ids, next) = c.browse(p, after, limit, scan, |_| true);
             let got: Vec<&str> = ids
                 .iter()
                 .filter_map(|id| c.get(*id))

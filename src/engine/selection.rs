@@ -1,7 +1,11 @@
 //! A connection's subscription, resolved against the catalog into a bitset.
-//! Connections with the same pattern list share one `Selection` (interned),
-//! which keeps idle connections small and lets a batch encode one Delta per
-//! distinct subscription instead of one per connection.
+//! Connections with the same read scope and pattern list share one
+//! `Selection` (interned), which keeps idle connections small and lets a
+//! batch encode one Delta per distinct subscription instead of one per
+//! connection. The read scope is part of the key and of the match: a tag
+//! outside it is never selected, so every frame built from a selection
+//! (Catalog, Snapshot, Delta, resume) leaves it out, and connections of
+//! one scope still share their frames.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -13,6 +17,9 @@ use crate::sample::TagId;
 /// The set of tag ids a pattern list matches.
 #[derive(Debug)]
 pub struct Selection {
+    /// The read scope (sorted, deduplicated): only tags it matches are
+    /// selected.
+    pub scope: Arc<[String]>,
     /// Sorted, deduplicated patterns.
     pub patterns: Vec<String>,
     bits: Vec<u64>,
@@ -35,13 +42,20 @@ impl Selection {
     ///   tags base does not select;
     /// - patterns removed: only base's selected tags are matched again;
     /// - tags newer than base: matched against every pattern.
-    fn derive(patterns: Vec<String>, base: Option<&Selection>, catalog: &Catalog) -> Self {
+    fn derive(
+        scope: Arc<[String]>,
+        patterns: Vec<String>,
+        base: Option<&Selection>,
+        catalog: &Catalog,
+    ) -> Self {
         let mut set = Bits {
             words: vec![0u64; catalog.len() / 64 + 1],
             count: 0,
         };
         let mut start = 1;
-        if let Some(base) = base.filter(|b| b.resolved <= catalog.len()) {
+        let in_scope = Scope::new(&scope);
+        let base = base.filter(|b| b.resolved <= catalog.len() && b.scope == scope);
+        if let Some(base) = base {
             let (added, removed) = difference(&patterns, &base.patterns);
             if removed.is_empty() {
                 set.words[..base.bits.len()].copy_from_slice(&base.bits);
@@ -56,7 +70,10 @@ impl Selection {
             // one can take them.
             if !added.is_empty() {
                 for id in 1..=base.resolved as TagId {
-                    if !base.contains(id) && matches_any(&added, catalog, id) {
+                    if !base.contains(id)
+                        && matches_any(&added, catalog, id)
+                        && in_scope.contains(catalog, id)
+                    {
                         set.insert(id);
                     }
                 }
@@ -65,11 +82,12 @@ impl Selection {
         }
         let all: Vec<&str> = patterns.iter().map(String::as_str).collect();
         for id in (start..=catalog.len()).map(|i| i as TagId) {
-            if matches_any(&all, catalog, id) {
+            if matches_any(&all, catalog, id) && in_scope.contains(catalog, id) {
                 set.insert(id);
             }
         }
         Selection {
+            scope,
             patterns,
             bits: set.words,
             count: set.count,
@@ -124,6 +142,25 @@ fn set_bits(words: impl Iterator<Item = u64>) -> impl Iterator<Item = TagId> {
     })
 }
 
+/// A read scope during a resolution: `#` (the usual one) costs nothing.
+struct Scope<'a> {
+    patterns: Vec<&'a str>,
+    everything: bool,
+}
+
+impl<'a> Scope<'a> {
+    fn new(scope: &'a [String]) -> Self {
+        Scope {
+            everything: scope.iter().any(|p| p == "#"),
+            patterns: scope.iter().map(String::as_str).collect(),
+        }
+    }
+
+    fn contains(&self, catalog: &Catalog, id: TagId) -> bool {
+        self.everything || matches_any(&self.patterns, catalog, id)
+    }
+}
+
 /// A bitset under construction.
 struct Bits {
     words: Vec<u64>,
@@ -166,7 +203,10 @@ thread_local! {
     static MATCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Interns selections by pattern list.
+/// An interning key: read scope and pattern list.
+type Key = (Arc<[String]>, Vec<String>);
+
+/// Interns selections by read scope and pattern list.
 #[derive(Debug, Default)]
 pub struct Selections {
     map: Mutex<Interned>,
@@ -178,35 +218,36 @@ pub struct Selections {
 /// pile up, at amortised O(1) per lookup.
 #[derive(Debug, Default)]
 struct Interned {
-    map: HashMap<Vec<String>, Weak<Selection>>,
+    map: HashMap<Key, Weak<Selection>>,
     sweep_at: usize,
 }
 
 impl Selections {
     /// The shared selection for these patterns (order and duplicates
-    /// ignored), resolved from `base` (the caller's current selection) when
-    /// it must be built. Built outside the lock: one session's large
-    /// Subscribe never holds up another's.
+    /// ignored) within `scope` (canonical: `auth::scope`), resolved from
+    /// `base` (the caller's current selection) when it must be built.
+    /// Built outside the lock: one session's large Subscribe never holds
+    /// up another's.
     pub fn get(
         &self,
+        scope: &Arc<[String]>,
         mut patterns: Vec<String>,
         base: Option<&Selection>,
         catalog: &Catalog,
     ) -> Arc<Selection> {
         patterns.sort();
         patterns.dedup();
-        if let Some(existing) = self.lock().map.get(&patterns).and_then(Weak::upgrade) {
+        let mut key: Key = (scope.clone(), patterns);
+        if let Some(existing) = self.lock().map.get(&key).and_then(Weak::upgrade) {
             if existing.catalog_version == catalog.version() {
                 return existing;
             }
         }
-        let selection = Arc::new(Selection::derive(patterns, base, catalog));
+        let patterns = std::mem::take(&mut key.1);
+        let selection = Arc::new(Selection::derive(scope.clone(), patterns, base, catalog));
+        key.1 = selection.patterns.clone();
         let mut interned = self.lock();
-        if let Some(raced) = interned
-            .map
-            .get(&selection.patterns)
-            .and_then(Weak::upgrade)
-        {
+        if let Some(raced) = interned.map.get(&key).and_then(Weak::upgrade) {
             if raced.catalog_version == catalog.version() {
                 return raced;
             }
@@ -215,9 +256,7 @@ impl Selections {
             interned.map.retain(|_, weak| weak.strong_count() > 0);
             interned.sweep_at = (interned.map.len() * 2).max(64);
         }
-        interned
-            .map
-            .insert(selection.patterns.clone(), Arc::downgrade(&selection));
+        interned.map.insert(key, Arc::downgrade(&selection));
         selection
     }
 
@@ -236,20 +275,53 @@ mod tests {
     use super::*;
     use crate::engine::catalog::TagDef;
 
+    fn all() -> Arc<[String]> {
+        crate::auth::scope(vec!["#".into()])
+    }
+
+    #[test]
+    fn a_scope_bounds_every_pattern_and_is_part_of_the_key() {
+        let catalog =
+            Catalog::new(["a/x", "a/y", "b/x", "b/y", "c/x"].map(|n| TagDef::read_only(n, "s")));
+        let sels = Selections::default();
+        let scope = crate::auth::scope(vec!["b/#".into(), "a/x".into()]);
+        let sel = sels.get(&scope, vec!["#".into()], None, &catalog);
+        let names: Vec<&str> = sel
+            .ids()
+            .filter_map(|id| catalog.get(id).map(|d| d.name.as_str()))
+            .collect();
+        assert_eq!(names, ["a/x", "b/x", "b/y"]);
+        // Same patterns, another scope: another selection.
+        let open = sels.get(&all(), vec!["#".into()], None, &catalog);
+        assert_eq!(open.len(), 5);
+        assert!(!Arc::ptr_eq(&sel, &open));
+        // Same scope (in another order) and patterns: the same one.
+        let again = crate::auth::scope(vec!["a/x".into(), "b/#".into(), "b/#".into()]);
+        assert!(Arc::ptr_eq(
+            &sel,
+            &sels.get(&again, vec!["#".into()], None, &catalog)
+        ));
+        // Derived from a scoped base, added patterns stay inside the scope.
+        let more = sels.get(&scope, vec!["#".into(), "c/#".into()], Some(&sel), &catalog);
+        assert_eq!(more.len(), 3);
+        let narrow = sels.get(&scope, vec!["+/x".into()], Some(&more), &catalog);
+        assert_eq!(narrow.len(), 2);
+    }
+
     #[test]
     fn lists_no_connection_holds_are_swept() {
         let catalog = Catalog::new([TagDef::read_only("a/x", "s")]);
         let sels = Selections::default();
-        let held = sels.get(vec!["a/#".into()], None, &catalog);
+        let held = sels.get(&all(), vec!["a/#".into()], None, &catalog);
         // A session growing its subscription one pattern at a time leaves
         // every intermediate list behind.
         for i in 0..10_000 {
-            drop(sels.get(vec![format!("p/{i}")], None, &catalog));
+            drop(sels.get(&all(), vec![format!("p/{i}")], None, &catalog));
         }
         assert!(sels.interned() <= 130, "{} lists kept", sels.interned());
         assert!(Arc::ptr_eq(
             &held,
-            &sels.get(vec!["a/#".into()], None, &catalog)
+            &sels.get(&all(), vec!["a/#".into()], None, &catalog)
         ));
     }
 
@@ -264,7 +336,7 @@ mod tests {
             };
             TagDef::read_only(format!("{area}/t{i}"), "s")
         }));
-        let sel = Selections::default().get(vec!["odd/#".into()], None, &catalog);
+        let sel = Selections::default().get(&all(), vec!["odd/#".into()], None, &catalog);
         let ids: Vec<TagId> = sel.ids().collect();
         assert_eq!(ids, [1, 63, 64, 65, 127, 128, 200]);
         assert_eq!(sel.len(), ids.len());
@@ -286,7 +358,7 @@ mod tests {
             &[],
         ];
         let owned = |l: &[&str]| -> Vec<String> { l.iter().map(|p| p.to_string()).collect() };
-        let mut current = Selection::derive(Vec::new(), None, &catalog);
+        let mut current = Selection::derive(all(), Vec::new(), None, &catalog);
         for (round, list) in lists.iter().cycle().take(12).enumerate() {
             if round == 6 {
                 // The catalog grows: later ids must be matched too.
@@ -300,8 +372,8 @@ mod tests {
             }
             let mut patterns = owned(list);
             patterns.sort();
-            let derived = Selection::derive(patterns.clone(), Some(&current), &catalog);
-            let fresh = Selection::derive(patterns, None, &catalog);
+            let derived = Selection::derive(all(), patterns.clone(), Some(&current), &catalog);
+            let fresh = Selection::derive(all(), patterns, None, &catalog);
             let ids: Vec<TagId> = derived.ids().collect();
             assert_eq!(
                 ids,
@@ -330,7 +402,7 @@ mod tests {
             .collect();
         let mut sorted = held.clone();
         sorted.sort();
-        let base = Selection::derive(sorted.clone(), None, &catalog);
+        let base = Selection::derive(all(), sorted.clone(), None, &catalog);
         assert_eq!(base.len(), 10);
         let work = |f: &dyn Fn() -> Selection| {
             MATCHED.with(|n| n.set(0));
@@ -341,7 +413,8 @@ mod tests {
         let mut more = sorted.clone();
         more.push("a/8/#".into());
         more.sort();
-        let (sel, evaluated) = work(&|| Selection::derive(more.clone(), Some(&base), &catalog));
+        let (sel, evaluated) =
+            work(&|| Selection::derive(all(), more.clone(), Some(&base), &catalog));
         assert_eq!(sel.len(), 20);
         assert_eq!(evaluated, 10_000 - 10, "not 10,000 tags x 502 patterns");
         // Dropping 250 patterns: only the 10 selected tags are looked at again.
@@ -351,7 +424,8 @@ mod tests {
             .cloned()
             .collect();
         assert!(fewer.len() < 450 && fewer.contains(&"a/7/#".to_string()));
-        let (sel, evaluated) = work(&|| Selection::derive(fewer.clone(), Some(&base), &catalog));
+        let (sel, evaluated) =
+            work(&|| Selection::derive(all(), fewer.clone(), Some(&base), &catalog));
         assert_eq!(sel.len(), 10);
         assert!(evaluated <= 10 * fewer.len(), "{evaluated} evaluations");
     }

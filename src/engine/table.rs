@@ -255,12 +255,22 @@ mod tests {
         t.apply(2, sample(Some(1.0), 0), 1, &mut c);
         t.apply(1, sample(Some(5.0), 0), 1, &mut c);
         let sels = Selections::default();
-        let all = sels.get(vec!["#".into()], None, t.catalog());
+        let all = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["#".into()],
+            None,
+            t.catalog(),
+        );
         let ids: Vec<_> = t.changed_since(1, &all).map(|(id, _)| id).collect();
         assert_eq!(ids, vec![1, 2]);
         let ids: Vec<_> = t.changed_since(2, &all).map(|(id, _)| id).collect();
         assert_eq!(ids, vec![1]);
-        let only_y = sels.get(vec!["a/y".into()], None, t.catalog());
+        let only_y = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["a/y".into()],
+            None,
+            t.catalog(),
+        );
         assert_eq!(t.changed_since(2, &only_y).count(), 0);
     }
 }

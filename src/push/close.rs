@@ -18,6 +18,10 @@ pub const MESSAGE_TOO_BIG: u16 = 1009;
 pub const GOING_AWAY: u16 = 1001;
 /// Normal close.
 pub const NORMAL: u16 = 1000;
+/// The session's JWT expired: reconnect with a fresh token.
+pub const TOKEN_EXPIRED: u16 = 4001;
+/// A Refresh was refused: reconnect with a fresh token.
+pub const TOKEN_REFUSED: u16 = 4003;
 
 /// Why a handshake was refused before the 101.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,8 +32,14 @@ pub enum Refusal {
     BadRequest(&'static str),
     /// The client offered subprotocols, none of them ours.
     NoSubprotocol,
-    /// Origin not in `allowed_origins`.
+    /// Origin not in `allowed_origins` (nor the Host's own).
     Origin,
+    /// No token where one is required, or a token refused (the reason
+    /// goes to the audit log, not to the peer).
+    Unauthorized {
+        /// A token was sent (and refused).
+        presented: bool,
+    },
     /// At `max_connections`.
     Full,
     /// Draining for shutdown.
@@ -47,6 +57,7 @@ impl Refusal {
             Refusal::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             Refusal::BadRequest(_) | Refusal::NoSubprotocol => StatusCode::BAD_REQUEST,
             Refusal::Origin => StatusCode::FORBIDDEN,
+            Refusal::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Refusal::Full | Refusal::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::RateLimited | Refusal::PerIp => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -61,6 +72,17 @@ impl Refusal {
         }
     }
 
+    /// `WWW-Authenticate` for a 401 (RFC 6750).
+    pub fn www_authenticate(self) -> Option<&'static str> {
+        match self {
+            Refusal::Unauthorized { presented: false } => Some("Bearer realm=\"tagstream\""),
+            Refusal::Unauthorized { presented: true } => {
+                Some("Bearer realm=\"tagstream\", error=\"invalid_token\"")
+            }
+            _ => None,
+        }
+    }
+
     /// The body: one line saying why.
     pub fn reason(self) -> &'static str {
         match self {
@@ -70,6 +92,8 @@ impl Refusal {
             Refusal::BadRequest(why) => why,
             Refusal::NoSubprotocol => "offered subprotocols do not include tagstream.v1\n",
             Refusal::Origin => "origin not allowed\n",
+            Refusal::Unauthorized { presented: false } => "a token is required\n",
+            Refusal::Unauthorized { presented: true } => "token refused\n",
             Refusal::Full => "server at max_connections; retry later\n",
             Refusal::Draining => "server draining; retry later\n",
             Refusal::RateLimited => "handshake rate over the limit; retry later\n",

@@ -1,6 +1,8 @@
-//! One TCP connection's HTTP side (hyper): `/healthz`, `/readyz`,
-//! `/metrics`, the stream path's upgrade and every refusal before the 101.
-//! After the 101 the socket is handed to a session with small buffers.
+//! One connection's HTTP side (hyper, over TCP or TLS): `/healthz`,
+//! `/readyz`, `/metrics`, `/api/v1/info`, the stream path's upgrade and
+//! every refusal before the 101 (origin, token, limits). After the 101 the
+//! socket is handed to a session with small buffers, with the principal
+//! its token gave.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -37,14 +39,16 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// the socket over (and freed its buffers), or when the connection ends.
 type Permit = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
-/// Serves one accepted TCP connection.
-pub async fn serve_connection(
-    stream: TcpStream,
+/// Serves one accepted connection (plain TCP, or TLS once handshaken).
+pub async fn serve_connection<S>(
+    stream: S,
     peer: SocketAddr,
     push: Arc<Push>,
     tracker: TaskTracker,
     permit: Option<OwnedSemaphorePermit>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let permit: Permit = Arc::new(Mutex::new(permit));
     let service = hyper::service::service_fn(move |req| {
         let push = push.clone();
@@ -90,6 +94,7 @@ fn route(
             text(StatusCode::SERVICE_UNAVAILABLE, "full or draining\n")
         }
         "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/api/v1/info" => info(&push),
         "/metrics" => {
             let body = crate::telemetry::prometheus()
                 .map(|h| h.render())
@@ -109,6 +114,22 @@ fn route(
     }
 }
 
+/// `GET /api/v1/info` (protocol.md Transport): whether to ask for a token.
+fn info(push: &Push) -> Response<Body> {
+    let body = serde_json::json!({
+        "server_id": push.sessions.server_id,
+        "version": env!("CARGO_PKG_VERSION"),
+        "auth": if push.auth.requires_token() { "token" } else { "none" },
+        "anonymous": push.auth.anonymous_allowed(),
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
 fn refuse(push: &Push, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
     push.metrics.refused.increment(1);
     tracing::info!(%peer, status = refusal.status().as_u16(), reason = refusal.reason().trim_end(), "handshake refused");
@@ -116,6 +137,12 @@ fn refuse(push: &Push, peer: SocketAddr, refusal: Refusal) -> Response<Body> {
     if let Some(secs) = refusal.retry_after() {
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(challenge) = refusal.www_authenticate() {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     if refusal == Refusal::UpgradeRequired {
         r.headers_mut()
@@ -164,26 +191,36 @@ fn upgrade(
         return Err(Refusal::BadRequest("missing Sec-WebSocket-Key\n"));
     };
     let accept = derive_accept_key(key.as_bytes());
-    if !push.config.allowed_origins.is_empty() {
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            // An Origin that is not plain ASCII cannot be in the list: it
-            // is refused, not skipped.
-            let allowed = origin
-                .to_str()
-                .is_ok_and(|o| push.config.allowed_origins.iter().any(|a| a == o));
-            if !allowed {
-                return Err(Refusal::Origin);
-            }
-        }
+    if !origin_allowed(
+        &push.config.allowed_origins,
+        headers.get(header::ORIGIN),
+        headers.get(header::HOST),
+    ) {
+        return Err(Refusal::Origin);
     }
-    let offered: Vec<&str> = tokens(headers, header::SEC_WEBSOCKET_PROTOCOL)
+    // `bearer.<token>` entries carry a token (browsers cannot set
+    // headers); they are not subprotocols and are never echoed.
+    let (bearer, offered): (Vec<&str>, Vec<&str>) = tokens(headers, header::SEC_WEBSOCKET_PROTOCOL)
         .filter(|t| !t.is_empty())
-        .collect();
+        .partition(|t| t.starts_with(BEARER_PREFIX));
     let select_ours = offered.contains(&SUBPROTOCOL);
     if !offered.is_empty() && !select_ours {
         return Err(Refusal::NoSubprotocol);
     }
     let slot: Slot = push.admit(peer.ip())?;
+    let token = presented_token(headers, req.uri().query(), &bearer);
+    let principal = match push
+        .auth
+        .authenticate(token.as_deref(), crate::sample::now_us())
+    {
+        Ok(p) => p,
+        Err(denied) => {
+            tracing::info!(target: "audit", event = "token_refused", %peer, reason = %denied, "token refused");
+            return Err(Refusal::Unauthorized {
+                presented: token.is_some(),
+            });
+        }
+    };
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let push = push.clone();
@@ -206,7 +243,6 @@ fn upgrade(
             .max_write_buffer_size(64 * 1024)
             .max_message_size(Some(push.config.max_message_bytes))
             .max_frame_size(Some(push.config.max_message_bytes));
-        let principal = push.anonymous.clone();
         let cx = push.sessions.clone();
         session::run(TokioIo::new(upgraded), config, cx, principal, peer).await;
         drop(slot);
@@ -227,4 +263,118 @@ fn upgrade(
         );
     }
     Ok(r)
+}
+
+/// A subprotocol entry that carries a token.
+const BEARER_PREFIX: &str = "bearer.";
+
+/// The token a handshake presents: `Authorization: Bearer`, else the
+/// `access_token` query parameter, else a `bearer.` subprotocol entry.
+fn presented_token(headers: &HeaderMap, query: Option<&str>, bearer: &[&str]) -> Option<String> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_string())
+        });
+    let query = || {
+        form_urlencoded::parse(query?.as_bytes())
+            .find(|(k, _)| k == "access_token")
+            .map(|(_, v)| v.into_owned())
+    };
+    let sub = || {
+        bearer
+            .first()
+            .and_then(|b| b.strip_prefix(BEARER_PREFIX))
+            .map(str::to_string)
+    };
+    header.or_else(query).or_else(sub).filter(|t| !t.is_empty())
+}
+
+/// protocol.md "Errors": a request without Origin (not a browser) passes;
+/// an Origin in `allowed_origins` (or `*` there) passes; the page's own
+/// origin (its host and port equal to the Host header, as gorilla/websocket
+/// checks by default) always passes, so the built-in web view works behind
+/// any list. A non-ASCII Origin matches nothing.
+pub fn origin_allowed(
+    allowed: &[String],
+    origin: Option<&HeaderValue>,
+    host: Option<&HeaderValue>,
+) -> bool {
+    let Some(origin) = origin else { return true };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let authority = origin
+        .split_once("://")
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    match (authority, host.and_then(|h| h.to_str().ok())) {
+        (Some(a), Some(h)) => !a.is_empty() && a.eq_ignore_ascii_case(h.trim()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> HeaderValue {
+        HeaderValue::from_str(s).expect("header")
+    }
+
+    #[test]
+    fn origins_default_to_the_hosts_own() {
+        let none: Vec<String> = Vec::new();
+        let host = v("plant-pc:8080");
+        let ok = |list: &[String], o: &str| origin_allowed(list, Some(&v(o)), Some(&host));
+        assert!(
+            origin_allowed(&none, None, Some(&host)),
+            "no Origin: not a browser"
+        );
+        assert!(ok(&none, "http://plant-pc:8080"));
+        assert!(ok(&none, "HTTP://PLANT-PC:8080"));
+        assert!(!ok(&none, "http://plant-pc"), "port differs");
+        assert!(!ok(&none, "http://evil.example:8080"));
+        assert!(!ok(&none, "null"));
+        assert!(!origin_allowed(
+            &none,
+            Some(&v("http://plant-pc:8080")),
+            None
+        ));
+        let list = vec!["https://hmi.plant.local".to_string()];
+        assert!(ok(&list, "https://hmi.plant.local"));
+        assert!(ok(&list, "http://plant-pc:8080"), "the web view itself");
+        assert!(!ok(&list, "https://other.local"));
+        assert!(ok(&["*".to_string()], "https://anything.example"));
+    }
+
+    #[test]
+    fn a_token_is_taken_from_the_header_the_query_or_a_subprotocol_entry() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_token(&h, None, &[]), None);
+        assert_eq!(
+            presented_token(&h, Some("a=1&access_token=t%2Bq"), &[]),
+            Some("t+q".into())
+        );
+        assert_eq!(
+            presented_token(&h, None, &["bearer.abc"]),
+            Some("abc".into())
+        );
+        h.insert(header::AUTHORIZATION, v("Bearer  hdr "));
+        assert_eq!(
+            presented_token(&h, Some("access_token=q"), &["bearer.s"]),
+            Some("hdr".into())
+        );
+        h.insert(header::AUTHORIZATION, v("Basic dXNlcg=="));
+        assert_eq!(presented_token(&h, None, &[]), None);
+    }
 }

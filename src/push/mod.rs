@@ -22,7 +22,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Principal;
+use crate::auth::Auth;
 use crate::command::CommandSink;
 use crate::config::ServerConfig;
 use crate::engine::EngineShared;
@@ -44,9 +44,9 @@ pub struct Push {
     pub config: ServerConfig,
     /// What sessions work with (engine, commands, heartbeat clock).
     pub sessions: Arc<SessionContext>,
-    /// The principal of a connection without a token (one shared `Arc`:
-    /// idle sessions stay small).
-    pub anonymous: Arc<Principal>,
+    /// Token verification; the principal of a connection without a token
+    /// is one shared `Arc` (idle sessions stay small).
+    pub auth: Arc<Auth>,
     /// Cancelled on shutdown: sessions close with 1001.
     pub shutdown: CancellationToken,
     /// Counters.
@@ -76,6 +76,7 @@ impl Push {
         config: ServerConfig,
         engine: Arc<EngineShared>,
         commands: Arc<dyn CommandSink>,
+        auth: Arc<Auth>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (tick_tx, heartbeat) = watch::channel(0u64);
@@ -99,19 +100,21 @@ impl Push {
         let sessions = Arc::new(SessionContext {
             engine,
             commands,
+            auth: auth.clone(),
             server_id,
             heartbeat_ms: period.as_millis().min(u128::from(u32::MAX)) as u32,
             max_pending_bytes: config.max_pending_bytes as u64,
             max_patterns: config.max_patterns,
             max_writes_per_s: config.max_writes_per_s,
             hello_timeout: config.hello_timeout,
+            drain_window: config.drain_window,
             heartbeat,
             metrics: metrics.clone(),
         });
         Arc::new(Push {
             config,
             sessions,
-            anonymous: Arc::new(Principal::open()),
+            auth,
             shutdown,
             metrics,
             connections: AtomicUsize::new(0),

@@ -67,7 +67,7 @@ pub async fn run<T>(
     let end = match hello(first) {
         Ok(hello) => {
             tracing::debug!(%peer, client = %hello.client_name, "hello");
-            serve(&mut ws, cx, principal, hello).await
+            serve(&mut ws, cx, principal, &peer, hello).await
         }
         Err(end) => end,
     };
@@ -153,6 +153,7 @@ async fn serve<S: Socket>(
     ws: &mut S,
     cx: Arc<SessionContext>,
     principal: Arc<Principal>,
+    peer: &SocketAddr,
     hello: proto::Hello,
 ) -> End {
     let mut out = Outbox::default();
@@ -163,15 +164,17 @@ async fn serve<S: Socket>(
         Err(end) => return end,
     };
     let mut writes: Writes = None;
+    let mut expiry: Expiry = None;
     if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
         return end;
     }
     loop {
+        arm(&mut expiry, session.session_end_us());
         let action = tokio::select! {
             item = ws.next() => {
                 session.on_heard();
                 match classify(item) {
-                    Ok(Read::Message(msg)) => session.on_message(msg, Now::current(), &mut out),
+                    Ok(Read::Message(msg)) => session.on_message(msg, Now::current(), *peer, &mut out),
                     Ok(Read::Ping) => session.on_ping(),
                     Ok(Read::Control) => Action::Nothing,
                     Err(end) => Action::End(end),
@@ -182,10 +185,11 @@ async fn serve<S: Socket>(
                 Ok(()) => session.on_tick(&mut out),
                 // The clock stops at shutdown: one signal for every session
                 // instead of a second waiter in each.
-                Err(_) => Action::End(End::shutting_down()),
+                Err(_) => Action::End(End::shutting_down(cx.drain_window)),
             },
+            () = expired(&mut expiry) => session.on_expiry(Now::current(), *peer),
             Some(done) = next_write(&mut writes) => {
-                session.on_write_done(done, &mut out);
+                session.on_write_done(done, *peer, &mut out);
                 Action::Nothing
             }
         };
@@ -201,6 +205,36 @@ async fn serve<S: Socket>(
                 return end;
             }
         }
+    }
+}
+
+/// The token's end: a timer boxed only for sessions that have one (JWT),
+/// with the end it was armed for.
+type Expiry = Option<Box<(i64, Pin<Box<tokio::time::Sleep>>)>>;
+
+/// (Re)arms the expiry timer when the session's end moved (a Refresh).
+fn arm(expiry: &mut Expiry, end_us: Option<i64>) {
+    match (end_us, expiry.as_ref()) {
+        (None, _) => *expiry = None,
+        (Some(end), Some(armed)) if armed.0 == end => {}
+        (Some(end), _) => {
+            let wait_us = end.saturating_sub(crate::sample::now_us()).max(0);
+            let at = tokio::time::Instant::now() + Duration::from_micros(wait_us as u64);
+            *expiry = Some(Box::new((end, Box::pin(tokio::time::sleep_until(at)))));
+        }
+    }
+}
+
+/// Waits for the armed end; disarms, so the next `arm` starts a fresh
+/// timer from the wall clock if the session goes on (a fired `Sleep` would
+/// be ready forever).
+async fn expired(expiry: &mut Expiry) {
+    match expiry {
+        Some(armed) => {
+            armed.1.as_mut().await;
+            *expiry = None;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -365,11 +399,12 @@ mod tests {
             Default::default(),
             engine.shared().clone(),
             commands,
+            Arc::new(crate::auth::Auth::none()),
             Default::default(),
         );
         let (io, _peer) = tokio::io::duplex(64);
         let cx = push.sessions.clone();
-        let principal = push.anonymous.clone();
+        let principal = Arc::new(crate::auth::Principal::open());
         let session = run(
             io,
             WebSocketConfig::default(),

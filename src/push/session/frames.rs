@@ -237,7 +237,12 @@ mod tests {
         let catalog = Catalog::new(["a/x", "a/y", "b/z"].map(|n| TagDef::read_only(n, "s")));
         let batches = batches(&catalog);
         let sels = Selections::default();
-        let all = sels.get(vec!["#".into()], None, &catalog);
+        let all = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["#".into()],
+            None,
+            &catalog,
+        );
         let part = batches[0].bytes.len();
 
         // No cap reached: one Delta 0 -> 6 with all six updates.
@@ -263,13 +268,23 @@ mod tests {
 
         // Only b/z (changed in the middle batch): the Delta still runs to
         // the last batch's seq, so the next one starts where this ends.
-        let only_z = sels.get(vec!["b/#".into()], None, &catalog);
+        let only_z = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["b/#".into()],
+            None,
+            &catalog,
+        );
         assert_eq!(merge(&mut out, &batches, &only_z, 0, usize::MAX), (6, 1));
         let d = deltas(&mut out);
         assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 1));
 
         // Nothing selected: no frame, position unchanged.
-        let none = sels.get(vec!["c/#".into()], None, &catalog);
+        let none = sels.get(
+            &crate::auth::scope(vec!["#".into()]),
+            vec!["c/#".into()],
+            None,
+            &catalog,
+        );
         assert_eq!(merge(&mut out, &batches, &none, 0, usize::MAX), (0, 0));
         assert!(out.is_empty());
     }

@@ -10,6 +10,7 @@
 //! since it last caught up) drops its backlog and gets one Delta from its
 //! position computed from the tag table.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,7 +22,7 @@ use super::frames::{
     valid_patterns, write_result,
 };
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
-use crate::auth::Principal;
+use crate::auth::{Auth, Credential, Principal};
 use crate::command::CommandSink;
 use crate::engine::selection::Selection;
 use crate::engine::{Batch, EngineShared};
@@ -39,6 +40,10 @@ use crate::telemetry::PushMetrics;
 /// link ping a few times per interval at most.
 pub const MAX_PINGS_PER_TICK: u32 = 100;
 
+/// Refresh requests a connection may send per second (a few at once):
+/// each costs a signature check.
+pub const REFRESH_PER_S: u32 = 1;
+
 /// Browse requests a connection may send per second (twice that at once).
 pub const BROWSE_PER_S: u32 = 10;
 /// Most tags in one BrowseResult (about 100 KB); a larger `limit` is cut.
@@ -54,6 +59,8 @@ pub struct SessionContext {
     pub engine: Arc<EngineShared>,
     /// Where checked writes go.
     pub commands: Arc<dyn CommandSink>,
+    /// Token verification (Refresh).
+    pub auth: Arc<Auth>,
     /// `Welcome.server_id`.
     pub server_id: String,
     /// `Welcome.heartbeat_ms`.
@@ -64,6 +71,8 @@ pub struct SessionContext {
     pub max_patterns: usize,
     /// Writes a session may start per second (0: unlimited).
     pub max_writes_per_s: u32,
+    /// Reconnect hints at shutdown are spread over this.
+    pub drain_window: std::time::Duration,
     /// Time allowed between the 101 and the Hello (driver).
     pub hello_timeout: std::time::Duration,
     /// Shared heartbeat clock: one timer for all sessions, not one each;
@@ -121,9 +130,11 @@ impl End {
         )
     }
 
-    /// Close 1001 with a jittered reconnect delay in ms.
-    pub fn shutting_down() -> End {
-        let delay_ms = fastrand::u32(500..5000);
+    /// Close 1001 with a reconnect delay in ms drawn uniformly from the
+    /// drain window, so a restart's reconnects arrive spread over it.
+    pub fn shutting_down(window: std::time::Duration) -> End {
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
+        let delay_ms = fastrand::u64(0..window_ms);
         End::Close(close::GOING_AWAY, delay_ms.to_string(), None)
     }
 }
@@ -180,6 +191,7 @@ pub fn expect_hello(msg: proto::ClientMessage) -> Result<proto::Hello, End> {
 struct Requests {
     writes: WriteAllowance,
     browses: Bucket,
+    refreshes: Bucket,
 }
 
 /// One session's protocol state.
@@ -227,7 +239,9 @@ impl SessionState {
         let rx = engine.subscribe();
         let consumed = engine.published_bytes();
         let table = engine.table();
-        let selection = engine.selections.get(patterns, None, table.catalog());
+        let selection = engine
+            .selections
+            .get(&principal.read, patterns, None, table.catalog());
         let current = table.seq();
         let outcome = match hello.resume {
             Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
@@ -244,6 +258,9 @@ impl SessionState {
             seq: position,
             heartbeat_ms: cx.heartbeat_ms,
             resume: outcome as i32,
+            read_scope: principal.read.to_vec(),
+            write_scope: principal.write.clone(),
+            token_expires_at_us: principal.expires_at_us.unwrap_or(0),
         };
         out.message(proto::server(server_message::Kind::Welcome(welcome)).to_bytes());
         if let Some(e) = errors {
@@ -284,6 +301,35 @@ impl SessionState {
         })
     }
 
+    /// When the session must end for its token (µs since the Unix epoch):
+    /// a JWT's expiry plus the leeway it was verified with.
+    pub fn session_end_us(&self) -> Option<i64> {
+        self.cx.auth.session_end_us(&self.principal)
+    }
+
+    /// The driver's expiry timer fired: close 4001 if the token (still)
+    /// has expired; a Refresh may have moved the end since.
+    pub fn on_expiry(&mut self, now: Now, peer: SocketAddr) -> Action {
+        match self.session_end_us() {
+            Some(end) if end <= now.wall_us => {
+                tracing::info!(target: "audit", event = "token_expired", subject = %self.principal.subject, %peer, "session closed: token expired");
+                Action::End(End::Close(
+                    close::TOKEN_EXPIRED,
+                    "token expired".into(),
+                    None,
+                ))
+            }
+            _ => Action::Nothing,
+        }
+    }
+
+    /// True if both hold the same interned selection (tests: frames are
+    /// shared per selection).
+    #[cfg(test)]
+    pub fn shares_selection_with(&self, other: &SessionState) -> bool {
+        Arc::ptr_eq(&self.selection, &other.selection)
+    }
+
     /// Seq of the last Snapshot or Delta sent.
     pub fn position(&self) -> u64 {
         self.position
@@ -322,8 +368,15 @@ impl SessionState {
         Action::Nothing
     }
 
-    /// One client message after the Hello.
-    pub fn on_message(&mut self, msg: proto::ClientMessage, now: Now, out: &mut Outbox) -> Action {
+    /// One client message after the Hello, from `peer` (the audit log's;
+    /// passed, not kept: every idle session would carry it).
+    pub fn on_message(
+        &mut self,
+        msg: proto::ClientMessage,
+        now: Now,
+        peer: SocketAddr,
+        out: &mut Outbox,
+    ) -> Action {
         use client_message::Kind;
         self.alive = true;
         match msg.kind {
@@ -360,7 +413,8 @@ impl SessionState {
                 };
                 out.message(proto::server(server_message::Kind::Pong(pong)).to_bytes());
             }
-            Some(Kind::Write(w)) => return self.write(w, now, out),
+            Some(Kind::Write(w)) => return self.write(w, now, peer, out),
+            Some(Kind::Refresh(r)) => return self.refresh(r, now, peer, out),
             None => return Action::End(End::malformed("message has no kind")),
         }
         Action::Nothing
@@ -398,9 +452,10 @@ impl SessionState {
         // a large Subscribe holds up neither the engine nor other sessions.
         let selection = {
             let catalog = engine.catalog();
+            let scope = &self.selection.scope;
             engine
                 .selections
-                .get(patterns, Some(&self.selection), &catalog)
+                .get(scope, patterns, Some(&self.selection), &catalog)
         };
         let table = engine.table();
         let catalog = table.catalog();
@@ -474,7 +529,7 @@ impl SessionState {
                 false
             }
             Err(RecvError::Lagged(_)) => true,
-            Err(RecvError::Closed) => return Action::End(End::shutting_down()),
+            Err(RecvError::Closed) => return Action::End(End::shutting_down(self.cx.drain_window)),
         };
         loop {
             match self.rx.try_recv() {
@@ -539,6 +594,7 @@ impl SessionState {
             Box::new(Requests {
                 writes: WriteAllowance::new(per_s),
                 browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
+                refreshes: Bucket::new(5 * REFRESH_PER_S, f64::from(REFRESH_PER_S)),
             })
         })
     }
@@ -562,7 +618,8 @@ impl SessionState {
             n => n.min(BROWSE_MAX_LIMIT),
         };
         let catalog = self.cx.engine.catalog();
-        let (ids, next) = catalog.browse(&b.pattern, &b.after, limit, BROWSE_MAX_SCAN);
+        let visible = |name: &str| self.principal.may_read(name);
+        let (ids, next) = catalog.browse(&b.pattern, &b.after, limit, BROWSE_MAX_SCAN, visible);
         out.message(browse_result(
             &catalog,
             b.request_id,
@@ -571,17 +628,26 @@ impl SessionState {
         ));
     }
 
-    fn write(&mut self, w: proto::WriteRequest, now: Now, out: &mut Outbox) -> Action {
+    fn write(
+        &mut self,
+        w: proto::WriteRequest,
+        now: Now,
+        peer: SocketAddr,
+        out: &mut Outbox,
+    ) -> Action {
         let request_id = w.request_id;
         let catalog = self.cx.engine.catalog();
+        let audit = writes::Audit::new(&w, now.at);
         let (tag, value) = match writes::check(&catalog, &self.principal, &w) {
             Ok(checked) => checked,
             Err((status, message)) => {
+                self.audit(&audit, peer, status, &message, now.at);
                 out.message(write_result(request_id, status, message));
                 return Action::Nothing;
             }
         };
         if let Err((status, message)) = self.requests().writes.admit(tag.source, now.at) {
+            self.audit(&audit, peer, status, &message, now.at);
             out.message(write_result(request_id, status, message));
             return Action::Nothing;
         }
@@ -591,9 +657,11 @@ impl SessionState {
                 source: tag.source,
                 reply: submitted.reply,
                 deadline: submitted.answer_by,
+                audit: Box::new(audit),
             }),
             Err((status, message)) => {
                 self.requests().writes.release(tag.source);
+                self.audit(&audit, peer, status, &message, now.at);
                 out.message(write_result(request_id, status, message));
                 Action::Nothing
             }
@@ -601,8 +669,74 @@ impl SessionState {
     }
 
     /// A write started by `StartWrite` ended: its one `WriteResult`.
-    pub fn on_write_done(&mut self, done: WriteDone, out: &mut Outbox) {
+    pub fn on_write_done(&mut self, done: WriteDone, peer: SocketAddr, out: &mut Outbox) {
         self.requests().writes.release(done.source);
+        let at = tokio::time::Instant::now();
+        self.audit(&done.audit, peer, done.status, &done.message, at);
         out.message(write_result(done.request_id, done.status, done.message));
+    }
+
+    /// The audit event of one answered write (protocol.md "Access").
+    fn audit(
+        &self,
+        a: &writes::Audit,
+        peer: SocketAddr,
+        status: u32,
+        message: &str,
+        at: tokio::time::Instant,
+    ) {
+        tracing::info!(
+            target: "audit",
+            event = "write",
+            subject = %self.principal.subject,
+            %peer,
+            tag = %a.tag,
+            value = %a.value,
+            result = crate::status::name(status),
+            status = format_args!("{status:#010x}"),
+            latency_us = at.saturating_duration_since(a.received).as_micros() as u64,
+            message,
+            "write"
+        );
+    }
+
+    /// A `Refresh` (protocol.md "Access"): on a JWT session a valid token
+    /// for the same subject and read scope replaces the principal; any
+    /// other ends it with 4003. Without a JWT it is unexpected.
+    fn refresh(
+        &mut self,
+        r: proto::Refresh,
+        now: Now,
+        peer: SocketAddr,
+        out: &mut Outbox,
+    ) -> Action {
+        if self.principal.credential != Credential::Jwt {
+            let why = "Refresh on a connection without a JWT".to_string();
+            out.message(error_frame(ErrorCode::UnexpectedMessage, why));
+            return Action::Nothing;
+        }
+        if !self.requests().refreshes.take(now.at) {
+            let why = format!("more than {REFRESH_PER_S} Refresh per second");
+            out.message(error_frame(ErrorCode::LimitExceeded, why));
+            return Action::Nothing;
+        }
+        match self.cx.auth.refresh(&self.principal, &r.token, now.wall_us) {
+            Ok(next) => {
+                let expires_at_us = next.expires_at_us.unwrap_or(0);
+                tracing::info!(target: "audit", event = "token_refreshed", subject = %next.subject, %peer, expires_at_us, "token refreshed");
+                self.principal = next;
+                let refreshed = proto::Refreshed { expires_at_us };
+                out.message(proto::server(server_message::Kind::Refreshed(refreshed)).to_bytes());
+                Action::Nothing
+            }
+            Err(denied) => {
+                tracing::info!(target: "audit", event = "token_refused", subject = %self.principal.subject, %peer, reason = %denied, "refresh refused");
+                Action::End(End::Close(
+                    close::TOKEN_REFUSED,
+                    "refresh refused".into(),
+                    Some((ErrorCode::Unauthorized, denied.to_string())),
+                ))
+            }
+        }
     }
 }

@@ -63,6 +63,8 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
     let cx = Arc::new(SessionContext {
         engine: engine.shared().clone(),
         commands: Arc::new(sources),
+        auth: Arc::new(jwt_auth()),
+        drain_window: Duration::from_secs(10),
         server_id: "test".into(),
         heartbeat_ms: 25_000,
         max_pending_bytes,
@@ -78,6 +80,22 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
         commands,
         _clock: clock,
     }
+}
+
+const PEER: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    40000,
+));
+/// The HS256 secret of the harness's JWT verifier.
+const JWT_SECRET: &str = "session-tests-secret-0123456789ab";
+
+/// Anonymous access to everything, and HS256 JWTs (Refresh tests).
+fn jwt_auth() -> crate::auth::Auth {
+    let config = crate::config::Config::parse(
+        "[auth]\njwt = { hs256_secret_env = \"S\", leeway = \"0s\" }\n",
+    )
+    .expect("config");
+    crate::auth::Auth::load_with(config.auth.as_ref(), &|_| Some(JWT_SECRET.into())).expect("auth")
 }
 
 fn key(local: u32) -> TagKey {
@@ -98,8 +116,11 @@ impl Harness {
     }
 
     fn open(&self, hello: proto::Hello, out: &mut Outbox) -> SessionState {
-        SessionState::on_hello(self.cx.clone(), Arc::new(Principal::open()), hello, out)
-            .expect("hello accepted")
+        self.open_as(Principal::open(), hello, out)
+    }
+
+    fn open_as(&self, p: Principal, hello: proto::Hello, out: &mut Outbox) -> SessionState {
+        SessionState::on_hello(self.cx.clone(), Arc::new(p), hello, out).expect("hello accepted")
     }
 }
 
@@ -272,6 +293,7 @@ fn subscribe_mid_session_brings_the_connection_current_then_catalog_and_snapshot
             patterns: vec!["b/#".into(), "bad/#/x".into()],
         })),
         now(),
+        PEER,
         &mut out,
     );
     assert!(matches!(step, Action::Nothing));
@@ -303,6 +325,7 @@ fn subscribe_mid_session_brings_the_connection_current_then_catalog_and_snapshot
             patterns: vec!["b/#".into()],
         })),
         now(),
+        PEER,
         &mut out,
     );
     assert!(matches!(step, Action::Nothing));
@@ -332,7 +355,7 @@ async fn browse_pages_in_name_order_without_subscribing_and_is_rate_limited() {
     let mut s = h.open(hello(&[], None), &mut out);
     kinds(&mut out);
     let page = |s: &mut SessionState, b: proto::ClientMessage, out: &mut Outbox| {
-        assert!(matches!(s.on_message(b, now(), out), Action::Nothing));
+        assert!(matches!(s.on_message(b, now(), PEER, out), Action::Nothing));
         let k = kinds(out);
         match &k[..] {
             [Kind::BrowseResult(r)] => {
@@ -529,7 +552,7 @@ fn writes_are_checked_in_the_specs_order_before_anything_reaches_a_source() {
     ];
     for (id, tag, value, want) in cases {
         assert!(matches!(
-            s.on_message(write(id, tag, value), now(), &mut out),
+            s.on_message(write(id, tag, value), now(), PEER, &mut out),
             Action::Nothing
         ));
         assert_eq!(results(&mut out), [(id, want)], "{tag}");
@@ -542,10 +565,9 @@ fn writes_are_checked_in_the_specs_order_before_anything_reaches_a_source() {
         write: vec!["b/#".into()],
         ..Principal::open()
     };
-    let mut s = SessionState::on_hello(h.cx.clone(), Arc::new(reader), hello(&[], None), &mut out)
-        .expect("hello accepted");
+    let mut s = h.open_as(reader, hello(&[], None), &mut out);
     kinds(&mut out);
-    let step = s.on_message(write(7, "a/y", None), now(), &mut out);
+    let step = s.on_message(write(7, "a/y", None), now(), PEER, &mut out);
     assert!(matches!(step, Action::Nothing));
     assert_eq!(results(&mut out), [(7, status::BAD_USER_ACCESS_DENIED)]);
 }
@@ -560,7 +582,7 @@ async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_
 
     // Acknowledged by the owner: its key and the converted value arrive.
     let Action::StartWrite(pending) =
-        s.on_message(write(1, "a/y", Some(V::I64(42))), now(), &mut out)
+        s.on_message(write(1, "a/y", Some(V::I64(42))), now(), PEER, &mut out)
     else {
         panic!("write not started");
     };
@@ -568,12 +590,12 @@ async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_
     let cmd = h.commands.try_recv().expect("queued for source 0");
     assert_eq!((cmd.tag, cmd.value.clone()), (key(1), Value::F64(42.0)));
     cmd.reply.send(Ok(())).expect("session waits");
-    s.on_write_done(pending.finish().await, &mut out);
+    s.on_write_done(pending.finish().await, PEER, &mut out);
     assert_eq!(results(&mut out), [(1, status::GOOD)]);
 
     // No answer: BadTimeout at the deadline, and the source can tell.
     let Action::StartWrite(pending) =
-        s.on_message(write(2, "a/y", Some(V::F64(1.0))), now(), &mut out)
+        s.on_message(write(2, "a/y", Some(V::F64(1.0))), now(), PEER, &mut out)
     else {
         panic!("write not started");
     };
@@ -584,7 +606,7 @@ async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_
         cmd.reply.is_closed(),
         "an answered write is never carried out"
     );
-    s.on_write_done(done, &mut out);
+    s.on_write_done(done, PEER, &mut out);
     assert_eq!(s.writes_in_flight(), 0);
     assert_eq!(results(&mut out), [(2, status::BAD_TIMEOUT)]);
 }
@@ -598,7 +620,7 @@ fn send(
     out: &mut Outbox,
 ) -> Option<(u64, u32)> {
     use proto::value::Kind as V;
-    match s.on_message(write(id, "b/flag", Some(V::Bool(true))), now(), out) {
+    match s.on_message(write(id, "b/flag", Some(V::Bool(true))), now(), PEER, out) {
         Action::StartWrite(p) => {
             pending.push(p);
             None
@@ -634,7 +656,7 @@ async fn writes_past_the_device_share_or_the_rate_get_bad_too_many_operations() 
         cmd.reply.send(Ok(())).expect("session waits");
     }
     for p in pending.drain(..) {
-        s.on_write_done(p.finish().await, &mut out);
+        s.on_write_done(p.finish().await, PEER, &mut out);
     }
     assert_eq!(results(&mut out).len(), 8);
     assert_eq!(send(&mut s, &mut pending, 100, &mut out), None);
@@ -715,7 +737,8 @@ fn bad_input_rows_end_the_session_with_their_codes() {
         "it names them: {}",
         errors[0].message
     );
-    let Action::End(end) = s.on_message(msg(C::Hello(hello(&[], None))), now(), &mut out) else {
+    let Action::End(end) = s.on_message(msg(C::Hello(hello(&[], None))), now(), PEER, &mut out)
+    else {
         panic!("a second Hello must end the session");
     };
     assert_eq!(
@@ -735,7 +758,7 @@ fn ping_is_answered_with_the_injected_time_and_a_silent_peer_is_dropped() {
         client_time_us: 77,
     }));
     assert!(matches!(
-        s.on_message(ping, now(), &mut out),
+        s.on_message(ping, now(), PEER, &mut out),
         Action::Nothing
     ));
     let k = kinds(&mut out);
@@ -770,7 +793,7 @@ fn a_pong_follows_a_delta_that_makes_the_connection_current_and_carries_its_seq(
     };
     // Current already: only the Pong, at the position.
     assert!(matches!(
-        s.on_message(ping(1), now(), &mut out),
+        s.on_message(ping(1), now(), PEER, &mut out),
         Action::Nothing
     ));
     let k = kinds(&mut out);
@@ -788,7 +811,7 @@ fn a_pong_follows_a_delta_that_makes_the_connection_current_and_carries_its_seq(
     // the newest seq, then the Pong at it.
     h.set(2, 3.0);
     assert!(matches!(
-        s.on_message(ping(2), now(), &mut out),
+        s.on_message(ping(2), now(), PEER, &mut out),
         Action::Nothing
     ));
     let k = kinds(&mut out);
@@ -846,10 +869,10 @@ fn holding_more_than_max_patterns_is_limit_exceeded_and_1008() {
         }))
     };
     assert!(matches!(
-        s.on_message(sub(&["a/2", "a/3", "a/4"]), now(), &mut out),
+        s.on_message(sub(&["a/2", "a/3", "a/4"]), now(), PEER, &mut out),
         Action::Nothing
     ));
-    let Action::End(end) = s.on_message(sub(&["a/5"]), now(), &mut out) else {
+    let Action::End(end) = s.on_message(sub(&["a/5"]), now(), PEER, &mut out) else {
         panic!("a fifth pattern must be refused");
     };
     assert_eq!(
@@ -868,6 +891,20 @@ fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
         panic!("expected a close");
     };
     assert_eq!(code, close::GOING_AWAY);
-    let delay: u32 = reason.parse().expect("a delay in ms");
-    assert!((500..5000).contains(&delay));
+    let delay: u64 = reason.parse().expect("a delay in ms");
+    assert!(delay < 10_000, "within the drain window");
+    // Spread over the whole window, not bunched (1,000 draws: a tenth of
+    // the window empty at either end has odds of 0.9^1000).
+    let window = Duration::from_secs(10);
+    let delays: Vec<u64> = (0..1000)
+        .map(|_| match End::shutting_down(window) {
+            End::Close(_, reason, _) => reason.parse().expect("ms"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(delays.iter().all(|&d| d < 10_000));
+    assert!(delays.iter().any(|&d| d < 1_000) && delays.iter().any(|&d| d >= 9_000));
 }
+
+/// Access: read scopes, Welcome's principal, Refresh and expiry.
+mod access;

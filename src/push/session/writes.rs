@@ -109,6 +109,10 @@ pub fn check(
     };
     let id = catalog.id(&w.tag).ok_or_else(unknown)?;
     let (def, meta) = catalog.get(id).zip(catalog.meta(id)).ok_or_else(unknown)?;
+    // Outside the read scope the tag does not exist for this connection.
+    if !principal.may_read(&def.name) {
+        return Err(unknown());
+    }
     if !def.writable {
         return Err((
             status::BAD_NOT_WRITABLE,
@@ -130,6 +134,34 @@ pub fn check(
     Ok((meta.owner, def.convert_for_write(&value)?))
 }
 
+/// What the audit event of a write names: the request as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    /// The tag named.
+    pub tag: String,
+    /// The value asked for, rendered.
+    pub value: String,
+    /// When the request arrived (latency).
+    pub received: Instant,
+}
+
+impl Audit {
+    /// The audit fields of a request received at `at`.
+    pub fn new(w: &proto::WriteRequest, at: Instant) -> Self {
+        let value = match w.value.as_ref().and_then(|v| v.kind.as_ref()) {
+            Some(kind) => format!("{kind:?}"),
+            None => "none".into(),
+        };
+        // A peer controls both strings: bounded in the log.
+        let cut = |s: &str| s.chars().take(256).collect::<String>();
+        Audit {
+            tag: cut(&w.tag),
+            value: cut(&value),
+            received: at,
+        }
+    }
+}
+
 /// A write handed to its owner, awaiting the answer.
 #[derive(Debug)]
 pub struct PendingWrite {
@@ -141,6 +173,8 @@ pub struct PendingWrite {
     pub reply: oneshot::Receiver<WriteReply>,
     /// When the session answers BadTimeout instead (command.rs).
     pub deadline: Instant,
+    /// For the audit event when it ends.
+    pub audit: Box<Audit>,
 }
 
 /// How a write ended.
@@ -154,6 +188,8 @@ pub struct WriteDone {
     pub status: u32,
     /// Why, for a failure.
     pub message: String,
+    /// For the audit event.
+    pub audit: Box<Audit>,
 }
 
 impl PendingWrite {
@@ -174,6 +210,7 @@ impl PendingWrite {
             source: self.source,
             status,
             message,
+            audit: self.audit,
         }
     }
 }

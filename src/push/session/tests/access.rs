@@ -1,0 +1,229 @@
+//! Access through the state machine: the read scope as a visibility
+//! boundary (Catalog, Snapshot, Delta, resume, Browse, writes), the
+//! Welcome's principal, Refresh and the token's end.
+
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::json;
+
+use super::*;
+use crate::auth::{Credential, scope};
+
+fn scoped(read: &[&str], write: &[&str]) -> Principal {
+    Principal {
+        subject: "op".into(),
+        read: scope(read.iter().map(|p| p.to_string()).collect()),
+        write: write.iter().map(|p| p.to_string()).collect(),
+        expires_at_us: None,
+        credential: Credential::Static,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tag_outside_the_read_scope_exists_nowhere_for_the_connection() {
+    let mut h = harness();
+    h.set_many(&[(0, 1.0), (2, 2.0)]);
+    let mut out = Outbox::default();
+    let p = scoped(&["a/#"], &["a/#", "b/#"]);
+    let mut s = h.open_as(p.clone(), hello(&["#"], None), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(w), Kind::Catalog(c), Kind::Snapshot(snap)] = &k[..] else {
+        panic!("{k:?}");
+    };
+    assert_eq!(w.read_scope, ["a/#"]);
+    assert_eq!(w.write_scope, ["a/#", "b/#"]);
+    assert_eq!(w.token_expires_at_us, 0);
+    assert_eq!(
+        names(c),
+        ["a/x", "a/y"],
+        "`#` matches nothing outside the scope"
+    );
+    assert_eq!(ids(&snap.tags), [1, 2]);
+
+    // Only b/ changes: nothing of it reaches this connection.
+    h.set(2, 3.0);
+    h.set(0, 4.0);
+    pump(&mut s, &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(ids(&d.updates), [1]);
+
+    // Browse lists only visible names.
+    assert!(matches!(
+        s.on_message(browse("#", 1, 0, ""), now(), PEER, &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::BrowseResult(b)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    let listed: Vec<&str> = b.tags.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(listed, ["a/x", "a/y"]);
+
+    // A write outside the read scope: the tag does not exist, even though
+    // the write scope covers it.
+    let step = s.on_message(
+        write(7, "b/flag", Some(proto::value::Kind::Bool(true))),
+        now(),
+        PEER,
+        &mut out,
+    );
+    assert!(matches!(step, Action::Nothing));
+    assert_eq!(results(&mut out), [(7, status::BAD_NODE_ID_UNKNOWN)]);
+    assert!(h.commands.is_empty());
+
+    // A resume from before the b/ changes: its Delta carries a/x only.
+    let mut out2 = Outbox::default();
+    let mut r = h.open_as(p, hello(&["#"], Some((EPOCH, 1))), &mut out2);
+    let k = kinds(&mut out2);
+    let [Kind::Welcome(w), Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(w.resume(), ResumeOutcome::Resumed);
+    assert_eq!(ids(&d.updates), [1]);
+    // Subscribing a b/ pattern explicitly adds nothing either.
+    let sub = msg(C::Subscribe(proto::Subscribe {
+        patterns: vec!["b/z".into()],
+    }));
+    assert!(matches!(
+        r.on_message(sub, now(), PEER, &mut out2),
+        Action::Nothing
+    ));
+    assert!(kinds(&mut out2).is_empty());
+}
+
+#[test]
+fn connections_of_one_scope_share_their_selection_and_others_do_not() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let a1 = h.open_as(scoped(&["a/#"], &[]), hello(&["#"], None), &mut out);
+    let a2 = h.open_as(scoped(&["a/#"], &[]), hello(&["#"], None), &mut out);
+    let all = h.open(hello(&["#"], None), &mut out);
+    assert!(a1.shares_selection_with(&a2));
+    assert!(!a1.shares_selection_with(&all));
+}
+
+fn jwt(sub: &str, exp_s: i64, read: &[&str], write: &[&str]) -> String {
+    let key = EncodingKey::from_secret(JWT_SECRET.as_bytes()).expect("key");
+    let claims = json!({"sub": sub, "exp": exp_s, "read": read, "write": write});
+    encode(&Header::default(), &claims, &key).expect("sign")
+}
+
+fn at(wall_s: i64) -> Now {
+    Now {
+        wall_us: wall_s * 1_000_000,
+        at: tokio::time::Instant::now(),
+    }
+}
+
+fn refresh(token: String) -> proto::ClientMessage {
+    msg(C::Refresh(proto::Refresh { token }))
+}
+
+const T0: i64 = 1_800_000_000;
+
+#[tokio::test(start_paused = true)]
+async fn a_jwt_session_ends_4001_at_expiry_unless_refreshed() {
+    let h = harness();
+    let token = jwt("alice", T0 + 60, &["#"], &[]);
+    let p =
+        h.cx.auth
+            .authenticate(Some(&token), T0 * 1_000_000)
+            .expect("jwt");
+    let mut out = Outbox::default();
+    let mut s = h.open_as((*p).clone(), hello(&[], None), &mut out);
+    let k = kinds(&mut out);
+    let [Kind::Welcome(w), ..] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(w.token_expires_at_us, (T0 + 60) * 1_000_000);
+    assert_eq!(s.session_end_us(), Some((T0 + 60) * 1_000_000));
+    assert!(matches!(s.on_expiry(at(T0 + 59), PEER), Action::Nothing));
+
+    // A valid Refresh moves the end and replaces the write scope.
+    let next = jwt("alice", T0 + 600, &["#"], &["a/#"]);
+    assert!(matches!(
+        s.on_message(refresh(next), at(T0 + 30), PEER, &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Refreshed(r)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(r.expires_at_us, (T0 + 600) * 1_000_000);
+    assert!(
+        matches!(s.on_expiry(at(T0 + 61), PEER), Action::Nothing),
+        "outlives the first token"
+    );
+    let step = s.on_message(
+        write(1, "a/y", Some(proto::value::Kind::F64(5.0))),
+        at(T0 + 62),
+        PEER,
+        &mut out,
+    );
+    assert!(
+        matches!(step, Action::StartWrite(_)),
+        "the new write scope applies"
+    );
+
+    match s.on_expiry(at(T0 + 600), PEER) {
+        Action::End(End::Close(code, reason, None)) => {
+            assert_eq!(
+                (code, reason.as_str()),
+                (close::TOKEN_EXPIRED, "token expired")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_refresh_is_unauthorized_and_4003() {
+    let h = harness();
+    let token = jwt("alice", T0 + 60, &["a/#"], &[]);
+    let p =
+        h.cx.auth
+            .authenticate(Some(&token), T0 * 1_000_000)
+            .expect("jwt");
+    let cases = [
+        ("another subject", jwt("bob", T0 + 600, &["a/#"], &[])),
+        ("another read scope", jwt("alice", T0 + 600, &["#"], &[])),
+        ("expired", jwt("alice", T0 - 1, &["a/#"], &[])),
+        ("not a JWT", "garbage".to_string()),
+    ];
+    for (case, bad) in cases {
+        let mut out = Outbox::default();
+        let mut s = h.open_as((*p).clone(), hello(&[], None), &mut out);
+        kinds(&mut out);
+        match s.on_message(refresh(bad), at(T0 + 1), PEER, &mut out) {
+            Action::End(End::Close(code, _, Some((err, _)))) => {
+                assert_eq!(
+                    (code, err),
+                    (close::TOKEN_REFUSED, ErrorCode::Unauthorized),
+                    "{case}"
+                );
+            }
+            other => panic!("{case}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn refresh_without_a_jwt_is_unexpected_and_the_session_stays() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let token = jwt("alice", T0 + 60, &["#"], &[]);
+    assert!(matches!(
+        s.on_message(refresh(token), at(T0), PEER, &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Error(e)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::UnexpectedMessage);
+    assert_eq!(s.session_end_us(), None);
+}
