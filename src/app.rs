@@ -66,10 +66,21 @@ pub async fn start_with(
     listener: TcpListener,
     extra: Vec<TagDef>,
 ) -> anyhow::Result<Running> {
+    start_with_env(config, listener, extra, &|var| std::env::var(var).ok()).await
+}
+
+/// Like `start_with`, reading `[auth]`'s secrets from `env` instead of the
+/// process environment (tests: setting variables is unsafe in-process).
+pub async fn start_with_env(
+    config: Config,
+    listener: TcpListener,
+    extra: Vec<TagDef>,
+    env: &crate::auth::Env,
+) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     // Secrets and key files first: a server that cannot check tokens does
     // not start.
-    let auth = Arc::new(crate::auth::Auth::load(config.auth.as_ref())?);
+    let auth = Arc::new(crate::auth::Auth::load_with(config.auth.as_ref(), env)?);
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let engine = Engine::new(catalog(&config, extra), Box::new(Counter::random()));

@@ -242,6 +242,9 @@ async fn every_type_in_every_byte_order_decodes_and_snapshot_equals_registers() 
     server.stop().await;
 }
 
+/// Writes need a principal that may make them (protocol.md "Access").
+const OPEN_WRITES: &str = "\n[auth]\nanonymous = { read = [\"#\"], write = [\"#\"] }\n";
+
 fn device_config(dev: &ModbusDevice, extra: &str, tags: &str) -> String {
     format!(
         "[[modbus]]\nname = \"dev\"\naddress = \"{}\"\npoll_interval = \"30ms\"\ntimeout = \"300ms\"\n{extra}\n{tags}",
@@ -463,6 +466,27 @@ async fn write(c: &mut Client, id: u64, tag: &str, value: V) -> proto::WriteResu
 }
 
 #[tokio::test]
+async fn without_auth_a_write_is_refused_and_never_reaches_the_device() {
+    let dev = device().await;
+    dev.registers().write_log = Some(Vec::new());
+    let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n";
+    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let mut c = connect_synced(&server, &["w/#"]).await;
+    until_state(&mut c, |c| status_of(c, "w/sp") == status::GOOD).await;
+    let refused = write(&mut c, 1, "w/sp", V::U64(7)).await;
+    assert_eq!(
+        refused.status,
+        status::BAD_USER_ACCESS_DENIED,
+        "{refused:?}"
+    );
+    // Reads stay open: the tag is there, its value unchanged.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(dev.registers().holding[0], 0);
+    assert_eq!(dev.registers().write_log.as_ref().map(Vec::len), Some(0));
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn writes_are_checked_in_order_and_acknowledged_by_the_device() {
     let mut dev = device().await;
     let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"i16\"\nscale = 0.1\nwritable = true\nmin = 0.0\nmax = 150.0\n\
@@ -471,7 +495,8 @@ async fn writes_are_checked_in_order_and_acknowledged_by_the_device() {
         [[modbus.tags]]\nname = \"w/pump\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\nwritable = true\n\
         [[modbus.tags]]\nname = \"w/ro\"\naddress = 9\ntype = \"u16\"\n";
     dev.registers().holding[8] = 0b1001;
-    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let config = device_config(&dev, "", tags) + OPEN_WRITES;
+    let server = spawn_server(&config, &[]).await;
     let mut c = connect_synced(&server, &["w/#"]).await;
     until_state(&mut c, |c| status_of(c, "w/sp") == status::GOOD).await;
 
@@ -580,7 +605,7 @@ async fn a_slow_device_is_shared_fairly_and_no_write_reaches_it_after_its_answer
         r.write_log = Some(Vec::new());
     }
     let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n";
-    let server = spawn_server(&device_config(&dev, "", tags), &[]).await;
+    let server = spawn_server(&(device_config(&dev, "", tags) + OPEN_WRITES), &[]).await;
     let mut flooder = connect_synced(&server, &["w/#"]).await;
     let mut other = connect_synced(&server, &["w/#"]).await;
     until_state(&mut flooder, |c| status_of(c, "w/sp") == status::GOOD).await;

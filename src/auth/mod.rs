@@ -213,7 +213,11 @@ impl Auth {
 
     /// The principal of a presented token (or of none), at `now_us`.
     pub fn authenticate(&self, token: Option<&str>, now_us: i64) -> Result<Arc<Principal>, Denied> {
-        let Some(token) = token.filter(|t| !t.is_empty()) else {
+        // Without `[auth]` every connection is the open reader, token or
+        // not. With it, a token that is sent must be valid: a wrong one is
+        // refused, not quietly downgraded to anonymous.
+        let token = token.filter(|t| !t.is_empty() && self.configured);
+        let Some(token) = token else {
             return self.anonymous.clone().ok_or(Denied::Missing);
         };
         // Every static token is compared, in constant time each: the time

@@ -31,6 +31,21 @@ pub async fn spawn_config(config: Config, synthetic: &[&str]) -> Running {
         .expect("server starts")
 }
 
+/// Starts a server whose `[auth]` secrets come from `vars`.
+pub async fn spawn_with_env(toml: &str, synthetic: &[&str], vars: &[(&str, &str)]) -> Running {
+    let config = Config::parse(toml).expect("test config parses");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tags = synthetic.iter().map(|n| synthetic_tag(n)).collect();
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let env = move |var: &str| vars.iter().find(|(k, _)| k == var).map(|(_, v)| v.clone());
+    app::start_with_env(config, listener, tags, &env)
+        .await
+        .expect("server starts")
+}
+
 /// An F64 tag fed through `Running::samples`.
 pub fn synthetic_tag(name: &str) -> TagDef {
     TagDef {

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod access;
 mod admission;
 mod errors;
 mod lifecycle;
