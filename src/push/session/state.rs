@@ -692,10 +692,10 @@ impl SessionState {
             %peer,
             tag = %a.tag,
             value = %a.value,
-            result = crate::status::name(status),
+            result = %crate::status::name(status),
             status = format_args!("{status:#010x}"),
             latency_us = at.saturating_duration_since(a.received).as_micros() as u64,
-            message,
+            detail = message,
             "write"
         );
     }

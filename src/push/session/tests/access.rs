@@ -227,3 +227,90 @@ fn refresh_without_a_jwt_is_unexpected_and_the_session_stays() {
     assert_eq!(e.code(), ErrorCode::UnexpectedMessage);
     assert_eq!(s.session_end_us(), None);
 }
+
+/// Captures what `tracing` writes on this thread while `f` runs.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let bytes = buf.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_write_and_refused_refresh_is_one_audit_event_without_the_token() {
+    let h = harness();
+    let token = jwt("alice", T0 + 60, &["#"], &["a/#"]);
+    let p =
+        h.cx.auth
+            .authenticate(Some(&token), T0 * 1_000_000)
+            .expect("jwt");
+    let mut out = Outbox::default();
+    let mut s = h.open_as((*p).clone(), hello(&[], None), &mut out);
+    kinds(&mut out);
+    let bad = jwt("mallory", T0 + 600, &["#"], &["#"]);
+    let log = logged(|| {
+        let denied = write(1, "b/flag", Some(proto::value::Kind::Bool(true)));
+        assert!(matches!(
+            s.on_message(denied, at(T0), PEER, &mut out),
+            Action::Nothing
+        ));
+        let started = write(2, "a/y", Some(proto::value::Kind::F64(5.0)));
+        let Action::StartWrite(pending) = s.on_message(started, at(T0), PEER, &mut out) else {
+            panic!("not started")
+        };
+        let done = super::super::writes::WriteDone {
+            request_id: 2,
+            source: pending.source,
+            status: status::GOOD,
+            message: String::new(),
+            audit: pending.audit,
+        };
+        s.on_write_done(done, PEER, &mut out);
+        assert!(matches!(
+            s.on_message(refresh(bad.clone()), at(T0), PEER, &mut out),
+            Action::End(_)
+        ));
+    });
+    let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit:")).collect();
+    assert_eq!(audit.len(), 3, "{log}");
+    assert!(audit[0].contains("subject=alice") && audit[0].contains("peer=127.0.0.1:40000"));
+    assert!(
+        audit[0].contains("tag=b/flag") && audit[0].contains("result=BadUserAccessDenied"),
+        "{}",
+        audit[0]
+    );
+    assert!(
+        audit[1].contains("tag=a/y")
+            && audit[1].contains("F64(5.0)")
+            && audit[1].contains("result=Good"),
+        "{}",
+        audit[1]
+    );
+    assert!(audit[1].contains("latency_us="));
+    assert!(
+        audit[2].contains("token_refused") && audit[2].contains("reason="),
+        "{}",
+        audit[2]
+    );
+    assert!(
+        !log.contains(&bad) && !log.contains(&token),
+        "a token in the log"
+    );
+}
