@@ -81,6 +81,12 @@ pub async fn start_with_env(
     // Secrets and key files first: a server that cannot check tokens does
     // not start.
     let auth = Arc::new(crate::auth::Auth::load_with(config.auth.as_ref(), env)?);
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::push::tls::Tls::load)
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     let engine = Engine::new(catalog(&config, extra), Box::new(Counter::random()));
@@ -114,6 +120,7 @@ pub async fn start_with_env(
         shared.clone(),
         Arc::new(commands),
         auth,
+        tls,
         shutdown.clone(),
     );
     let serving = push.clone();
@@ -188,6 +195,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.server.listen_addr().map_err(anyhow::Error::msg)?;
     let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let running = start(config, listener).await?;
+    let push = running.push.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            push.reload_tls();
+        }
+    });
     wait_for_signal().await;
     tracing::info!("shutting down");
     running.stop().await;

@@ -10,6 +10,7 @@ pub mod http;
 pub mod outbox;
 pub mod pending;
 pub mod session;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -58,6 +59,8 @@ pub struct Push {
     http_in_flight: Arc<Semaphore>,
     /// Sockets not yet upgraded.
     pub pending: Arc<Pending>,
+    /// wss on this listener, when `[server] tls` is set.
+    pub tls: Option<tls::Tls>,
 }
 
 /// HTTP exchanges (handshakes included) served at once; accepted
@@ -77,6 +80,7 @@ impl Push {
         engine: Arc<EngineShared>,
         commands: Arc<dyn CommandSink>,
         auth: Arc<Auth>,
+        tls: Option<tls::Tls>,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (tick_tx, heartbeat) = watch::channel(0u64);
@@ -123,7 +127,24 @@ impl Push {
             handshakes: Mutex::new((0, 0)),
             http_in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
             pending,
+            tls,
         })
+    }
+
+    /// SIGHUP: new handshakes get the certificate and key as the files
+    /// now hold them; running sessions keep theirs. A bad file is logged
+    /// and the old pair kept.
+    pub fn reload_tls(&self) {
+        let Some(tls) = &self.tls else {
+            tracing::info!("SIGHUP: no [server] tls to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate and key reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload failed; still serving the previous certificate")
+            }
+        }
     }
 
     /// Open sessions.
@@ -378,5 +399,13 @@ async fn before_upgrade(
         permit = http_permit(&push) => permit,
         () = push.shutdown.cancelled() => return,
     };
-    http::serve_connection(stream, peer, push, tracker, permit).await;
+    let Some(tls) = &push.tls else {
+        return http::serve_connection(stream, peer, push, tracker, permit).await;
+    };
+    // The handshake is bounded like a request's headers.
+    match tokio::time::timeout(http::HEADER_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(stream)) => http::serve_connection(stream, peer, push.clone(), tracker, permit).await,
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }

@@ -235,3 +235,45 @@ pub async fn wait_listening(addr: std::net::SocketAddr) {
     .await
     .expect("listening before deadline");
 }
+
+/// A test PKI in `dir`: a CA (`<tag>-ca.pem`) and a server certificate for
+/// `localhost` and 127.0.0.1 it signed (`<tag>-cert.pem`, `<tag>-key.pem`).
+pub struct Pki {
+    /// The CA certificate (what clients trust).
+    pub ca: PathBuf,
+    /// The server's chain.
+    pub cert: PathBuf,
+    /// The server's key.
+    pub key: PathBuf,
+    /// The CA, to sign more (client certificates).
+    pub issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    /// Generates the CA and a server certificate.
+    pub fn new(dir: &std::path::Path, tag: &str) -> Pki {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("tagstream test CA {tag}"),
+        );
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let path = |what: &str| dir.join(format!("{tag}-{what}.pem"));
+        std::fs::write(path("ca"), ca_cert.pem()).unwrap();
+        std::fs::write(path("cert"), cert.pem()).unwrap();
+        std::fs::write(path("key"), key.serialize_pem()).unwrap();
+        Pki {
+            ca: path("ca"),
+            cert: path("cert"),
+            key: path("key"),
+            issuer,
+        }
+    }
+}

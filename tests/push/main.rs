@@ -12,6 +12,7 @@ mod admission;
 mod errors;
 mod lifecycle;
 mod stream;
+mod tls;
 
 use std::time::Duration;
 

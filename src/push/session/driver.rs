@@ -400,6 +400,7 @@ mod tests {
             engine.shared().clone(),
             commands,
             Arc::new(crate::auth::Auth::none()),
+            None,
             Default::default(),
         );
         let (io, _peer) = tokio::io::duplex(64);

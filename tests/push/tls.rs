@@ -1,0 +1,189 @@
+//! wss on the listener: a generated PKI, TLS 1.2 and 1.3, SIGHUP-style
+//! reload seen by a new handshake while an old session keeps streaming,
+//! client certificates, and a start refused with the bad file's name.
+
+use std::sync::Arc;
+
+use super::*;
+use tagstream::client::{Connect, tls_config};
+
+fn tls_server_config(pki: &Pki, client_ca: Option<&std::path::Path>) -> String {
+    let ca = client_ca.map_or(String::new(), |p| {
+        format!(", client_ca = {:?}", p.display().to_string())
+    });
+    format!(
+        "[server]\ntls = {{ cert = {:?}, key = {:?}{ca} }}\n",
+        pki.cert.display().to_string(),
+        pki.key.display().to_string()
+    )
+}
+
+fn wss(server: &tagstream::app::Running) -> String {
+    format!("wss://localhost:{}/api/v1/stream", server.addr.port())
+}
+
+async fn connect_tls(
+    url: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Client, tagstream::client::ClientError> {
+    let how = Connect {
+        token: None,
+        tls: Some(tls),
+    };
+    let mut c = Client::connect_how(url, hello(&["a/#"]), &how).await?;
+    next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
+    Ok(c)
+}
+
+#[tokio::test]
+async fn wss_streams_and_a_reload_reaches_new_handshakes_while_old_sessions_stream() {
+    let dir = Scratch::new("tls");
+    let first = Pki::new(dir.dir(), "one");
+    let server = spawn_server(&tls_server_config(&first, None), TAGS).await;
+    let url = wss(&server);
+    let trust_first = tls_config(&first.ca).expect("ca");
+    let mut old = connect_tls(&url, trust_first.clone()).await.expect("wss");
+    set(&server, "a/x", 1.0).await;
+    until_state(&mut old, |c| f64_of(c, "a/x") == Some(1.0)).await;
+
+    // TLS 1.2 only is served too.
+    let tls12 = {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject as _;
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&first.ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    };
+    connect_tls(&url, tls12)
+        .await
+        .expect("TLS 1.2")
+        .close()
+        .await;
+    // Plain ws to a wss listener gets no session.
+    let plain = format!("ws://{}/api/v1/stream", server.addr);
+    assert!(Client::connect(&plain, hello(&["#"])).await.is_err());
+
+    // A new certificate from another CA replaces the files; reload. (A
+    // fresh client config below: a cached session would resume without
+    // seeing any certificate.)
+    let second = Pki::new(dir.dir(), "two");
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    server.push.reload_tls();
+    let trust_second = tls_config(&second.ca).expect("ca");
+    connect_tls(&url, trust_second)
+        .await
+        .expect("new certificate served")
+        .close()
+        .await;
+    assert!(
+        connect_tls(&url, tls_config(&first.ca).unwrap())
+            .await
+            .is_err(),
+        "old certificate no longer served"
+    );
+    // The session from before the reload still streams.
+    set(&server, "a/x", 2.0).await;
+    until_state(&mut old, |c| f64_of(c, "a/x") == Some(2.0)).await;
+
+    // A broken file on reload: logged, the served pair stays.
+    std::fs::write(&first.key, "garbage").unwrap();
+    server.push.reload_tls();
+    connect_tls(&url, tls_config(&second.ca).unwrap())
+        .await
+        .expect("still served")
+        .close()
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn with_client_ca_a_client_needs_a_certificate_it_signed() {
+    let dir = Scratch::new("mtls");
+    let pki = Pki::new(dir.dir(), "srv");
+    let server = spawn_server(&tls_server_config(&pki, Some(&pki.ca)), TAGS).await;
+    let url = wss(&server);
+    assert!(
+        connect_tls(&url, tls_config(&pki.ca).unwrap())
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+
+    let params = rcgen::CertificateParams::new(vec!["hmi-1".into()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.issuer).unwrap();
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let private =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![cert.der().clone()], private)
+        .unwrap();
+    connect_tls(&url, Arc::new(config))
+        .await
+        .expect("client certificate accepted")
+        .close()
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_unusable_cert_or_key_refuses_the_start_naming_the_file() {
+    let dir = Scratch::new("tls-bad");
+    let pki = Pki::new(dir.dir(), "ok");
+    let junk = dir.path("junk.pem");
+    std::fs::write(&junk, "not pem").unwrap();
+    let absent = dir.path("absent.pem");
+    let other = Pki::new(dir.dir(), "other");
+    let cases = [
+        (
+            "missing key",
+            pki.cert.clone(),
+            absent.clone(),
+            absent.clone(),
+        ),
+        (
+            "missing cert",
+            absent.clone(),
+            pki.key.clone(),
+            absent.clone(),
+        ),
+        ("junk key", pki.cert.clone(), junk.clone(), junk.clone()),
+        ("junk cert", junk.clone(), pki.key.clone(), junk.clone()),
+        (
+            "key of another cert",
+            pki.cert.clone(),
+            other.key.clone(),
+            other.key.clone(),
+        ),
+    ];
+    for (case, cert, key, named) in cases {
+        let toml = format!(
+            "[server]\ntls = {{ cert = {:?}, key = {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let config = Config::parse(&toml).expect("parses");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = match tagstream::app::start(config, listener).await {
+            Ok(_) => panic!("{case}: started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&named.display().to_string()), "{case}: {err}");
+    }
+}
