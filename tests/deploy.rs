@@ -107,24 +107,26 @@ fn nginx_snippet(dir: &Scratch, timeout: &str) -> PathBuf {
 }
 
 async fn start_nginx(backend: SocketAddr, idle_timeout: &str) -> Option<Proxy> {
-    let bin = require("nginx")?;
-    let dir = Scratch::new("nginx");
     let port = free_port();
+    let dir = Scratch::new("nginx");
     let snippet = nginx_snippet(&dir, idle_timeout);
-    let site = std::fs::read_to_string(format!("{DEPLOY}/nginx/tagstream.conf")).unwrap();
-    let site = rewrite(
-        &site,
-        &[
-            ("listen 80;", format!("listen 127.0.0.1:{port};")),
-            ("server 127.0.0.1:8080;", format!("server {backend};")),
-            (
-                "include snippets/tagstream-locations.conf;",
-                format!("include {};", snippet.display()),
-            ),
-        ],
-    );
-    let site_path = dir.path("tagstream.conf");
-    std::fs::write(&site_path, site).unwrap();
+    let edits = [
+        ("listen 80;", format!("listen 127.0.0.1:{port};")),
+        ("server 127.0.0.1:8080;", format!("server {backend};")),
+        (
+            "include snippets/tagstream-locations.conf;",
+            format!("include {};", snippet.display()),
+        ),
+    ];
+    run_nginx(dir, "tagstream.conf", &edits, port).await
+}
+
+/// Runs nginx on a shipped site file with `edits`, until dropped.
+async fn run_nginx(dir: Scratch, site: &str, edits: &[(&str, String)], port: u16) -> Option<Proxy> {
+    let bin = require("nginx")?;
+    let text = std::fs::read_to_string(format!("{DEPLOY}/nginx/{site}")).unwrap();
+    let site_path = dir.path(site);
+    std::fs::write(&site_path, rewrite(&text, edits)).unwrap();
     let main = nginx_main(&dir, &site_path);
     let log = dir.path("error.log");
     let mut child = Command::new(bin)
@@ -280,71 +282,75 @@ async fn without_a_shorter_heartbeat_nginx_cuts_the_idle_stream() {
 }
 
 #[tokio::test]
-async fn nginx_tls_variant_is_valid() {
-    let (Some(nginx), Some(openssl)) = (require("nginx"), require("openssl")) else {
+async fn nginx_tls_variant_carries_wss() {
+    let node = server(Duration::from_millis(300), "n1", 100).await;
+    let dir = Scratch::new("nginx-tls");
+    let pki = Pki::new(dir.dir(), "nginx");
+    let snippet = nginx_snippet(&dir, "75s");
+    let port = free_port();
+    let edits = [
+        ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+        ("listen 80;", format!("listen 127.0.0.1:{};", free_port())),
+        ("server 127.0.0.1:8080;", format!("server {};", node.addr)),
+        (
+            "/etc/tagstream/tls/fullchain.pem",
+            pki.cert.display().to_string(),
+        ),
+        (
+            "/etc/tagstream/tls/privkey.pem",
+            pki.key.display().to_string(),
+        ),
+        (
+            "include snippets/tagstream-locations.conf;",
+            format!("include {};", snippet.display()),
+        ),
+    ];
+    let Some(nginx) = run_nginx(dir, "tagstream-tls.conf", &edits, port).await else {
         return;
     };
-    let dir = Scratch::new("nginx-tls");
-    let (cert, key) = (dir.path("cert.pem"), dir.path("key.pem"));
-    let made = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=tagstream-test",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let snippet = nginx_snippet(&dir, "75s");
-    let site = std::fs::read_to_string(format!("{DEPLOY}/nginx/tagstream-tls.conf")).unwrap();
-    let site = rewrite(
-        &site,
-        &[
-            (
-                "listen 443 ssl;",
-                format!("listen 127.0.0.1:{} ssl;", free_port()),
-            ),
-            ("listen 80;", format!("listen 127.0.0.1:{};", free_port())),
-            (
-                "/etc/tagstream/tls/fullchain.pem",
-                cert.display().to_string(),
-            ),
-            ("/etc/tagstream/tls/privkey.pem", key.display().to_string()),
-            (
-                "include snippets/tagstream-locations.conf;",
-                format!("include {};", snippet.display()),
-            ),
-        ],
-    );
-    let site_path = dir.path("tagstream-tls.conf");
-    std::fs::write(&site_path, site).unwrap();
-    let main = nginx_main(&dir, &site_path);
-    let out = Command::new(nginx)
-        .arg("-t")
-        .arg("-p")
-        .arg(dir.dir())
-        .arg("-e")
-        .arg(dir.path("error.log"))
-        .arg("-c")
-        .arg(&main)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nginx -t: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let how = tagstream::client::Connect {
+        token: None,
+        tls: Some(tagstream::client::tls_config(&pki.ca).unwrap()),
+    };
+    let url = format!("wss://localhost:{}/api/v1/stream", nginx.port);
+    let mut c = Client::connect_how(&url, hello(&["#"]), &how)
+        .await
+        .expect("wss through nginx");
+    next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
+    delta_arrives(&node, &mut c, 7.0).await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn behind_nginx_on_a_non_default_port_a_same_origin_page_connects() {
+    let node = server(Duration::from_millis(300), "n1", 100).await;
+    let Some(nginx) = start_nginx(node.addr, "75s").await else {
+        return;
+    };
+    let host = format!("127.0.0.1:{}", nginx.port);
+    for (origin, want) in [
+        (format!("http://{host}"), "101"),
+        ("http://evil.example".to_string(), "403"),
+        ("http://127.0.0.1".to_string(), "403"),
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+        let req = format!(
+            "GET /api/v1/stream HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 256];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {want}")),
+            "{origin}: {head}"
+        );
+    }
+    node.stop().await;
 }
 
 #[tokio::test]
