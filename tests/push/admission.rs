@@ -197,3 +197,71 @@ async fn silent_sockets_past_the_open_file_limit_never_stop_healthz_or_the_503()
     assert!(failed <= 2, "{failed} 'accept failed' lines:\n{log}");
     assert!(log.contains("sockets before the upgrade capped"), "{log}");
 }
+
+#[tokio::test]
+async fn two_thousand_attempts_against_a_thousand_slots_give_exactly_1000_sessions_and_1000_503s() {
+    // Client and server sockets of this test share the process: about
+    // 4,000 descriptors plus the pending registry's headroom.
+    if let Ok((_, hard)) = rlimit::Resource::NOFILE.get() {
+        let _ = rlimit::Resource::NOFILE.set(hard, hard);
+    }
+    let have = rlimit::Resource::NOFILE.get().map_or(0, |(s, _)| s);
+    assert!(have >= 8192, "open-file limit {have}: this test needs 8192");
+    let mut config = Config::default();
+    config.server.max_connections = 1000;
+    config.server.hello_timeout = Duration::from_secs(120);
+    let server = spawn_config(config, TAGS).await;
+    assert!(
+        server.push.pending.cap(0) > 2000,
+        "pre-upgrade cap {}",
+        server.push.pending.cap(0)
+    );
+    let mut watcher = connect_synced(&server, &["a/x"]).await;
+
+    let addr = server.addr;
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
+    let attempts: Vec<_> = (0..1999)
+        .map(|_| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _turn = gate.acquire_owned().await.unwrap();
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(upgrade_request("").as_bytes()).await.unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                // A served client keeps its socket (and slot) open.
+                let kept = head.starts_with("http/1.1 101").then_some(s);
+                (head, kept)
+            })
+        })
+        .collect();
+    let (mut sessions, mut full, mut other) = (Vec::new(), 0, Vec::new());
+    for a in attempts {
+        let (head, kept) = a.await.unwrap();
+        match kept {
+            Some(s) => sessions.push(s),
+            None if head.starts_with("http/1.1 503") && head.contains("retry-after:") => full += 1,
+            None => other.push(head),
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "{} other answers, first {:?}",
+        other.len(),
+        other.first()
+    );
+    assert_eq!((sessions.len() + 1, full), (1000, 1000));
+    assert_eq!(server.push.connections(), 1000);
+    // The served clients keep streaming.
+    set(&server, "a/x", 5.0).await;
+    until_state(&mut watcher, |c| f64_of(c, "a/x") == Some(5.0)).await;
+    drop(sessions);
+    server.stop().await;
+}

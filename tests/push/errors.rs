@@ -326,3 +326,37 @@ fn find_close(mut wire: &[u8]) -> Option<u16> {
     }
     None
 }
+
+#[tokio::test]
+async fn eleven_patterns_against_max_patterns_ten_is_limit_exceeded_and_1008() {
+    let mut config = Config::default();
+    config.server.max_patterns = 10;
+    let server = spawn_config(config, TAGS).await;
+    // Ten in the Hello are fine; the Subscribe that makes eleven is not.
+    let ten: Vec<String> = (0..10).map(|i| format!("p/{i}/#")).collect();
+    let mut ws = raw_ws(&server).await;
+    let hello = proto::Hello {
+        client_name: "limits".into(),
+        resume: None,
+        subscribe: ten,
+    };
+    ws.send(Message::Binary(
+        proto::client(C::Hello(hello)).encode_to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    let more = proto::Subscribe {
+        patterns: vec!["p/10/#".into()],
+    };
+    ws.send(Message::Binary(
+        proto::client(C::Subscribe(more)).encode_to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    let (msgs, code) = read_to_close(&mut ws).await;
+    assert_eq!(
+        (error_code(&msgs), code),
+        (Some(ErrorCode::LimitExceeded), Some(1008))
+    );
+    server.stop().await;
+}

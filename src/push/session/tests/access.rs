@@ -314,3 +314,33 @@ async fn every_write_and_refused_refresh_is_one_audit_event_without_the_token() 
         "a token in the log"
     );
 }
+
+#[test]
+fn a_scope_bypasses_no_limit() {
+    let h = harness();
+    let mut out = Outbox::default();
+    // max_patterns is 4 in the harness: patterns outside the scope count.
+    let p = scoped(&["a/#"], &["#"]);
+    let five = hello(&["b/1", "b/2", "b/3", "b/4", "b/5"], None);
+    let end = SessionState::on_hello(h.cx.clone(), Arc::new(p.clone()), five, &mut out);
+    assert!(matches!(
+        end,
+        Err(End::Close(1008, _, Some((ErrorCode::LimitExceeded, _))))
+    ));
+    // The write rate applies to a scoped writer as to anyone (10/s here).
+    let mut s = h.open_as(p, hello(&[], None), &mut out);
+    kinds(&mut out);
+    let mut statuses = Vec::new();
+    for id in 0..12 {
+        let w = write(id, "a/y", Some(proto::value::Kind::F64(1.0)));
+        match s.on_message(w, now(), PEER, &mut out) {
+            Action::StartWrite(_) => statuses.push(status::GOOD),
+            Action::Nothing => statuses.extend(results(&mut out).into_iter().map(|(_, st)| st)),
+            Action::End(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(
+        statuses.contains(&status::BAD_TOO_MANY_OPERATIONS),
+        "{statuses:x?}"
+    );
+}
