@@ -39,13 +39,20 @@ pub async fn run(url: &str, how: Connect, mut patterns: Vec<String>) -> anyhow::
                     mirror = client.into_mirror();
                 }
                 match result {
-                    Ok(Some(reason)) => eprintln!("# closed by server: {reason}"),
+                    Ok(Some((code, reason))) if (4500..5000).contains(&code) => {
+                        anyhow::bail!("closed by server with {code} {reason}: not reconnecting");
+                    }
+                    Ok(Some((code, reason))) => eprintln!("# closed by server: {code} {reason}"),
                     Ok(None) => eprintln!("# connection closed"),
                     Err(e) if fresh_start => eprintln!("# {e}; starting over without resume"),
                     Err(e) => eprintln!("# {e}"),
                 }
             }
             Err(e @ ClientError::Tls(_)) => return Err(e.into()),
+            // Retrying does not make a token valid or an origin allowed.
+            Err(ClientError::Connect(e)) if refused(&e) => {
+                anyhow::bail!("{e}: check --token / TAGSTREAM_TOKEN")
+            }
             Err(e) => eprintln!("# {e}; retrying in {delay:?}"),
         }
         tokio::time::sleep(delay).await;
@@ -53,7 +60,12 @@ pub async fn run(url: &str, how: Connect, mut patterns: Vec<String>) -> anyhow::
     }
 }
 
-async fn print_stream(client: &mut Client) -> Result<Option<String>, ClientError> {
+/// A handshake answered 401 or 403.
+fn refused(e: &tokio_tungstenite::tungstenite::Error) -> bool {
+    matches!(e, tokio_tungstenite::tungstenite::Error::Http(r) if matches!(r.status().as_u16(), 401 | 403))
+}
+
+async fn print_stream(client: &mut Client) -> Result<Option<(u16, String)>, ClientError> {
     loop {
         let updates = match client.next_event().await? {
             Event::Welcome(w) => {
@@ -72,7 +84,9 @@ async fn print_stream(client: &mut Client) -> Result<Option<String>, ClientError
                 eprintln!("# server error {:?}: {}", e.code(), e.message);
                 continue;
             }
-            Event::Closed(frame) => return Ok(frame.map(|f| format!("{} {}", f.code, f.reason))),
+            Event::Closed(frame) => {
+                return Ok(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+            }
             _ => continue,
         };
         for u in updates {

@@ -51,6 +51,9 @@ struct Args {
     /// 100,200,500,1000,2000,5000).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<u64>,
+    /// Spread the clients over this many read scopes (static tokens).
+    #[arg(long, default_value_t = 1)]
+    scopes: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             let preset = Scenario::preset(name.trim_end_matches("-10k")).context("preset")?;
             let shape = Scenario {
                 duration: args.duration,
+                scopes: args.scopes,
                 ..preset.scaled(args.scale)
             };
             scenario::run(&shape, &bin).await?

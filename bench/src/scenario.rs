@@ -33,6 +33,10 @@ pub struct Scenario {
     pub duration: Duration,
     /// Drop every client at once and reconnect with resume.
     pub storm: bool,
+    /// Read scopes the clients are spread over (static tokens of
+    /// `[auth]`, each a distinct scope covering every tag): 1 is no
+    /// `[auth]`; more measures what scoped selections cost.
+    pub scopes: usize,
 }
 
 impl Scenario {
@@ -46,6 +50,7 @@ impl Scenario {
             rate,
             duration: Duration::from_secs(10),
             storm,
+            scopes: 1,
         };
         Some(match name {
             "idle" => s("idle", 10_000, 1_000, 1, 0, false),
@@ -66,6 +71,7 @@ impl Scenario {
             rate,
             duration: Duration::from_secs(10),
             storm: false,
+            scopes: 1,
         }
     }
 
@@ -81,6 +87,30 @@ impl Scenario {
     }
 }
 
+/// `[auth]` with `scopes` static tokens (each reads `b/#` plus a pattern
+/// of its own, so every scope is a distinct set over the same tags) and
+/// their secrets; nothing for one scope.
+fn scoped_tokens(scopes: usize) -> (String, Vec<(String, String)>) {
+    if scopes <= 1 {
+        return (String::new(), Vec::new());
+    }
+    let entries: Vec<String> = (0..scopes)
+        .map(|i| {
+            format!("{{ name = \"scope{i}\", token_env = \"BENCH_TOKEN_{i}\", read = [\"b/#\", \"scope{i}/#\"] }}")
+        })
+        .collect();
+    let auth = format!("\n[auth]\ntokens = [ {} ]\n", entries.join(", "));
+    let env = (0..scopes)
+        .map(|i| {
+            (
+                format!("BENCH_TOKEN_{i}"),
+                format!("bench-scope-token-{i}-0123456789"),
+            )
+        })
+        .collect();
+    (auth, env)
+}
+
 /// Runs a scenario against a server started from `server_bin`.
 pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Report> {
     crate::raise_fd_limit();
@@ -88,8 +118,15 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         "[[sim]]\nname = \"bench\"\ntags = {}\nprefix = \"b\"\ngroup = {}\nrate = {}\n",
         scenario.tags, scenario.group, scenario.rate
     );
-    let server = Server::start(server_bin, "max_connections = 100000", &sim).await?;
-    let (pid, url) = (server.pid.clone(), server.url.clone());
+    let (auth, env) = scoped_tokens(scenario.scopes);
+    let server = Server::start_env(
+        server_bin,
+        "max_connections = 100000",
+        &format!("{sim}{auth}"),
+        &env,
+    )
+    .await?;
+    let (pid, base_url) = (server.pid.clone(), server.url.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(&pid);
 
@@ -102,7 +139,11 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
     let mut tasks = Vec::with_capacity(scenario.clients);
     for k in 0..scenario.clients {
         let patterns = vec![format!("b/g{}/#", k % groups)];
-        let (url, stop, drop_all) = (url.clone(), stop.clone(), drop_all.clone());
+        let url = match env.get(k % scenario.scopes.max(1)) {
+            Some((_, token)) => format!("{base_url}?access_token={token}"),
+            None => base_url.clone(),
+        };
+        let (stop, drop_all) = (stop.clone(), drop_all.clone());
         let all_synced = all_synced.clone();
         let (synced, resumed, storm) = (synced.clone(), resumed.clone(), scenario.storm);
         tasks.push(tokio::spawn(async move {

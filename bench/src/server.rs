@@ -52,6 +52,17 @@ impl Server {
     /// `server` lines) and the given source sections; waits until it
     /// accepts.
     pub async fn start(bin: &Path, server: &str, sources: &str) -> anyhow::Result<Server> {
+        Server::start_env(bin, server, sources, &[]).await
+    }
+
+    /// Like `start`, with environment variables for the child (secrets
+    /// that `[auth]` names).
+    pub async fn start_env(
+        bin: &Path,
+        server: &str,
+        sources: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Server> {
         anyhow::ensure!(
             bin.is_file(),
             "server binary {} not found: build it first (cargo build --release)",
@@ -70,6 +81,7 @@ impl Server {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)

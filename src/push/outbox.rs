@@ -226,9 +226,8 @@ impl Outbox {
 
     /// Everything queued as (opcode, payload) pairs, emptying the box:
     /// what `write_to` would put on the wire, for tests of the protocol
-    /// without a socket.
-    #[cfg(test)]
-    pub(crate) fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
+    /// without a socket (and the session fuzz target).
+    pub fn take_frames(&mut self) -> Vec<(u8, Vec<u8>)> {
         let wire: Vec<u8> = self
             .chunks
             .iter()
@@ -249,9 +248,8 @@ impl Outbox {
     }
 }
 
-#[cfg(test)]
 /// Splits a byte stream of unmasked server frames into (opcode, payload).
-pub(crate) fn split_frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub fn split_frames(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while !wire.is_empty() {
         let opcode = wire[0] & 0x0f;
