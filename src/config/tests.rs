@@ -252,8 +252,51 @@ fn sim_sources_are_validated_with_the_others() {
 
 #[test]
 fn unbuilt_sections_are_refused_not_ignored() {
-    let err = Config::parse("[auth]\ntokens = []\n").expect_err("auth refused");
-    assert!(err.to_string().contains("auth"));
+    let err = Config::parse("[cluster]\nrole = \"all\"\n").expect_err("cluster refused");
+    assert!(err.to_string().contains("cluster"));
+}
+
+#[test]
+fn auth_and_tls_problems_are_each_reported_with_their_key() {
+    let text = r#"
+[server]
+allowed_origins = ["hmi.plant.local", "*", "https://ok.local"]
+drain_window = "2h"
+tls = { cert = "c.pem", key = "k.pem", client_ca = "ca.pem", colour = 1 }
+
+[auth]
+anonymous = { read = ["a/#/b"], write = [] }
+tokens = [ { name = "", token_env = "" }, { name = "x", token_env = "X", write = ["+x"] }, { name = "x", token_env = "Y" } ]
+jwt = { issuer = "idp", leeway = "2h" }
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("refused")
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "server.allowed_origins[0]",
+        "server.drain_window",
+        "server.tls.colour",
+        "auth.anonymous.read[0]",
+        "auth.tokens[0].name",
+        "auth.tokens[0].token_env",
+        "auth.tokens[1].write[0]",
+        "auth.tokens[2].name",
+        "auth.jwt",
+        "auth.jwt.leeway",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    // An [auth] that admits nobody is refused; a sound one parses.
+    assert!(Config::parse("[auth]\ntokens = []\n").is_err());
+    let ok = Config::parse(
+        "[auth]\nanonymous = { read = [\"#\"] }\njwt = { rs256_public_key = \"idp.pem\" }\n",
+    )
+    .expect("valid");
+    assert!(
+        ok.auth
+            .is_some_and(|a| a.anonymous.is_some() && a.jwt.is_some())
+    );
 }
 
 #[test]

@@ -38,18 +38,35 @@ async fn heartbeat_drops_a_silent_peer_and_keeps_a_live_one() {
 }
 
 #[tokio::test]
-async fn shutdown_closes_1001_with_a_reconnect_delay() {
-    let server = spawn_server("", TAGS).await;
-    let mut c = connect_synced(&server, &["#"]).await;
+async fn shutdown_closes_1001_with_reconnect_delays_spread_over_the_drain_window() {
+    let mut config = Config::default();
+    config.server.drain_window = Duration::from_secs(2);
+    let server = spawn_config(config, TAGS).await;
+    let mut clients = Vec::new();
+    for _ in 0..40 {
+        clients.push(connect_synced(&server, &["#"]).await);
+    }
     let stopping = tokio::spawn(server.stop());
-    let Event::Closed(Some(frame)) = next_until(&mut c, |e| matches!(e, Event::Closed(_))).await
-    else {
-        panic!("close frame expected")
-    };
-    assert_eq!(frame.code, CloseCode::Away);
-    let delay: u32 = frame.reason.parse().expect("reason is a delay in ms");
-    assert!((500..5000).contains(&delay));
+    let mut delays = Vec::new();
+    for c in &mut clients {
+        let Event::Closed(Some(frame)) = next_until(c, |e| matches!(e, Event::Closed(_))).await
+        else {
+            panic!("close frame expected")
+        };
+        assert_eq!(frame.code, CloseCode::Away);
+        delays.push(
+            frame
+                .reason
+                .parse::<u32>()
+                .expect("reason is a delay in ms"),
+        );
+    }
     stopping.await.unwrap();
+    delays.sort_unstable();
+    assert!(delays.iter().all(|&d| d < 2000), "{delays:?}");
+    // Spread, not bunched: 40 uniform draws leave neither a third of the
+    // window empty at either end (odds below 1e-7).
+    assert!(delays[0] < 700 && delays[39] > 1300, "{delays:?}");
 }
 
 #[test]

@@ -187,3 +187,70 @@ async fn a_missing_or_unusable_cert_or_key_refuses_the_start_naming_the_file() {
         assert!(err.contains(&named.display().to_string()), "{case}: {err}");
     }
 }
+
+#[tokio::test]
+async fn sighup_to_the_server_process_reloads_its_certificate() {
+    let dir = Scratch::new("tls-hup");
+    let first = Pki::new(dir.dir(), "one");
+    let port = tagstream_testkit::free_port().unwrap();
+    let config = dir.path("tagstream.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ntls = {{ cert = {:?}, key = {:?} }}\n\
+         [[sim]]\nname = \"s\"\ntags = 10\nrate = 50\n",
+        first.cert.display().to_string(),
+        first.key.display().to_string()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(([127, 0, 0, 1], port).into()).await;
+    let url = format!("wss://localhost:{port}/api/v1/stream");
+    let how = Connect {
+        token: None,
+        tls: Some(tls_config(&first.ca).unwrap()),
+    };
+    let mut old = Client::connect_how(&url, hello(&["#"]), &how)
+        .await
+        .expect("wss");
+    next_until(&mut old, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
+
+    let second = Pki::new(dir.dir(), "two");
+    std::fs::copy(&second.cert, &first.cert).unwrap();
+    std::fs::copy(&second.key, &first.key).unwrap();
+    let pid = child.id().unwrap().to_string();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let fresh = Connect {
+        token: None,
+        tls: Some(tls_config(&second.ca).unwrap()),
+    };
+    // The reload lands shortly after the signal.
+    let reloaded = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Ok(c) = Client::connect_how(&url, hello(&["#"]), &fresh).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a new handshake sees the new certificate");
+    reloaded.close().await;
+    // The old session streams on, over its original TLS connection.
+    let before = old.position;
+    until_state(&mut old, |c| c.position > before).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP did not stop the server"
+    );
+    let _ = child.kill().await;
+}
