@@ -51,6 +51,13 @@ struct Args {
     /// 100,200,500,1000,2000,5000).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<u64>,
+    /// Presets: one more client resubscribing this many patterns all
+    /// window long (0: none).
+    #[arg(long, default_value_t = 0)]
+    heavy: usize,
+    /// Presets: this many tags instead of the preset's (0: the preset's).
+    #[arg(long, default_value_t = 0)]
+    preset_tags: usize,
     /// Spread the clients over this many read scopes (static tokens).
     #[arg(long, default_value_t = 1)]
     scopes: usize,
@@ -83,10 +90,17 @@ async fn main() -> anyhow::Result<()> {
         }
         name @ ("room" | "wall" | "storm" | "idle-10k") => {
             let preset = Scenario::preset(name.trim_end_matches("-10k")).context("preset")?;
+            let preset = preset.scaled(args.scale);
             let shape = Scenario {
                 duration: args.duration,
                 scopes: args.scopes,
-                ..preset.scaled(args.scale)
+                heavy: args.heavy,
+                tags: if args.preset_tags > 0 {
+                    args.preset_tags
+                } else {
+                    preset.tags
+                },
+                ..preset
             };
             scenario::run(&shape, &bin).await?
         }

@@ -37,6 +37,10 @@ pub struct Scenario {
     /// `[auth]`, each a distinct scope covering every tag): 1 is no
     /// `[auth]`; more measures what scoped selections cost.
     pub scopes: usize,
+    /// One more client holding this many patterns (a few matching, the
+    /// rest matching nothing), dropping and subscribing them again all
+    /// window long: does a large subscription stall the others? 0: none.
+    pub heavy: usize,
 }
 
 impl Scenario {
@@ -51,6 +55,7 @@ impl Scenario {
             duration: Duration::from_secs(10),
             storm,
             scopes: 1,
+            heavy: 0,
         };
         Some(match name {
             "idle" => s("idle", 10_000, 1_000, 1, 0, false),
@@ -72,6 +77,7 @@ impl Scenario {
             duration: Duration::from_secs(10),
             storm: false,
             scopes: 1,
+            heavy: 0,
         }
     }
 
@@ -201,6 +207,10 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         storm_time = Some(t.elapsed());
     }
 
+    let heavy = (scenario.heavy > 0).then(|| {
+        let (url, stop, n) = (base_url.clone(), stop.clone(), scenario.heavy);
+        tokio::spawn(heavy_subscriber(url, n, groups, stop))
+    });
     let (server_cpu0, self_cpu0, t0) = (cpu_seconds(&pid), cpu_seconds("self"), Instant::now());
     tokio::time::sleep(scenario.duration).await;
     let window = t0.elapsed().as_secs_f64();
@@ -224,9 +234,18 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
             Err(_) => failed += 1,
         }
     }
+    let heavy = match heavy {
+        Some(h) => Some(h.await??),
+        None => None,
+    };
     server.stop().await;
 
     let mut r = Report::default();
+    if let Some((cycles, ms)) = heavy {
+        r.add("heavy_patterns", scenario.heavy as f64, "");
+        r.add("heavy_resubscribes", cycles as f64, "");
+        r.add("heavy_resubscribe_ms", ms, "ms");
+    }
     r.add("clients", scenario.clients as f64, "");
     r.add("tags", scenario.tags as f64, "");
     r.add("changes_per_s", scenario.rate as f64, "/s");
@@ -264,4 +283,52 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         r.latency(&total.latency);
     }
     Ok(r)
+}
+
+/// The `heavy` client: `n` patterns (ten matching whole groups, the rest
+/// nothing), unsubscribed and subscribed again until `stop`; returns the
+/// cycles and the mean time of one (Subscribe until its Snapshot's last
+/// chunk).
+async fn heavy_subscriber(
+    url: String,
+    n: usize,
+    groups: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<(u64, f64)> {
+    use tagstream::client::{Client, Event};
+    use tagstream::proto::{self, client_message::Kind as C};
+    let patterns: Vec<String> = (0..n)
+        .map(|i| match i {
+            0..10 => format!("b/g{}/#", i % groups.max(1)),
+            _ => format!("b/g{}/none/{i}", i % groups.max(1)),
+        })
+        .collect();
+    let hello = proto::Hello {
+        client_name: "heavy".into(),
+        resume: None,
+        subscribe: Vec::new(),
+    };
+    let mut c = Client::connect(&url, hello).await?;
+    let (mut cycles, mut spent) = (0u64, Duration::ZERO);
+    while !stop.is_cancelled() {
+        let t = Instant::now();
+        c.send(C::Subscribe(proto::Subscribe {
+            patterns: patterns.clone(),
+        }))
+        .await?;
+        loop {
+            match c.next_event().await? {
+                Event::Snapshot(s) if s.last => break,
+                Event::Closed(f) => anyhow::bail!("heavy client closed: {f:?}"),
+                _ => {}
+            }
+        }
+        spent += t.elapsed();
+        cycles += 1;
+        c.send(C::Unsubscribe(proto::Unsubscribe {
+            patterns: patterns.clone(),
+        }))
+        .await?;
+    }
+    Ok((cycles, spent.as_secs_f64() * 1e3 / cycles.max(1) as f64))
 }

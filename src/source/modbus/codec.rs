@@ -17,11 +17,15 @@ pub enum EncodeError {
     OutOfRange(String),
 }
 
-/// Orders wire bytes by significance: `order[i]` names wire byte `i`.
+/// Orders wire bytes by significance: `order[i]` names wire byte `i`. A
+/// byte the wire lacks reads as 0: the poller only passes a tag's full
+/// width, but a short slice must not panic (found by fuzzing).
 fn to_big_endian(wire: &[u8], order: &[u8]) -> [u8; 8] {
     let mut be = [0u8; 8];
     for (i, letter) in order.iter().enumerate() {
-        be[usize::from(letter - b'A')] = wire[i];
+        if let Some(slot) = be.get_mut(usize::from(letter.wrapping_sub(b'A'))) {
+            *slot = wire.get(i).copied().unwrap_or(0);
+        }
     }
     be
 }
@@ -214,6 +218,29 @@ fn as_number(value: &Value) -> Result<f64, EncodeError> {
 mod tests {
     use super::*;
     use crate::source::modbus::config::Table;
+
+    #[test]
+    fn fewer_registers_than_the_width_read_as_zero_not_a_panic() {
+        // Found by the modbus_codec fuzz target: a u16 tag given no
+        // registers indexed past the slice.
+        for (kind, order) in [
+            (RegisterType::U16, ""),
+            (RegisterType::I16, "BA"),
+            (RegisterType::U32, "CDAB"),
+            (RegisterType::F32, ""),
+            (RegisterType::U64, "HGFEDCBA"),
+            (RegisterType::F64, ""),
+            (RegisterType::String, ""),
+        ] {
+            let t = tag(kind, order);
+            let _ = decode_registers(&t, &[]);
+            let _ = decode_registers(&t, &[0x1234]);
+        }
+        assert_eq!(
+            decode_registers(&tag(RegisterType::U32, ""), &[0x0001]),
+            Value::U64(0x0001_0000)
+        );
+    }
 
     fn tag(kind: RegisterType, order: &str) -> ModbusTagConfig {
         let text = format!(
