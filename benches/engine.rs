@@ -57,12 +57,18 @@ fn engine(c: &mut Criterion) {
     let mut engine = engine_of_tags();
     let shared = engine.shared().clone();
     let batch = engine.apply(samples(1024, 1)).expect("changes");
-    let all = shared
-        .selections
-        .get(vec!["#".into()], None, &shared.catalog());
-    let area = shared
-        .selections
-        .get(vec!["plant/area3/#".into()], None, &shared.catalog());
+    let all = shared.selections.get(
+        &tagstream::auth::scope(vec!["#".into()]),
+        vec!["#".into()],
+        None,
+        &shared.catalog(),
+    );
+    let area = shared.selections.get(
+        &tagstream::auth::scope(vec!["#".into()]),
+        vec!["plant/area3/#".into()],
+        None,
+        &shared.catalog(),
+    );
     group.throughput(Throughput::Elements(1024));
     group.bench_function("delta_part_all_1024_uncached", |b| {
         b.iter(|| batch.assemble(&all, batch.from_seq));
@@ -91,9 +97,12 @@ fn fan_out(c: &mut Criterion) {
     let catalog = shared.catalog();
     let selections: Vec<_> = (0..10)
         .map(|a| {
-            shared
-                .selections
-                .get(vec![format!("plant/area{a}/#")], None, &catalog)
+            shared.selections.get(
+                &tagstream::auth::scope(vec!["#".into()]),
+                vec![format!("plant/area{a}/#")],
+                None,
+                &catalog,
+            )
         })
         .collect();
     let mut round = 0;

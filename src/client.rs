@@ -203,10 +203,10 @@ impl Client {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(proto::SUBPROTOCOL),
         );
-        if let Some(token) = token {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
-                request.headers_mut().insert("Authorization", v);
-            }
+        if let Some(token) = token
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            request.headers_mut().insert("Authorization", v);
         }
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
         let connect = |e: std::io::Error| ClientError::Connect(Box::new(WsError::Io(e)));

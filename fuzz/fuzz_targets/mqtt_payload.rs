@@ -10,7 +10,13 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let formats = [Format::Number, Format::Text, Format::Bool, Format::Json];
-    let kinds = [TagType::F64, TagType::I64, TagType::U64, TagType::Bool, TagType::String];
+    let kinds = [
+        TagType::F64,
+        TagType::I64,
+        TagType::U64,
+        TagType::Bool,
+        TagType::String,
+    ];
     let pointers = [None, Some("/value"), Some("/a/0"), Some("")];
     let spec = PayloadSpec {
         format: formats[usize::from(pick) % 4],

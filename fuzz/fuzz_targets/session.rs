@@ -18,7 +18,9 @@ use tagstream::engine::catalog::{Catalog, TagDef};
 use tagstream::engine::seq::Counter;
 use tagstream::proto::{self, server_message::Kind};
 use tagstream::push::outbox::Outbox;
-use tagstream::push::session::state::{Action, Now, SessionContext, SessionState, decode, expect_hello};
+use tagstream::push::session::state::{
+    Action, Now, SessionContext, SessionState, decode, expect_hello,
+};
 use tagstream::sample::{Input, Sample, TagKey, Value};
 use tagstream::telemetry::PushMetrics;
 
@@ -94,14 +96,22 @@ fuzz_target!(|input: &[u8]| {
         metrics: PushMetrics::new(),
     });
     let mut out = Outbox::default();
-    let Some(first) = chunk(&mut data) else { return };
+    let Some(first) = chunk(&mut data) else {
+        return;
+    };
     let hello = match decode(bytes::Bytes::copy_from_slice(first)).and_then(expect_hello) {
         Ok(h) => h,
         Err(_) => return,
     };
-    let read = if data.first().is_some_and(|b| b & 1 == 1) { vec!["a/#".to_string()] } else { vec!["#".to_string()] };
+    let read = if data.first().is_some_and(|b| b & 1 == 1) {
+        vec!["a/#".to_string()]
+    } else {
+        vec!["#".to_string()]
+    };
     let principal = Arc::new(Principal::anonymous(read, vec!["#".into()]));
-    let Ok(mut s) = SessionState::on_hello(cx, principal, hello, &mut out) else { return };
+    let Ok(mut s) = SessionState::on_hello(cx, principal, hello, &mut out) else {
+        return;
+    };
     let mut position = 0;
     check(&mut out, &mut position);
     while let Some((&op, rest)) = data.split_first() {

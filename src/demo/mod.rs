@@ -112,7 +112,7 @@ fn move_signals(b: &mut Registers, l: &mut Registers, t: f64, count: &mut u32) {
     l.input[3] = *count as u16;
     l.input[4] = ((50.0 + 30.0 * (t / 20.0).sin()) * 10.0) as u16;
     l.discrete[0] = (t as u64 / 15) % 4 == 3;
-    let product: &[u8; 8] = if (t as u64 / 30) % 2 == 0 {
+    let product: &[u8; 8] = if (t as u64 / 30).is_multiple_of(2) {
         b"WIDGET-A"
     } else {
         b"WIDGET-B"

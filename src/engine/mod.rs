@@ -207,10 +207,10 @@ impl Engine {
             metrics::counter!("tagstream_samples_dropped_total").increment(1);
             return;
         }
-        if let Some(seq) = table.apply(id, sample, now, self.seq.as_mut()) {
-            if let Some(state) = table.state(id) {
-                self.scratch.push(id, seq, state);
-            }
+        if let Some(seq) = table.apply(id, sample, now, self.seq.as_mut())
+            && let Some(state) = table.state(id)
+        {
+            self.scratch.push(id, seq, state);
         }
     }
 

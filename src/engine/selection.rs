@@ -295,19 +295,19 @@ impl Selections {
         patterns.sort();
         patterns.dedup();
         let mut key: Key = (scope.clone(), patterns);
-        if let Some(existing) = self.lock().map.get(&key).and_then(Weak::upgrade) {
-            if existing.catalog_version == catalog.version() {
-                return existing;
-            }
+        if let Some(existing) = self.lock().map.get(&key).and_then(Weak::upgrade)
+            && existing.catalog_version == catalog.version()
+        {
+            return existing;
         }
         let patterns = std::mem::take(&mut key.1);
         let selection = Arc::new(Selection::derive(scope.clone(), patterns, base, catalog));
         key.1 = selection.patterns.clone();
         let mut interned = self.lock();
-        if let Some(raced) = interned.map.get(&key).and_then(Weak::upgrade) {
-            if raced.catalog_version == catalog.version() {
-                return raced;
-            }
+        if let Some(raced) = interned.map.get(&key).and_then(Weak::upgrade)
+            && raced.catalog_version == catalog.version()
+        {
+            return raced;
         }
         if interned.map.len() >= interned.sweep_at {
             interned.map.retain(|_, weak| weak.strong_count() > 0);

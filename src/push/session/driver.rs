@@ -200,10 +200,10 @@ async fn serve<S: Socket>(
                 .push(Box::pin(pending.finish())),
             Action::End(end) => return end,
         }
-        if !out.is_empty() {
-            if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
-                return end;
-            }
+        if !out.is_empty()
+            && let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await
+        {
+            return end;
         }
     }
 }

@@ -394,10 +394,10 @@ impl SessionState {
                 // Current first: what is ready, then an empty Delta up to
                 // what this session has already accounted for (O(1): no
                 // table walk, so Pings cost nothing to flood).
-                if let Some(first) = self.try_batch() {
-                    if let Action::End(end) = self.on_batch(first, out) {
-                        return Action::End(end);
-                    }
+                if let Some(first) = self.try_batch()
+                    && let Action::End(end) = self.on_batch(first, out)
+                {
+                    return Action::End(end);
                 }
                 if self.position < self.seen {
                     let delta = out.delta(self.position);

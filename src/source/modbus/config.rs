@@ -315,10 +315,10 @@ impl ModbusTagConfig {
         if !(self.deadband >= 0.0 && self.deadband.is_finite()) {
             p.push(format!("{key}.deadband"), "must be a finite number >= 0");
         }
-        if let (Some(min), Some(max)) = (self.min, self.max) {
-            if min > max {
-                p.push(format!("{key}.min"), "min is above max");
-            }
+        if let (Some(min), Some(max)) = (self.min, self.max)
+            && min > max
+        {
+            p.push(format!("{key}.min"), "min is above max");
         }
         if self.writable && matches!(self.table, Table::Input | Table::Discrete) {
             p.push(

@@ -413,19 +413,19 @@ impl ModbusSource {
                 "tag is not on this device".into(),
             ));
         };
-        if !tag.table.is_bits() {
-            if let Err(e) = codec::encode_registers(tag, &cmd.value) {
-                let status = match e {
-                    codec::EncodeError::TypeMismatch(_) => status::BAD_TYPE_MISMATCH,
-                    codec::EncodeError::OutOfRange(_) => status::BAD_OUT_OF_RANGE,
-                };
-                return Err((status, e.to_string()));
-            }
+        if !tag.table.is_bits()
+            && let Err(e) = codec::encode_registers(tag, &cmd.value)
+        {
+            let status = match e {
+                codec::EncodeError::TypeMismatch(_) => status::BAD_TYPE_MISMATCH,
+                codec::EncodeError::OutOfRange(_) => status::BAD_OUT_OF_RANGE,
+            };
+            return Err((status, e.to_string()));
         }
-        if link.ctx.is_none() {
-            if let Err(e) = self.connect(link).await {
-                return Err((e.status(None), e.to_string()));
-            }
+        if link.ctx.is_none()
+            && let Err(e) = self.connect(link).await
+        {
+            return Err((e.status(None), e.to_string()));
         }
         let result = self.write_tag(link, tag, &cmd.value).await;
         if result.is_ok() {

@@ -231,13 +231,13 @@ impl MqttConfig {
             ("username_env", &self.username_env),
             ("password_env", &self.password_env),
         ] {
-            if let Some(var) = var {
-                if std::env::var(var).is_err() {
-                    p.push(
-                        format!("{key}.{k}"),
-                        format!("environment variable {var} is not set"),
-                    );
-                }
+            if let Some(var) = var
+                && std::env::var(var).is_err()
+            {
+                p.push(
+                    format!("{key}.{k}"),
+                    format!("environment variable {var} is not set"),
+                );
             }
         }
         if self.max_payload_bytes == 0 {
