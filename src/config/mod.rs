@@ -560,10 +560,12 @@ fn key_at(text: &str, line: usize) -> String {
 }
 
 /// `modbus.0.tags.2.x` (serde_ignored's paths) as `modbus[0].tags[2].x`,
-/// the style of every other key in a report.
+/// the style of every other key in a report; `server.tls.?.x` as
+/// `server.tls.x`.
 fn bracketed(path: &str) -> String {
     let mut out = String::new();
-    for part in path.split('.') {
+    // serde_ignored names an `Option`'s inside `?`: not a key.
+    for part in path.split('.').filter(|p| *p != "?") {
         if !out.is_empty() && part.parse::<usize>().is_ok() {
             out.push_str(&format!("[{part}]"));
         } else {

@@ -265,7 +265,7 @@ drain_window = "2h"
 tls = { cert = "c.pem", key = "k.pem", client_ca = "ca.pem", colour = 1 }
 
 [auth]
-anonymous = { read = ["a/#/b"], write = [] }
+anonymous = { read = ["a/#/b"], write = [], admin = true }
 tokens = [ { name = "", token_env = "" }, { name = "x", token_env = "X", write = ["+x"] }, { name = "x", token_env = "Y" } ]
 jwt = { issuer = "idp", leeway = "2h" }
 "#;
@@ -278,6 +278,7 @@ jwt = { issuer = "idp", leeway = "2h" }
         "server.drain_window",
         "server.tls.colour",
         "auth.anonymous.read[0]",
+        "auth.anonymous.admin",
         "auth.tokens[0].name",
         "auth.tokens[0].token_env",
         "auth.tokens[1].write[0]",
