@@ -658,3 +658,36 @@ async fn a_slow_device_is_shared_fairly_and_no_write_reaches_it_after_its_answer
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_write_command_sets_a_register_and_fails_on_a_refusal() {
+    let dev = device().await;
+    let tags = "[[modbus.tags]]\nname = \"w/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n\
+        [[modbus.tags]]\nname = \"w/ro\"\naddress = 1\ntype = \"u16\"\n";
+    let server = spawn_server(&(device_config(&dev, "", tags) + OPEN_WRITES), &[]).await;
+    let mut c = connect_synced(&server, &["w/#"]).await;
+    until_state(&mut c, |c| status_of(c, "w/sp") == status::GOOD).await;
+    let write = |tag: &'static str, value: &'static str| {
+        let url = url(&server);
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+                .args(["write", "--url", &url, tag, value])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let ok = write("w/sp", "7").await;
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("w/sp Good"), "{out}");
+    assert_eq!(dev.registers().holding[0], 7);
+    let refused = write("w/ro", "1").await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("BadNotWritable"));
+    server.stop().await;
+}
