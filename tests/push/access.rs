@@ -255,3 +255,57 @@ async fn a_jwt_session_ends_4001_unless_refreshed_and_a_bad_refresh_is_4003() {
     until_state(&mut refreshed, |c| f64_of(c, "a/x") == Some(42.0)).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn an_rs256_token_verifies_and_the_public_key_is_no_hs256_secret() {
+    let Some(openssl) = require("openssl") else {
+        return;
+    };
+    let dir = Scratch::new("rs256");
+    let (private, public) = (dir.path("idp.key"), dir.path("idp.pem"));
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new(&openssl)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "openssl {args:?}");
+    };
+    let (private_s, public_s) = (private.display().to_string(), public.display().to_string());
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        &private_s,
+    ]);
+    run(&["pkey", "-in", &private_s, "-pubout", "-out", &public_s]);
+    let toml = format!("[auth]\njwt = {{ rs256_public_key = {public_s:?} }}\n");
+    let server = spawn_with_env(&toml, TAGS, &[]).await;
+    let pem = std::fs::read(&private).unwrap();
+    let key = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
+    let claims = json!({"sub": "edge", "exp": now_s() + 600, "read": ["a/#"]});
+    let good = encode(&Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap();
+    let mut c = connect(&server, &good, &["#"]).await;
+    assert!(c.catalog.values().all(|t| t.name.starts_with("a/")));
+    c.close().await;
+    // Algorithm confusion: an HS256 token keyed with the public key's PEM.
+    let public_pem = std::fs::read(&public).unwrap();
+    let forged = encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(&public_pem).unwrap(),
+    )
+    .unwrap();
+    let r = http(
+        server.addr,
+        &upgrade_request(&format!(
+            "Sec-WebSocket-Protocol: tagstream.v1\r\nAuthorization: Bearer {forged}\r\n"
+        )),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    server.stop().await;
+}
