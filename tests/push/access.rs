@@ -288,7 +288,7 @@ async fn an_rs256_token_verifies_and_the_public_key_is_no_hs256_secret() {
     let key = EncodingKey::from_rsa_pem(&pem).expect("rsa key");
     let claims = json!({"sub": "edge", "exp": now_s() + 600, "read": ["a/#"]});
     let good = encode(&Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key).unwrap();
-    let mut c = connect(&server, &good, &["#"]).await;
+    let c = connect(&server, &good, &["#"]).await;
     assert!(c.catalog.values().all(|t| t.name.starts_with("a/")));
     c.close().await;
     // Algorithm confusion: an HS256 token keyed with the public key's PEM.
