@@ -21,7 +21,9 @@
 //!   state machine behind a thin driver, assembling deltas from the shared
 //!   encoded bytes and answering catch-up from the table.
 //! - [`command`]: writes from sessions, routed by the tag's owner to the
-//!   source that carries them out. [`auth`]: the principal of a session.
+//!   source that carries them out. [`auth`]: who a connection is (static
+//!   token, JWT or anonymous) and its read and write scopes; the read
+//!   scope reaches the engine only as part of an interned selection's key.
 //! - [`rate`]: token buckets for what peers can trigger at will.
 //! - [`client`]: the Rust client used by `tagstream tail` and the tests.
 //! - [`demo`]: the simulated plant of `tagstream demo` (and test devices).
