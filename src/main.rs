@@ -54,6 +54,28 @@ enum Command {
         /// Tag patterns (MQTT wildcards); default: everything.
         patterns: Vec<String>,
     },
+    /// Read registers once from a Modbus TCP device and print every type
+    /// and byte order they could mean.
+    Probe {
+        /// Device address, host:port.
+        #[arg(long)]
+        address: String,
+        /// Unit id.
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// holding | input | coil | discrete.
+        #[arg(long, default_value = "holding")]
+        table: String,
+        /// First register, 0-based.
+        #[arg(long)]
+        register: u16,
+        /// Registers (or bits) to read, 1..=125.
+        #[arg(long, default_value_t = 4)]
+        count: u16,
+        /// Connect and request timeout.
+        #[arg(long, default_value = "2s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Write one setpoint and print the WriteResult.
     Write {
         /// Server stream URL.
@@ -104,6 +126,34 @@ async fn main() -> anyhow::Result<()> {
             ca,
             patterns,
         } => tagstream::tail::run(&url, connect(token, ca.as_deref())?, patterns).await,
+        Command::Probe {
+            address,
+            unit,
+            table,
+            register,
+            count,
+            timeout,
+        } => {
+            use tagstream::source::modbus::Table;
+            let table = match table.as_str() {
+                "holding" => Table::Holding,
+                "input" => Table::Input,
+                "coil" => Table::Coil,
+                "discrete" => Table::Discrete,
+                other => anyhow::bail!("--table {other:?}: holding | input | coil | discrete"),
+            };
+            let p = tagstream::source::modbus::probe::Probe {
+                address,
+                unit,
+                table,
+                register,
+                count,
+                timeout,
+            };
+            let regs = tagstream::source::modbus::probe::read(&p).await?;
+            print!("{}", tagstream::source::modbus::probe::report(&p, &regs)?);
+            Ok(())
+        }
         Command::Write {
             url,
             token,

@@ -691,3 +691,81 @@ async fn the_write_command_sets_a_register_and_fails_on_a_refusal() {
     assert!(String::from_utf8_lossy(&refused.stdout).contains("BadNotWritable"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn probe_shows_every_type_and_byte_order_and_names_a_failure() {
+    let dev = device().await;
+    {
+        let mut r = dev.registers();
+        // 229.5 as f32, big-endian words; then "OK" as a string register.
+        let [a, b, c, d] = 229.5f32.to_be_bytes();
+        r.holding[10] = u16::from_be_bytes([a, b]);
+        r.holding[11] = u16::from_be_bytes([c, d]);
+        r.holding[12] = u16::from_be_bytes(*b"OK");
+        r.holding[13] = 0xfffe;
+    }
+    let probe = |args: Vec<String>| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+            .arg("probe")
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    };
+    let addr = dev.addr().to_string();
+    let args = |extra: &[&str]| {
+        let mut v = vec!["--address".to_string(), addr.clone()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let ok = probe(args(&["--register", "10", "--count", "4"])).await;
+    let out = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(
+        ok.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let at10 = out.split("at 10:").nth(1).expect("offset 10 section");
+    let line = |label: &str| {
+        at10.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{label} missing in {out}"))
+            .to_string()
+    };
+    assert!(line("f32 ABCD").ends_with(" 229.5"), "{out}");
+    assert!(
+        !line("f32 CDAB").ends_with(" 229.5"),
+        "another order, another value"
+    );
+    assert!(line("u16 AB").ends_with(&format!(" {}", u16::from_be_bytes([0x43, 0x65]))));
+    assert!(
+        out.split("at 13:")
+            .nth(1)
+            .unwrap()
+            .contains("i16 AB        -2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("string AB: \"Ce") && out.contains("OK"),
+        "{out}"
+    );
+    // A range the device refuses: the exception, named, and a failure.
+    let refused = probe(args(&["--register", "65535", "--count", "2"])).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("exception"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Nobody there: the address, named.
+    let port = tagstream_testkit::free_port().unwrap();
+    let nobody = probe(vec![
+        "--address".into(),
+        format!("127.0.0.1:{port}"),
+        "--register".into(),
+        "0".into(),
+    ])
+    .await;
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains(&format!("127.0.0.1:{port}")));
+}

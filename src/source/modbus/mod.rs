@@ -15,6 +15,7 @@
 pub mod codec;
 pub mod config;
 pub mod plan;
+pub mod probe;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
