@@ -58,7 +58,8 @@ impl Principal {
         }
     }
 
-    /// Everything readable and writable (tests, and the demo's setpoints).
+    /// Everything readable and writable: what `[auth] anonymous = { read =
+    /// ["#"], write = ["#"] }` gives (the demo), for tests without a config.
     pub fn open() -> Self {
         Principal::anonymous(vec!["#".into()], vec!["#".into()])
     }
