@@ -206,7 +206,10 @@ async fn two_thousand_attempts_against_a_thousand_slots_give_exactly_1000_sessio
         let _ = rlimit::Resource::NOFILE.set(hard, hard);
     }
     let have = rlimit::Resource::NOFILE.get().map_or(0, |(s, _)| s);
-    assert!(have >= 5000, "open-file limit {have}: this test needs about 4,500");
+    assert!(
+        have >= 5000,
+        "open-file limit {have}: this test needs about 4,500"
+    );
     let mut config = Config::default();
     config.server.max_connections = 1000;
     config.server.hello_timeout = Duration::from_secs(120);
