@@ -74,25 +74,14 @@ impl Selection {
                 } else {
                     // Many: the kept patterns' own names (base's tags are in
                     // scope already, later ones are checked below).
-                    let upto = base.resolved as TagId;
-                    for p in &all {
-                        for id in matching(p, catalog).filter(|&id| id <= upto) {
-                            if base.contains(id) {
-                                set.insert(id);
-                            }
-                        }
-                    }
+                    set.insert_matching(&all, catalog, |id| base.contains(id));
                 }
                 // Tags base left out match none of its patterns: only an
                 // added one can take them, and only among its names.
                 let upto = base.resolved as TagId;
-                for p in &added {
-                    for id in matching(p, catalog).filter(|&id| id <= upto) {
-                        if !set.contains(id) && in_scope.contains(catalog, id) {
-                            set.insert(id);
-                        }
-                    }
-                }
+                set.insert_matching(&added, catalog, |id| {
+                    id <= upto && in_scope.contains(catalog, id)
+                });
                 // Tags newer than base: few (a discovery), each against
                 // every pattern; many, by each pattern's names.
                 let newer = catalog.len() - base.resolved;
@@ -103,24 +92,12 @@ impl Selection {
                         }
                     }
                 } else {
-                    for p in &all {
-                        for id in matching(p, catalog).filter(|&id| id > upto) {
-                            if !set.contains(id) && in_scope.contains(catalog, id) {
-                                set.insert(id);
-                            }
-                        }
-                    }
+                    set.insert_matching(&all, catalog, |id| {
+                        id > upto && in_scope.contains(catalog, id)
+                    });
                 }
             }
-            None => {
-                for p in &all {
-                    for id in matching(p, catalog) {
-                        if !set.contains(id) && in_scope.contains(catalog, id) {
-                            set.insert(id);
-                        }
-                    }
-                }
-            }
+            None => set.insert_matching(&all, catalog, |id| in_scope.contains(catalog, id)),
         }
         Selection {
             scope,
@@ -142,9 +119,7 @@ impl Selection {
     /// True if the tag is selected.
     #[inline]
     pub fn contains(&self, id: TagId) -> bool {
-        self.bits
-            .get(id as usize / 64)
-            .is_some_and(|w| w >> (id % 64) & 1 == 1)
+        bit(&self.bits, id)
     }
 
     /// Number of selected tags.
@@ -203,11 +178,31 @@ struct Bits {
     count: usize,
 }
 
+/// True if `id`'s bit is set in `words`.
+#[inline]
+fn bit(words: &[u64], id: TagId) -> bool {
+    words
+        .get(id as usize / 64)
+        .is_some_and(|w| w >> (id % 64) & 1 == 1)
+}
+
 impl Bits {
-    fn contains(&self, id: TagId) -> bool {
-        self.words
-            .get(id as usize / 64)
-            .is_some_and(|w| w >> (id % 64) & 1 == 1)
+    /// Inserts every tag one of `patterns` matches (each walking only its
+    /// own names, see `matching`) that is not in yet and that `keep`
+    /// accepts.
+    fn insert_matching(
+        &mut self,
+        patterns: &[&str],
+        catalog: &Catalog,
+        keep: impl Fn(TagId) -> bool,
+    ) {
+        for p in patterns {
+            for id in matching(p, catalog) {
+                if !bit(&self.words, id) && keep(id) {
+                    self.insert(id);
+                }
+            }
+        }
     }
 
     fn insert(&mut self, id: TagId) {
