@@ -42,15 +42,8 @@ enum Command {
     },
     /// Print the live stream of matching tags, one line per update.
     Tail {
-        /// Server stream URL.
-        #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
-        url: String,
-        /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
-        #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// PEM CA certificate(s) a wss:// server's certificate must chain to.
-        #[arg(long)]
-        ca: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Tag patterns (MQTT wildcards); default: everything.
         patterns: Vec<String>,
     },
@@ -78,20 +71,43 @@ enum Command {
     },
     /// Write one setpoint and print the WriteResult.
     Write {
-        /// Server stream URL.
-        #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
-        url: String,
-        /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
-        #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// PEM CA certificate(s) a wss:// server's certificate must chain to.
-        #[arg(long)]
-        ca: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
         /// Tag name.
         tag: String,
         /// Value: a number, true/false, or text.
         value: String,
     },
+}
+
+/// Where a client command connects, and how.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// Server stream URL.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
+    url: String,
+    /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
+    #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA certificate(s) a wss:// server's certificate must chain to.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// The URL and the client's connect options (the CA file read now).
+    fn connect(self) -> anyhow::Result<(String, tagstream::client::Connect)> {
+        let tls = self
+            .ca
+            .as_deref()
+            .map(tagstream::client::tls_config)
+            .transpose()?;
+        let how = tagstream::client::Connect {
+            token: self.token,
+            tls,
+        };
+        Ok((self.url, how))
+    }
 }
 
 fn init_logs(format: &str) {
@@ -120,12 +136,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo { listen } => demo(&listen).await,
         Command::Check { config } => check(&config),
-        Command::Tail {
-            url,
-            token,
-            ca,
-            patterns,
-        } => tagstream::tail::run(&url, connect(token, ca.as_deref())?, patterns).await,
+        Command::Tail { server, patterns } => {
+            let (url, how) = server.connect()?;
+            tagstream::tail::run(&url, how, patterns).await
+        }
         Command::Probe {
             address,
             unit,
@@ -154,22 +168,11 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", tagstream::source::modbus::probe::report(&p, &regs)?);
             Ok(())
         }
-        Command::Write {
-            url,
-            token,
-            ca,
-            tag,
-            value,
-        } => tagstream::tail::write(&url, connect(token, ca.as_deref())?, &tag, &value).await,
+        Command::Write { server, tag, value } => {
+            let (url, how) = server.connect()?;
+            tagstream::tail::write(&url, how, &tag, &value).await
+        }
     }
-}
-
-fn connect(
-    token: Option<String>,
-    ca: Option<&std::path::Path>,
-) -> anyhow::Result<tagstream::client::Connect> {
-    let tls = ca.map(tagstream::client::tls_config).transpose()?;
-    Ok(tagstream::client::Connect { token, tls })
 }
 
 async fn demo(listen: &str) -> anyhow::Result<()> {
