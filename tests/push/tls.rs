@@ -18,6 +18,24 @@ fn tls_server_config(pki: &Pki, client_ca: Option<&std::path::Path>) -> String {
     )
 }
 
+/// A rustls client trusting the CA in `ca`, for `versions`, before its
+/// client-auth choice (the tests that need more than `tls_config`).
+fn client_config(
+    ca: &std::path::Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+}
+
 fn wss(server: &tagstream::app::Running) -> String {
     format!("wss://localhost:{}/api/v1/stream", server.addr.port())
 }
@@ -47,20 +65,8 @@ async fn wss_streams_and_a_reload_reaches_new_handshakes_while_old_sessions_stre
     until_state(&mut old, |c| f64_of(c, "a/x") == Some(1.0)).await;
 
     // TLS 1.2 only is served too.
-    let tls12 = {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject as _;
-        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&first.ca).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Arc::new(config)
-    };
+    let tls12 = client_config(&first.ca, &[&rustls::version::TLS12]).with_no_client_auth();
+    let tls12 = Arc::new(tls12);
     connect_tls(&url, tls12)
         .await
         .expect("TLS 1.2")
@@ -121,17 +127,9 @@ async fn with_client_ca_a_client_needs_a_certificate_it_signed() {
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &pki.issuer).unwrap();
     use rustls::pki_types::pem::PemObject as _;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::CertificateDer::pem_file_iter(&pki.ca).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
     let private =
         rustls::pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
+    let config = client_config(&pki.ca, rustls::DEFAULT_VERSIONS)
         .with_client_auth_cert(vec![cert.der().clone()], private)
         .unwrap();
     connect_tls(&url, Arc::new(config))

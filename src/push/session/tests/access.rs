@@ -123,14 +123,18 @@ fn refresh(token: String) -> proto::ClientMessage {
 
 const T0: i64 = 1_800_000_000;
 
+/// The principal the harness's verifier gives `token` at `T0`.
+fn verified(h: &Harness, token: &str) -> Arc<Principal> {
+    h.cx.auth
+        .authenticate(Some(token), T0 * 1_000_000)
+        .expect("jwt")
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_jwt_session_ends_4001_at_expiry_unless_refreshed() {
     let h = harness();
     let token = jwt("alice", T0 + 60, &["#"], &[]);
-    let p =
-        h.cx.auth
-            .authenticate(Some(&token), T0 * 1_000_000)
-            .expect("jwt");
+    let p = verified(&h, &token);
     let mut out = Outbox::default();
     let mut s = h.open_as((*p).clone(), hello(&[], None), &mut out);
     let k = kinds(&mut out);
@@ -182,10 +186,7 @@ async fn a_jwt_session_ends_4001_at_expiry_unless_refreshed() {
 async fn a_bad_refresh_is_unauthorized_and_4003() {
     let h = harness();
     let token = jwt("alice", T0 + 60, &["a/#"], &[]);
-    let p =
-        h.cx.auth
-            .authenticate(Some(&token), T0 * 1_000_000)
-            .expect("jwt");
+    let p = verified(&h, &token);
     let cases = [
         ("another subject", jwt("bob", T0 + 600, &["a/#"], &[])),
         ("another read scope", jwt("alice", T0 + 600, &["#"], &[])),
@@ -257,10 +258,7 @@ fn logged(f: impl FnOnce()) -> String {
 async fn every_write_and_refused_refresh_is_one_audit_event_without_the_token() {
     let h = harness();
     let token = jwt("alice", T0 + 60, &["#"], &["a/#"]);
-    let p =
-        h.cx.auth
-            .authenticate(Some(&token), T0 * 1_000_000)
-            .expect("jwt");
+    let p = verified(&h, &token);
     let mut out = Outbox::default();
     let mut s = h.open_as((*p).clone(), hello(&[], None), &mut out);
     kinds(&mut out);
