@@ -25,7 +25,9 @@
 //!   token, JWT or anonymous) and its read and write scopes; the read
 //!   scope reaches the engine only as part of an interned selection's key.
 //! - [`rate`]: token buckets for what peers can trigger at will.
-//! - [`client`]: the Rust client used by `tagstream tail` and the tests.
+//! - [`tail`]: `tagstream tail` and `write`, on the Rust SDK
+//!   (`clients/rust`, crate `tagstream-client`, which also owns the
+//!   generated wire types [`proto`] re-exports).
 //! - [`demo`]: the simulated plant of `tagstream demo` (and test devices).
 //! - [`app`]: wiring and shutdown order; [`config`]: the TOML contract.
 //!
@@ -34,7 +36,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod client;
 pub mod command;
 pub mod config;
 pub mod demo;

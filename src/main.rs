@@ -95,18 +95,16 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// The URL and the client's connect options (the CA file read now).
-    fn connect(self) -> anyhow::Result<(String, tagstream::client::Connect)> {
-        let tls = self
+    /// The SDK's options for this server (the CA file read now).
+    fn options(self) -> anyhow::Result<tagstream_client::Options> {
+        let mut options = tagstream_client::Options::new(self.url);
+        options.tls = self
             .ca
             .as_deref()
-            .map(tagstream::client::tls_config)
+            .map(tagstream_client::tls_config)
             .transpose()?;
-        let how = tagstream::client::Connect {
-            token: self.token,
-            tls,
-        };
-        Ok((self.url, how))
+        options.token = self.token.map(tagstream_client::Token::Static);
+        Ok(options)
     }
 }
 
@@ -137,8 +135,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Demo { listen } => demo(&listen).await,
         Command::Check { config } => check(&config),
         Command::Tail { server, patterns } => {
-            let (url, how) = server.connect()?;
-            tagstream::tail::run(&url, how, patterns).await
+            tagstream::tail::run(server.options()?, patterns).await
         }
         Command::Probe {
             address,
@@ -169,8 +166,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Write { server, tag, value } => {
-            let (url, how) = server.connect()?;
-            tagstream::tail::write(&url, how, &tag, &value).await
+            tagstream::tail::write(server.options()?, &tag, &value).await
         }
     }
 }

@@ -1,17 +1,10 @@
-//! Generated wire types (proto/tagstream/v1/tagstream.proto) and the
+//! The wire types, generated once in the SDK crate (`tagstream-client`,
+//! from proto/tagstream/v1/tagstream.proto) and shared with it, and the
 //! conversions between them and the crate's own types.
 
-#![allow(missing_docs, clippy::all)]
-
-include!(concat!(env!("OUT_DIR"), "/tagstream.v1.rs"));
-
-use bytes::Bytes;
-use prost::Message as _;
+pub use tagstream_client::proto::*;
 
 use crate::sample;
-
-/// The subprotocol the server selects.
-pub const SUBPROTOCOL: &str = "tagstream.v1";
 
 impl From<&sample::Value> for Value {
     fn from(v: &sample::Value) -> Self {
@@ -28,11 +21,11 @@ impl From<&sample::Value> for Value {
     }
 }
 
-impl Value {
-    /// The crate value, if a kind is set.
-    pub fn to_sample(&self) -> Option<sample::Value> {
+impl sample::Value {
+    /// The crate value of a wire value, if a kind is set.
+    pub fn from_wire(v: &Value) -> Option<sample::Value> {
         use value::Kind;
-        Some(match self.kind.as_ref()? {
+        Some(match v.kind.as_ref()? {
             Kind::Bool(b) => sample::Value::Bool(*b),
             Kind::I64(i) => sample::Value::I64(*i),
             Kind::U64(u) => sample::Value::U64(*u),
@@ -40,22 +33,5 @@ impl Value {
             Kind::Text(t) => sample::Value::Text(t.as_str().into()),
             Kind::Raw(r) => sample::Value::Raw(r.clone()),
         })
-    }
-}
-
-/// Shorthand for a `ServerMessage` with one kind.
-pub fn server(kind: server_message::Kind) -> ServerMessage {
-    ServerMessage { kind: Some(kind) }
-}
-
-/// Shorthand for a `ClientMessage` with one kind.
-pub fn client(kind: client_message::Kind) -> ClientMessage {
-    ClientMessage { kind: Some(kind) }
-}
-
-impl ServerMessage {
-    /// Encodes to a frame payload.
-    pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(self.encode_to_vec())
     }
 }

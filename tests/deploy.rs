@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use tagstream::client::{Client, Event};
 use tagstream::config::Config;
+use tagstream_client::{Connection, Event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
@@ -217,9 +217,9 @@ async fn server(heartbeat: Duration, id: &str, max_connections: usize) -> tagstr
 }
 
 /// Connects through a proxy; returns the client (synced) and its node.
-async fn connect_via(port: u16) -> Result<(Client, String), tagstream::client::ClientError> {
+async fn connect_via(port: u16) -> Result<(Connection, String), tagstream_client::ClientError> {
     let url = format!("ws://127.0.0.1:{port}/api/v1/stream");
-    let mut c = Client::connect(&url, hello(&["#"])).await?;
+    let mut c = Connection::connect(&url, hello(&["#"])).await?;
     let mut node = String::new();
     loop {
         match next(&mut c).await {
@@ -231,14 +231,14 @@ async fn connect_via(port: u16) -> Result<(Client, String), tagstream::client::C
 }
 
 /// Reads for `span`, handling pings; fails if the stream ends meanwhile.
-async fn stays_open(c: &mut Client, span: Duration) {
+async fn stays_open(c: &mut Connection, span: Duration) {
     match tokio::time::timeout(span, c.next_event()).await {
         Err(_) => {}
         Ok(event) => panic!("stream ended or sent data while idle: {event:?}"),
     }
 }
 
-async fn delta_arrives(server: &tagstream::app::Running, c: &mut Client, v: f64) {
+async fn delta_arrives(server: &tagstream::app::Running, c: &mut Connection, v: f64) {
     set(server, "a/x", v).await;
     until_state(c, |c| f64_of(c, "a/x") == Some(v)).await;
 }
@@ -308,12 +308,12 @@ async fn nginx_tls_variant_carries_wss() {
     let Some(nginx) = run_nginx(dir, "tagstream-tls.conf", &edits, port).await else {
         return;
     };
-    let how = tagstream::client::Connect {
+    let how = tagstream_client::Connect {
         token: None,
-        tls: Some(tagstream::client::tls_config(&pki.ca).unwrap()),
+        tls: Some(tagstream_client::tls_config(&pki.ca).unwrap()),
     };
     let url = format!("wss://localhost:{}/api/v1/stream", nginx.port);
-    let mut c = Client::connect_how(&url, hello(&["#"]), &how)
+    let mut c = Connection::connect_how(&url, hello(&["#"]), &how)
         .await
         .expect("wss through nginx");
     next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;

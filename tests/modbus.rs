@@ -9,11 +9,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tagstream::client::{Client, Event};
 use tagstream::demo::ModbusDevice;
 use tagstream::proto::{self, client_message::Kind as C, value::Kind as V};
 use tagstream::source::modbus::Table;
 use tagstream::status;
+use tagstream_client::{Connection, Event};
 use tokio_modbus::ExceptionCode;
 
 async fn device() -> ModbusDevice {
@@ -32,11 +32,11 @@ fn wire(be: &[u8], order: &str) -> Vec<u16> {
         .collect()
 }
 
-fn kind(c: &Client, name: &str) -> Option<V> {
+fn kind(c: &Connection, name: &str) -> Option<V> {
     c.value(name)?.value.as_ref()?.kind.clone()
 }
 
-fn status_of(c: &Client, name: &str) -> u32 {
+fn status_of(c: &Connection, name: &str) -> u32 {
     c.value(name).map(|u| u.status).unwrap_or(u32::MAX)
 }
 
@@ -446,7 +446,7 @@ async fn a_device_that_answers_garbage_is_retried_with_growing_backoff() {
     server.stop().await;
 }
 
-async fn write(c: &mut Client, id: u64, tag: &str, value: V) -> proto::WriteResult {
+async fn write(c: &mut Connection, id: u64, tag: &str, value: V) -> proto::WriteResult {
     c.send(C::Write(proto::WriteRequest {
         request_id: id,
         tag: tag.into(),
@@ -572,7 +572,7 @@ async fn writes_are_checked_in_order_and_acknowledged_by_the_device() {
 /// Sends writes of `values` to `tag` back to back, then collects every
 /// answer with the time it arrived.
 async fn write_burst(
-    c: &mut Client,
+    c: &mut Connection,
     tag: &str,
     values: &[u64],
 ) -> Vec<(u64, proto::WriteResult, std::time::Instant)> {

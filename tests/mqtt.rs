@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tagstream::client::Client;
 use tagstream::proto::value::Kind as V;
 use tagstream::status;
+use tagstream_client::Connection;
 
 /// A running broker; Mosquitto's process is killed on drop.
 struct Broker {
@@ -114,11 +114,11 @@ fn config(broker: SocketAddr, body: &str) -> String {
     )
 }
 
-fn kind(c: &Client, name: &str) -> Option<V> {
+fn kind(c: &Connection, name: &str) -> Option<V> {
     c.value(name)?.value.as_ref()?.kind.clone()
 }
 
-fn status_of(c: &Client, name: &str) -> u32 {
+fn status_of(c: &Connection, name: &str) -> u32 {
     c.value(name).map(|u| u.status).unwrap_or(u32::MAX)
 }
 
@@ -126,7 +126,7 @@ fn status_of(c: &Client, name: &str) -> u32 {
 /// config is published until its tag turns Good.
 async fn until_subscribed(
     p: &mut Publisher,
-    c: &mut Client,
+    c: &mut Connection,
     topic: &str,
     tag: &str,
     payload: &str,

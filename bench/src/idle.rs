@@ -4,8 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tagstream::client::Client;
 use tagstream::proto;
+use tagstream_client::Connection;
 use tagstream_testkit::{free_port, rss_bytes};
 
 use crate::Report;
@@ -26,7 +26,7 @@ pub async fn run(bin: &Path, connections: usize) -> anyhow::Result<Report> {
     // Wait until it serves, and warm it up with a few sessions.
     let mut warm = Vec::new();
     for _ in 0..50 {
-        if let Ok(c) = Client::connect(&url, proto::Hello::default()).await {
+        if let Ok(c) = Connection::connect(&url, proto::Hello::default()).await {
             warm.push(c);
             if warm.len() == 10 {
                 break;
@@ -45,7 +45,7 @@ pub async fn run(bin: &Path, connections: usize) -> anyhow::Result<Report> {
             resume: None,
             subscribe: vec!["plant/boiler1/running".into()],
         };
-        clients.push(Client::connect(&url, hello).await?);
+        clients.push(Connection::connect(&url, hello).await?);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_bytes(&pid.to_string()) / 1024.0;

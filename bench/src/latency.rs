@@ -6,34 +6,37 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tagstream::client::{Client, Event};
 use tagstream::proto;
 use tagstream::sample::Value;
+use tagstream_client::{Connection, Event};
 
 use crate::server::Server;
 use crate::{Report, histogram};
 
 /// A server for `config` and a client subscribed to `bench/#`.
-async fn watched_server(bin: &Path, sources: &str) -> anyhow::Result<(Server, Client)> {
+async fn watched_server(bin: &Path, sources: &str) -> anyhow::Result<(Server, Connection)> {
     let server = Server::start(bin, "", sources).await?;
     let hello = proto::Hello {
         client_name: "bench".into(),
         resume: None,
         subscribe: vec!["bench/#".into()],
     };
-    let client = Client::connect(&server.url, hello).await?;
+    let client = Connection::connect(&server.url, hello).await?;
     Ok((server, client))
 }
 
 /// Reads deltas until one carries `want`.
-async fn until_value(client: &mut Client, want: &Value) -> anyhow::Result<()> {
+async fn until_value(client: &mut Connection, want: &Value) -> anyhow::Result<()> {
     loop {
         let event = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
         if let Event::Delta(d) = event {
-            if d.updates
-                .iter()
-                .any(|u| u.value.as_ref().and_then(proto::Value::to_sample).as_ref() == Some(want))
-            {
+            if d.updates.iter().any(|u| {
+                u.value
+                    .as_ref()
+                    .and_then(tagstream::sample::Value::from_wire)
+                    .as_ref()
+                    == Some(want)
+            }) {
                 return Ok(());
             }
         }

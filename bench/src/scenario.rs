@@ -295,8 +295,8 @@ async fn heavy_subscriber(
     groups: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<(u64, f64)> {
-    use tagstream::client::{Client, Event};
     use tagstream::proto::{self, client_message::Kind as C};
+    use tagstream_client::{Connection, Event};
     let patterns: Vec<String> = (0..n)
         .map(|i| match i {
             0..10 => format!("b/g{}/#", i % groups.max(1)),
@@ -308,7 +308,7 @@ async fn heavy_subscriber(
         resume: None,
         subscribe: Vec::new(),
     };
-    let mut c = Client::connect(&url, hello).await?;
+    let mut c = Connection::connect(&url, hello).await?;
     let (mut cycles, mut spent) = (0u64, Duration::ZERO);
     while !stop.is_cancelled() {
         let t = Instant::now();

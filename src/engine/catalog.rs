@@ -38,6 +38,9 @@ pub struct TagDef {
     pub deadband: f64,
     /// Never conflate.
     pub keep_samples: bool,
+    /// The smallest step of the value, for display (a scaled integer
+    /// register's |scale|); 0: not known.
+    pub resolution: f64,
 }
 
 /// Where a tag came from and when, beside its definition.
@@ -284,6 +287,7 @@ impl TagDef {
             source: source.into(),
             deadband: 0.0,
             keep_samples: false,
+            resolution: 0.0,
         }
     }
 
@@ -299,6 +303,7 @@ impl TagDef {
             eu_min: self.min.unwrap_or(0.0),
             eu_max: self.max.unwrap_or(0.0),
             source: self.source.clone(),
+            resolution: self.resolution,
         }
     }
 

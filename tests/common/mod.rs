@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tagstream::app::{self, Running};
-use tagstream::client::{Client, Event};
 use tagstream::config::Config;
 use tagstream::engine::catalog::TagDef;
 use tagstream::proto;
 use tagstream::sample::{Input, Sample, Value, now_us};
+use tagstream_client::{Connection, Event};
 
 /// Upper bound on any wait: a hang fails the test instead of blocking CI.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -85,8 +85,8 @@ pub async fn set(server: &Running, name: &str, v: f64) {
 }
 
 /// Connects and reads through Welcome, Catalog and the last Snapshot chunk.
-pub async fn connect_synced(server: &Running, patterns: &[&str]) -> Client {
-    let mut c = Client::connect(&url(server), hello(patterns))
+pub async fn connect_synced(server: &Running, patterns: &[&str]) -> Connection {
+    let mut c = Connection::connect(&url(server), hello(patterns))
         .await
         .expect("connects");
     next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
@@ -94,7 +94,7 @@ pub async fn connect_synced(server: &Running, patterns: &[&str]) -> Client {
 }
 
 /// Reads events until one matches; panics on error or deadline.
-pub async fn next_until(c: &mut Client, mut pred: impl FnMut(&Event) -> bool) -> Event {
+pub async fn next_until(c: &mut Connection, mut pred: impl FnMut(&Event) -> bool) -> Event {
     tokio::time::timeout(DEADLINE, async {
         loop {
             let e = c.next_event().await.expect("valid stream");
@@ -108,7 +108,7 @@ pub async fn next_until(c: &mut Client, mut pred: impl FnMut(&Event) -> bool) ->
 }
 
 /// Reads one event within the deadline.
-pub async fn next(c: &mut Client) -> Event {
+pub async fn next(c: &mut Connection) -> Event {
     tokio::time::timeout(DEADLINE, c.next_event())
         .await
         .expect("event before deadline")
@@ -116,7 +116,7 @@ pub async fn next(c: &mut Client) -> Event {
 }
 
 /// The F64 value of a tag in the client's mirror.
-pub fn f64_of(c: &Client, name: &str) -> Option<f64> {
+pub fn f64_of(c: &Connection, name: &str) -> Option<f64> {
     match c.value(name)?.value.as_ref()?.kind.as_ref()? {
         proto::value::Kind::F64(v) => Some(*v),
         _ => None,
@@ -124,7 +124,7 @@ pub fn f64_of(c: &Client, name: &str) -> Option<f64> {
 }
 
 /// Waits until the client's mirror satisfies `pred`.
-pub async fn until_state(c: &mut Client, mut pred: impl FnMut(&Client) -> bool) {
+pub async fn until_state(c: &mut Connection, mut pred: impl FnMut(&Connection) -> bool) {
     tokio::time::timeout(DEADLINE, async {
         while !pred(c) {
             c.next_event().await.expect("valid stream");

@@ -156,8 +156,8 @@ async fn an_empty_origin_list_means_same_origin_only() {
     server.stop().await;
 }
 
-async fn connect(server: &tagstream::app::Running, token: &str, patterns: &[&str]) -> Client {
-    let mut c = Client::connect_with(&url(server), hello(patterns), Some(token))
+async fn connect(server: &tagstream::app::Running, token: &str, patterns: &[&str]) -> Connection {
+    let mut c = Connection::connect_with(&url(server), hello(patterns), Some(token))
         .await
         .expect("connects");
     next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;

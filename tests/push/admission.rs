@@ -165,7 +165,7 @@ async fn silent_sockets_past_the_open_file_limit_never_stop_healthz_or_the_503()
     let mut child = run_with_fd_limit(&dir, &config, 200);
     wait_listening(addr).await;
     let url = format!("ws://{addr}/api/v1/stream");
-    let session = Client::connect(&url, hello(&["#"])).await.unwrap();
+    let session = Connection::connect(&url, hello(&["#"])).await.unwrap();
     // More silent sockets than the process has descriptors.
     let mut silent = Vec::new();
     for _ in 0..300 {

@@ -149,7 +149,7 @@ async fn bad_inputs_get_their_answers_while_others_keep_streaming() {
     ));
     checks += 8;
 
-    // The watcher saw every change in order throughout (Client checks gaps).
+    // The watcher saw every change in order throughout (Connection checks gaps).
     let before = watcher.position;
     until_state(&mut watcher, |c| c.position > before + 5).await;
     assert_eq!(checks, 13);

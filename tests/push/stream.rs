@@ -10,7 +10,7 @@ async fn fresh_client_gets_welcome_catalog_snapshot_then_deltas() {
     let server = spawn_server("", TAGS).await;
     set(&server, "a/x", 1.0).await;
     set(&server, "b/z", 2.0).await;
-    let mut c = Client::connect(&url(&server), hello(&["a/#"]))
+    let mut c = Connection::connect(&url(&server), hello(&["a/#"]))
         .await
         .unwrap();
     let Event::Welcome(w) = next(&mut c).await else {
@@ -84,7 +84,7 @@ async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
 
     let mut h = hello(&["a/#", "b/z"]);
     h.resume = Some(resume);
-    let mut c = Client::connect(&url(&server), h).await.unwrap();
+    let mut c = Connection::connect(&url(&server), h).await.unwrap();
     // The resumed client keeps its catalog: seed the mirror as an SDK would.
     let Event::Welcome(w) = next(&mut c).await else {
         panic!("welcome")
@@ -93,8 +93,8 @@ async fn resume_with_current_epoch_gets_exactly_the_changes_since() {
     assert_eq!(w.seq, resume.seq);
     for name in ["a/x", "b/z"] {
         let id = server.engine.catalog().id(name).unwrap();
-        c.catalog
-            .insert(id, server.engine.catalog().get(id).unwrap().info());
+        c.mirror
+            .learn(server.engine.catalog().get(id).unwrap().info());
     }
     let Event::Delta(d) = next(&mut c).await else {
         panic!("exactly one delta after RESUMED")
@@ -134,7 +134,7 @@ async fn foreign_epoch_or_future_seq_resyncs_with_a_snapshot() {
     ] {
         let mut h = hello(&["#"]);
         h.resume = Some(resume);
-        let mut c = Client::connect(&url(&server), h).await.unwrap();
+        let mut c = Connection::connect(&url(&server), h).await.unwrap();
         let Event::Welcome(w) = next(&mut c).await else {
             panic!("welcome")
         };
@@ -290,7 +290,9 @@ async fn long_randomized_run_keeps_continuity_and_converges() {
             let mine = c.values.get(id).unwrap();
             assert_eq!(mine.status, state.status, "{}", info.name);
             assert_eq!(
-                mine.value.as_ref().and_then(proto::Value::to_sample),
+                mine.value
+                    .as_ref()
+                    .and_then(tagstream::sample::Value::from_wire),
                 state.value,
                 "{}",
                 info.name
@@ -375,7 +377,9 @@ async fn slow_consumer_is_bounded_then_caught_up_without_a_gap() {
         let table = server.engine.table();
         for (id, mine) in &slow.values {
             assert_eq!(
-                mine.value.as_ref().and_then(proto::Value::to_sample),
+                mine.value
+                    .as_ref()
+                    .and_then(tagstream::sample::Value::from_wire),
                 table.state(*id).unwrap().value
             );
         }

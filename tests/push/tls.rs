@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::*;
-use tagstream::client::{Connect, tls_config};
+use tagstream_client::{Connect, tls_config};
 
 fn tls_server_config(pki: &Pki, client_ca: Option<&std::path::Path>) -> String {
     let ca = client_ca.map_or(String::new(), |p| {
@@ -43,12 +43,12 @@ fn wss(server: &tagstream::app::Running) -> String {
 async fn connect_tls(
     url: &str,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Client, tagstream::client::ClientError> {
+) -> Result<Connection, tagstream_client::ClientError> {
     let how = Connect {
         token: None,
         tls: Some(tls),
     };
-    let mut c = Client::connect_how(url, hello(&["a/#"]), &how).await?;
+    let mut c = Connection::connect_how(url, hello(&["a/#"]), &how).await?;
     next_until(&mut c, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
     Ok(c)
 }
@@ -74,7 +74,7 @@ async fn wss_streams_and_a_reload_reaches_new_handshakes_while_old_sessions_stre
         .await;
     // Plain ws to a wss listener gets no session.
     let plain = format!("ws://{}/api/v1/stream", server.addr);
-    assert!(Client::connect(&plain, hello(&["#"])).await.is_err());
+    assert!(Connection::connect(&plain, hello(&["#"])).await.is_err());
 
     // A new certificate from another CA replaces the files; reload. (A
     // fresh client config below: a cached session would resume without
@@ -213,7 +213,7 @@ async fn sighup_to_the_server_process_reloads_its_certificate() {
         token: None,
         tls: Some(tls_config(&first.ca).unwrap()),
     };
-    let mut old = Client::connect_how(&url, hello(&["#"]), &how)
+    let mut old = Connection::connect_how(&url, hello(&["#"]), &how)
         .await
         .expect("wss");
     next_until(&mut old, |e| matches!(e, Event::Snapshot(s) if s.last)).await;
@@ -234,7 +234,7 @@ async fn sighup_to_the_server_process_reloads_its_certificate() {
     // The reload lands shortly after the signal.
     let reloaded = tokio::time::timeout(DEADLINE, async {
         loop {
-            if let Ok(c) = Client::connect_how(&url, hello(&["#"]), &fresh).await {
+            if let Ok(c) = Connection::connect_how(&url, hello(&["#"]), &fresh).await {
                 return c;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -435,7 +435,7 @@ fn a_late_tag_gets_its_catalog_entry_and_snapshot_before_its_first_update() {
         snap.tags[0]
             .value
             .as_ref()
-            .and_then(proto::Value::to_sample),
+            .and_then(crate::sample::Value::from_wire),
         Some(Value::F64(3.0))
     );
     assert_eq!(s.position(), 3);

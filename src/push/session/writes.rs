@@ -125,7 +125,7 @@ pub fn check(
             format!("{} may not write {}", principal.subject, def.name),
         ));
     }
-    let Some(value) = w.value.as_ref().and_then(proto::Value::to_sample) else {
+    let Some(value) = w.value.as_ref().and_then(crate::sample::Value::from_wire) else {
         return Err((
             status::BAD_TYPE_MISMATCH,
             "the request carries no value".into(),

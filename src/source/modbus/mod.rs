@@ -68,6 +68,7 @@ impl SourceConfig for ModbusConfig {
                 max: t.max,
                 deadband: t.deadband,
                 keep_samples: t.keep_samples,
+                resolution: resolution(t),
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })
             .collect()
@@ -83,6 +84,18 @@ impl SourceConfig for ModbusConfig {
 }
 
 /// The wire type of a register tag (protocol.md: a scaled tag is F64).
+/// A scaled integer register moves in steps of |scale| (scale 0.1: one
+/// decimal), which clients use to print it without binary noise; a float
+/// or an unscaled register says nothing more than its type.
+fn resolution(t: &config::ModbusTagConfig) -> f64 {
+    let integer = !matches!(t.kind, RegisterType::F32 | RegisterType::F64);
+    if t.is_scaled() && integer {
+        t.scale.abs()
+    } else {
+        0.0
+    }
+}
+
 fn data_type(kind: RegisterType, scaled: bool) -> proto::DataType {
     use proto::DataType as D;
     if scaled {

@@ -1,0 +1,100 @@
+//! Values as a person reads them: an F32 tag at f32's shortest form
+//! (`56.1767`, not the f64 widening `56.17669677734375`), a scaled tag
+//! rounded to the decimals its resolution implies (scale 0.1: `55.9`, not
+//! `55.900000000000006`). The TypeScript and Python SDKs and the web view
+//! follow the same rules.
+
+use crate::proto::{self, DataType, value::Kind};
+
+/// The decimals a resolution implies: 0.1 → 1, 0.25 → 2, 5 → 0; `None`
+/// when it says nothing (0, negative, not finite).
+pub fn decimals(resolution: f64) -> Option<usize> {
+    if !(resolution.is_finite() && resolution > 0.0) {
+        return None;
+    }
+    // Smallest d with resolution * 10^d an integer (to 1e-9), capped: a
+    // resolution like 1/3 never ends.
+    (0..=12)
+        .find(|&d| {
+            let scaled = resolution * 10f64.powi(d as i32);
+            (scaled - scaled.round()).abs() < 1e-9 * scaled.max(1.0)
+        })
+        .or(Some(12))
+}
+
+/// Formats one value for a tag (`info` may be unknown).
+pub fn format_value(value: Option<&proto::Value>, info: Option<&proto::TagInfo>) -> String {
+    let Some(kind) = value.and_then(|v| v.kind.as_ref()) else {
+        return "-".into();
+    };
+    match kind {
+        Kind::F64(f) => format_number(*f, info),
+        Kind::I64(i) => i.to_string(),
+        Kind::U64(u) => u.to_string(),
+        Kind::Bool(b) => b.to_string(),
+        Kind::Text(t) => format!("{t:?}"),
+        Kind::Raw(r) => format!("{} bytes", r.len()),
+    }
+}
+
+fn format_number(f: f64, info: Option<&proto::TagInfo>) -> String {
+    let Some(info) = info else {
+        return f.to_string();
+    };
+    if let Some(d) = decimals(info.resolution) {
+        return format!("{f:.d$}");
+    }
+    if info.r#type() == DataType::F32 {
+        // The value was an f32 widened to f64: narrowing is exact, and
+        // f32's Display is its shortest round-trip form.
+        return (f as f32).to_string();
+    }
+    f.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn info(ty: DataType, resolution: f64) -> proto::TagInfo {
+        proto::TagInfo {
+            r#type: ty as i32,
+            resolution,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_f32_prints_at_its_own_precision_and_a_scaled_value_without_binary_noise() {
+        let v = |f: f64| proto::Value::from(f);
+        let widened = f64::from(56.176_7_f32);
+        assert_eq!(widened.to_string(), "56.176700592041016");
+        assert_eq!(
+            format_value(Some(&v(widened)), Some(&info(DataType::F32, 0.0))),
+            "56.1767"
+        );
+        let scaled = 559.0 * 0.1;
+        assert_eq!(scaled.to_string(), "55.900000000000006");
+        assert_eq!(
+            format_value(Some(&v(scaled)), Some(&info(DataType::F64, 0.1))),
+            "55.9"
+        );
+        assert_eq!(
+            format_value(Some(&v(2.5)), Some(&info(DataType::F64, 0.25))),
+            "2.50"
+        );
+        assert_eq!(
+            format_value(Some(&v(1200.0)), Some(&info(DataType::F64, 5.0))),
+            "1200"
+        );
+        assert_eq!(
+            format_value(Some(&v(0.1 + 0.2)), None),
+            "0.30000000000000004"
+        );
+        assert_eq!(format_value(None, None), "-");
+        assert_eq!(decimals(0.001), Some(3));
+        assert_eq!(decimals(0.0), None);
+        assert_eq!(decimals(f64::NAN), None);
+    }
+}
