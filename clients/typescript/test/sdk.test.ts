@@ -1,0 +1,286 @@
+// The TypeScript SDK against a real `tagstream demo` (the binary in
+// TAGSTREAM_BIN; `cargo test --test clients` sets it): real Modbus devices
+// behind it, real sockets, node's own test runner. Cuts go through a TCP
+// relay in this process; a restart kills and restarts the server.
+
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
+import { after, test } from "node:test";
+import WebSocket from "ws";
+import {
+  Client,
+  ceiling,
+  formatValue,
+  type Options,
+  proto,
+  type SocketConstructor,
+  type State,
+  shortestF32,
+  type WriteError,
+} from "../src/index.js";
+
+const BIN = process.env.TAGSTREAM_BIN ?? "../../target/debug/tagstream";
+const DEADLINE_MS = 20_000;
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const addr = s.address();
+      const port = typeof addr === "object" && addr ? addr.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** A demo server on `port`; killed (SIGKILL: a crash) by kill(). */
+class Demo {
+  proc: ChildProcess | undefined;
+  constructor(readonly port: number) {}
+
+  static async start(port?: number): Promise<Demo> {
+    const d = new Demo(port ?? (await freePort()));
+    await d.spawn();
+    return d;
+  }
+
+  async spawn(): Promise<void> {
+    this.proc = spawn(BIN, ["demo", "--listen", `127.0.0.1:${this.port}`], {
+      stdio: ["ignore", "ignore", "inherit"],
+      env: { ...process.env, RUST_LOG: "warn,rumqttd=off" },
+    });
+    const until = Date.now() + DEADLINE_MS;
+    while (Date.now() < until) {
+      try {
+        const r = await fetch(`http://127.0.0.1:${this.port}/readyz`);
+        if (r.ok) return;
+      } catch {
+        // not listening yet
+      }
+      await sleep(50);
+    }
+    throw new Error(`demo on ${this.port} not ready`);
+  }
+
+  get url(): string {
+    return `ws://127.0.0.1:${this.port}/api/v1/stream`;
+  }
+
+  async kill(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      p.once("exit", () => resolve());
+      p.kill("SIGKILL");
+    });
+  }
+}
+
+/** A TCP relay: cut() drops every connection and stops listening; restore() listens again on the same port. */
+class Relay {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  port = 0;
+  constructor(private readonly target: number) {}
+
+  async listen(): Promise<this> {
+    const server = createServer((inbound) => {
+      const outbound = tcpConnect(this.target, "127.0.0.1");
+      for (const s of [inbound, outbound]) {
+        this.sockets.add(s);
+        s.on("close", () => this.sockets.delete(s));
+        s.on("error", () => s.destroy());
+      }
+      inbound.pipe(outbound).pipe(inbound);
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, "127.0.0.1", () => resolve()));
+    const addr = server.address();
+    this.port = typeof addr === "object" && addr ? addr.port : 0;
+    this.server = server;
+    return this;
+  }
+
+  async cut(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Resolves when `pred` holds for an event of the client (or fails at the deadline). */
+function until<T>(
+  client: Client,
+  event: "state" | "welcome" | "change",
+  pred: (arg: never) => T | undefined,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`no matching ${event} within ${DEADLINE_MS} ms`));
+    }, DEADLINE_MS);
+    const off = client.on(event as "state", (arg: State) => {
+      const got = pred(arg as never);
+      if (got !== undefined) {
+        clearTimeout(timer);
+        off();
+        resolve(got);
+      }
+    });
+  });
+}
+
+const live = (outcome: proto.ResumeOutcome) => (s: State) =>
+  s.kind === "live" && s.outcome === outcome ? true : undefined;
+
+function client(url: string, extra: Partial<Options> = {}): Client {
+  return new Client({
+    url,
+    WebSocket: WebSocket as unknown as SocketConstructor,
+    subscribe: ["plant/boiler1/#"],
+    backoff: { initialMs: 50, capMs: 400 },
+    pingIntervalMs: 200,
+    ...extra,
+  });
+}
+
+const demos: Demo[] = [];
+after(async () => {
+  for (const d of demos) await d.kill();
+});
+
+async function demo(): Promise<Demo> {
+  const d = await Demo.start();
+  demos.push(d);
+  return d;
+}
+
+test("snapshot, then a delta after a device change (a setpoint written and read back)", async () => {
+  const d = await demo();
+  const c = client(d.url);
+  // Listen before start: the snapshot follows the Welcome in the same read.
+  const snapshot = until(c, "change", (ch: { name: string }) =>
+    ch.name === "plant/boiler1/setpoint" ? true : undefined,
+  );
+  c.start();
+  await snapshot;
+  assert.ok(c.mirror.value("plant/boiler1/temperature"), "the snapshot holds every subscribed tag");
+  assert.equal(c.mirror.info("plant/boiler1/pressure")?.resolution, 0.01);
+  const written = until(c, "change", (ch: { name: string; update: proto.TagUpdate }) =>
+    ch.name === "plant/boiler1/setpoint" && formatValue(ch.update.value, c.mirror.info(ch.name)) === "66.5"
+      ? true
+      : undefined,
+  );
+  const outcome = await c.write("plant/boiler1/setpoint", 66.5);
+  assert.equal(outcome.statusName, "Good");
+  await written;
+  c.close();
+});
+
+test("a write's result carries the typed status name", async () => {
+  const d = await demo();
+  const c = client(d.url).start();
+  await until(c, "state", live(proto.ResumeOutcome.FRESH));
+  const far = await c.write("plant/boiler1/setpoint", 1000);
+  assert.equal(far.statusName, "BadOutOfRange");
+  assert.equal(far.good, false);
+  const ro = await c.write("plant/boiler1/temperature", 1);
+  assert.equal(ro.statusName, "BadNotWritable");
+  const page = await c.browse("plant/line1/+", 2);
+  assert.equal(page.tags.length, 2);
+  assert.notEqual(page.nextAfter, "");
+  c.close();
+  await assert.rejects(c.write("plant/boiler1/setpoint", 1), (e: WriteError) => e.code === "stopped");
+});
+
+test("a dropped connection resumes with one delta and no snapshot", async () => {
+  const d = await demo();
+  const relay = await new Relay(d.port).listen();
+  const c = client(`ws://127.0.0.1:${relay.port}/api/v1/stream`).start();
+  await until(c, "state", live(proto.ResumeOutcome.FRESH));
+  const epoch = c.welcome?.epoch;
+  const kinds: string[] = [];
+  const seen = (msg: proto.ServerMessage) => kinds.push(msg.kind.case ?? "?");
+  await relay.cut();
+  await until(c, "state", (s: State) => (s.kind === "waiting" ? true : undefined));
+  // The plant moves on while the client is away.
+  await sleep(400);
+  const resumed = until(c, "state", live(proto.ResumeOutcome.RESUMED));
+  c.on("message", seen);
+  await relay.listen();
+  await resumed;
+  await sleep(300);
+  assert.equal(c.welcome?.epoch, epoch);
+  assert.equal(kinds[0], "welcome");
+  assert.equal(kinds[1], "delta", `exactly one Delta after RESUMED: ${kinds}`);
+  assert.ok(!kinds.includes("snapshot"), `no snapshot after RESUMED: ${kinds}`);
+  c.close();
+  await relay.cut();
+});
+
+test("a server restart is a resync: new epoch, mirror rebuilt", async () => {
+  const d = await demo();
+  const c = client(d.url).start();
+  await until(c, "state", live(proto.ResumeOutcome.FRESH));
+  const epoch = c.welcome?.epoch;
+  await d.kill();
+  await until(c, "state", (s: State) => (s.kind === "waiting" ? true : undefined));
+  const resync = until(c, "state", live(proto.ResumeOutcome.RESYNC));
+  await d.spawn();
+  await resync;
+  assert.notEqual(c.welcome?.epoch, epoch);
+  assert.equal(c.mirror.epoch, c.welcome?.epoch);
+  await until(c, "change", (ch: { name: string }) =>
+    ch.name === "plant/boiler1/temperature" ? true : undefined,
+  );
+  c.close();
+});
+
+test("a refused token stops the client with the handshake's status", async () => {
+  const d = await demo();
+  const c = client(d.url, { token: "not-a-token" }).start();
+  const stop = await until(c, "state", (s: State) => (s.kind === "stopped" ? s.stop : undefined));
+  assert.deepEqual(stop, { reason: "refused", status: 401 });
+  await assert.rejects(c.write("plant/boiler1/setpoint", 1), (e: WriteError) => e.code === "stopped");
+});
+
+test("while the server is away, retries follow the capped, jittered schedule", async () => {
+  const port = await freePort();
+  const backoff = { initialMs: 20, capMs: 160 };
+  const c = client(`ws://127.0.0.1:${port}/api/v1/stream`, { backoff, pingIntervalMs: 0 });
+  const delays: number[] = [];
+  const done = new Promise<void>((resolve) => {
+    c.on("state", (s) => {
+      if (s.kind === "waiting") delays.push(s.delayMs);
+      if (delays.length === 10) resolve();
+    });
+  });
+  c.start();
+  await done;
+  c.close();
+  delays.forEach((ms, attempt) => {
+    assert.ok(ms >= 0 && ms <= ceiling(backoff, attempt), `attempt ${attempt}: ${ms}`);
+    assert.ok(ms <= backoff.capMs);
+  });
+  // Full jitter, not a fixed ladder: draws are spread (odds of ten equal draws are nil).
+  assert.ok(new Set(delays).size > 5, `${delays}`);
+  assert.deepEqual(
+    [0, 1, 2, 3, 4, 5].map((a) => ceiling(backoff, a)),
+    [20, 40, 80, 160, 160, 160],
+  );
+});
+
+test("values print as people read them", () => {
+  const f32 = Math.fround(56.1767);
+  assert.equal(String(f32), "56.176700592041016");
+  assert.equal(shortestF32(f32), "56.1767");
+  const info = (type: proto.DataType, resolution: number) => ({ type, resolution }) as proto.TagInfo;
+  const v = (x: number) => ({ kind: { case: "f64", value: x } }) as proto.Value;
+  assert.equal(formatValue(v(559 * 0.1), info(proto.DataType.F64, 0.1)), "55.9");
+  assert.equal(formatValue(v(f32), info(proto.DataType.F32, 0)), "56.1767");
+  assert.equal(formatValue(undefined), "-");
+});
