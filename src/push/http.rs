@@ -1,5 +1,6 @@
 //! One connection's HTTP side (hyper, over TCP or TLS): `/healthz`,
-//! `/readyz`, `/metrics`, `/api/v1/info`, the stream path's upgrade and
+//! `/readyz`, `/metrics`, `/api/v1/info`, the web view (`/`, [`super::web`]),
+//! the stream path's upgrade and
 //! every refusal before the 101 (origin, token, limits). After the 101 the
 //! socket is handed to a session with small buffers, with the principal
 //! its token gave.
@@ -110,7 +111,7 @@ fn route(
             Ok(response) => response,
             Err(refusal) => refuse(&push, peer, refusal),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        path => super::web::asset(path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
     }
 }
 

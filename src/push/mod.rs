@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod pending;
 pub mod session;
 pub mod tls;
+pub mod web;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -494,7 +494,7 @@ export class Client {
     } else if (code === 1001) {
       [wait, why] = [serverHint(reason, b.capMs) ?? delay(b, 0, random), "server going away (1001)"];
     } else {
-      const what = status ? `handshake refused (${status})` : `closed: ${code} ${reason}`;
+      const what = status ? `handshake refused (${status})` : `closed: ${code} ${reason}`.trim();
       [wait, why] = [delay(b, this.attempt, random), what];
     }
     this.retry(wait, why);

@@ -1,0 +1,404 @@
+// The web view at `/`: a tag tree from Browse with a filter, a live table
+// of the subscribed tags (value with unit, status colour and name, source
+// and server time, age, a sparkline since the page opened), the
+// connection's state, position and latency, and a write dialog for the
+// tags the Welcome's write scope allows. Built on the TypeScript SDK; the
+// token (when /api/v1/info says one is needed) travels as the `bearer.`
+// subprotocol entry. DOM updates are batched per animation frame.
+
+import { type Change, Client, formatValue, proto, quality, type State, statusName } from "@tagstream/client";
+
+const TOKEN_KEY = "tagstream.token";
+const HISTORY = 120;
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+
+interface Row {
+  tr: HTMLTableRowElement;
+  value: HTMLTableCellElement;
+  unit: HTMLTableCellElement;
+  status: HTMLTableCellElement;
+  spark: SVGPolylineElement;
+  source: HTMLTableCellElement;
+  server: HTMLTableCellElement;
+  age: HTMLTableCellElement;
+  write: HTMLButtonElement;
+  history: number[];
+  change?: Change;
+}
+
+/** MQTT-style match: `+` one level, `#` the rest. */
+export function matches(pattern: string, name: string): boolean {
+  const p = pattern.split("/");
+  const n = name.split("/");
+  for (let i = 0; i < p.length; i++) {
+    if (p[i] === "#") return true;
+    if (i >= n.length || (p[i] !== "+" && p[i] !== n[i])) return false;
+  }
+  return p.length === n.length;
+}
+
+function time(us: bigint): string {
+  if (us <= 0n) return "-";
+  return new Date(Number(us / 1000n)).toISOString().slice(11, 23);
+}
+
+function age(us: bigint): string {
+  if (us <= 0n) return "-";
+  const s = Math.max(0, Date.now() / 1000 - Number(us) / 1e6);
+  return s < 60
+    ? `${s.toFixed(1)} s`
+    : s < 3600
+      ? `${(s / 60).toFixed(1)} min`
+      : `${(s / 3600).toFixed(1)} h`;
+}
+
+function numeric(v: proto.Value | undefined): number | undefined {
+  const k = v?.kind;
+  if (k?.case === "f64") return k.value;
+  if (k?.case === "i64" || k?.case === "u64") return Number(k.value);
+  if (k?.case === "bool") return k.value ? 1 : 0;
+  return undefined;
+}
+
+function askToken(): Promise<string> {
+  const dialog = $<HTMLDialogElement>("login");
+  const input = $<HTMLInputElement>("token");
+  input.value = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.onclose = () => resolve(input.value.trim());
+  });
+}
+
+class View {
+  private readonly rows = new Map<string, Row>();
+  private readonly dirty = new Set<Row>();
+  private names: string[] = [];
+  private filter = "";
+  private frame = 0;
+  private client: Client | undefined;
+  private writeScope: string[] = [];
+  private everLive = false;
+
+  constructor(
+    private readonly needsToken: boolean,
+    private token: string | undefined,
+  ) {
+    $<HTMLInputElement>("filter").addEventListener("input", (e) => {
+      this.filter = (e.target as HTMLInputElement).value.trim();
+      this.applyFilter();
+    });
+    setInterval(() => this.tickAges(), 1000);
+  }
+
+  start(): void {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const c = new Client({
+      url: `${scheme}//${location.host}/api/v1/stream`,
+      clientName: "tagstream-web",
+      subscribe: ["#"],
+      token: this.token,
+      pingIntervalMs: 2000,
+    });
+    this.client = c;
+    c.on("state", (s) => this.onState(s));
+    c.on("welcome", (w) => this.onWelcome(w));
+    c.on("catalog", (tags) => this.addNames(tags.map((t) => t.name)));
+    c.on("change", (ch) => this.onChange(ch));
+    c.on("latency", (ms) => {
+      $("latency").textContent = `${ms.toFixed(1)} ms`;
+    });
+    c.on("serverError", (e) => this.log(`server error ${proto.ErrorCode[e.code]}: ${e.message}`));
+    c.start();
+  }
+
+  private onState(s: State): void {
+    const conn = $("conn");
+    conn.dataset.state = s.kind;
+    switch (s.kind) {
+      case "connecting":
+        conn.textContent = s.attempt ? `connecting (attempt ${s.attempt + 1})` : "connecting";
+        break;
+      case "live":
+        this.everLive = true;
+        conn.textContent = `live (${proto.ResumeOutcome[s.outcome]})`;
+        this.log(`live: ${proto.ResumeOutcome[s.outcome]}`);
+        break;
+      case "waiting":
+        conn.textContent = `reconnecting in ${(s.delayMs / 1000).toFixed(1)} s`;
+        this.log(`${s.reason}; reconnecting in ${(s.delayMs / 1000).toFixed(1)} s`);
+        // A browser cannot see a refused handshake's 401: a token that
+        // never got in is asked for again.
+        if (this.needsToken && !this.everLive && this.client && s.delayMs >= 0) {
+          sessionStorage.removeItem(TOKEN_KEY);
+          this.client.close();
+          void askToken().then((t) => {
+            this.token = t;
+            sessionStorage.setItem(TOKEN_KEY, t);
+            this.start();
+          });
+        }
+        break;
+      case "stopped":
+        conn.textContent = `stopped (${s.stop.reason})`;
+        break;
+    }
+    this.updatePosition();
+  }
+
+  private onWelcome(w: proto.Welcome): void {
+    this.writeScope = w.writeScope;
+    const scope = w.readScope.join(" ");
+    $("principal").textContent = `read ${scope || "-"} · write ${w.writeScope.join(" ") || "none"}`;
+    if (w.resume !== proto.ResumeOutcome.RESUMED) {
+      // A new epoch: ids and the table start over.
+      for (const row of this.rows.values()) row.tr.remove();
+      this.rows.clear();
+      this.names = [];
+      void this.browseAll();
+    }
+    this.updatePosition();
+  }
+
+  private async browseAll(): Promise<void> {
+    const c = this.client;
+    if (!c) return;
+    let after = "";
+    for (let page = 0; page < 40; page++) {
+      let result: proto.BrowseResult;
+      try {
+        result = await c.browse("#", 500, after);
+      } catch {
+        return;
+      }
+      this.addNames(result.tags.map((t) => t.name));
+      after = result.nextAfter;
+      if (!after) return;
+    }
+  }
+
+  private addNames(names: string[]): void {
+    const set = new Set(this.names);
+    let added = false;
+    for (const n of names) {
+      if (!set.has(n)) {
+        set.add(n);
+        added = true;
+      }
+    }
+    if (!added) return;
+    this.names = [...set].sort();
+    this.renderTree();
+  }
+
+  private renderTree(): void {
+    const tree = $("tree");
+    const prefixes = new Set<string>();
+    for (const n of this.names) {
+      const parts = n.split("/");
+      for (let i = 1; i <= parts.length; i++) prefixes.add(parts.slice(0, i).join("/"));
+    }
+    const items = [...prefixes].sort().filter((p) => !this.filter || p.includes(this.filter));
+    tree.replaceChildren(
+      ...items.map((p) => {
+        const li = document.createElement("li");
+        const depth = p.split("/").length - 1;
+        li.textContent = p.split("/").pop() ?? p;
+        li.title = p;
+        li.style.paddingLeft = `${depth * 0.9 + 0.2}em`;
+        li.dataset.path = p;
+        if (p === this.filter) li.classList.add("selected");
+        li.onclick = () => {
+          const input = $<HTMLInputElement>("filter");
+          input.value = p;
+          this.filter = p;
+          this.applyFilter();
+        };
+        return li;
+      }),
+    );
+  }
+
+  private applyFilter(): void {
+    for (const [name, row] of this.rows) row.tr.hidden = !!this.filter && !name.includes(this.filter);
+    this.renderTree();
+  }
+
+  private onChange(ch: Change): void {
+    const row = this.rows.get(ch.name) ?? this.addRow(ch.name);
+    row.change = ch;
+    const n = numeric(ch.update.value);
+    if (n !== undefined && Number.isFinite(n)) {
+      row.history.push(n);
+      if (row.history.length > HISTORY) row.history.shift();
+    }
+    this.dirty.add(row);
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  private addRow(name: string): Row {
+    const tr = document.createElement("tr");
+    tr.dataset.tag = name;
+    const cell = (cls = "") => {
+      const td = document.createElement("td");
+      td.className = cls;
+      tr.append(td);
+      return td;
+    };
+    cell("mono").textContent = name;
+    const value = cell("num mono value");
+    const unit = cell("muted");
+    const status = cell("status");
+    const sparkCell = cell();
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("class", "spark");
+    svg.setAttribute("viewBox", `0 0 ${HISTORY} 20`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    const spark = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    svg.append(spark);
+    sparkCell.append(svg);
+    const source = cell("mono muted");
+    const server = cell("mono muted");
+    const ageCell = cell("num muted age");
+    const write = document.createElement("button");
+    write.textContent = "write…";
+    write.className = "write";
+    write.hidden = true;
+    write.onclick = () => this.openWrite(name);
+    cell().append(write);
+    const row: Row = {
+      tr,
+      value,
+      unit,
+      status,
+      spark,
+      source,
+      server,
+      age: ageCell,
+      write,
+      history: [],
+    };
+    // Keep the table in name order.
+    const tbody = document.querySelector("#tags tbody") as HTMLTableSectionElement;
+    const next = [...this.rows.keys()].sort().find((n) => n > name);
+    tbody.insertBefore(tr, next ? (this.rows.get(next)?.tr ?? null) : null);
+    this.rows.set(name, row);
+    tr.hidden = !!this.filter && !name.includes(this.filter);
+    return row;
+  }
+
+  private render(): void {
+    this.frame = 0;
+    for (const row of this.dirty) {
+      const ch = row.change;
+      if (!ch) continue;
+      row.value.textContent = formatValue(ch.update.value, ch.info);
+      row.unit.textContent = ch.info.unit;
+      row.status.textContent = statusName(ch.update.status);
+      row.status.dataset.quality = quality(ch.update.status);
+      row.source.textContent = time(ch.update.sourceTimeUs);
+      row.server.textContent = time(ch.update.serverTimeUs);
+      row.age.textContent = age(ch.update.sourceTimeUs || ch.update.serverTimeUs);
+      row.write.hidden = !(ch.info.writable && this.writeScope.some((p) => matches(p, ch.name)));
+      this.drawSpark(row);
+    }
+    this.dirty.clear();
+    this.updatePosition();
+  }
+
+  private drawSpark(row: Row): void {
+    const h = row.history;
+    if (h.length < 2) return;
+    const lo = Math.min(...h);
+    const hi = Math.max(...h);
+    const span = hi - lo || 1;
+    const x0 = HISTORY - h.length;
+    row.spark.setAttribute(
+      "points",
+      h.map((v, i) => `${x0 + i},${(19 - ((v - lo) / span) * 18).toFixed(1)}`).join(" "),
+    );
+  }
+
+  private tickAges(): void {
+    for (const row of this.rows.values()) {
+      const u = row.change?.update;
+      if (u && !row.tr.hidden) row.age.textContent = age(u.sourceTimeUs || u.serverTimeUs);
+    }
+  }
+
+  private updatePosition(): void {
+    const m = this.client?.mirror;
+    if (m?.epoch)
+      $("position").textContent = `epoch ${m.epoch.toString(16).padStart(16, "0")} · seq ${m.position}`;
+  }
+
+  private log(line: string): void {
+    const li = document.createElement("li");
+    li.textContent = `${new Date().toISOString().slice(11, 19)} ${line}`;
+    const events = $("events");
+    events.prepend(li);
+    while (events.children.length > 50) events.lastElementChild?.remove();
+  }
+
+  private openWrite(name: string): void {
+    const row = this.rows.get(name);
+    const info = row?.change?.info;
+    if (!info || !this.client) return;
+    const dialog = $<HTMLDialogElement>("write");
+    $("write-tag").textContent = name;
+    const range = info.euMin !== 0 || info.euMax !== 0 ? `range ${info.euMin} … ${info.euMax}` : "";
+    $("write-range").textContent = `${proto.DataType[info.type]} ${info.unit} ${range}`.trim();
+    const input = $<HTMLInputElement>("write-value");
+    input.value = row.change ? formatValue(row.change.update.value, info).replace(/^"|"$/g, "") : "";
+    const result = $("write-result");
+    result.textContent = "";
+    result.dataset.status = "";
+    const confirm = $<HTMLButtonElement>("write-confirm");
+    confirm.onclick = (e) => {
+      e.preventDefault();
+      const text = input.value.trim();
+      if (!text) return;
+      const value =
+        info.type === proto.DataType.BOOL
+          ? text === "true" || text === "1"
+          : info.type === proto.DataType.STRING
+            ? text
+            : Number(text);
+      if (typeof value === "number" && !Number.isFinite(value)) {
+        result.textContent = "not a number";
+        return;
+      }
+      result.textContent = "writing…";
+      this.client
+        ?.write(name, value)
+        .then((r) => {
+          result.textContent = `${r.statusName}${r.message ? `: ${r.message}` : ""}`;
+          result.dataset.status = r.statusName;
+          this.log(`write ${name} = ${text}: ${r.statusName}`);
+        })
+        .catch((err: Error) => {
+          result.textContent = err.message;
+          result.dataset.status = "error";
+        });
+    };
+    dialog.showModal();
+  }
+}
+
+async function main(): Promise<void> {
+  let info = { auth: "none", anonymous: true };
+  try {
+    info = await (await fetch("api/v1/info")).json();
+  } catch {
+    // An older server or a proxy without the path: try without a token.
+  }
+  const needsToken = info.auth === "token" && !info.anonymous;
+  let token = sessionStorage.getItem(TOKEN_KEY) ?? undefined;
+  if (needsToken && !token) {
+    token = await askToken();
+    sessionStorage.setItem(TOKEN_KEY, token);
+  }
+  new View(needsToken, token).start();
+}
+
+void main();
