@@ -1,0 +1,215 @@
+"""The Python SDK against a real ``tagstream demo`` (real Modbus devices
+behind it, real sockets): snapshot, a delta after a device change, resume
+through a cut relay, resync after a restart, writes, a refused token, the
+backoff schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import struct
+
+import pytest
+from harness import DEADLINE, Demo, Relay, free_port
+
+from tagstream_client import (
+    Backoff,
+    Changes,
+    Client,
+    Connecting,
+    Live,
+    Options,
+    StateChanged,
+    Stopped,
+    Update,
+    Waiting,
+    Welcomed,
+    WriteError,
+    format_value,
+    proto,
+    shortest_f32,
+)
+
+
+def options(url: str, **extra) -> Options:
+    fields = {
+        "subscribe": ["plant/boiler1/#"],
+        "backoff": Backoff(initial=0.05, cap=0.4),
+        "ping_interval": 0.2,
+    }
+    return Options(url=url, **{**fields, **extra})
+
+
+async def until(client: Client, pred) -> list[Update]:
+    """Reads updates until ``pred`` holds; returns them."""
+    seen: list[Update] = []
+    async with asyncio.timeout(DEADLINE):
+        async for u in client.updates():
+            seen.append(u)
+            if pred(u):
+                return seen
+    raise AssertionError(f"updates ended: {seen}")
+
+
+def live(outcome: int):
+    return lambda u: isinstance(u, StateChanged) and u.state == Live(outcome)
+
+
+def changed(name: str, text: str | None = None):
+    def pred(u: Update) -> bool:
+        if not isinstance(u, Changes):
+            return False
+        return any(
+            c.name == name and (text is None or format_value(c.update.value, c.info) == text)
+            for c in u.changes
+        )
+
+    return pred
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_snapshot_then_a_delta_after_a_device_change():
+    async def main():
+        demo = await Demo().start()
+        try:
+            async with Client(options(demo.url)) as c:
+                seen = await until(c, changed("plant/boiler1/setpoint"))
+                assert any(isinstance(u, Changes) and u.kind == "snapshot" for u in seen)
+                assert c.mirror.value("plant/boiler1/temperature") is not None
+                assert c.mirror.info("plant/boiler1/pressure").resolution == 0.01
+                # The setpoint is a holding register: written, then read back
+                # from the device by the poll.
+                drain = asyncio.create_task(until(c, changed("plant/boiler1/setpoint", "66.5")))
+                outcome = await c.write("plant/boiler1/setpoint", 66.5)
+                assert outcome.status_name == "Good"
+                seen = await drain
+                assert isinstance(seen[-1], Changes) and seen[-1].kind == "delta"
+        finally:
+            await demo.kill()
+
+    run(main())
+
+
+def test_a_writes_result_carries_the_typed_status_name():
+    async def main():
+        demo = await Demo().start()
+        try:
+            c = Client(options(demo.url))
+            c.start()
+            await until(c, live(proto.FRESH))
+            reader = asyncio.create_task(until(c, lambda u: False))
+            far = await c.write("plant/boiler1/setpoint", 1000.0)
+            assert (far.status_name, far.good) == ("BadOutOfRange", False)
+            ro = await c.write("plant/boiler1/temperature", 1.0)
+            assert ro.status_name == "BadNotWritable"
+            page = await c.browse("plant/line1/+", 2)
+            assert len(page.tags) == 2 and page.next_after
+            reader.cancel()
+            await c.close()
+            with pytest.raises(WriteError) as e:
+                await c.write("plant/boiler1/setpoint", 1.0)
+            assert e.value.code == "stopped"
+        finally:
+            await demo.kill()
+
+    run(main())
+
+
+def test_a_dropped_connection_resumes_with_one_delta_and_no_snapshot():
+    async def main():
+        demo = await Demo().start()
+        relay = await Relay(demo.port).listen()
+        try:
+            async with Client(options(f"ws://127.0.0.1:{relay.port}/api/v1/stream")) as c:
+                await until(c, live(proto.FRESH))
+                epoch = c.welcome.epoch
+                await relay.cut()
+                await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Waiting))
+                await asyncio.sleep(0.4)  # the plant moves on meanwhile
+                await relay.listen()
+                await until(c, live(proto.RESUMED))
+                assert c.welcome.epoch == epoch
+                after = await until(c, lambda u: isinstance(u, Changes))
+                assert not any(isinstance(u, Welcomed) for u in after[:-1])
+                assert after[-1].kind == "delta", "one Delta after RESUMED, no snapshot"
+        finally:
+            await relay.cut()
+            await demo.kill()
+
+    run(main())
+
+
+def test_a_server_restart_is_a_resync():
+    async def main():
+        demo = await Demo().start()
+        try:
+            async with Client(options(demo.url)) as c:
+                await until(c, live(proto.FRESH))
+                epoch = c.welcome.epoch
+                await demo.kill()
+                await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Waiting))
+                await demo.start()
+                await until(c, live(proto.RESYNC))
+                assert c.welcome.epoch != epoch
+                assert c.mirror.epoch == c.welcome.epoch
+                seen = await until(c, lambda u: isinstance(u, Changes))
+                assert seen[-1].kind == "snapshot"
+        finally:
+            await demo.kill()
+
+    run(main())
+
+
+def test_a_refused_token_stops_the_client():
+    async def main():
+        demo = await Demo().start()
+        try:
+            c = Client(options(demo.url, token="not-a-token"))
+            c.start()
+            seen = await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Stopped))
+            assert seen[-1].state == Stopped("refused", status=401)
+            with pytest.raises(WriteError) as e:
+                await c.write("plant/boiler1/setpoint", 1.0)
+            assert e.value.code == "stopped"
+        finally:
+            await demo.kill()
+
+    run(main())
+
+
+def test_while_the_server_is_away_retries_follow_the_capped_jittered_schedule():
+    async def main():
+        backoff = Backoff(initial=0.02, cap=0.16)
+        o = options(f"ws://127.0.0.1:{free_port()}/api/v1/stream", backoff=backoff, ping_interval=0)
+        c = Client(o, rng=random.Random(7))
+        c.start()
+        delays: list[float] = []
+        async with asyncio.timeout(DEADLINE):
+            async for u in c.updates():
+                if isinstance(u, StateChanged) and isinstance(u.state, Connecting):
+                    assert u.state.attempt == len(delays)
+                if isinstance(u, StateChanged) and isinstance(u.state, Waiting):
+                    delays.append(u.state.delay)
+                    if len(delays) == 10:
+                        break
+        await c.close()
+        for attempt, d in enumerate(delays):
+            assert 0 <= d <= backoff.ceiling(attempt) <= backoff.cap, (attempt, d)
+        assert len(set(delays)) > 5, "full jitter, not a fixed ladder"
+        assert [backoff.ceiling(a) for a in range(6)] == [0.02, 0.04, 0.08, 0.16, 0.16, 0.16]
+
+    run(main())
+
+
+def test_values_print_as_people_read_them():
+    f32 = struct.unpack("<f", struct.pack("<f", 56.1767))[0]
+    assert repr(f32) == "56.176700592041016"
+    assert shortest_f32(f32) == "56.1767"
+    assert format_value(proto.Value(f64=559 * 0.1), proto.TagInfo(type=proto.F64, resolution=0.1)) == "55.9"
+    assert format_value(proto.Value(f64=f32), proto.TagInfo(type=proto.F32)) == "56.1767"
+    assert format_value(None) == "-"
+    assert not math.isnan(f32)
