@@ -20,15 +20,20 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 /// test is skipped silently.
 pub fn require(program: &str) -> Option<PathBuf> {
     let found = find_program(program);
-    if found.is_none() {
+    present(&format!("`{program}` is installed"), found.is_some()).then_some(found?)
+}
+
+/// Whether a test's precondition holds (`what`: "node_modules is
+/// installed"); when not, a loud SKIPPED line, or with
+/// `TAGSTREAM_REQUIRE_ALL=1` a panic.
+pub fn present(what: &str, holds: bool) -> bool {
+    if !holds {
         if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
-            panic!("{program} is required (TAGSTREAM_REQUIRE_ALL=1) but not installed");
+            panic!("required (TAGSTREAM_REQUIRE_ALL=1), but false: {what}");
         }
-        eprintln!(
-            "\n********** SKIPPED: `{program}` is not installed; this test did not run **********\n"
-        );
+        eprintln!("\n********** SKIPPED: not true that {what}; this test did not run **********\n");
     }
-    found
+    holds
 }
 
 /// A loopback port that was free a moment ago (for programs that must be
