@@ -113,8 +113,12 @@ fn init_logs(format: &str) {
         // rumqttd is only the embedded demo/test broker: its connection
         // chatter (readiness probes included) is not the operator's concern.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // Colour only for a person at a terminal: a file or journald would
+    // store the escape codes.
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -182,10 +186,11 @@ async fn demo(listen: &str) -> anyhow::Result<()> {
         plant.line.addr(),
         plant.broker
     );
-    eprintln!("  stream:  ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
-    eprintln!("  metrics: http://{listen}/metrics");
+    eprintln!("  web view: http://{listen}/   (open it in a browser)");
+    eprintln!("  stream:   ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
+    eprintln!("  metrics:  http://{listen}/metrics");
     eprintln!(
-        "  access:  anonymous clients may read and write every tag (demo only: [auth] anonymous)"
+        "  access:   anonymous clients may read and write every tag (demo only: [auth] anonymous)"
     );
     let result = tagstream::app::run(config).await;
     stop.cancel();

@@ -12,13 +12,123 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                describe();
+                Some(handle)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics recorder not installed");
                 None
             }
         })
         .as_ref()
+}
+
+/// Every metric's `# HELP` line: what an operator reading `/metrics` sees.
+const METRICS: &[(&str, &str, &str)] = &[
+    ("gauge", "tagstream_connections", "Open WebSocket sessions."),
+    (
+        "counter",
+        "tagstream_frames_out_total",
+        "WebSocket frames written to clients.",
+    ),
+    (
+        "counter",
+        "tagstream_bytes_out_total",
+        "Payload bytes written to clients.",
+    ),
+    (
+        "counter",
+        "tagstream_updates_out_total",
+        "Tag updates delivered in Deltas, one per tag per client.",
+    ),
+    (
+        "counter",
+        "tagstream_frames_in_total",
+        "WebSocket frames received from clients.",
+    ),
+    (
+        "counter",
+        "tagstream_catch_ups_total",
+        "Times a slow session dropped its queue and caught up from the tag table.",
+    ),
+    (
+        "counter",
+        "tagstream_handshakes_refused_total",
+        "Handshakes refused before the 101 (origin, token, limits).",
+    ),
+    (
+        "counter",
+        "tagstream_pending_evicted_total",
+        "Queued frames dropped for slow sessions (they then catch up).",
+    ),
+    ("gauge", "tagstream_tags", "Tags in the catalog."),
+    (
+        "gauge",
+        "tagstream_seq",
+        "The engine's current seq in this epoch.",
+    ),
+    (
+        "counter",
+        "tagstream_samples_in_total",
+        "Samples received from sources.",
+    ),
+    (
+        "counter",
+        "tagstream_samples_dropped_total",
+        "Samples dropped because the engine's input queue was full.",
+    ),
+    (
+        "counter",
+        "tagstream_updates_applied_total",
+        "Tag changes applied (each takes a seq).",
+    ),
+    (
+        "counter",
+        "tagstream_tags_refused_total",
+        "Tags refused because another source already has their name, by source.",
+    ),
+    (
+        "gauge",
+        "tagstream_device_up",
+        "1 while a device or broker answers, else 0, by device.",
+    ),
+    (
+        "counter",
+        "tagstream_source_panics_total",
+        "Source tasks that panicked and were restarted, by source.",
+    ),
+    (
+        "histogram",
+        "tagstream_modbus_poll_seconds",
+        "Duration of one Modbus poll cycle, by device (seconds).",
+    ),
+    (
+        "counter",
+        "tagstream_mqtt_topics_dropped_total",
+        "MQTT topics dropped because the source already holds max_tags discovered tags, by source.",
+    ),
+    (
+        "counter",
+        "tagstream_mqtt_bad_payloads_total",
+        "MQTT payloads that did not decode to the tag's type, by source.",
+    ),
+];
+
+/// Describes every metric (a `# HELP` line each).
+fn describe() {
+    for &(kind, name, help) in METRICS {
+        match kind {
+            "gauge" => metrics::describe_gauge!(name, help),
+            "histogram" => metrics::describe_histogram!(name, help),
+            _ => metrics::describe_counter!(name, help),
+        }
+    }
+}
+
+/// The described metric names (a test checks `/metrics` against them).
+pub fn described() -> impl Iterator<Item = &'static str> {
+    METRICS.iter().map(|m| m.1)
 }
 
 /// Counters of the push layer.

@@ -193,7 +193,18 @@ async fn start_haproxy(nodes: [SocketAddr; 2], tunnel: &str) -> Option<Proxy> {
 }
 
 /// Status line of a plain HTTP GET.
+/// The status line of a GET through the proxy.
 async fn get(port: u16, path: &str) -> String {
+    response(port, path)
+        .await
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The whole response to a GET through the proxy.
+async fn response(port: u16, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -201,11 +212,17 @@ async fn get(port: u16, path: &str) -> String {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string()
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// The web view's page, assets and the info it asks first all pass.
+async fn web_view_passes(port: u16) {
+    let page = response(port, "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("src=\"app.js\""), "{page}");
+    for path in ["/app.js", "/app.css", "/api/v1/info"] {
+        assert!(get(port, path).await.contains("200"), "{path}");
+    }
 }
 
 async fn server(heartbeat: Duration, id: &str, max_connections: usize) -> tagstream::app::Running {
@@ -256,6 +273,7 @@ async fn nginx_carries_the_stream_past_its_idle_timeout_and_answers_426() {
     assert!(get(nginx.port, "/healthz").await.contains("200"));
     assert!(get(nginx.port, "/readyz").await.contains("200"));
     assert!(get(nginx.port, "/metrics").await.contains("200"));
+    web_view_passes(nginx.port).await;
     let (mut c, id) = connect_via(nginx.port).await.expect("101 through nginx");
     assert_eq!(id, "n1");
     delta_arrives(&node, &mut c, 1.0).await;
@@ -366,6 +384,7 @@ async fn haproxy_routes_new_clients_around_a_full_node_while_its_sessions_stream
         get(haproxy.port, "/api/v1/stream").await.contains("426"),
         "plain GET through HAProxy"
     );
+    web_view_passes(haproxy.port).await;
     // Source hashing: both clients from 127.0.0.1 land on the same node.
     let (mut a, first) = connect_via(haproxy.port)
         .await

@@ -44,7 +44,7 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The committed presets (issue 5's targets are written against these).
+    /// The committed presets (BENCHMARKS.md's targets are written against these).
     pub fn preset(name: &str) -> Option<Scenario> {
         let s = |name, clients, tags, group, rate, storm| Scenario {
             name,

@@ -111,7 +111,9 @@ fn route(
             Ok(response) => response,
             Err(refusal) => refuse(&push, peer, refusal),
         },
-        path => super::web::asset(path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
+        path => {
+            super::web::asset(path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n"))
+        }
     }
 }
 

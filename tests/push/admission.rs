@@ -268,3 +268,50 @@ async fn two_thousand_attempts_against_a_thousand_slots_give_exactly_1000_sessio
     drop(sessions);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_web_view_and_described_metrics_share_the_listener() {
+    let server = spawn_server("", TAGS).await;
+    let page = http_get(server.addr, "/").await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    let head = page.to_lowercase();
+    assert!(head.contains("content-type: text/html"), "{page}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'"),
+        "{page}"
+    );
+    assert!(page.contains("<script type=\"module\" src=\"app.js\">"));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/app.css", "text/css")] {
+        let r = http_get(server.addr, path).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{path}");
+        assert!(
+            r.to_lowercase().contains(&format!("content-type: {kind}")),
+            "{path}"
+        );
+    }
+    assert!(
+        http_get(server.addr, "/app.js.map")
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+    // Every metric on /metrics says what it is.
+    let _c = connect_synced(&server, &["#"]).await;
+    let metrics = http_get(server.addr, "/metrics").await;
+    let types: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(types.contains(&"tagstream_connections"), "{metrics}");
+    for t in &types {
+        assert!(
+            metrics.contains(&format!("# HELP {t} ")),
+            "{t} has no # HELP line"
+        );
+    }
+    let described: Vec<&str> = tagstream::telemetry::described().collect();
+    for t in types.iter().filter(|t| t.starts_with("tagstream_")) {
+        assert!(described.contains(t), "{t} is not in telemetry's table");
+    }
+    server.stop().await;
+}

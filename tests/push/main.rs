@@ -52,6 +52,19 @@ pub(crate) async fn http(addr: std::net::SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&buf).to_string()
 }
 
+/// Sends a raw `Connection: close` GET and returns the whole response.
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf).to_string()
+}
+
 pub(crate) fn upgrade_request(extra: &str) -> String {
     format!(
         "GET /api/v1/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
