@@ -311,3 +311,54 @@ async fn while_the_server_is_away_retries_follow_the_capped_jittered_schedule() 
     until(&mut updates, live(ResumeOutcome::Fresh)).await;
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_token_provider_refreshes_the_session_before_its_token_expires() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SECRET: &str = "sdk-tests-hs256-secret-0123456789";
+    let dev = device().await;
+    let auth = "[auth]\njwt = { hs256_secret_env = \"JWT\", leeway = \"0s\" }\n";
+    let server = spawn_with_env(&config(&dev, auth), &[], &[("JWT", SECRET)]).await;
+    let minted = Arc::new(AtomicUsize::new(0));
+    let counter = minted.clone();
+    let mut o = options(url(&server));
+    // Each token lives 2 s: the session outlives several only by Refresh.
+    o.token = Some(Token::provider(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let exp = tagstream::sample::now_us() / 1_000_000 + 2;
+            let claims = serde_json::json!({"sub": "op", "exp": exp, "read": ["#"], "write": []});
+            let key = EncodingKey::from_secret(SECRET.as_bytes()).map_err(|e| e.to_string())?;
+            encode(&Header::default(), &claims, &key).map_err(|e| e.to_string())
+        }
+    }));
+    let (client, mut updates) = Client::start(o);
+    until(&mut updates, live(ResumeOutcome::Fresh)).await;
+    let first = client.welcome().unwrap().token_expires_at_us;
+    assert!(first > 0);
+    // Past three token lifetimes: still the first session, never closed.
+    let watch = tokio::time::timeout(Duration::from_secs(6), async {
+        while let Some(u) = updates.next().await {
+            if let Update::State(s) = u {
+                panic!("the session ended or changed state: {s:?}");
+            }
+        }
+    });
+    assert!(
+        watch.await.is_err(),
+        "the update stream stayed open and live"
+    );
+    assert!(
+        minted.load(Ordering::SeqCst) >= 3,
+        "the provider was asked again"
+    );
+    assert_eq!(
+        client.state(),
+        State::Live {
+            outcome: ResumeOutcome::Fresh
+        }
+    );
+    client.close().await;
+}
