@@ -5,12 +5,13 @@
 // (RESUMED) and a server restart (RESYNC), and saves a screenshot.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync } from "node:fs";
-import { dirname } from "node:path";
+import { execFileSync, spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
 import { after, test } from "node:test";
 import { chromium } from "playwright-core";
-import { BIN, Demo, Relay } from "../../clients/typescript/dist/test/harness.js";
+import { BIN, Demo, freePort, Relay } from "../../clients/typescript/dist/test/harness.js";
 
 const CHROMIUM = process.env.TAGSTREAM_CHROMIUM ?? "/usr/bin/chromium";
 const SHOT = process.env.TAGSTREAM_SCREENSHOT ?? "../target/webview.png";
@@ -120,4 +121,46 @@ test("the web view shows live values, writes to the device, and survives a cut a
   mkdirSync(dirname(SHOT), { recursive: true });
   await page.screenshot({ path: SHOT });
   assert.deepEqual(errors, [], "no uncaught errors in the page");
+});
+
+test("a server that needs a token gets a prompt, and the token is sent as the bearer subprotocol", async () => {
+  assert.ok(existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}`);
+  const dir = mkdtempSync(join(tmpdir(), "tagstream-web-"));
+  cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  const config = join(dir, "token.toml");
+  writeFileSync(
+    config,
+    `[server]\nlisten = "127.0.0.1:${port}"\n` +
+      `[auth]\ntokens = [{ name = "op", token_env = "OP_TOKEN", read = ["sim/#"], write = [] }]\n` +
+      `[[sim]]\nname = "sim"\nprefix = "sim"\ntags = 5\nrate = 20\n`,
+  );
+  const token = "web-view-token-0123456789abcdef";
+  const server = spawn(BIN, ["run", "--config", config], {
+    stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, OP_TOKEN: token, RUST_LOG: "warn" },
+  });
+  cleanup.push(() => server.kill("SIGKILL"));
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic"],
+  });
+  cleanup.push(() => browser.close());
+  const page = await browser.newPage();
+  for (let i = 0; i < 200; i++) {
+    try {
+      await page.goto(`http://127.0.0.1:${port}/`);
+      break;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  // /api/v1/info says a token is needed: the page asks before it connects.
+  await page.waitForSelector("#login[open]", WAIT);
+  await page.fill("#token", token);
+  await page.click("#token-ok");
+  await page.waitForSelector('#conn[data-state="live"]', WAIT);
+  await page.waitForSelector('tr[data-tag="sim/g0/t0"] td.value', WAIT);
+  assert.match(await page.textContent("#principal"), /read sim\/# · write none/);
+  assert.equal(await page.isVisible("button.write"), false, "no write control without a write scope");
 });
