@@ -27,8 +27,10 @@ use crate::status;
 pub type WriteFailure = (u32, String);
 
 /// What the owner answers: `Ok` only once the device (or broker)
-/// acknowledged.
-pub type WriteReply = Result<(), WriteFailure>;
+/// acknowledged, with what the acknowledgement means when that needs
+/// saying (an MQTT broker's PUBACK is not the device's: protocol.md
+/// "Writes"); empty for a device's own answer.
+pub type WriteReply = Result<&'static str, WriteFailure>;
 
 /// One write for a source to carry out.
 #[derive(Debug)]

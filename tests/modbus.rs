@@ -446,25 +446,6 @@ async fn a_device_that_answers_garbage_is_retried_with_growing_backoff() {
     server.stop().await;
 }
 
-async fn write(c: &mut Connection, id: u64, tag: &str, value: V) -> proto::WriteResult {
-    c.send(C::Write(proto::WriteRequest {
-        request_id: id,
-        tag: tag.into(),
-        value: Some(proto::Value { kind: Some(value) }),
-    }))
-    .await
-    .unwrap();
-    match next_until(
-        c,
-        |e| matches!(e, Event::WriteResult(w) if w.request_id == id),
-    )
-    .await
-    {
-        Event::WriteResult(w) => w,
-        _ => unreachable!(),
-    }
-}
-
 #[tokio::test]
 async fn without_auth_a_write_is_refused_and_never_reaches_the_device() {
     let dev = device().await;

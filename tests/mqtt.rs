@@ -550,3 +550,114 @@ async fn topic_maps_stop_discovering_at_max_tags_and_known_tags_keep_updating() 
     );
     server.stop().await;
 }
+
+/// A device behind the broker: subscribed to `filter`, it hands every
+/// payload it receives to the test.
+async fn device_listening(addr: SocketAddr, filter: &str) -> tokio::sync::mpsc::Receiver<Vec<u8>> {
+    let id = format!("test-dev-{}", fastrand::u32(..));
+    let opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    let (client, mut events) = AsyncClient::new(opts, 64);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let (subscribed, ready) = tokio::sync::oneshot::channel();
+    let mut subscribed = Some(subscribed);
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(s) = subscribed.take() {
+                        let _ = s.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p.payload.to_vec()).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    tokio::time::timeout(DEADLINE, ready)
+        .await
+        .unwrap()
+        .unwrap();
+    rx
+}
+
+#[tokio::test]
+async fn a_write_publishes_in_the_tags_format_and_is_answered_at_the_pubacks() {
+    let b = broker().await;
+    let mut relay = Relay::start(b.addr).await;
+    let body = r##"
+[[mqtt.tags]]
+name = "w/sp"
+topic = "w/sp"
+format = "json"
+json_pointer = "/value"
+write_topic = "w/sp/set"
+[[mqtt.tags]]
+name = "w/mode"
+topic = "w/mode"
+format = "text"
+type = "string"
+write_topic = "w/mode/set"
+[[mqtt.tags]]
+name = "w/ro"
+topic = "w/ro"
+
+[auth]
+anonymous = { read = ["#"], write = ["#"] }
+"##;
+    let server = spawn_server(&config(relay.addr, body), &[]).await;
+    let mut c = connect_synced(&server, &["w/#"]).await;
+    assert!(c.info("w/sp").unwrap().writable);
+    assert!(!c.info("w/ro").unwrap().writable);
+    let mut device = device_listening(b.addr, "w/+/set").await;
+    let mut p = Publisher::connect(b.addr).await;
+    until_subscribed(&mut p, &mut c, "w/sp", "w/sp", r#"{"value": 1}"#).await;
+
+    let r = write(&mut c, 1, "w/sp", V::F64(42.5)).await;
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    assert!(
+        r.message.contains("PUBACK"),
+        "the answer says what Good means: {r:?}"
+    );
+    let got = tokio::time::timeout(DEADLINE, device.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, br#"{"value":42.5}"#);
+    let r = write(&mut c, 2, "w/mode", V::Text("AUTO".into())).await;
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    let got = tokio::time::timeout(DEADLINE, device.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, b"AUTO");
+    assert_eq!(
+        write(&mut c, 3, "w/ro", V::F64(1.0)).await.status,
+        status::BAD_NOT_WRITABLE
+    );
+
+    // The broker unreachable: refused at once, and never published later.
+    relay.stop();
+    until_state(&mut c, |c| {
+        status_of(c, "w/sp") == status::BAD_COMMUNICATION_ERROR
+    })
+    .await;
+    let r = write(&mut c, 4, "w/sp", V::F64(7.0)).await;
+    assert_eq!(r.status, status::BAD_COMMUNICATION_ERROR, "{r:?}");
+    relay.restart();
+    until_subscribed(&mut p, &mut c, "w/sp", "w/sp", r#"{"value": 2}"#).await;
+    let r = write(&mut c, 5, "w/sp", V::F64(8.0)).await;
+    assert_eq!(r.status, status::GOOD, "{r:?}");
+    let got = tokio::time::timeout(DEADLINE, device.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got, br#"{"value":8.0}"#, "the refused write never went out");
+    server.stop().await;
+}

@@ -138,7 +138,8 @@ topic = "x/+"
 format = "text"
 type = "f64"
 qos = 3
-write_topic = "x/set"
+write_topic = "x/+/set"
+write_pointer = "/v"
 [[mqtt.topics]]
 filter = "p/+/v"
 name = "p/{2}"
@@ -154,6 +155,7 @@ json_pointer = "/v"
         "mqtt[0].password_env",
         "mqtt[0].tags[0].topic",
         "mqtt[0].tags[0].write_topic",
+        "mqtt[0].tags[0].write_pointer",
         "mqtt[0].tags[0].qos",
         "mqtt[0].tags[0].type",
         "mqtt[0].topics[0].name",

@@ -277,3 +277,29 @@ impl Pki {
         }
     }
 }
+
+/// Sends one WriteRequest and waits for its WriteResult.
+pub async fn write(
+    c: &mut Connection,
+    id: u64,
+    tag: &str,
+    value: proto::value::Kind,
+) -> proto::WriteResult {
+    let request = proto::WriteRequest {
+        request_id: id,
+        tag: tag.into(),
+        value: Some(proto::Value { kind: Some(value) }),
+    };
+    c.send(proto::client_message::Kind::Write(request))
+        .await
+        .unwrap();
+    match next_until(
+        c,
+        |e| matches!(e, Event::WriteResult(w) if w.request_id == id),
+    )
+    .await
+    {
+        Event::WriteResult(w) => w,
+        _ => unreachable!(),
+    }
+}

@@ -589,7 +589,7 @@ async fn a_write_is_answered_once_by_its_owner_or_bad_timeout_and_never_written_
     assert!(out.is_empty(), "no answer before the owner's");
     let cmd = h.commands.try_recv().expect("queued for source 0");
     assert_eq!((cmd.tag, cmd.value.clone()), (key(1), Value::F64(42.0)));
-    cmd.reply.send(Ok(())).expect("session waits");
+    cmd.reply.send(Ok("")).expect("session waits");
     s.on_write_done(pending.finish().await, PEER, &mut out);
     assert_eq!(results(&mut out), [(1, status::GOOD)]);
 
@@ -653,7 +653,7 @@ async fn writes_past_the_device_share_or_the_rate_get_bad_too_many_operations() 
     // Answered, they free the share; the rate (10/s, a second's worth at
     // once) still allows one more, then refuses until time passes.
     for cmd in h.commands.drain() {
-        cmd.reply.send(Ok(())).expect("session waits");
+        cmd.reply.send(Ok("")).expect("session waits");
     }
     for p in pending.drain(..) {
         s.on_write_done(p.finish().await, PEER, &mut out);

@@ -197,7 +197,7 @@ impl PendingWrite {
     /// at the deadline tells the owner not to write late.
     pub async fn finish(self) -> WriteDone {
         let (status, message) = match tokio::time::timeout_at(self.deadline, self.reply).await {
-            Ok(Ok(Ok(()))) => (status::GOOD, String::new()),
+            Ok(Ok(Ok(meaning))) => (status::GOOD, meaning.to_string()),
             Ok(Ok(Err(failure))) => failure,
             Ok(Err(_)) => (status::BAD_COMMUNICATION_ERROR, "source stopped".into()),
             Err(_) => (

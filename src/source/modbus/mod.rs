@@ -416,7 +416,7 @@ impl ModbusSource {
                 }
             }
         }
-        let _ = cmd.reply.send(result);
+        let _ = cmd.reply.send(result.map(|()| ""));
     }
 
     /// Carries out one write; `Ok` only after the device acknowledged.

@@ -48,7 +48,7 @@ async fn abandoned_and_late_writes_never_reach_the_device_and_a_timely_one_does(
     for cmd in [abandoned, late, timely] {
         commands.send_async(cmd).await.unwrap();
     }
-    assert_eq!(timely_rx.await.unwrap(), Ok(()));
+    assert_eq!(timely_rx.await.unwrap(), Ok(""));
     let (code, why) = late_rx.await.unwrap().unwrap_err();
     assert_eq!(code, status::BAD_TIMEOUT);
     assert!(why.contains("never sent"), "{why}");

@@ -97,9 +97,13 @@ pub struct MqttTagConfig {
     /// Never conflate.
     #[serde(default)]
     pub keep_samples: bool,
-    /// Writes publish here (not built yet: refused).
+    /// Writes publish here (QoS 1; the tag is writable when set).
     #[serde(default)]
     pub write_topic: Option<String>,
+    /// For `json` writes: where the value goes (`/set/value` publishes
+    /// `{"set":{"value":v}}`); default `{"value": v}`.
+    #[serde(default)]
+    pub write_pointer: Option<String>,
 }
 
 /// `[[mqtt.topics]]`: a wildcard filter whose topics become tags, named by
@@ -263,11 +267,26 @@ impl MqttConfig {
                     "must be a topic without wildcards (use [[mqtt.topics]] for those)",
                 );
             }
-            if t.write_topic.is_some() {
+            if let Some(w) = &t.write_topic
+                && (w.is_empty() || w.contains(['+', '#']))
+            {
                 p.push(
                     format!("{k}.write_topic"),
-                    "MQTT writes are not built yet in this version",
+                    "must be a topic without wildcards",
                 );
+            }
+            if let Some(ptr) = &t.write_pointer {
+                if t.format != Format::Json {
+                    p.push(format!("{k}.write_pointer"), "only for format = \"json\"");
+                } else if !ptr.starts_with('/') || ptr.len() < 2 {
+                    p.push(
+                        format!("{k}.write_pointer"),
+                        "must be a JSON pointer like \"/value\"",
+                    );
+                }
+                if t.write_topic.is_none() {
+                    p.push(format!("{k}.write_pointer"), "needs a write_topic");
+                }
             }
             check_common(&k, &t.payload(), t.qos, t.deadband, p);
         }

@@ -8,22 +8,30 @@
 //! rate-limited log line naming topic and reason. Topics of a wildcard map
 //! become tags the first time they are seen: the source defines them on
 //! the engine's channel under its own keys and sends their samples after.
+//! A write to a tag with a `write_topic` publishes the value in the tag's
+//! format at QoS 1 and is answered Good at the broker's PUBACK (the
+//! broker, not the device, acknowledged: the tag's next value confirms);
+//! a write while the broker is away is refused, never queued, and one
+//! that loses its connection before the PUBACK is answered and taken out
+//! of rumqttc's resend list.
 
 pub mod config;
 pub mod payload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter, TlsConfiguration, Transport,
+    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request, SubscribeFilter,
+    TlsConfiguration, Transport,
 };
 
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
 use super::{Backoff, Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
+use crate::command::WriteCommand;
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
@@ -58,6 +66,7 @@ impl SourceConfig for MqttConfig {
                 description: t.description.clone(),
                 deadband: t.deadband,
                 keep_samples: t.keep_samples,
+                writable: t.write_topic.is_some(),
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })
             .collect()
@@ -115,6 +124,49 @@ struct Route {
     spec: PayloadSpec,
 }
 
+/// Where and how a writable tag's writes are published.
+struct WriteRoute {
+    topic: String,
+    format: payload::Format,
+    pointer: Option<String>,
+}
+
+/// What a Good answer to an MQTT write means (protocol.md "Writes").
+const PUBLISHED: &str =
+    "published; the broker acknowledged (PUBACK), the tag's next value confirms";
+
+/// Writes published at QoS 1 and not yet acknowledged. rumqttc numbers
+/// publishes (pkid) as it sends them, in order, so the oldest unnumbered
+/// write takes the next outgoing number.
+#[derive(Default)]
+struct Acks {
+    unnumbered: VecDeque<WriteCommand>,
+    in_flight: HashMap<u16, WriteCommand>,
+}
+
+impl Acks {
+    /// Writes awaiting a PUBACK (after dropping those nobody waits for).
+    fn len(&mut self) -> usize {
+        self.in_flight.retain(|_, c| !c.reply.is_closed());
+        self.unnumbered.len() + self.in_flight.len()
+    }
+
+    /// Answers every pending write: its connection is gone.
+    fn fail_all(&mut self) {
+        let why =
+            "connection to the broker lost before its PUBACK: may or may not have been delivered";
+        for cmd in self
+            .unnumbered
+            .drain(..)
+            .chain(self.in_flight.drain().map(|(_, c)| c))
+        {
+            let _ = cmd
+                .reply
+                .send(Err((status::BAD_COMMUNICATION_ERROR, why.into())));
+        }
+    }
+}
+
 /// One broker's source. Local keys: its `[[mqtt.tags]]` in order, then the
 /// tags its topic maps discover, in the order first seen.
 pub struct MqttSource {
@@ -132,6 +184,8 @@ pub struct MqttSource {
     discovery_log: Throttle,
     /// "max_tags reached" lines.
     full_log: Throttle,
+    /// Local key -> where its writes go.
+    writes: HashMap<u32, WriteRoute>,
 }
 
 impl MqttSource {
@@ -144,7 +198,22 @@ impl MqttSource {
                 spec: t.payload(),
             });
         }
+        let writes = config
+            .tags
+            .iter()
+            .enumerate()
+            .filter_map(|(local, t)| {
+                let topic = t.write_topic.clone()?;
+                let route = WriteRoute {
+                    topic,
+                    format: t.format,
+                    pointer: t.write_pointer.clone(),
+                };
+                Some((local as u32, route))
+            })
+            .collect();
         MqttSource {
+            writes,
             next_local: config.tags.len() as u32,
             config,
             cx,
@@ -233,13 +302,33 @@ impl MqttSource {
         let mut backoff = Backoff::new();
         let mut connected = false;
         let mut connected_at = Instant::now();
+        let mut acks = Acks::default();
+        let mut writes_open = !self.writes.is_empty();
         tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => break,
+                cmd = self.cx.commands.recv_async(), if writes_open => {
+                    match cmd {
+                        Ok(cmd) => self.publish_write(&client, connected, cmd, &mut acks),
+                        Err(_) => writes_open = false,
+                    }
+                    continue;
+                }
                 event = events.poll() => event,
             };
             match event {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    if let Some(cmd) = acks.unnumbered.pop_front() {
+                        acks.in_flight.insert(pkid, cmd);
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(cmd) = acks.in_flight.remove(&ack.pkid) {
+                        tracing::info!(source = %self.config.name, value = %cmd.value, "write published and acknowledged");
+                        let _ = cmd.reply.send(Ok(PUBLISHED));
+                    }
+                }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected = true;
                     connected_at = Instant::now();
@@ -256,6 +345,10 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Answered now, so never sent later: rumqttc would
+                    // resend unacknowledged publishes after a reconnect.
+                    acks.fail_all();
+                    events.pending.retain(|r| !matches!(r, Request::Publish(_)));
                     // A session that lasted is a recovered link; one cut
                     // right after its ConnAck (another client took its
                     // id, a broker that refuses it) keeps backing off.
@@ -285,6 +378,52 @@ impl MqttSource {
         }
         let _ = client.try_disconnect();
         tracing::info!(source = %self.config.name, "mqtt source stopped");
+    }
+
+    /// Publishes one write at QoS 1, or answers why not.
+    fn publish_write(
+        &self,
+        client: &AsyncClient,
+        connected: bool,
+        cmd: WriteCommand,
+        acks: &mut Acks,
+    ) {
+        let Some(cmd) = cmd.still_wanted(tokio::time::Instant::now()) else {
+            return;
+        };
+        let refuse = |cmd: WriteCommand, status: u32, why: String| {
+            let _ = cmd.reply.send(Err((status, why)));
+        };
+        let Some(route) = self.writes.get(&cmd.tag.local) else {
+            return refuse(
+                cmd,
+                status::BAD_NOT_WRITABLE,
+                "tag has no write_topic".into(),
+            );
+        };
+        if !connected {
+            return refuse(
+                cmd,
+                status::BAD_COMMUNICATION_ERROR,
+                "broker not connected; not published".into(),
+            );
+        }
+        if acks.len() >= crate::command::WRITE_QUEUE {
+            return refuse(
+                cmd,
+                status::BAD_TOO_MANY_OPERATIONS,
+                "too many writes awaiting PUBACK".into(),
+            );
+        }
+        let payload = payload::encode(&cmd.value, route.format, route.pointer.as_deref());
+        match client.try_publish(route.topic.as_str(), QoS::AtLeastOnce, false, payload) {
+            Ok(()) => acks.unnumbered.push_back(cmd),
+            Err(e) => refuse(
+                cmd,
+                status::BAD_COMMUNICATION_ERROR,
+                format!("publish failed: {e}"),
+            ),
+        }
     }
 
     async fn on_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), EngineGone> {

@@ -67,6 +67,42 @@ pub struct PayloadSpec {
     pub kind: TagType,
 }
 
+/// A written value as the payload the tag's own format reads back: a
+/// number as decimal text, text as is, a bool as `true`/`false`, `json` as
+/// `{"value": v}` or the value at `pointer` (`/set/value` →
+/// `{"set":{"value":v}}`).
+pub fn encode(value: &Value, format: Format, pointer: Option<&str>) -> Vec<u8> {
+    let json = || match value {
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::I64(i) => (*i).into(),
+        Value::U64(u) => (*u).into(),
+        Value::F64(f) => {
+            serde_json::Number::from_f64(*f).map_or(serde_json::Value::Null, Into::into)
+        }
+        Value::Text(t) => serde_json::Value::String(t.to_string()),
+        Value::Raw(r) => serde_json::Value::String(String::from_utf8_lossy(r).into_owned()),
+    };
+    match format {
+        Format::Json => {
+            let mut doc = json();
+            let path = pointer.unwrap_or("/value");
+            for key in path.trim_start_matches('/').rsplit('/') {
+                let key = key.replace("~1", "/").replace("~0", "~");
+                doc = serde_json::json!({ key: doc });
+            }
+            doc.to_string().into_bytes()
+        }
+        Format::Text => match value {
+            Value::Text(t) => t.as_bytes().to_vec(),
+            other => other.to_string().into_bytes(),
+        },
+        Format::Bool | Format::Number => match value {
+            Value::Text(t) => t.as_bytes().to_vec(),
+            other => other.to_string().into_bytes(),
+        },
+    }
+}
+
 /// Why a payload could not be decoded (the tag turns BadDecodingError).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
@@ -283,6 +319,45 @@ mod tests {
             spec(Format::Json, TagType::Bool, Some("/v"), Some("/t"))
                 .check()
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_written_value_encodes_as_its_own_format_reads_it_back() {
+        let cases = [
+            (Format::Number, TagType::F64, Value::F64(65.5), None),
+            (Format::Number, TagType::I64, Value::I64(-3), None),
+            (
+                Format::Text,
+                TagType::String,
+                Value::Text("RUN".into()),
+                None,
+            ),
+            (Format::Bool, TagType::Bool, Value::Bool(true), None),
+            (Format::Json, TagType::F64, Value::F64(1.25), None),
+            (
+                Format::Json,
+                TagType::U64,
+                Value::U64(7),
+                Some("/set/value"),
+            ),
+        ];
+        for (format, kind, value, pointer) in cases {
+            let payload = encode(&value, format, pointer);
+            let read = spec(format, kind, Some(pointer.unwrap_or("/value")), None);
+            assert_eq!(
+                read.decode(&payload),
+                Ok((value.clone(), None)),
+                "{format:?} {value:?}"
+            );
+        }
+        assert_eq!(
+            encode(&Value::F64(65.0), Format::Json, None),
+            br#"{"value":65.0}"#
+        );
+        assert_eq!(
+            encode(&Value::U64(7), Format::Json, Some("/set/value")),
+            br#"{"set":{"value":7}}"#
         );
     }
 }
