@@ -607,6 +607,13 @@ write_topic = "w/mode/set"
 [[mqtt.tags]]
 name = "w/ro"
 topic = "w/ro"
+[[mqtt.topics]]
+filter = "wm/+/v"
+name = "wm/{1}"
+format = "json"
+json_pointer = "/v"
+write_topic = "wm/{1}/set"
+write_pointer = "/set/v"
 
 [auth]
 anonymous = { read = ["#"], write = ["#"] }
@@ -615,7 +622,7 @@ anonymous = { read = ["#"], write = ["#"] }
     let mut c = connect_synced(&server, &["w/#"]).await;
     assert!(c.info("w/sp").unwrap().writable);
     assert!(!c.info("w/ro").unwrap().writable);
-    let mut device = device_listening(b.addr, "w/+/set").await;
+    let mut device = device_listening(b.addr, "+/+/set").await;
     let mut p = Publisher::connect(b.addr).await;
     until_subscribed(&mut p, &mut c, "w/sp", "w/sp", r#"{"value": 1}"#).await;
 

@@ -145,6 +145,7 @@ filter = "p/+/v"
 name = "p/{2}"
 format = "number"
 json_pointer = "/v"
+write_topic = "p/{3}/set"
 "#;
     let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
         panic!("expected Invalid");
@@ -160,6 +161,7 @@ json_pointer = "/v"
         "mqtt[0].tags[0].type",
         "mqtt[0].topics[0].name",
         "mqtt[0].topics[0].json_pointer",
+        "mqtt[0].topics[0].write_topic",
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }

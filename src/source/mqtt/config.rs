@@ -141,6 +141,13 @@ pub struct MqttTopicConfig {
     /// Never conflate.
     #[serde(default)]
     pub keep_samples: bool,
+    /// Writes publish here: a template with the same `{N}` fields as the
+    /// name (the tags are writable when set).
+    #[serde(default)]
+    pub write_topic: Option<String>,
+    /// For `json` writes: where the value goes (default `/value`).
+    #[serde(default)]
+    pub write_pointer: Option<String>,
 }
 
 impl MqttTagConfig {
@@ -267,27 +274,13 @@ impl MqttConfig {
                     "must be a topic without wildcards (use [[mqtt.topics]] for those)",
                 );
             }
-            if let Some(w) = &t.write_topic
-                && (w.is_empty() || w.contains(['+', '#']))
-            {
-                p.push(
-                    format!("{k}.write_topic"),
-                    "must be a topic without wildcards",
-                );
-            }
-            if let Some(ptr) = &t.write_pointer {
-                if t.format != Format::Json {
-                    p.push(format!("{k}.write_pointer"), "only for format = \"json\"");
-                } else if !ptr.starts_with('/') || ptr.len() < 2 {
-                    p.push(
-                        format!("{k}.write_pointer"),
-                        "must be a JSON pointer like \"/value\"",
-                    );
-                }
-                if t.write_topic.is_none() {
-                    p.push(format!("{k}.write_pointer"), "needs a write_topic");
-                }
-            }
+            check_write(
+                &k,
+                t.format,
+                t.write_topic.as_deref(),
+                t.write_pointer.as_deref(),
+                p,
+            );
             check_common(&k, &t.payload(), t.qos, t.deadband, p);
         }
         for (j, t) in self.topics.iter().enumerate() {
@@ -297,36 +290,91 @@ impl MqttConfig {
             } else if t.wildcards() == 0 {
                 p.push(format!("{k}.filter"), "has no wildcard: use [[mqtt.tags]]");
             }
-            let mut rest = t.name.as_str();
-            let mut max_ref = 0;
-            while let Some(open) = rest.find('{') {
-                let Some(close) = rest[open..].find('}') else {
-                    break;
-                };
-                match rest[open + 1..open + close].parse::<usize>() {
-                    Ok(n) if n >= 1 => max_ref = max_ref.max(n),
-                    _ => p.push(
-                        format!("{k}.name"),
-                        format!("{:?}: use {{1}}, {{2}}, ...", &rest[open..=open + close]),
-                    ),
-                }
-                rest = &rest[open + close + 1..];
-            }
+            let max_ref = template_refs(&format!("{k}.name"), &t.name, p);
             if max_ref == 0 {
                 p.push(
                     format!("{k}.name"),
                     "a template needs at least one {N} or every topic maps to one tag",
                 );
-            } else if max_ref > t.wildcards() {
-                p.push(
-                    format!("{k}.name"),
-                    format!(
-                        "{{{max_ref}}} but the filter has {} wildcard(s)",
-                        t.wildcards()
-                    ),
-                );
             }
+            let mut refs = vec![("name", max_ref)];
+            if let Some(w) = &t.write_topic {
+                refs.push((
+                    "write_topic",
+                    template_refs(&format!("{k}.write_topic"), w, p),
+                ));
+            }
+            for (field, max_ref) in refs {
+                if max_ref > t.wildcards() {
+                    p.push(
+                        format!("{k}.{field}"),
+                        format!(
+                            "{{{max_ref}}} but the filter has {} wildcard(s)",
+                            t.wildcards()
+                        ),
+                    );
+                }
+            }
+            check_write(
+                &k,
+                t.format,
+                t.write_topic.as_deref(),
+                t.write_pointer.as_deref(),
+                p,
+            );
             check_common(&k, &t.payload(), t.qos, t.deadband, p);
+        }
+    }
+}
+
+/// The highest `{N}` a template uses (0: none); a malformed one is a
+/// problem at `key`.
+fn template_refs(key: &str, template: &str, p: &mut Problems) -> usize {
+    let mut rest = template;
+    let mut max_ref = 0;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        match rest[open + 1..open + close].parse::<usize>() {
+            Ok(n) if n >= 1 => max_ref = max_ref.max(n),
+            _ => p.push(
+                key.to_string(),
+                format!("{:?}: use {{1}}, {{2}}, ...", &rest[open..=open + close]),
+            ),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    max_ref
+}
+
+/// `write_topic` and `write_pointer`, for an exact tag or a topic map.
+fn check_write(
+    key: &str,
+    format: Format,
+    topic: Option<&str>,
+    pointer: Option<&str>,
+    p: &mut Problems,
+) {
+    if let Some(w) = topic
+        && (w.is_empty() || w.contains(['+', '#']))
+    {
+        p.push(
+            format!("{key}.write_topic"),
+            "must be a topic without wildcards",
+        );
+    }
+    if let Some(ptr) = pointer {
+        if format != Format::Json {
+            p.push(format!("{key}.write_pointer"), "only for format = \"json\"");
+        } else if !ptr.starts_with('/') || ptr.len() < 2 {
+            p.push(
+                format!("{key}.write_pointer"),
+                "must be a JSON pointer like \"/value\"",
+            );
+        }
+        if topic.is_none() {
+            p.push(format!("{key}.write_pointer"), "needs a write_topic");
         }
     }
 }

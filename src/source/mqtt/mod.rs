@@ -98,6 +98,7 @@ impl MqttTopicConfig {
     /// The definition of a tag this map discovers.
     fn tag_def(&self, name: String, source: &str) -> TagDef {
         TagDef {
+            writable: self.write_topic.is_some(),
             data_type: self.kind.data_type(),
             unit: self.unit.clone(),
             description: self.description.clone(),
@@ -303,7 +304,7 @@ impl MqttSource {
         let mut connected = false;
         let mut connected_at = Instant::now();
         let mut acks = Acks::default();
-        let mut writes_open = !self.writes.is_empty();
+        let mut writes_open = true;
         tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
         loop {
             let event = tokio::select! {
@@ -462,6 +463,14 @@ impl MqttSource {
                     self.cx
                         .define(local, map.tag_def(name.clone(), &self.config.name))
                         .await?;
+                    if let Some(template) = &map.write_topic {
+                        let route = WriteRoute {
+                            topic: pattern::fill(template, &caps),
+                            format: map.format,
+                            pointer: map.write_pointer.clone(),
+                        };
+                        self.writes.insert(local, route);
+                    }
                     self.discovered.insert(name, local);
                     local
                 }
