@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import tempfile
 
 BIN = os.environ.get("TAGSTREAM_BIN", "../../target/debug/tagstream")
 DEADLINE = 20.0
@@ -22,17 +23,27 @@ def free_port() -> int:
 class Demo:
     """A demo server on a fixed port; ``kill`` is a crash (SIGKILL)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, config: str | None = None, env: dict | None = None) -> None:
+        """``config``: serve this TOML (``{port}`` filled in) with ``tagstream run`` instead of the demo."""
         self.port = port or free_port()
         self.proc: asyncio.subprocess.Process | None = None
+        self.env = env or {}
+        self.config: str | None = None
+        if config is not None:
+            fd, self.config = tempfile.mkstemp(suffix=".toml")
+            with os.fdopen(fd, "w") as f:
+                f.write(config.replace("{port}", str(self.port)))
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/api/v1/stream"
 
     async def start(self) -> Demo:
-        env = {**os.environ, "RUST_LOG": "warn,rumqttd=off"}
-        args = ["demo", "--listen", f"127.0.0.1:{self.port}"]
+        env = {**os.environ, "RUST_LOG": "warn,rumqttd=off", **self.env}
+        if self.config:
+            args = ["run", "--config", self.config]
+        else:
+            args = ["demo", "--listen", f"127.0.0.1:{self.port}"]
         quiet = asyncio.subprocess.DEVNULL
         self.proc = await asyncio.create_subprocess_exec(BIN, *args, env=env, stdout=quiet)
         loop = asyncio.get_running_loop()
@@ -57,6 +68,9 @@ class Demo:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+        if self.config:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config)
 
 
 class Relay:

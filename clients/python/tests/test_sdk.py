@@ -6,9 +6,15 @@ backoff schedule."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
 import math
 import random
 import struct
+import time
 
 import pytest
 from harness import DEADLINE, Demo, Relay, free_port
@@ -213,3 +219,59 @@ def test_values_print_as_people_read_them():
     assert format_value(proto.Value(f64=f32), proto.TagInfo(type=proto.F32)) == "56.1767"
     assert format_value(None) == "-"
     assert not math.isnan(f32)
+
+
+SECRET = "py-sdk-hs256-secret-0123456789abcdef"
+JWT_SERVER = """
+[server]
+listen = "127.0.0.1:{port}"
+[auth]
+jwt = { hs256_secret_env = "JWT_SECRET", leeway = "0s" }
+[[sim]]
+name = "sim"
+prefix = "sim"
+tags = 4
+rate = 20
+"""
+
+
+def hs256(claims: dict) -> str:
+    """A JWT signed here (no JWT library needed for a test)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(SECRET.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def test_a_token_provider_refreshes_the_session_before_its_token_expires():
+    async def main():
+        server = await Demo(config=JWT_SERVER, env={"JWT_SECRET": SECRET}).start()
+        minted = 0
+
+        async def provider() -> str:
+            nonlocal minted
+            minted += 1
+            # Each token lives 2 s: the session outlives several only by Refresh.
+            return hs256({"sub": "op", "exp": int(time.time()) + 2, "read": ["#"], "write": []})
+
+        try:
+            o = options(server.url, token=provider, subscribe=["sim/#"])
+            async with Client(o) as c:
+                await until(c, live(proto.FRESH))
+                assert c.welcome.token_expires_at_us > 0
+                states = []
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(6):
+                        async for u in c.updates():
+                            if isinstance(u, StateChanged):
+                                states.append(u.state)
+                assert states == [], f"the session stayed up: {states}"
+                assert minted >= 3, "the provider was asked again"
+        finally:
+            await server.kill()
+
+    run(main())

@@ -3,7 +3,10 @@
 // clients`), a TCP relay that can cut every connection, free ports.
 
 import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 export const BIN = process.env.TAGSTREAM_BIN ?? "../../target/debug/tagstream";
 export const DEADLINE_MS = 20_000;
@@ -33,10 +36,27 @@ export class Demo {
     return d;
   }
 
+  /** `tagstream run` with this TOML (`{port}` filled in) instead of the demo. */
+  static async serve(config: string, env: Record<string, string>): Promise<Demo> {
+    const d = new Demo(await freePort());
+    const dir = mkdtempSync(join(tmpdir(), "tagstream-sdk-"));
+    d.config = join(dir, "server.toml");
+    writeFileSync(d.config, config.replaceAll("{port}", String(d.port)));
+    d.env = env;
+    await d.spawn();
+    return d;
+  }
+
+  private config: string | undefined;
+  private env: Record<string, string> = {};
+
   async spawn(): Promise<void> {
-    this.proc = spawn(BIN, ["demo", "--listen", `127.0.0.1:${this.port}`], {
+    const args = this.config
+      ? ["run", "--config", this.config]
+      : ["demo", "--listen", `127.0.0.1:${this.port}`];
+    this.proc = spawn(BIN, args, {
       stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, RUST_LOG: "warn,rumqttd=off" },
+      env: { ...process.env, RUST_LOG: "warn,rumqttd=off", ...this.env },
     });
     this.proc.stderr?.on("data", (chunk: Buffer) => {
       const text = chunk.toString();

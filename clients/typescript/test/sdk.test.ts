@@ -4,6 +4,7 @@
 // relay in this process; a restart kills and restarts the server.
 
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { after, test } from "node:test";
 import WebSocket from "ws";
 import {
@@ -190,4 +191,36 @@ test("values print as people read them", () => {
   assert.equal(formatValue(v(559 * 0.1), info(proto.DataType.F64, 0.1)), "55.9");
   assert.equal(formatValue(v(f32), info(proto.DataType.F32, 0)), "56.1767");
   assert.equal(formatValue(undefined), "-");
+});
+
+const SECRET = "ts-sdk-hs256-secret-0123456789abcdef";
+
+/** A JWT signed here (no JWT library needed for a test). */
+function hs256(claims: object): string {
+  const b64 = (v: string | Buffer) => Buffer.from(v).toString("base64url");
+  const unsigned = `${b64(JSON.stringify({ alg: "HS256", typ: "JWT" }))}.${b64(JSON.stringify(claims))}`;
+  return `${unsigned}.${b64(createHmac("sha256", SECRET).update(unsigned).digest())}`;
+}
+
+test("a token provider refreshes the session before its token expires", async () => {
+  const config =
+    '[server]\nlisten = "127.0.0.1:{port}"\n[auth]\njwt = { hs256_secret_env = "JWT_SECRET", leeway = "0s" }\n' +
+    '[[sim]]\nname = "sim"\nprefix = "sim"\ntags = 4\nrate = 20\n';
+  const d = await Demo.serve(config, { JWT_SECRET: SECRET });
+  demos.push(d);
+  let minted = 0;
+  // Each token lives 2 s: the session outlives several only by Refresh.
+  const token = () => {
+    minted += 1;
+    return hs256({ sub: "op", exp: Math.floor(Date.now() / 1000) + 2, read: ["#"], write: [] });
+  };
+  const c = client(d.url, { token, subscribe: ["sim/#"] }).start();
+  await until(c, "state", live(proto.ResumeOutcome.FRESH));
+  assert.ok((c.welcome?.tokenExpiresAtUs ?? 0n) > 0n);
+  const states: State[] = [];
+  c.on("state", (s) => states.push(s));
+  await sleep(6000);
+  assert.deepEqual(states, [], "the session stayed up");
+  assert.ok(minted >= 3, `the provider was asked again (${minted})`);
+  c.close();
 });
