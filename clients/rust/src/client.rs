@@ -415,32 +415,34 @@ impl Task {
         let mut attempt = 0u32;
         loop {
             self.set_state(State::Connecting { attempt }).await;
+            // `None`: the schedule's delay for this attempt.
             let (delay, reason) = match self.connect().await {
                 Err(stop) => return self.stop(stop).await,
-                Ok(Err(e)) => (self.options.backoff.delay(attempt, &mut self.rng), e),
+                Ok(Err(e)) => (None, e),
                 Ok(Ok(conn)) => match self.serve(conn, &mut attempt).await {
                     Ended::Closed => return self.stop(Stop::Closed).await,
                     Ended::ServerClosed(code, reason) => match code {
                         4500..=4999 => return self.stop(Stop::Told { code, reason }).await,
                         1001 => {
-                            let hint = server_hint(&reason, self.options.backoff.cap);
-                            let delay =
-                                hint.unwrap_or(self.options.backoff.delay(0, &mut self.rng));
-                            (delay, format!("server going away ({code})"))
+                            let hint = server_hint(&reason, self.options.backoff.cap)
+                                .unwrap_or(self.options.backoff.delay(0, &mut self.rng));
+                            (Some(hint), format!("server going away ({code})"))
                         }
-                        _ => (
-                            self.options.backoff.delay(attempt, &mut self.rng),
-                            format!("closed by server: {code} {reason}"),
-                        ),
+                        _ => (None, format!("closed by server: {code} {reason}")),
                     },
-                    Ended::Gap(v) => (self.options.backoff.delay(0, &mut self.rng), v.to_string()),
+                    // Nothing is wrong with the server: resume soon.
+                    Ended::Gap(v) => (
+                        Some(self.options.backoff.delay(0, &mut self.rng)),
+                        v.to_string(),
+                    ),
                     Ended::Broken(why) => {
                         self.lock().mirror.clear();
-                        (self.options.backoff.delay(attempt, &mut self.rng), why)
+                        (None, why)
                     }
-                    Ended::Lost(why) => (self.options.backoff.delay(attempt, &mut self.rng), why),
+                    Ended::Lost(why) => (None, why),
                 },
             };
+            let delay = delay.unwrap_or_else(|| self.options.backoff.delay(attempt, &mut self.rng));
             attempt = attempt.saturating_add(1);
             self.set_state(State::Waiting { delay, reason }).await;
             if !self.wait(delay).await {
