@@ -54,6 +54,12 @@ class Demo:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"demo on {self.port} not ready")
 
+    async def __aenter__(self) -> Demo:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.kill()
+
     async def _ready(self) -> bool:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", self.port)

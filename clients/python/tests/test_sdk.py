@@ -80,8 +80,7 @@ def run(coro):
 
 def test_snapshot_then_a_delta_after_a_device_change():
     async def main():
-        demo = await Demo().start()
-        try:
+        async with Demo() as demo:
             async with Client(options(demo.url)) as c:
                 seen = await until(c, changed("plant/boiler1/setpoint"))
                 assert any(isinstance(u, Changes) and u.kind == "snapshot" for u in seen)
@@ -94,16 +93,13 @@ def test_snapshot_then_a_delta_after_a_device_change():
                 assert outcome.status_name == "Good"
                 seen = await drain
                 assert isinstance(seen[-1], Changes) and seen[-1].kind == "delta"
-        finally:
-            await demo.kill()
 
     run(main())
 
 
 def test_a_writes_result_carries_the_typed_status_name():
     async def main():
-        demo = await Demo().start()
-        try:
+        async with Demo() as demo:
             c = Client(options(demo.url))
             c.start()
             await until(c, live(proto.FRESH))
@@ -119,40 +115,36 @@ def test_a_writes_result_carries_the_typed_status_name():
             with pytest.raises(WriteError) as e:
                 await c.write("plant/boiler1/setpoint", 1.0)
             assert e.value.code == "stopped"
-        finally:
-            await demo.kill()
 
     run(main())
 
 
 def test_a_dropped_connection_resumes_with_one_delta_and_no_snapshot():
     async def main():
-        demo = await Demo().start()
-        relay = await Relay(demo.port).listen()
-        try:
-            async with Client(options(f"ws://127.0.0.1:{relay.port}/api/v1/stream")) as c:
-                await until(c, live(proto.FRESH))
-                epoch = c.welcome.epoch
+        async with Demo() as demo:
+            relay = await Relay(demo.port).listen()
+            try:
+                async with Client(options(f"ws://127.0.0.1:{relay.port}/api/v1/stream")) as c:
+                    await until(c, live(proto.FRESH))
+                    epoch = c.welcome.epoch
+                    await relay.cut()
+                    await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Waiting))
+                    await asyncio.sleep(0.4)  # the plant moves on meanwhile
+                    await relay.listen()
+                    await until(c, live(proto.RESUMED))
+                    assert c.welcome.epoch == epoch
+                    after = await until(c, lambda u: isinstance(u, Changes))
+                    assert not any(isinstance(u, Welcomed) for u in after[:-1])
+                    assert after[-1].kind == "delta", "one Delta after RESUMED, no snapshot"
+            finally:
                 await relay.cut()
-                await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Waiting))
-                await asyncio.sleep(0.4)  # the plant moves on meanwhile
-                await relay.listen()
-                await until(c, live(proto.RESUMED))
-                assert c.welcome.epoch == epoch
-                after = await until(c, lambda u: isinstance(u, Changes))
-                assert not any(isinstance(u, Welcomed) for u in after[:-1])
-                assert after[-1].kind == "delta", "one Delta after RESUMED, no snapshot"
-        finally:
-            await relay.cut()
-            await demo.kill()
 
     run(main())
 
 
 def test_a_server_restart_is_a_resync():
     async def main():
-        demo = await Demo().start()
-        try:
+        async with Demo() as demo:
             async with Client(options(demo.url)) as c:
                 await until(c, live(proto.FRESH))
                 epoch = c.welcome.epoch
@@ -164,16 +156,13 @@ def test_a_server_restart_is_a_resync():
                 assert c.mirror.epoch == c.welcome.epoch
                 seen = await until(c, lambda u: isinstance(u, Changes))
                 assert seen[-1].kind == "snapshot"
-        finally:
-            await demo.kill()
 
     run(main())
 
 
 def test_a_refused_token_stops_the_client():
     async def main():
-        demo = await Demo().start()
-        try:
+        async with Demo() as demo:
             c = Client(options(demo.url, token="not-a-token"))
             c.start()
             seen = await until(c, lambda u: isinstance(u, StateChanged) and isinstance(u.state, Stopped))
@@ -181,8 +170,6 @@ def test_a_refused_token_stops_the_client():
             with pytest.raises(WriteError) as e:
                 await c.write("plant/boiler1/setpoint", 1.0)
             assert e.value.code == "stopped"
-        finally:
-            await demo.kill()
 
     run(main())
 
@@ -249,7 +236,6 @@ def hs256(claims: dict) -> str:
 
 def test_a_token_provider_refreshes_the_session_before_its_token_expires():
     async def main():
-        server = await Demo(config=JWT_SERVER, env={"JWT_SECRET": SECRET}).start()
         minted = 0
 
         async def provider() -> str:
@@ -258,7 +244,7 @@ def test_a_token_provider_refreshes_the_session_before_its_token_expires():
             # Each token lives 2 s: the session outlives several only by Refresh.
             return hs256({"sub": "op", "exp": int(time.time()) + 2, "read": ["#"], "write": []})
 
-        try:
+        async with Demo(config=JWT_SERVER, env={"JWT_SECRET": SECRET}) as server:
             o = options(server.url, token=provider, subscribe=["sim/#"])
             async with Client(o) as c:
                 await until(c, live(proto.FRESH))
@@ -271,7 +257,5 @@ def test_a_token_provider_refreshes_the_session_before_its_token_expires():
                                 states.append(u.state)
                 assert states == [], f"the session stayed up: {states}"
                 assert minted >= 3, "the provider was asked again"
-        finally:
-            await server.kill()
 
     run(main())
