@@ -50,9 +50,28 @@ enum Command {
     /// Read registers once from a Modbus TCP device and print every type
     /// and byte order they could mean.
     Probe {
-        /// Device address, host:port.
+        /// Device address, host:port (Modbus TCP, or RTU frames with
+        /// `--framing rtu`).
+        #[arg(long, required_unless_present = "serial", conflicts_with = "serial")]
+        address: Option<String>,
+        /// tcp | rtu (RTU frames over TCP, a serial gateway).
+        #[arg(long, default_value = "tcp")]
+        framing: String,
+        /// Serial port for Modbus RTU, instead of --address.
         #[arg(long)]
-        address: String,
+        serial: Option<String>,
+        /// Serial line: baud rate.
+        #[arg(long, default_value_t = 19_200)]
+        baud: u32,
+        /// Serial line: none | even | odd.
+        #[arg(long, default_value = "even")]
+        parity: String,
+        /// Serial line: data bits, 7 or 8.
+        #[arg(long, default_value_t = 8)]
+        data_bits: u8,
+        /// Serial line: stop bits, 1 or 2.
+        #[arg(long, default_value_t = 1)]
+        stop_bits: u8,
         /// Unit id.
         #[arg(long, default_value_t = 1)]
         unit: u8,
@@ -143,6 +162,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Probe {
             address,
+            framing,
+            serial,
+            baud,
+            parity,
+            data_bits,
+            stop_bits,
             unit,
             table,
             register,
@@ -157,8 +182,31 @@ async fn main() -> anyhow::Result<()> {
                 "discrete" => Table::Discrete,
                 other => anyhow::bail!("--table {other:?}: holding | input | coil | discrete"),
             };
+            use tagstream::source::modbus::bus::{Endpoint, LineSettings, Parity};
+            let endpoint = match (address, serial, framing.as_str()) {
+                (Some(a), None, "tcp") => Endpoint::Tcp(a),
+                (Some(a), None, "rtu") => Endpoint::RtuOverTcp(a),
+                (None, Some(port), _) => {
+                    let parity = match parity.as_str() {
+                        "none" => Parity::None,
+                        "even" => Parity::Even,
+                        "odd" => Parity::Odd,
+                        other => anyhow::bail!("--parity {other:?}: none | even | odd"),
+                    };
+                    anyhow::ensure!(matches!(data_bits, 7 | 8), "--data-bits: 7 or 8");
+                    anyhow::ensure!(matches!(stop_bits, 1 | 2), "--stop-bits: 1 or 2");
+                    let settings = LineSettings {
+                        baud,
+                        parity,
+                        data_bits,
+                        stop_bits,
+                    };
+                    Endpoint::Serial(port, settings)
+                }
+                (_, _, other) => anyhow::bail!("--framing {other:?}: tcp | rtu"),
+            };
             let p = tagstream::source::modbus::probe::Probe {
-                address,
+                endpoint,
                 unit,
                 table,
                 register,

@@ -347,6 +347,7 @@ impl Config {
         if self.sources().len() >= usize::from(u16::MAX) {
             p.push("sources", "at most 65534 sources");
         }
+        crate::source::modbus::bus::check_shared(&self.modbus, p);
         for (key, source) in self.sources() {
             if !sources.insert(source.name().to_string()) {
                 p.push(
@@ -407,7 +408,9 @@ impl Config {
                 (format!("{}[{i}]", s.kind()), source)
             })
         }
-        keyed(&self.modbus)
+        // Entries on one RTU bus share it: they are attached together.
+        let modbus = crate::source::modbus::bus::attach(&self.modbus);
+        keyed(&modbus)
             .chain(keyed(&self.mqtt))
             .chain(keyed(&self.sim))
             .collect()

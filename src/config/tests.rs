@@ -393,3 +393,112 @@ fn unknown_sections_and_keys_have_lines_and_one_key_style() {
         "{got:?}"
     );
 }
+
+#[test]
+fn rtu_lines_take_the_spec_defaults_and_entries_on_one_line_share_its_bus() {
+    let text = r#"
+[[modbus]]
+name = "a"
+serial = "/dev/ttyUSB0"
+unit_id = 1
+[[modbus]]
+name = "b"
+serial = "/dev/ttyUSB0"
+unit_id = 2
+timeout = "300ms"
+[[modbus]]
+name = "gw1"
+address = "10.0.0.9:502"
+framing = "rtu"
+unit_id = 1
+[[modbus]]
+name = "gw2"
+address = "10.0.0.9:502"
+framing = "rtu"
+unit_id = 2
+[[modbus]]
+name = "tcp1"
+address = "10.0.0.8:502"
+[[modbus]]
+name = "tcp2"
+address = "10.0.0.8:502"
+"#;
+    let c = Config::parse(text).expect("valid");
+    let s = c.modbus[0].line_settings();
+    assert_eq!(
+        (s.baud, s.parity, s.data_bits, s.stop_bits),
+        (19_200, crate::source::modbus::bus::Parity::Even, 8, 1)
+    );
+    // 11 bits at 19200 baud, 3.5 characters.
+    assert_eq!(s.frame_gap().as_micros(), 2005);
+    let attached = crate::source::modbus::bus::attach(&c.modbus);
+    let bus = |i: usize| attached[i].bus.clone().expect("attached");
+    assert!(std::sync::Arc::ptr_eq(&bus(0), &bus(1)), "one serial bus");
+    assert!(
+        std::sync::Arc::ptr_eq(&bus(2), &bus(3)),
+        "one gateway connection"
+    );
+    assert!(!std::sync::Arc::ptr_eq(&bus(0), &bus(2)));
+    assert!(
+        !std::sync::Arc::ptr_eq(&bus(4), &bus(5)),
+        "Modbus TCP: one each"
+    );
+    // A write may wait for the other unit's request first.
+    assert_eq!(attached[0].bus_wait.as_micros(), 300_000 + 2005);
+    assert_eq!(attached[1].bus_wait.as_micros(), 1_000_000 + 2005);
+    assert_eq!(attached[4].bus_wait, Duration::ZERO);
+}
+
+#[test]
+fn rtu_settings_are_checked_and_a_shared_port_must_agree() {
+    let text = r#"
+[[modbus]]
+name = "a"
+serial = "/dev/ttyUSB0"
+baud = 9600
+[[modbus]]
+name = "b"
+serial = "/dev/ttyUSB0"
+unit_id = 0
+[[modbus]]
+name = "c"
+address = "10.0.0.9:502"
+baud = 9600
+[[modbus]]
+name = "d"
+address = "10.0.0.9:502"
+framing = "rtu"
+[[modbus]]
+name = "e"
+serial = "/dev/ttyS1"
+framing = "tcp"
+data_bits = 6
+stop_bits = 3
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+    let said = |key: &str, what: &str| {
+        problems
+            .iter()
+            .any(|p| p.key == key && p.message.contains(what))
+    };
+    assert!(said("modbus[1].serial", "must agree"), "{keys:?}");
+    assert!(said("modbus[1].unit_id", "1..=247"), "{keys:?}");
+    assert!(said("modbus[2].baud", "`serial` only"), "{keys:?}");
+    assert!(
+        said("modbus[3].framing", "one address speaks one framing"),
+        "{keys:?}"
+    );
+    for key in [
+        "modbus[4].framing",
+        "modbus[4].data_bits",
+        "modbus[4].stop_bits",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let err = Config::parse("[[modbus]]\nname = \"p\"\nserial = \"/dev/x\"\nparity = \"mark\"\n")
+        .expect_err("unknown parity");
+    assert!(err.to_string().contains("parity"), "{err}");
+}

@@ -39,6 +39,8 @@ pub struct Registers {
     /// When set, every write request is logged here as it arrives (tests
     /// check when a write reached the device).
     pub write_log: Option<Vec<WriteSeen>>,
+    /// Requests answered (data or exception).
+    pub answered: u64,
 }
 
 /// A write request as the device received it.
@@ -52,7 +54,7 @@ pub struct WriteSeen {
     pub words: Vec<u16>,
 }
 
-fn write_seen(req: &Request<'_>) -> Option<WriteSeen> {
+pub(crate) fn write_seen(req: &Request<'_>) -> Option<WriteSeen> {
     let (address, words) = match req {
         Request::WriteSingleRegister(a, v) => (*a, vec![*v]),
         Request::WriteMultipleRegisters(a, w) => (*a, w.to_vec()),
@@ -77,6 +79,7 @@ impl Default for Registers {
             stalled: false,
             delay: Duration::ZERO,
             write_log: None,
+            answered: 0,
         }
     }
 }
@@ -138,7 +141,8 @@ fn check_faults(r: &Registers, table: Table, start: u16, count: u16) -> Result<(
     Ok(())
 }
 
-fn answer(r: &mut Registers, req: Request<'static>) -> Result<Response, ExceptionCode> {
+pub(crate) fn answer(r: &mut Registers, req: Request<'static>) -> Result<Response, ExceptionCode> {
+    r.answered += 1;
     Ok(match req {
         Request::ReadHoldingRegisters(a, n) => {
             check_faults(r, Table::Holding, a, n)?;

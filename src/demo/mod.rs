@@ -5,6 +5,7 @@
 
 pub mod broker;
 pub mod device;
+pub mod rtu;
 
 use std::io;
 use std::net::SocketAddr;

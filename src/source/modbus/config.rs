@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
+
+use super::bus::{Bus, Framing, LineSettings, Parity};
 
 use crate::config::{DAY, HOUR, MIN_TIMER, Problems, check_tag_name};
 
@@ -14,15 +18,25 @@ pub struct ModbusConfig {
     /// `host:port` for Modbus TCP.
     #[serde(default)]
     pub address: Option<String>,
-    /// Serial port for RTU (not built yet: refused).
+    /// Serial port for Modbus RTU; entries naming one port share its bus.
     #[serde(default)]
     pub serial: Option<String>,
-    /// RTU baud rate.
+    /// With `address`: `rtu` for RTU frames over TCP (a serial gateway);
+    /// entries with one RTU address share its connection.
+    #[serde(default)]
+    pub framing: Option<Framing>,
+    /// Serial baud rate (19200).
     #[serde(default)]
     pub baud: Option<u32>,
-    /// RTU parity.
+    /// Serial parity (`even`).
     #[serde(default)]
-    pub parity: Option<String>,
+    pub parity: Option<Parity>,
+    /// Serial data bits, 7 or 8 (8).
+    #[serde(default)]
+    pub data_bits: Option<u8>,
+    /// Serial stop bits, 1 or 2 (1).
+    #[serde(default)]
+    pub stop_bits: Option<u8>,
     /// Modbus unit (slave) id.
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
@@ -43,6 +57,13 @@ pub struct ModbusConfig {
     /// The device's tags.
     #[serde(default)]
     pub tags: Vec<ModbusTagConfig>,
+    /// The line it is polled over (`bus::attach`; `None` before that).
+    #[serde(skip)]
+    pub bus: Option<Arc<Bus>>,
+    /// How long the other entries on its bus may hold it ahead of one of
+    /// its requests (each one request within its timeout).
+    #[serde(skip)]
+    pub bus_wait: Duration,
 }
 
 fn default_unit_id() -> u8 {
@@ -201,6 +222,21 @@ impl ModbusTagConfig {
 }
 
 impl ModbusConfig {
+    /// The serial settings with config.md's defaults (19200 8E1).
+    pub fn line_settings(&self) -> LineSettings {
+        LineSettings {
+            baud: self.baud.unwrap_or(19_200),
+            parity: self.parity.unwrap_or_default(),
+            data_bits: self.data_bits.unwrap_or(8),
+            stop_bits: self.stop_bits.unwrap_or(1),
+        }
+    }
+
+    /// RTU (serial, or RTU frames over TCP): unit ids are bus addresses.
+    pub fn is_rtu(&self) -> bool {
+        self.serial.is_some() || self.framing == Some(Framing::Rtu)
+    }
+
     pub(crate) fn check(&self, key: &str, p: &mut Problems) {
         if self.name.is_empty() {
             p.push(format!("{key}.name"), "must not be empty");
@@ -218,15 +254,52 @@ impl ModbusConfig {
                     );
                 }
             }
-            (None, Some(_)) => p.push(
-                format!("{key}.serial"),
-                "Modbus RTU (serial) is not built yet in this version",
-            ),
+            (None, Some(port)) => {
+                if port.is_empty() {
+                    p.push(format!("{key}.serial"), "must not be empty");
+                }
+                if self.framing == Some(Framing::Tcp) {
+                    p.push(
+                        format!("{key}.framing"),
+                        "a serial port speaks RTU: `framing` applies to `address`",
+                    );
+                }
+            }
             (Some(_), Some(_)) => p.push(
                 format!("{key}.serial"),
                 "give `address` or `serial`, not both",
             ),
             (None, None) => p.push(format!("{key}.address"), "required (host:port)"),
+        }
+        if self.serial.is_none() {
+            for (field, given) in [
+                ("baud", self.baud.is_some()),
+                ("parity", self.parity.is_some()),
+                ("data_bits", self.data_bits.is_some()),
+                ("stop_bits", self.stop_bits.is_some()),
+            ] {
+                if given {
+                    p.push(
+                        format!("{key}.{field}"),
+                        "applies to `serial` only (a gateway's serial side is set on the gateway)",
+                    );
+                }
+            }
+        }
+        if matches!(self.baud, Some(b) if !(300..=1_000_000).contains(&b)) {
+            p.push(format!("{key}.baud"), "must be 300..=1000000");
+        }
+        if matches!(self.data_bits, Some(b) if !(7..=8).contains(&b)) {
+            p.push(format!("{key}.data_bits"), "must be 7 or 8");
+        }
+        if matches!(self.stop_bits, Some(b) if !(1..=2).contains(&b)) {
+            p.push(format!("{key}.stop_bits"), "must be 1 or 2");
+        }
+        if self.is_rtu() && !(1..=247).contains(&self.unit_id) {
+            p.push(
+                format!("{key}.unit_id"),
+                "an RTU unit id is 1..=247 (0 is broadcast: nothing answers it)",
+            );
         }
         p.duration(
             format!("{key}.poll_interval"),

@@ -12,19 +12,19 @@
 //! BadTooManyOperations (retried next poll); 0A/0B gateway errors ->
 //! BadCommunicationError; anything else -> BadDeviceFailure.
 
+pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod plan;
 pub mod probe;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio::time::{Instant, sleep_until, timeout};
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio::time::{Instant, sleep_until};
+use tokio_modbus::{ExceptionCode, Request, Response};
+
+use bus::{Bus, Endpoint, Turn};
 
 pub use config::{ModbusConfig, ModbusTagConfig, RegisterType, Table};
 use plan::ReadGroup;
@@ -53,7 +53,9 @@ impl SourceConfig for ModbusConfig {
         // A write on a dropped link connects first: two requests, each
         // bounded by the device's timeout; and a read may run between
         // every WRITES_PER_READ writes.
-        self.timeout.saturating_mul(2) + self.timeout / WRITES_PER_READ as u32
+        // On a shared bus, the other units may each hold it for one
+        // request first.
+        self.timeout.saturating_mul(2) + self.timeout / WRITES_PER_READ as u32 + self.bus_wait
     }
 
     fn tags(&self) -> Vec<TagDef> {
@@ -139,11 +141,6 @@ impl RequestError {
             (RequestError::Exception(_), None) => status::BAD_DEVICE_FAILURE,
         }
     }
-
-    /// True if the connection must be rebuilt.
-    fn breaks_connection(&self) -> bool {
-        !matches!(self, RequestError::Exception(_))
-    }
 }
 
 /// The documented exception -> status mapping.
@@ -168,24 +165,33 @@ pub fn exception_status(code: ExceptionCode) -> u32 {
 /// `config.tags`.
 pub struct ModbusSource {
     config: Arc<ModbusConfig>,
+    bus: Arc<Bus>,
     cx: SourceContext,
 }
 
-struct Link {
-    ctx: Option<Context>,
-    ever_connected: bool,
-    /// The device answered a request since the last connect: only then is
-    /// the link healthy (a device that accepts TCP and answers garbage
-    /// must back off, not reconnect every 200 ms).
+/// Whether the unit answers, and when to try it again if not.
+struct Health {
+    /// The unit answered since its last failure: only then is it healthy
+    /// (a device that accepts TCP and answers garbage must back off, not
+    /// be retried every 200 ms).
     answered: bool,
     backoff: Backoff,
-    retry_at: Instant,
+    /// Failing: nothing is polled before this (a dead unit on a shared
+    /// bus is tried less and less often, so it costs the others little).
+    retry_at: Option<Instant>,
 }
 
 impl ModbusSource {
-    /// A poller for `config`.
+    /// A poller for `config` (on its own line unless `bus::attach` gave
+    /// it a shared one).
     pub fn new(config: Arc<ModbusConfig>, cx: SourceContext) -> Self {
-        ModbusSource { config, cx }
+        let bus = config.bus.clone().unwrap_or_else(|| {
+            let address = config.address.clone().unwrap_or_default();
+            Arc::new(Bus::new(
+                Endpoint::of(&config).unwrap_or(Endpoint::Tcp(address)),
+            ))
+        });
+        ModbusSource { config, bus, cx }
     }
 
     /// Polls until shutdown. Never returns early on device errors.
@@ -193,48 +199,34 @@ impl ModbusSource {
         let shutdown = self.cx.shutdown.clone();
         let groups = plan::plan(&self.config);
         let mut due: Vec<Instant> = vec![Instant::now(); groups.len()];
-        let mut link = Link {
-            ctx: None,
-            ever_connected: false,
+        let mut health = Health {
             answered: false,
             backoff: Backoff::new(),
-            retry_at: Instant::now(),
+            retry_at: None,
         };
         // A device without writable tags has no write senders at all.
         let mut writes_open = true;
-        tracing::info!(device = %self.config.name, reads = groups.len(), tags = self.config.tags.len(), "modbus source started");
+        tracing::info!(device = %self.config.name, line = %self.bus.endpoint(), unit = self.config.unit_id, reads = groups.len(), tags = self.config.tags.len(), "modbus source started");
         loop {
             let next = due
                 .iter()
                 .copied()
                 .min()
                 .unwrap_or_else(|| Instant::now() + self.config.poll_interval);
-            let wake = if link.ctx.is_none() {
-                next.max(link.retry_at)
-            } else {
-                next
-            };
+            let wake = health.retry_at.map_or(next, |at| next.max(at));
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = sleep_until(wake) => {}
                 cmd = self.cx.commands.recv_async(), if writes_open => {
                     writes_open = cmd.is_ok();
                     if let Ok(cmd) = cmd {
-                        self.serve_write(&mut link, cmd, &groups, &mut due).await;
+                        let _lost = self.serve_write(&mut health, cmd, &groups, &mut due).await;
                     }
                     continue;
                 }
             }
-            if link.ctx.is_none() {
-                if Instant::now() < link.retry_at {
-                    continue;
-                }
-                if let Err(e) = self.connect(&mut link).await {
-                    if self.connection_lost(&mut link, &e).await.is_err() {
-                        break;
-                    }
-                    continue;
-                }
+            if health.retry_at.is_some_and(|at| Instant::now() < at) {
+                continue;
             }
             let now = Instant::now();
             for (g, group) in groups.iter().enumerate() {
@@ -245,25 +237,26 @@ impl ModbusSource {
                 // neither starves the other (their deadlines count on it).
                 let queued: Vec<WriteCommand> =
                     self.cx.commands.try_iter().take(WRITES_PER_READ).collect();
+                let mut lost = false;
                 for cmd in queued {
-                    self.serve_write(&mut link, cmd, &groups, &mut due).await;
+                    lost |= self.serve_write(&mut health, cmd, &groups, &mut due).await;
                 }
-                if link.ctx.is_none() {
-                    // A write lost the link; the loop reconnects.
+                if lost {
+                    // A write found the unit gone; the loop waits it out.
                     break;
                 }
                 due[g] = (due[g] + group.interval).max(now);
                 let started = std::time::Instant::now();
-                let result = self.read(&mut link, group).await;
+                let result = self.read(group).await;
                 if result.is_ok() {
-                    self.answered(&mut link);
+                    self.answered(&mut health);
                 }
                 metrics::histogram!("tagstream_modbus_poll_seconds", "device" => self.config.name.clone())
                     .record(started.elapsed().as_secs_f64());
                 match self.publish(group, result).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        let _ = self.connection_lost(&mut link, &e).await;
+                        let _ = self.unit_lost(&mut health, &e).await;
                         break;
                     }
                     Err(EngineGone) => return,
@@ -273,92 +266,56 @@ impl ModbusSource {
         tracing::info!(device = %self.config.name, "modbus source stopped");
     }
 
-    async fn connect(&self, link: &mut Link) -> Result<(), RequestError> {
-        let address = self.config.address.as_deref().unwrap_or_default();
-        let limit = self.config.timeout;
-        let stream = timeout(limit, async {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(address).await?.collect();
-            let mut last = std::io::Error::other(format!("{address} resolves to nothing"));
-            for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => return Ok(s),
-                    Err(e) => last = e,
-                }
-            }
-            Err(last)
-        })
-        .await
-        .map_err(|_| RequestError::Timeout(limit))?
-        .map_err(|e| RequestError::Communication(format!("connect {address}: {e}")))?;
-        let _ = stream.set_nodelay(true);
-        link.ctx = Some(tokio_modbus::client::tcp::attach_slave(
-            stream,
-            Slave(self.config.unit_id),
-        ));
-        link.ever_connected = true;
-        tracing::info!(device = %self.config.name, %address, "modbus connected");
-        Ok(())
-    }
-
     /// The device replied (data, an acknowledgement or a Modbus
-    /// exception): the link is healthy again.
-    fn answered(&self, link: &mut Link) {
-        if !link.answered {
-            link.answered = true;
-            link.backoff.reset();
+    /// exception): it is healthy again.
+    fn answered(&self, health: &mut Health) {
+        health.retry_at = None;
+        if !health.answered {
+            health.answered = true;
+            health.backoff.reset();
             self.cx.up();
         }
     }
 
-    /// Drops the connection, marks every tag Bad and schedules a retry.
-    async fn connection_lost(
-        &self,
-        link: &mut Link,
-        error: &RequestError,
-    ) -> Result<(), EngineGone> {
-        link.ctx = None;
-        // Loud once per outage: when a healthy link breaks, or on the
-        // first failure; quiet while a broken device keeps failing.
-        if std::mem::take(&mut link.answered) || link.backoff.is_first() {
-            tracing::warn!(device = %self.config.name, %error, retry_in = ?link.backoff.upcoming(), "modbus device unreachable");
+    /// Marks every tag Bad and schedules a retry.
+    async fn unit_lost(&self, health: &mut Health, error: &RequestError) -> Result<(), EngineGone> {
+        // Loud once per outage: when a healthy unit fails, or on the first
+        // failure; quiet while a broken device keeps failing.
+        if std::mem::take(&mut health.answered) || health.backoff.is_first() {
+            tracing::warn!(device = %self.config.name, line = %self.bus.endpoint(), unit = self.config.unit_id, %error, retry_in = ?health.backoff.upcoming(), "modbus device unreachable");
         }
-        let status = match (error, link.ever_connected) {
-            (_, false) => status::BAD_NO_COMMUNICATION,
-            (RequestError::Timeout(_), true) => status::BAD_TIMEOUT,
-            (_, true) => status::BAD_COMMUNICATION_ERROR,
+        let status = match error {
+            _ if !self.bus.ever_open() => status::BAD_NO_COMMUNICATION,
+            RequestError::Timeout(_) => status::BAD_TIMEOUT,
+            _ => status::BAD_COMMUNICATION_ERROR,
         };
-        link.retry_at = Instant::now() + link.backoff.delay();
-        self.cx.down(status, status).await
+        health.retry_at = Some(Instant::now() + health.backoff.delay());
+        self.cx.down(status, status::BAD_NO_COMMUNICATION).await
     }
 
-    async fn read(
-        &self,
-        link: &mut Link,
-        g: &ReadGroup,
-    ) -> Result<Result<Vec<u16>, ExceptionCode>, RequestError> {
-        let ctx = link
-            .ctx
-            .as_mut()
-            .ok_or_else(|| RequestError::Communication("not connected".into()))?;
-        let limit = self.config.timeout;
+    async fn read(&self, g: &ReadGroup) -> Result<Result<Vec<u16>, ExceptionCode>, RequestError> {
+        let request = match g.table {
+            Table::Holding => Request::ReadHoldingRegisters(g.start, g.count),
+            Table::Input => Request::ReadInputRegisters(g.start, g.count),
+            Table::Coil => Request::ReadCoils(g.start, g.count),
+            Table::Discrete => Request::ReadDiscreteInputs(g.start, g.count),
+        };
+        let mut turn = self.bus.acquire().await;
+        let answer = turn
+            .call(self.config.unit_id, request, self.config.timeout)
+            .await?;
         let bits = |r: Vec<bool>| r.into_iter().map(u16::from).collect::<Vec<u16>>();
-        let answer = timeout(limit, async {
-            match g.table {
-                Table::Holding => ctx.read_holding_registers(g.start, g.count).await,
-                Table::Input => ctx.read_input_registers(g.start, g.count).await,
-                Table::Coil => ctx.read_coils(g.start, g.count).await.map(|r| r.map(bits)),
-                Table::Discrete => ctx
-                    .read_discrete_inputs(g.start, g.count)
-                    .await
-                    .map(|r| r.map(bits)),
+        Ok(answer.and_then(|response| match response {
+            Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => {
+                Ok(words)
             }
-        })
-        .await
-        .map_err(|_| RequestError::Timeout(limit))?;
-        answer.map_err(|e| RequestError::Communication(e.to_string()))
+            Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) => Ok(bits(b)),
+            // tokio-modbus checks the function code: not reached.
+            _ => Err(ExceptionCode::ServerDeviceFailure),
+        }))
     }
 
-    /// Sends the samples of one read; the inner error breaks the link.
+    /// Sends the samples of one read; the inner error marks the unit lost.
     async fn publish(
         &self,
         g: &ReadGroup,
@@ -395,19 +352,21 @@ impl ModbusSource {
 
     /// Carries out one write if its session still waits and its start
     /// deadline has not passed (else it never reaches the device), answers
-    /// it, and reads the tag back at once after a success.
+    /// it, and reads the tag back at once after a success. True if the
+    /// unit was lost on it.
     async fn serve_write(
         &self,
-        link: &mut Link,
+        health: &mut Health,
         cmd: WriteCommand,
         groups: &[ReadGroup],
         due: &mut [Instant],
-    ) {
+    ) -> bool {
         let Some(cmd) = cmd.still_wanted(Instant::now()) else {
             tracing::debug!(device = %self.config.name, "write dropped: answered already or too late to start");
-            return;
+            return false;
         };
-        let result = self.write(link, &cmd).await;
+        let failing = health.retry_at.is_some();
+        let result = self.write(health, &cmd).await;
         if result.is_ok() {
             let local = cmd.tag.local as usize;
             for (g, group) in groups.iter().enumerate() {
@@ -417,33 +376,37 @@ impl ModbusSource {
             }
         }
         let _ = cmd.reply.send(result.map(|()| ""));
+        !failing && health.retry_at.is_some()
     }
 
     /// Carries out one write; `Ok` only after the device acknowledged.
-    async fn write(&self, link: &mut Link, cmd: &WriteCommand) -> Result<(), WriteFailure> {
+    async fn write(&self, health: &mut Health, cmd: &WriteCommand) -> Result<(), WriteFailure> {
         let Some(tag) = self.config.tags.get(cmd.tag.local as usize) else {
             return Err((
                 status::BAD_NODE_ID_UNKNOWN,
                 "tag is not on this device".into(),
             ));
         };
-        if !tag.table.is_bits()
-            && let Err(e) = codec::encode_registers(tag, &cmd.value)
-        {
-            let status = match e {
-                codec::EncodeError::TypeMismatch(_) => status::BAD_TYPE_MISMATCH,
-                codec::EncodeError::OutOfRange(_) => status::BAD_OUT_OF_RANGE,
-            };
-            return Err((status, e.to_string()));
+        let words = match tag.table {
+            Table::Coil => Vec::new(),
+            _ => codec::encode_registers(tag, &cmd.value).map_err(|e| {
+                let status = match e {
+                    codec::EncodeError::TypeMismatch(_) => status::BAD_TYPE_MISMATCH,
+                    codec::EncodeError::OutOfRange(_) => status::BAD_OUT_OF_RANGE,
+                };
+                (status, e.to_string())
+            })?,
+        };
+        let mut turn = self.bus.acquire().await;
+        // The wait for a shared bus counts against the write's deadline.
+        if Instant::now() > cmd.start_by {
+            let why = "waited for the bus past its deadline; never sent".to_string();
+            return Err((status::BAD_TIMEOUT, why));
         }
-        if link.ctx.is_none()
-            && let Err(e) = self.connect(link).await
-        {
-            return Err((e.status(None), e.to_string()));
-        }
-        let result = self.write_tag(link, tag, &cmd.value).await;
+        let result = self.write_tag(&mut turn, tag, &cmd.value, &words).await;
+        drop(turn);
         if result.is_ok() {
-            self.answered(link);
+            self.answered(health);
         }
         match result {
             Ok(Ok(())) => {
@@ -456,9 +419,7 @@ impl ModbusSource {
             )),
             Err(e) => {
                 let status = e.status(None);
-                if e.breaks_connection() {
-                    let _ = self.connection_lost(link, &e).await;
-                }
+                let _ = self.unit_lost(health, &e).await;
                 Err((status, e.to_string()))
             }
         }
@@ -466,54 +427,37 @@ impl ModbusSource {
 
     async fn write_tag(
         &self,
-        link: &mut Link,
+        turn: &mut Turn<'_>,
         tag: &ModbusTagConfig,
         value: &Value,
+        words: &[u16],
     ) -> Result<Result<(), ExceptionCode>, RequestError> {
-        let ctx = link
-            .ctx
-            .as_mut()
-            .ok_or_else(|| RequestError::Communication("not connected".into()))?;
-        let limit = self.config.timeout;
-        let words = match tag.table {
-            Table::Coil => None,
-            _ => Some(
-                codec::encode_registers(tag, value)
-                    .map_err(|e| RequestError::Exception(e.to_string()))?,
-            ),
-        };
-        let io = async {
-            match (tag.table, words, tag.bit) {
-                (Table::Coil, _, _) => {
-                    let on = codec::as_bool(value).unwrap_or(false);
-                    ctx.write_single_coil(tag.address, on).await
-                }
-                (_, Some(words), Some(bit)) => {
-                    // Read-modify-write of one bit; the device has no
-                    // atomic bit write over FC 06.
-                    let current = match ctx.read_holding_registers(tag.address, 1).await? {
-                        Ok(r) => r.first().copied().unwrap_or(0),
-                        Err(code) => return Ok(Err(code)),
-                    };
-                    let mask = 1u16 << bit;
-                    let next = if words.first().copied().unwrap_or(0) != 0 {
-                        current | mask
-                    } else {
-                        current & !mask
-                    };
-                    ctx.write_single_register(tag.address, next).await
-                }
-                (_, Some(words), None) if words.len() == 1 => {
-                    ctx.write_single_register(tag.address, words[0]).await
-                }
-                (_, Some(words), None) => ctx.write_multiple_registers(tag.address, &words).await,
-                (_, None, _) => Ok(Ok(())),
+        let (unit, limit) = (self.config.unit_id, self.config.timeout);
+        let request = match (tag.table, tag.bit) {
+            (Table::Coil, _) => {
+                Request::WriteSingleCoil(tag.address, codec::as_bool(value).unwrap_or(false))
             }
+            (_, Some(bit)) => {
+                // Read-modify-write of one bit, in one turn of the bus; the
+                // device has no atomic bit write over FC 06.
+                let read = Request::ReadHoldingRegisters(tag.address, 1);
+                let current = match turn.call(unit, read, limit).await? {
+                    Ok(Response::ReadHoldingRegisters(r)) => r.first().copied().unwrap_or(0),
+                    Ok(_) => return Ok(Err(ExceptionCode::ServerDeviceFailure)),
+                    Err(code) => return Ok(Err(code)),
+                };
+                let mask = 1u16 << bit;
+                let next = if words.first().copied().unwrap_or(0) != 0 {
+                    current | mask
+                } else {
+                    current & !mask
+                };
+                Request::WriteSingleRegister(tag.address, next)
+            }
+            (_, None) if words.len() == 1 => Request::WriteSingleRegister(tag.address, words[0]),
+            (_, None) => Request::WriteMultipleRegisters(tag.address, words.into()),
         };
-        timeout(limit, io)
-            .await
-            .map_err(|_| RequestError::Timeout(limit))?
-            .map_err(|e| RequestError::Communication(e.to_string()))
+        Ok(turn.call(unit, request, limit).await?.map(|_| ()))
     }
 }
 

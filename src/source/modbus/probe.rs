@@ -1,4 +1,5 @@
-//! `tagstream probe`: reads a register range from a Modbus TCP device once
+//! `tagstream probe`: reads a register range from a Modbus device (TCP, RTU
+//! over TCP, or RTU on a serial port) once
 //! and shows, for each offset, every type and byte order the registers
 //! could mean, through the same codec the poller uses. Setting up a new
 //! device's tags is mostly guessing word order (229.01 read as `CDAB`
@@ -7,10 +8,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
-use tokio_modbus::Slave;
-use tokio_modbus::client::Reader;
+use tokio_modbus::{Request, Response};
 
+use super::bus::{Bus, Endpoint};
 use super::codec::decode_registers;
 use super::config::{ModbusTagConfig, Table};
 use crate::config::Config;
@@ -18,8 +18,8 @@ use crate::config::Config;
 /// What to read.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    /// `host:port`.
-    pub address: String,
+    /// The device's line.
+    pub endpoint: Endpoint,
     /// Unit id.
     pub unit: u8,
     /// Register table.
@@ -84,30 +84,49 @@ pub async fn read(p: &Probe) -> Result<Vec<u16>, ProbeError> {
     if !(1..=125).contains(&p.count) {
         return Err(ProbeError::Usage("--count must be 1..=125".into()));
     }
-    let fail = |e: String| ProbeError::Device(format!("{}: {e}", p.address));
-    let stream = tokio::time::timeout(p.timeout, TcpStream::connect(&p.address))
-        .await
-        .map_err(|_| fail(format!("no connection within {:?}", p.timeout)))?
-        .map_err(|e| fail(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let mut ctx = tokio_modbus::client::tcp::attach_slave(stream, Slave(p.unit));
+    let fail = |e: String| ProbeError::Device(format!("{}: {e}", p.endpoint));
     let (start, count) = (p.register, p.count);
-    let reply = tokio::time::timeout(p.timeout, async {
-        let bits = |r: Vec<bool>| r.into_iter().map(u16::from).collect::<Vec<u16>>();
-        match p.table {
-            Table::Holding => ctx.read_holding_registers(start, count).await,
-            Table::Input => ctx.read_input_registers(start, count).await,
-            Table::Coil => ctx.read_coils(start, count).await.map(|r| r.map(bits)),
-            Table::Discrete => ctx
-                .read_discrete_inputs(start, count)
-                .await
-                .map(|r| r.map(bits)),
-        }
-    })
-    .await
-    .map_err(|_| fail(format!("no answer within {:?}", p.timeout)))?
-    .map_err(|e| fail(e.to_string()))?;
-    reply.map_err(|e| fail(format!("Modbus exception {e:?}")))
+    let request = match p.table {
+        Table::Holding => Request::ReadHoldingRegisters(start, count),
+        Table::Input => Request::ReadInputRegisters(start, count),
+        Table::Coil => Request::ReadCoils(start, count),
+        Table::Discrete => Request::ReadDiscreteInputs(start, count),
+    };
+    let bus = Bus::new(p.endpoint.clone());
+    let reply = bus
+        .acquire()
+        .await
+        .call(p.unit, request, p.timeout)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(format!("Modbus exception {e:?}")))?;
+    let bits = |r: Vec<bool>| {
+        r.into_iter()
+            .take(usize::from(count))
+            .map(u16::from)
+            .collect()
+    };
+    match reply {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) => Ok(words),
+        Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) => Ok(bits(b)),
+        other => Err(fail(format!("unexpected answer {other:?}"))),
+    }
+}
+
+/// A float as people compare it: an f32 at f32's shortest form (229.01,
+/// not 229.00999450683594), and far from 1 in exponent form (2.1e-37, not
+/// 37 zeros), so a wrong byte order stands out.
+fn readable(value: &crate::sample::Value, is_f32: bool) -> String {
+    let crate::sample::Value::F64(v) = *value else {
+        return value.to_string();
+    };
+    let plain = v == 0.0 || !v.is_finite() || (1e-4..1e15).contains(&v.abs());
+    match (is_f32, plain) {
+        (true, true) => format!("{}", v as f32),
+        (true, false) => format!("{:e}", v as f32),
+        (false, true) => format!("{v}"),
+        (false, false) => format!("{v:e}"),
+    }
 }
 
 /// The report: the raw registers, then per offset every reading that fits
@@ -117,7 +136,7 @@ pub fn report(p: &Probe, regs: &[u16]) -> Result<String, ProbeError> {
     let _ = writeln!(
         out,
         "{} unit {} {:?} {}..{}",
-        p.address,
+        p.endpoint,
         p.unit,
         p.table,
         p.register,
@@ -147,7 +166,12 @@ pub fn report(p: &Probe, regs: &[u16]) -> Result<String, ProbeError> {
         for (label, tag) in &shapes {
             let width = usize::from(tag.width());
             if let Some(window) = regs.get(offset..offset + width) {
-                let _ = writeln!(out, "  {label:<13} {}", decode_registers(tag, window));
+                let value = decode_registers(tag, window);
+                let _ = writeln!(
+                    out,
+                    "  {label:<13} {}",
+                    readable(&value, label.starts_with("f32"))
+                );
             }
         }
     }

@@ -65,3 +65,56 @@ async fn abandoned_and_late_writes_never_reach_the_device_and_a_timely_one_does(
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// A write's deadline runs from its receipt: one that waits for a shared
+/// bus past its start deadline is answered BadTimeout and never sent.
+#[tokio::test]
+async fn a_write_that_waits_for_the_bus_past_its_deadline_is_never_sent() {
+    let line = crate::demo::rtu::RtuLine::tcp(([127, 0, 0, 1], 0).into(), &[1, 2], Duration::ZERO)
+        .await
+        .unwrap();
+    line.unit(1).write_log = Some(Vec::new());
+    let gateway = line.addr().unwrap();
+    let mut toml = String::new();
+    for u in 1..=2 {
+        toml += &format!(
+            "[[modbus]]\nname = \"u{u}\"\naddress = \"{gateway}\"\nframing = \"rtu\"\nunit_id = {u}\n\
+             poll_interval = \"1h\"\ntimeout = \"300ms\"\n\
+             [[modbus.tags]]\nname = \"u{u}/sp\"\naddress = 0\ntype = \"u16\"\nwritable = true\n"
+        );
+    }
+    let config = Config::parse(&toml).unwrap();
+    let attached = super::bus::attach(&config.modbus);
+    let bus = attached[0].bus.clone().unwrap();
+    let (input, _samples) = flume::bounded(1024);
+    let (commands, queue) = flume::bounded(8);
+    let shutdown = CancellationToken::new();
+    let cx = SourceContext::new(0, "u1", "node", input, queue, shutdown.clone());
+    let task = tokio::spawn(ModbusSource::new(Arc::new(attached[0].clone()), cx).run());
+    // Unit 1's first poll, then the bus is held (as another unit's slow
+    // request would) past the write's start deadline.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let turn = bus.acquire().await;
+    let (cmd, reply) = command(5, Instant::now() + Duration::from_millis(50));
+    commands.send_async(cmd).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(turn);
+    let (code, why) = reply.await.unwrap().unwrap_err();
+    assert_eq!(code, status::BAD_TIMEOUT);
+    assert!(
+        why.contains("waited for the bus") && why.contains("never sent"),
+        "{why}"
+    );
+    assert_eq!(
+        line.unit(1).write_log.as_deref(),
+        Some(&[][..]),
+        "nothing reached unit 1"
+    );
+    // With the bus free, the next write goes through.
+    let (cmd, reply) = command(6, Instant::now() + Duration::from_secs(5));
+    commands.send_async(cmd).await.unwrap();
+    assert_eq!(reply.await.unwrap(), Ok(""));
+    assert_eq!(line.unit(1).holding[0], 6);
+    shutdown.cancel();
+    task.await.unwrap();
+}
