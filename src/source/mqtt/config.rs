@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::broker::Broker;
 use super::payload::{Format, PayloadSpec, TagType};
 use crate::config::{Problems, check_tag_name};
 use crate::pattern;
@@ -15,7 +16,7 @@ pub struct MqttConfig {
     pub name: String,
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
-    /// MQTT client id; default `tagstream-<name>`.
+    /// MQTT client id; default `tagstream-<server_id>-<name>`.
     #[serde(default)]
     pub client_id: String,
     /// User name, inline.
@@ -182,75 +183,27 @@ impl MqttTopicConfig {
     }
 }
 
-/// Host, port and TLS flag of an `mqtt://` / `mqtts://` URL.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), String> {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
-    };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| format!("bad port in {url:?}"))?,
-        ),
-        None => (rest, if tls { 8883 } else { 1883 }),
-    };
-    if host.is_empty() || host.contains('/') {
-        return Err(format!("{url:?} has no host"));
-    }
-    Ok((host.to_string(), port, tls))
-}
-
 impl MqttConfig {
+    /// Its broker keys, with the client id `client_id` (see
+    /// [`super::broker::client_id`]).
+    pub fn broker(&self, client_id: String) -> Broker<'_> {
+        Broker {
+            source: &self.name,
+            url: &self.url,
+            client_id,
+            username: self.username.as_deref(),
+            username_env: self.username_env.as_deref(),
+            password_env: self.password_env.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            keep_alive: self.keep_alive,
+        }
+    }
+
     pub(crate) fn check(&self, key: &str, p: &mut Problems) {
         if self.name.is_empty() {
             p.push(format!("{key}.name"), "must not be empty");
         }
-        // MQTT carries keep-alive in whole seconds (u16); rumqttc panics
-        // below one second.
-        if !self.keep_alive.is_zero() {
-            let max = Duration::from_secs(u64::from(u16::MAX));
-            p.duration(
-                format!("{key}.keep_alive"),
-                self.keep_alive,
-                Duration::from_secs(1),
-                max,
-            );
-        }
-        if let Err(e) = parse_url(&self.url) {
-            p.push(format!("{key}.url"), e);
-        }
-        if let Some(ca) = &self.ca_file {
-            if !self.url.starts_with("mqtts://") {
-                p.push(format!("{key}.ca_file"), "only for mqtts:// URLs");
-            } else if let Err(e) = std::fs::read(ca) {
-                p.push(format!("{key}.ca_file"), format!("cannot read {ca}: {e}"));
-            }
-        }
-        if self.username.is_some() && self.username_env.is_some() {
-            p.push(
-                format!("{key}.username_env"),
-                "give `username` or `username_env`, not both",
-            );
-        }
-        for (k, var) in [
-            ("username_env", &self.username_env),
-            ("password_env", &self.password_env),
-        ] {
-            if let Some(var) = var
-                && std::env::var(var).is_err()
-            {
-                p.push(
-                    format!("{key}.{k}"),
-                    format!("environment variable {var} is not set"),
-                );
-            }
-        }
+        self.broker(String::new()).check(key, p);
         if self.max_payload_bytes == 0 {
             p.push(format!("{key}.max_payload_bytes"), "must be above zero");
         }

@@ -15,17 +15,15 @@
 //! that loses its connection before the PUBACK is answered and taken out
 //! of rumqttc's resend list.
 
+pub mod broker;
 pub mod config;
 pub mod payload;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttc::{
-    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, Request, SubscribeFilter,
-    TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, Request, SubscribeFilter};
 
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
@@ -43,10 +41,6 @@ use crate::status;
 const STABLE: Duration = Duration::from_secs(10);
 /// At most one log line per topic per this period for bad payloads.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-/// Largest MQTT packet accepted from the broker. Far above
-/// `max_payload_bytes`, so an oversized payload becomes a tag status, not a
-/// disconnect loop (a retained one would come back on every reconnect).
-const MAX_PACKET: usize = 16 << 20;
 
 impl SourceConfig for MqttConfig {
     fn kind(&self) -> &'static str {
@@ -109,15 +103,9 @@ impl MqttTopicConfig {
     }
 }
 
-/// The MQTT client id: `client_id`, else `tagstream-<node>-<name>`. A
-/// broker drops the older of two sessions with one id, so two nodes of a
-/// cluster with one config must not share the default.
+/// The MQTT client id: `client_id`, else `tagstream-<node>-<name>`.
 pub fn client_id(config: &MqttConfig, node_id: &str) -> String {
-    if config.client_id.is_empty() {
-        format!("tagstream-{node_id}-{}", config.name)
-    } else {
-        config.client_id.clone()
-    }
+    broker::client_id(&config.client_id, node_id, &config.name)
 }
 
 struct Route {
@@ -226,50 +214,6 @@ impl MqttSource {
         }
     }
 
-    fn options(&self) -> MqttOptions {
-        let (host, port, tls) =
-            config::parse_url(&self.config.url).unwrap_or(("127.0.0.1".into(), 1883, false));
-        let id = client_id(&self.config, &self.cx.node_id);
-        let mut o = MqttOptions::new(id, host, port);
-        o.set_keep_alive(self.config.keep_alive);
-        o.set_clean_session(true);
-        o.set_max_packet_size(MAX_PACKET, 1 << 20);
-        let user = self.config.username.clone().or_else(|| {
-            self.config
-                .username_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-        });
-        if let Some(user) = user {
-            let password = self
-                .config
-                .password_env
-                .as_ref()
-                .and_then(|v| std::env::var(v).ok())
-                .unwrap_or_default();
-            o.set_credentials(user, password);
-        }
-        if tls {
-            install_crypto_provider();
-            let ca = self.config.ca_file.as_ref().and_then(|path| match std::fs::read(path) {
-                Ok(pem) => Some(pem),
-                Err(e) => {
-                    tracing::error!(source = %self.config.name, %path, error = %e, "cannot read ca_file; using system roots");
-                    None
-                }
-            });
-            o.set_transport(match ca {
-                Some(ca) => Transport::tls_with_config(TlsConfiguration::Simple {
-                    ca,
-                    alpn: None,
-                    client_auth: None,
-                }),
-                None => Transport::tls_with_default_config(),
-            });
-        }
-        o
-    }
-
     fn filters(&self) -> Vec<SubscribeFilter> {
         let qos = |q: u8| match q {
             0 => QoS::AtMostOnce,
@@ -294,11 +238,8 @@ impl MqttSource {
     /// Runs until shutdown; never returns on broker errors.
     pub async fn run(mut self) {
         let shutdown = self.cx.shutdown.clone();
-        let (client, mut events) = AsyncClient::new(self.options(), 64);
-        let mut network = events.network_options();
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(5);
-        events.set_network_options(network);
+        let id = client_id(&self.config, &self.cx.node_id);
+        let (client, mut events) = self.config.broker(id).client(None);
         let filters = self.filters();
         let mut backoff = Backoff::new();
         let mut connected = false;
@@ -521,28 +462,5 @@ impl MqttSource {
         if let Some(suppressed) = throttle.admit() {
             tracing::warn!(source = %self.config.name, %topic, reason, suppressed, "undecodable mqtt payload");
         }
-    }
-}
-
-/// rustls with ring, once per process (rumqttc is built without a provider).
-fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_client_ids_differ_per_node_and_an_explicit_one_wins() {
-        let mut c: MqttConfig =
-            toml::from_str("name = \"line3\"\nurl = \"mqtt://h:1883\"\n").expect("toml");
-        assert_eq!(client_id(&c, "node-a"), "tagstream-node-a-line3");
-        assert_ne!(client_id(&c, "node-a"), client_id(&c, "node-b"));
-        c.client_id = "fixed".into();
-        assert_eq!(client_id(&c, "node-a"), "fixed");
     }
 }
