@@ -277,12 +277,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             );
         }
     }
+    for s in &config.sparkplug {
+        let from = format!(
+            "{} (Sparkplug births on spBv1.0/{}/#)",
+            s.name,
+            s.groups.join(",")
+        );
+        let w = if s.writable.is_empty() { "" } else { "some" };
+        println!(
+            "{:>5}  {:<40} {:<8} {:<8} {:<5} {from}",
+            "*", s.name_template, "birth", "", w
+        );
+    }
     let kinds = |kind: &str| sources.iter().filter(|(_, s)| s.kind() == kind).count();
     println!(
         "{} tags from {} device(s) and {} broker(s): OK",
         catalog.len(),
         kinds("modbus"),
-        kinds("mqtt")
+        kinds("mqtt") + kinds("sparkplug")
     );
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::source::SourceConfig;
 use crate::source::modbus::ModbusConfig;
 use crate::source::mqtt::MqttConfig;
 use crate::source::sim::SimConfig;
+use crate::source::sparkplug::SparkplugConfig;
 
 /// Shortest timer a config may set.
 pub const MIN_TIMER: Duration = Duration::from_millis(1);
@@ -120,6 +121,9 @@ pub struct Config {
     /// MQTT brokers.
     #[serde(default)]
     pub mqtt: Vec<MqttConfig>,
+    /// Sparkplug B host applications.
+    #[serde(default)]
+    pub sparkplug: Vec<SparkplugConfig>,
     /// Synthetic sources (load runs, demos without devices).
     #[serde(default)]
     pub sim: Vec<SimConfig>,
@@ -397,7 +401,8 @@ impl Config {
     }
 
     /// Every configured source with its key (`modbus[0]`), in source-id
-    /// order: Modbus devices, MQTT brokers, synthetic sources, each in file
+    /// order: Modbus devices, MQTT brokers, Sparkplug hosts, synthetic
+    /// sources, each in file
     /// order. A new kind adds its field above and one line here.
     pub fn sources(&self) -> Vec<(String, Arc<dyn SourceConfig>)> {
         fn keyed<T: SourceConfig + Clone + 'static>(
@@ -412,6 +417,7 @@ impl Config {
         let modbus = crate::source::modbus::bus::attach(&self.modbus);
         keyed(&modbus)
             .chain(keyed(&self.mqtt))
+            .chain(keyed(&self.sparkplug))
             .chain(keyed(&self.sim))
             .collect()
     }

@@ -11,6 +11,7 @@
 pub mod modbus;
 pub mod mqtt;
 pub mod sim;
+pub mod sparkplug;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,10 +1,12 @@
-//! The MQTT source against a real broker: the in-process rumqttd by default
+//! The MQTT source and the Sparkplug host (sparkplug.rs) against a real broker: the in-process rumqttd by default
 //! (so `cargo test` needs nothing installed), Debian's Mosquitto when
 //! TAGSTREAM_MQTT_BROKER=mosquitto (as .ci/run does). Publishers are real
 //! MQTT clients; outages are real socket cuts through a relay.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../common/mod.rs"]
 mod common;
+mod sparkplug;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,639 @@
+//! The Sparkplug host's state: which edge nodes and devices are born, their
+//! seq, bdSeq and aliases, and the tags their births made. It receives
+//! (topic, payload) pairs and emits [`Action`]s — define a tag, a sample,
+//! ask a node for a rebirth, a log line — so it runs without a broker in
+//! its tests; the source's loop (mod.rs) carries them out.
+//!
+//! Rules (Sparkplug B 3.0, host application): a birth (NBIRTH/DBIRTH)
+//! defines its metrics' tags and gives their values; data (NDATA/DDATA)
+//! names metrics by alias or name; a death (NDEATH with the birth's bdSeq,
+//! DDEATH) turns the tags Bad with their last values. Every message but
+//! NDEATH carries `seq` (0-255, +1 each): a gap, an unknown alias, or data
+//! from a node or device not born asks for a rebirth, at most once per
+//! node per [`REBIRTH_EVERY`].
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+
+use super::config::SparkplugConfig;
+use super::payload::{self, BD_SEQ, Kind, Metric, MetricValue, pb};
+use crate::engine::catalog::TagDef;
+use crate::proto::DataType;
+use crate::sample::{Sample, SourceId, TagKey, now_us};
+use crate::status;
+
+/// A node is asked for a rebirth at most this often.
+pub const REBIRTH_EVERY: Duration = Duration::from_secs(5);
+/// Nodes tracked before unknown ones stop being remembered (each unknown
+/// topic would otherwise grow the map).
+const MAX_NODES: usize = 100_000;
+
+/// Message types of the Sparkplug topic namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    /// Node birth.
+    NBirth,
+    /// Node death.
+    NDeath,
+    /// Device birth.
+    DBirth,
+    /// Device death.
+    DDeath,
+    /// Node data.
+    NData,
+    /// Device data.
+    DData,
+    /// Command to a node or device (others' or ours: ignored).
+    Cmd,
+}
+
+/// A parsed `spBv1.0/<group>/<type>/<node>[/<device>]` topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topic<'a> {
+    /// Group id.
+    pub group: &'a str,
+    /// Message type.
+    pub kind: MessageType,
+    /// Edge node id.
+    pub node: &'a str,
+    /// Device id, for D* messages.
+    pub device: Option<&'a str>,
+}
+
+/// The topic of a node or device message; `None` for anything else
+/// (`STATE`, foreign topics, a D* message without a device).
+pub fn parse_topic(topic: &str) -> Option<Topic<'_>> {
+    let mut levels = topic.split('/');
+    if levels.next()? != "spBv1.0" {
+        return None;
+    }
+    let group = levels.next()?;
+    let kind = match levels.next()? {
+        "NBIRTH" => MessageType::NBirth,
+        "NDEATH" => MessageType::NDeath,
+        "DBIRTH" => MessageType::DBirth,
+        "DDEATH" => MessageType::DDeath,
+        "NDATA" => MessageType::NData,
+        "DDATA" => MessageType::DData,
+        "NCMD" | "DCMD" => MessageType::Cmd,
+        _ => return None,
+    };
+    let node = levels.next()?;
+    let device = levels.next();
+    if levels.next().is_some() || group.is_empty() || node.is_empty() {
+        return None;
+    }
+    let is_device = matches!(
+        kind,
+        MessageType::DBirth | MessageType::DDeath | MessageType::DData
+    );
+    if is_device != device.is_some() && kind != MessageType::Cmd {
+        return None;
+    }
+    Some(Topic {
+        group,
+        kind,
+        node,
+        device,
+    })
+}
+
+/// What the source's loop does for the host.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Define (or redefine) a tag under this local key.
+    Define(u32, Box<TagDef>),
+    /// A reading or a status.
+    Sample(Sample),
+    /// Publish a rebirth request (NCMD) to this node.
+    Rebirth {
+        /// Group id.
+        group: String,
+        /// Edge node id.
+        node: String,
+    },
+    /// A log line (warn level, throttled by the loop).
+    Warn(String),
+}
+
+/// Where a tag's metric lives, and what the last birth said of it.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// Tag name.
+    pub name: String,
+    /// Group id.
+    pub group: String,
+    /// Edge node id.
+    pub node: String,
+    /// Device id, for device metrics.
+    pub device: Option<String>,
+    /// Metric name as the node gave it.
+    pub metric: String,
+    /// Sparkplug data type.
+    pub datatype: u32,
+    /// Writes may go to it.
+    pub writable: bool,
+    unit: String,
+    /// Newest source time applied (µs): historical metrics older than it
+    /// are not applied.
+    latest_us: i64,
+}
+
+/// One edge node as the host knows it.
+#[derive(Debug, Default)]
+struct Node {
+    /// Born and not dead.
+    online: bool,
+    /// The bdSeq of its NBIRTH: only the NDEATH with the same one counts.
+    bd_seq: Option<u64>,
+    /// The seq its next message must carry.
+    next_seq: Option<u64>,
+    /// Alias -> local key; aliases are unique across a node and its
+    /// devices.
+    aliases: HashMap<u64, u32>,
+    /// The tags of the node's own metrics (`None`) and of each device.
+    members: HashMap<Option<String>, Vec<u32>>,
+    /// Devices born since the node's birth and not dead.
+    born: HashSet<String>,
+    /// Last rebirth request.
+    asked_at: Option<Instant>,
+}
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Metrics not made tags: DataSet, Template, arrays, ...
+    pub skipped: u64,
+    /// New metrics dropped at `max_tags`.
+    pub dropped: u64,
+    /// Historical values not applied (older than the tag's value).
+    pub historical: u64,
+    /// Rebirth requests sent.
+    pub rebirths: u64,
+}
+
+/// The host's state for one `[[sparkplug]]`.
+pub struct Host {
+    config: Arc<SparkplugConfig>,
+    source: SourceId,
+    nodes: HashMap<(String, String), Node>,
+    /// Local key -> its slot.
+    slots: Vec<Slot>,
+    by_name: HashMap<String, u32>,
+    /// What it skipped and asked for.
+    pub counts: Counts,
+}
+
+impl Host {
+    /// An empty host whose tags are keys of `source`.
+    pub fn new(config: Arc<SparkplugConfig>, source: SourceId) -> Self {
+        Host {
+            config,
+            source,
+            nodes: HashMap::new(),
+            slots: Vec::new(),
+            by_name: HashMap::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The slot of a local key.
+    pub fn slot(&self, local: u32) -> Option<&Slot> {
+        self.slots.get(local as usize)
+    }
+
+    /// Whether the node (and device) of a slot is born and alive.
+    pub fn is_online(&self, slot: &Slot) -> bool {
+        self.nodes
+            .get(&(slot.group.clone(), slot.node.clone()))
+            .is_some_and(|n| n.online && slot.device.as_ref().is_none_or(|d| n.born.contains(d)))
+    }
+
+    /// The broker connection was lost: what was missed is unknown, so every
+    /// node must be born again before its data counts (its next message
+    /// asks for the rebirth).
+    pub fn forget_nodes(&mut self) {
+        self.nodes.clear();
+    }
+
+    /// Handles one message.
+    pub fn handle(&mut self, topic: &str, bytes: &[u8], now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let Some(t) = parse_topic(topic) else {
+            return out;
+        };
+        if t.kind == MessageType::Cmd {
+            return out;
+        }
+        let payload = match pb::Payload::decode(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                out.push(Action::Warn(format!(
+                    "undecodable Sparkplug payload on {topic}: {e}"
+                )));
+                return out;
+            }
+        };
+        let key = (t.group.to_string(), t.node.to_string());
+        match t.kind {
+            MessageType::NBirth => self.node_birth(key, &payload, &mut out),
+            MessageType::NDeath => self.node_death(&key, &payload, &mut out),
+            MessageType::DBirth | MessageType::DData | MessageType::DDeath | MessageType::NData => {
+                let device = t.device.map(str::to_string);
+                let Some(node) = self.nodes.get(&key).filter(|n| n.online) else {
+                    let why = format!("{topic} from a node that is not born");
+                    self.ask_rebirth(key, now, why, &mut out);
+                    return out;
+                };
+                let device_born = device.as_ref().is_none_or(|d| node.born.contains(d));
+                let gap = self.advance_seq(&key, payload.seq);
+                match t.kind {
+                    MessageType::DBirth => {
+                        if let Some(d) = &device {
+                            self.device_birth(&key, d, &payload, &mut out);
+                        }
+                    }
+                    MessageType::DDeath => {
+                        if let Some(node) = self.nodes.get_mut(&key)
+                            && let Some(d) = &device
+                        {
+                            node.born.remove(d);
+                        }
+                        self.mark_bad(&key, &device, status::BAD_COMMUNICATION_ERROR, &mut out);
+                    }
+                    _ if !device_born => {
+                        let why = format!("{topic} from a device that is not born");
+                        self.ask_rebirth(key.clone(), now, why, &mut out);
+                    }
+                    _ => {
+                        let unknown = self.data(&key, &device, &payload, &mut out);
+                        if let Some(name) = unknown {
+                            let why = format!("{topic} names unknown metric {name}");
+                            self.ask_rebirth(key.clone(), now, why, &mut out);
+                        }
+                    }
+                }
+                if let Some((expected, got)) = gap {
+                    let why = format!("seq gap on {topic}: expected {expected}, got {got}");
+                    self.ask_rebirth(key, now, why, &mut out);
+                }
+            }
+            MessageType::Cmd => {}
+        }
+        out
+    }
+
+    /// Checks and moves the node's seq on; `Some((expected, got))` on a gap.
+    fn advance_seq(&mut self, key: &(String, String), seq: Option<u64>) -> Option<(u64, u64)> {
+        let node = self.nodes.get_mut(key)?;
+        let got = seq?;
+        let expected = node.next_seq.replace((got + 1) % 256);
+        expected.filter(|e| *e != got).map(|e| (e, got))
+    }
+
+    fn node_birth(&mut self, key: (String, String), p: &pb::Payload, out: &mut Vec<Action>) {
+        let bd_seq = p
+            .metrics
+            .iter()
+            .find(|m| m.name() == BD_SEQ)
+            .and_then(|m| match m.value {
+                Some(MetricValue::LongValue(v)) => Some(v),
+                Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
+                _ => None,
+            });
+        if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
+            out.push(Action::Warn(format!(
+                "NBIRTH of {}/{} ignored: {MAX_NODES} nodes tracked",
+                key.0, key.1
+            )));
+            return;
+        }
+        let node = self.nodes.entry(key.clone()).or_default();
+        node.online = true;
+        node.bd_seq = bd_seq;
+        node.next_seq = p.seq.map(|s| (s + 1) % 256);
+        node.aliases.clear();
+        node.born.clear();
+        self.births(&key, &None, p, out);
+    }
+
+    fn device_birth(
+        &mut self,
+        key: &(String, String),
+        device: &str,
+        p: &pb::Payload,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(node) = self.nodes.get_mut(key) {
+            node.born.insert(device.to_string());
+        }
+        self.births(key, &Some(device.to_string()), p, out);
+    }
+
+    /// The metrics of a birth: tags defined (again when their type, unit
+    /// or writability changed), aliases learnt, values applied; tags of
+    /// the scope's previous birth that this one lacks turn Bad.
+    fn births(
+        &mut self,
+        key: &(String, String),
+        device: &Option<String>,
+        p: &pb::Payload,
+        out: &mut Vec<Action>,
+    ) {
+        let mut members = Vec::new();
+        for m in &p.metrics {
+            let Some(name) = m.name.as_deref() else {
+                out.push(Action::Warn(format!(
+                    "a birth of {}/{} has a metric without a name",
+                    key.0, key.1
+                )));
+                continue;
+            };
+            if name == BD_SEQ
+                || name.starts_with("Node Control/")
+                || name.starts_with("Device Control/")
+            {
+                continue;
+            }
+            let Some(local) = self.define(key, device, name, m, out) else {
+                continue;
+            };
+            if let Some(alias) = m.alias
+                && let Some(node) = self.nodes.get_mut(key)
+            {
+                node.aliases.insert(alias, local);
+            }
+            members.push(local);
+            self.apply(local, m, p.timestamp, out);
+        }
+        let Some(node) = self.nodes.get_mut(key) else {
+            return;
+        };
+        let old = node.members.insert(device.clone(), members.clone());
+        for local in old.unwrap_or_default() {
+            if !members.contains(&local) {
+                out.push(Action::Sample(Sample::bad(
+                    self.key(local),
+                    status::BAD_NO_COMMUNICATION,
+                )));
+            }
+        }
+    }
+
+    /// The local key of a birth's metric, defining its tag if new or
+    /// changed; `None` when it is not a tag.
+    fn define(
+        &mut self,
+        key: &(String, String),
+        device: &Option<String>,
+        metric: &str,
+        m: &Metric,
+        out: &mut Vec<Action>,
+    ) -> Option<u32> {
+        let datatype = m.datatype.unwrap_or(0);
+        let Kind::Tag(data_type) = payload::kind(datatype) else {
+            self.counts.skipped += 1;
+            metrics::counter!("tagstream_sparkplug_metrics_skipped_total", "source" => self.config.name.clone()).increment(1);
+            return None;
+        };
+        let name = self
+            .config
+            .tag_name(&key.0, &key.1, device.as_deref(), metric);
+        if let Err(e) = crate::config::check_tag_name(&name) {
+            out.push(Action::Warn(format!(
+                "metric {metric:?} of {}/{} maps to an invalid tag name: {e}",
+                key.0, key.1
+            )));
+            return None;
+        }
+        let slot = Slot {
+            writable: self.config.is_writable(&name),
+            unit: payload::unit(m),
+            name,
+            group: key.0.clone(),
+            node: key.1.clone(),
+            device: device.clone(),
+            metric: metric.to_string(),
+            datatype,
+            latest_us: i64::MIN,
+        };
+        let local = match self.by_name.get(&slot.name) {
+            Some(&local) => {
+                let old = &mut self.slots[local as usize];
+                let same = old.datatype == slot.datatype
+                    && old.unit == slot.unit
+                    && old.writable == slot.writable;
+                let latest_us = if old.datatype == slot.datatype {
+                    old.latest_us
+                } else {
+                    i64::MIN
+                };
+                *old = Slot { latest_us, ..slot };
+                if same {
+                    return Some(local);
+                }
+                local
+            }
+            None if self.slots.len() >= self.config.max_tags => {
+                self.counts.dropped += 1;
+                metrics::counter!("tagstream_sparkplug_metrics_dropped_total", "source" => self.config.name.clone()).increment(1);
+                out.push(Action::Warn(format!(
+                    "max_tags {} reached: metric {} dropped",
+                    self.config.max_tags, slot.name
+                )));
+                return None;
+            }
+            None => {
+                let local = self.slots.len() as u32;
+                self.by_name.insert(slot.name.clone(), local);
+                self.slots.push(slot);
+                local
+            }
+        };
+        let s = &self.slots[local as usize];
+        let def = TagDef {
+            data_type,
+            unit: s.unit.clone(),
+            writable: s.writable,
+            description: if datatype == payload::SpType::DateTime as u32 {
+                "DateTime: ms since the Unix epoch".into()
+            } else {
+                String::new()
+            },
+            ..TagDef::read_only(s.name.clone(), &self.config.name)
+        };
+        debug_assert!(def.data_type != DataType::TypeUnspecified);
+        out.push(Action::Define(local, Box::new(def)));
+        Some(local)
+    }
+
+    /// NDATA/DDATA: each metric by alias or name; the first unknown one's
+    /// name (or alias) is returned.
+    fn data(
+        &mut self,
+        key: &(String, String),
+        device: &Option<String>,
+        p: &pb::Payload,
+        out: &mut Vec<Action>,
+    ) -> Option<String> {
+        let mut unknown = None;
+        for m in &p.metrics {
+            let local = match (&m.name, m.alias) {
+                (Some(name), _) => {
+                    let tag = self
+                        .config
+                        .tag_name(&key.0, &key.1, device.as_deref(), name);
+                    self.by_name.get(&tag).copied().filter(|l| {
+                        let s = &self.slots[*l as usize];
+                        s.node == key.1 && s.group == key.0 && &s.device == device
+                    })
+                }
+                (None, Some(alias)) => self
+                    .nodes
+                    .get(key)
+                    .and_then(|n| n.aliases.get(&alias).copied())
+                    .filter(|l| &self.slots[*l as usize].device == device),
+                (None, None) => None,
+            };
+            match local {
+                Some(local) => self.apply(local, m, p.timestamp, out),
+                None if m
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n == BD_SEQ || n.starts_with("Node Control/")) => {}
+                None if unknown.is_none() => {
+                    unknown = Some(match (&m.name, m.alias) {
+                        (Some(n), _) => format!("{n:?}"),
+                        (None, Some(a)) => format!("alias {a}"),
+                        (None, None) => "without name or alias".into(),
+                    });
+                }
+                None => {}
+            }
+        }
+        unknown
+    }
+
+    /// A metric's value as a sample of `local`: the metric's timestamp (or
+    /// the payload's) is the source time; a historical value older than
+    /// the tag's is not applied.
+    fn apply(&mut self, local: u32, m: &Metric, payload_ms: Option<u64>, out: &mut Vec<Action>) {
+        let tag = self.key(local);
+        let slot = &mut self.slots[local as usize];
+        let time_us = m
+            .timestamp
+            .or(payload_ms)
+            .and_then(|ms| i64::try_from(ms).ok())
+            .map_or_else(now_us, |ms| ms.saturating_mul(1000));
+        if m.is_historical() && time_us <= slot.latest_us {
+            self.counts.historical += 1;
+            return;
+        }
+        slot.latest_us = slot.latest_us.max(time_us);
+        let sample = match payload::value(m, slot.datatype) {
+            Ok(Some(value)) => Sample {
+                source_time_us: time_us,
+                ..Sample::good(tag, value)
+            },
+            Ok(None) => Sample {
+                source_time_us: time_us,
+                ..Sample::bad(tag, status::BAD_NO_COMMUNICATION)
+            },
+            Err(e) => {
+                out.push(Action::Warn(format!("{}: {e}", slot.name)));
+                Sample::bad(tag, status::BAD_DECODING_ERROR)
+            }
+        };
+        out.push(Action::Sample(sample));
+    }
+
+    /// NDEATH: with its birth's bdSeq (or none), the node and its devices
+    /// are dead and their tags Bad; another bdSeq is a stale death of an
+    /// earlier session (its will arriving late) and changes nothing.
+    fn node_death(&mut self, key: &(String, String), p: &pb::Payload, out: &mut Vec<Action>) {
+        let death_bd = p
+            .metrics
+            .iter()
+            .find(|m| m.name() == BD_SEQ)
+            .and_then(|m| match m.value {
+                Some(MetricValue::LongValue(v)) => Some(v),
+                Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
+                _ => None,
+            });
+        let Some(node) = self.nodes.get_mut(key).filter(|n| n.online) else {
+            return;
+        };
+        if let (Some(born), Some(died)) = (node.bd_seq, death_bd)
+            && born != died
+        {
+            out.push(Action::Warn(format!(
+                "NDEATH of {}/{} with bdSeq {died} ignored: its birth had {born}",
+                key.0, key.1
+            )));
+            return;
+        }
+        node.online = false;
+        node.next_seq = None;
+        node.aliases.clear();
+        node.born.clear();
+        let scopes: Vec<Option<String>> = node.members.keys().cloned().collect();
+        for scope in scopes {
+            self.mark_bad(key, &scope, status::BAD_COMMUNICATION_ERROR, out);
+        }
+    }
+
+    fn mark_bad(
+        &self,
+        key: &(String, String),
+        scope: &Option<String>,
+        status: u32,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(members) = self.nodes.get(key).and_then(|n| n.members.get(scope)) else {
+            return;
+        };
+        for &local in members {
+            out.push(Action::Sample(Sample::bad(self.key(local), status)));
+        }
+    }
+
+    /// A rebirth request, when `rebirth_on_gap` and not asked recently.
+    fn ask_rebirth(
+        &mut self,
+        key: (String, String),
+        now: Instant,
+        why: String,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Warn(why));
+        if !self.config.rebirth_on_gap {
+            return;
+        }
+        if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
+            return;
+        }
+        let node = self.nodes.entry(key.clone()).or_default();
+        if node
+            .asked_at
+            .is_some_and(|at| now.duration_since(at) < REBIRTH_EVERY)
+        {
+            return;
+        }
+        node.asked_at = Some(now);
+        self.counts.rebirths += 1;
+        out.push(Action::Rebirth {
+            group: key.0,
+            node: key.1,
+        });
+    }
+
+    fn key(&self, local: u32) -> TagKey {
+        TagKey {
+            source: self.source,
+            local,
+        }
+    }
+}
