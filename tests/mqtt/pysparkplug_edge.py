@@ -25,7 +25,9 @@ def metric(name: str, datatype: sp.DataType, value: object) -> sp.Metric:
 def on_dcmd(node: sp.EdgeNode, message: sp.Message) -> None:
     for m in message.payload.metrics:
         if m.name == "setpoint":
-            node.update_device("pump", [metric("setpoint", sp.DataType.DOUBLE, m.value)])
+            node.update_device(
+                "pump", [metric("setpoint", sp.DataType.DOUBLE, m.value)]
+            )
             print(f"dcmd setpoint {m.value}", flush=True)
 
 
