@@ -637,3 +637,241 @@ impl Host {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sample::Value;
+
+    fn host(extra: &str) -> Host {
+        let config: SparkplugConfig =
+            toml::from_str(&format!("name = \"s\"\nurl = \"mqtt://h\"\n{extra}")).expect("toml");
+        Host::new(Arc::new(config), 4)
+    }
+
+    fn metric(name: &str, alias: u64, datatype: payload::SpType, v: MetricValue) -> Metric {
+        Metric {
+            name: Some(name.into()),
+            alias: Some(alias),
+            datatype: Some(datatype as u32),
+            value: Some(v),
+            ..Default::default()
+        }
+    }
+
+    fn bytes(seq: Option<u64>, metrics: Vec<Metric>) -> Vec<u8> {
+        pb::Payload {
+            timestamp: Some(1_000),
+            metrics,
+            seq,
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn bd(n: u64) -> Metric {
+        Metric {
+            name: Some(BD_SEQ.into()),
+            datatype: Some(payload::SpType::Int64 as u32),
+            value: Some(MetricValue::LongValue(n)),
+            ..Default::default()
+        }
+    }
+
+    fn samples(actions: &[Action]) -> Vec<(u32, Option<Value>, u32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Sample(s) => Some((s.tag.local, s.value.clone(), s.status)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn defines(actions: &[Action]) -> Vec<(u32, String, DataType)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Define(l, d) => Some((*l, d.name.clone(), d.data_type)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rebirths(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Rebirth { .. }))
+            .count()
+    }
+
+    const DOUBLE: payload::SpType = payload::SpType::Double;
+
+    #[test]
+    fn topics_parse_and_others_are_ignored() {
+        let t = parse_topic("spBv1.0/g/DDATA/n/d").expect("parses");
+        assert_eq!(
+            (t.group, t.kind, t.node, t.device),
+            ("g", MessageType::DData, "n", Some("d"))
+        );
+        for other in [
+            "spBv1.0/STATE/host",
+            "spBv1.0/g/NDATA/n/d",
+            "spBv1.0/g/DDATA/n",
+            "spBv1.0/g/NDATA/n/d/x",
+            "spAv1.0/g/NDATA/n",
+            "spBv1.0/g/BOGUS/n",
+            "spBv1.0//NDATA/n",
+        ] {
+            assert_eq!(parse_topic(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_stale_ndeath_changes_nothing_and_the_matching_one_kills_node_and_devices() {
+        let mut h = host("");
+        let now = Instant::now();
+        let birth = bytes(
+            Some(0),
+            vec![bd(5), metric("t", 1, DOUBLE, MetricValue::DoubleValue(1.0))],
+        );
+        h.handle("spBv1.0/g/NBIRTH/n", &birth, now);
+        let dbirth = bytes(
+            Some(1),
+            vec![metric("f", 2, DOUBLE, MetricValue::DoubleValue(2.0))],
+        );
+        h.handle("spBv1.0/g/DBIRTH/n/d", &dbirth, now);
+        let stale = h.handle("spBv1.0/g/NDEATH/n", &bytes(None, vec![bd(4)]), now);
+        assert!(samples(&stale).is_empty(), "{stale:?}");
+        let death = h.handle("spBv1.0/g/NDEATH/n", &bytes(None, vec![bd(5)]), now);
+        let mut dead = samples(&death);
+        dead.sort_by_key(|s| s.0);
+        assert_eq!(
+            dead,
+            [
+                (0, None, status::BAD_COMMUNICATION_ERROR),
+                (1, None, status::BAD_COMMUNICATION_ERROR)
+            ]
+        );
+        let slot = h.slot(1).expect("slot").clone();
+        assert!(!h.is_online(&slot));
+    }
+
+    #[test]
+    fn a_rebirth_redefines_only_what_changed_and_a_dropped_metric_turns_bad() {
+        let mut h = host("");
+        let now = Instant::now();
+        let first = bytes(
+            Some(0),
+            vec![
+                metric("a", 1, DOUBLE, MetricValue::DoubleValue(1.0)),
+                metric("b", 2, DOUBLE, MetricValue::DoubleValue(2.0)),
+            ],
+        );
+        let out = h.handle("spBv1.0/g/NBIRTH/n", &first, now);
+        assert_eq!(defines(&out).len(), 2);
+        let second = bytes(
+            Some(0),
+            vec![metric(
+                "a",
+                1,
+                payload::SpType::Int16,
+                MetricValue::IntValue(3),
+            )],
+        );
+        let out = h.handle("spBv1.0/g/NBIRTH/n", &second, now);
+        assert_eq!(defines(&out), [(0, "g/n/a".to_string(), DataType::I16)]);
+        let s = samples(&out);
+        assert!(s.contains(&(0, Some(Value::I64(3)), status::GOOD)), "{s:?}");
+        assert!(
+            s.contains(&(1, None, status::BAD_NO_COMMUNICATION)),
+            "{s:?}"
+        );
+        let again = h.handle("spBv1.0/g/NBIRTH/n", &second, now);
+        assert!(
+            defines(&again).is_empty(),
+            "an unchanged birth defines nothing"
+        );
+    }
+
+    #[test]
+    fn historical_values_apply_only_when_newer_and_rebirth_requests_are_rate_limited() {
+        let mut h = host("");
+        let t0 = Instant::now();
+        let at = |ms: u64, historical: bool| Metric {
+            alias: Some(1),
+            timestamp: Some(ms),
+            is_historical: Some(historical),
+            value: Some(MetricValue::DoubleValue(ms as f64)),
+            ..Default::default()
+        };
+        h.handle(
+            "spBv1.0/g/NBIRTH/n",
+            &bytes(
+                Some(0),
+                vec![metric("a", 1, DOUBLE, MetricValue::DoubleValue(0.0))],
+            ),
+            t0,
+        );
+        let live = h.handle(
+            "spBv1.0/g/NDATA/n",
+            &bytes(Some(1), vec![at(5_000, false)]),
+            t0,
+        );
+        assert_eq!(samples(&live).len(), 1);
+        let older = h.handle(
+            "spBv1.0/g/NDATA/n",
+            &bytes(Some(2), vec![at(4_000, true)]),
+            t0,
+        );
+        assert!(samples(&older).is_empty());
+        assert_eq!(h.counts.historical, 1);
+        let newer = h.handle(
+            "spBv1.0/g/NDATA/n",
+            &bytes(Some(3), vec![at(6_000, true)]),
+            t0,
+        );
+        assert_eq!(
+            samples(&newer).len(),
+            1,
+            "a historical value newer than the tag's applies"
+        );
+
+        let gap = h.handle(
+            "spBv1.0/g/NDATA/n",
+            &bytes(Some(9), vec![at(7_000, false)]),
+            t0,
+        );
+        assert_eq!(samples(&gap).len(), 1, "data of a gap still counts");
+        assert_eq!(rebirths(&gap), 1);
+        let soon = t0 + Duration::from_secs(1);
+        let again = h.handle("spBv1.0/g/NDATA/n", &bytes(Some(20), vec![]), soon);
+        assert_eq!(rebirths(&again), 0, "asked already");
+        let later = t0 + REBIRTH_EVERY + Duration::from_millis(1);
+        let again = h.handle("spBv1.0/g/NDATA/n", &bytes(Some(30), vec![]), later);
+        assert_eq!(rebirths(&again), 1);
+    }
+
+    #[test]
+    fn garbage_and_bad_values_are_logged_never_fatal() {
+        let mut h = host("");
+        let now = Instant::now();
+        let out = h.handle("spBv1.0/g/NBIRTH/n", b"\xff\xff\xff garbage", now);
+        assert!(matches!(out.as_slice(), [Action::Warn(_)]), "{out:?}");
+        let wrong_field = bytes(
+            Some(0),
+            vec![metric("a", 1, DOUBLE, MetricValue::IntValue(1))],
+        );
+        let out = h.handle("spBv1.0/g/NBIRTH/n", &wrong_field, now);
+        assert!(
+            samples(&out).contains(&(0, None, status::BAD_DECODING_ERROR)),
+            "{out:?}"
+        );
+        let bad_name = bytes(
+            Some(1),
+            vec![metric("x//y", 2, DOUBLE, MetricValue::DoubleValue(1.0))],
+        );
+        let out = h.handle("spBv1.0/g/DBIRTH/n/d", &bad_name, now);
+        assert!(defines(&out).is_empty() && out.iter().any(|a| matches!(a, Action::Warn(_))));
+    }
+}
