@@ -1,10 +1,11 @@
-//! `tagstream demo`'s plant: two simulated Modbus devices ([`device`]) and
-//! an in-process MQTT broker ([`broker`]) with a publishing gateway, on
-//! loopback, whose signals move like real ones. They are polled through
+//! `tagstream demo`'s plant: two simulated Modbus devices ([`device`]), an
+//! in-process MQTT broker ([`broker`]) with a publishing gateway and a
+//! Sparkplug B edge node ([`edge`]), on loopback, whose signals move like real ones. They are polled through
 //! the same sources as real devices; nothing here is a source.
 
 pub mod broker;
 pub mod device;
+pub mod edge;
 pub mod rtu;
 
 use std::io;
@@ -33,8 +34,8 @@ fn get_f32(regs: &[u16], at: usize) -> f32 {
 /// replaced by the simulated devices' and the broker's addresses.
 pub const DEMO_CONFIG: &str = include_str!("../../deploy/demo.toml");
 
-/// A running demo plant: two devices, a broker with a publishing gateway,
-/// and the tasks that move their signals.
+/// A running demo plant: two devices, a broker with a publishing gateway
+/// and a Sparkplug edge node, and the tasks that move their signals.
 pub struct DemoPlant {
     /// The boiler device.
     pub boiler: ModbusDevice,
@@ -57,6 +58,8 @@ pub async fn start_demo_plant(shutdown: CancellationToken) -> io::Result<DemoPla
         .replace("{line}", &line.addr().to_string())
         .replace("{mqtt}", &broker.to_string());
     tokio::spawn(run_gateway(broker, shutdown.clone()));
+    // The host id of deploy/demo.toml's [[sparkplug]].
+    tokio::spawn(edge::run(broker, "tagstream-demo", shutdown.clone()));
     {
         let mut b = boiler.registers();
         put_f32(&mut b.holding, 0, 20.0);

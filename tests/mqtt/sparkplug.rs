@@ -680,3 +680,51 @@ async fn an_edge_node_from_pysparkplug_is_read_and_written() {
     .await;
     server.stop().await;
 }
+
+/// The measurement of the issue note, not an assertion: DDATA published by
+/// an edge node to the update in a client's mirror, one at a time.
+/// `cargo test --release --test mqtt -- --ignored --nocapture
+/// sparkplug_latency` (TAGSTREAM_MQTT_BROKER=mosquitto for Mosquitto).
+#[tokio::test]
+#[ignore = "a measurement: prints numbers"]
+async fn sparkplug_latency() {
+    let b = broker().await;
+    let server = spawn_server(&config(b.addr, ""), &[]).await;
+    host_online(b.addr).await;
+    let mut c = connect_synced(&server, &["plant/#"]).await;
+    let mut edge = Edge::connect(b.addr, "plant", "lat", 0).await;
+    edge.send("NBIRTH", None, vec![bd_seq(0)]).await;
+    edge.send(
+        "DBIRTH",
+        Some("d"),
+        vec![birth("v", 1, SpType::Int64, MetricValue::LongValue(0))],
+    )
+    .await;
+    until_state(&mut c, |c| value(c, "plant/lat/d/v").is_some()).await;
+    let mut took = Vec::new();
+    for i in 1..=2000u64 {
+        let start = std::time::Instant::now();
+        edge.send(
+            "DDATA",
+            Some("d"),
+            vec![by_alias(1, MetricValue::LongValue(i), now_ms())],
+        )
+        .await;
+        until_state(&mut c, |c| {
+            value(c, "plant/lat/d/v") == Some(V::I64(i as i64))
+        })
+        .await;
+        took.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 - 1.0) * q) as usize];
+    println!(
+        "DDATA -> client, {} samples: p50 {:?} p99 {:?} max {:?}",
+        took.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    server.stop().await;
+}
