@@ -200,7 +200,7 @@ pub async fn run(broker: SocketAddr, host_id: &str, shutdown: CancellationToken)
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {
                 press.t += 0.25;
-                if (press.t * 4.0) as u64 % 6 == 0 {
+                if ((press.t * 4.0) as u64).is_multiple_of(6) {
                     press.cycles = press.cycles.wrapping_add(1);
                 }
                 if host_online {
