@@ -5,8 +5,14 @@ use super::*;
 fn example_config_parses() {
     let c =
         Config::parse(include_str!("../../deploy/config.example.toml")).expect("example parses");
-    assert_eq!(c.modbus.len(), 2);
+    assert_eq!(c.modbus.len(), 5);
     assert!(c.modbus.iter().all(|d| !d.tags.is_empty()));
+    assert_eq!(
+        c.modbus.iter().filter(|d| d.is_rtu()).count(),
+        3,
+        "two units behind a gateway and one serial"
+    );
+    assert_eq!(c.sparkplug.len(), 1);
     assert_eq!(c.server.max_patterns, 1000);
     assert_eq!(c.server.max_writes_per_s, 50);
     assert_eq!(c.mqtt[0].max_tags, 100_000);
@@ -16,6 +22,7 @@ fn example_config_parses() {
         .replace("{mqtt}", "127.0.0.1:3");
     let demo = Config::parse(&demo).expect("demo template parses");
     assert_eq!(demo.modbus.len(), 2);
+    assert_eq!(demo.sparkplug.len(), 1);
 }
 
 #[test]
