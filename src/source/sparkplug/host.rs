@@ -175,6 +175,21 @@ pub struct Counts {
     pub rebirths: u64,
 }
 
+/// Log lines one message may cause: a payload of a million bad metrics
+/// costs one line, not a million strings.
+const WARNS_PER_MESSAGE: u32 = 3;
+/// Nodes' own scopes and devices tracked at most (each device that births
+/// takes one, even with no tag).
+const MAX_SCOPES: usize = 200_000;
+
+/// Queues a log line while the message's budget lasts.
+fn warn(left: &mut u32, out: &mut Vec<Action>, line: impl FnOnce() -> String) {
+    if *left > 0 {
+        *left -= 1;
+        out.push(Action::Warn(line()));
+    }
+}
+
 /// The host's state for one `[[sparkplug]]`.
 pub struct Host {
     config: Arc<SparkplugConfig>,
@@ -183,6 +198,9 @@ pub struct Host {
     /// Local key -> its slot.
     slots: Vec<Slot>,
     by_name: HashMap<String, u32>,
+    /// Scopes (a node's own metrics, each device) tracked.
+    scopes: usize,
+    warns_left: u32,
     /// What it skipped and asked for.
     pub counts: Counts,
 }
@@ -196,6 +214,8 @@ impl Host {
             nodes: HashMap::new(),
             slots: Vec::new(),
             by_name: HashMap::new(),
+            scopes: 0,
+            warns_left: WARNS_PER_MESSAGE,
             counts: Counts::default(),
         }
     }
@@ -217,11 +237,13 @@ impl Host {
     /// asks for the rebirth).
     pub fn forget_nodes(&mut self) {
         self.nodes.clear();
+        self.scopes = 0;
     }
 
     /// Handles one message.
     pub fn handle(&mut self, topic: &str, bytes: &[u8], now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
+        self.warns_left = WARNS_PER_MESSAGE;
         let Some(t) = parse_topic(topic) else {
             return out;
         };
@@ -231,9 +253,9 @@ impl Host {
         let payload = match pb::Payload::decode(bytes) {
             Ok(p) => p,
             Err(e) => {
-                out.push(Action::Warn(format!(
-                    "undecodable Sparkplug payload on {topic}: {e}"
-                )));
+                warn(&mut self.warns_left, &mut out, || {
+                    format!("undecodable Sparkplug payload on {topic}: {e}")
+                });
                 return out;
             }
         };
@@ -305,10 +327,12 @@ impl Host {
                 _ => None,
             });
         if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
-            out.push(Action::Warn(format!(
-                "NBIRTH of {}/{} ignored: {MAX_NODES} nodes tracked",
-                key.0, key.1
-            )));
+            warn(&mut self.warns_left, out, || {
+                format!(
+                    "NBIRTH of {}/{} ignored: {MAX_NODES} nodes tracked",
+                    key.0, key.1
+                )
+            });
             return;
         }
         let node = self.nodes.entry(key.clone()).or_default();
@@ -343,13 +367,32 @@ impl Host {
         p: &pb::Payload,
         out: &mut Vec<Action>,
     ) {
+        let known = self
+            .nodes
+            .get(key)
+            .is_some_and(|n| n.members.contains_key(device));
+        if !known {
+            if self.scopes >= MAX_SCOPES {
+                warn(&mut self.warns_left, out, || {
+                    format!(
+                        "birth of {}/{} ignored: {MAX_SCOPES} nodes and devices tracked",
+                        key.0, key.1
+                    )
+                });
+                if let (Some(node), Some(d)) = (self.nodes.get_mut(key), device) {
+                    node.born.remove(d);
+                }
+                return;
+            }
+            self.scopes += 1;
+        }
+        let max_aliases = self.config.max_tags;
         let mut members = Vec::new();
         for m in &p.metrics {
             let Some(name) = m.name.as_deref() else {
-                out.push(Action::Warn(format!(
-                    "a birth of {}/{} has a metric without a name",
-                    key.0, key.1
-                )));
+                warn(&mut self.warns_left, out, || {
+                    format!("a birth of {}/{} has a metric without a name", key.0, key.1)
+                });
                 continue;
             };
             if name == BD_SEQ
@@ -361,8 +404,12 @@ impl Host {
             let Some(local) = self.define(key, device, name, m, out) else {
                 continue;
             };
+            // A node's aliases name its tags, so they are as many at most
+            // (a node re-birthing a device with new aliases each time
+            // cannot grow the map).
             if let Some(alias) = m.alias
                 && let Some(node) = self.nodes.get_mut(key)
+                && (node.aliases.len() < max_aliases || node.aliases.contains_key(&alias))
             {
                 node.aliases.insert(alias, local);
             }
@@ -403,10 +450,12 @@ impl Host {
             .config
             .tag_name(&key.0, &key.1, device.as_deref(), metric);
         if let Err(e) = crate::config::check_tag_name(&name) {
-            out.push(Action::Warn(format!(
-                "metric {metric:?} of {}/{} maps to an invalid tag name: {e}",
-                key.0, key.1
-            )));
+            warn(&mut self.warns_left, out, || {
+                format!(
+                    "metric {metric:?} of {}/{} maps to an invalid tag name: {e}",
+                    key.0, key.1
+                )
+            });
             return None;
         }
         let slot = Slot {
@@ -440,10 +489,12 @@ impl Host {
             None if self.slots.len() >= self.config.max_tags => {
                 self.counts.dropped += 1;
                 metrics::counter!("tagstream_sparkplug_metrics_dropped_total", "source" => self.config.name.clone()).increment(1);
-                out.push(Action::Warn(format!(
-                    "max_tags {} reached: metric {} dropped",
-                    self.config.max_tags, slot.name
-                )));
+                warn(&mut self.warns_left, out, || {
+                    format!(
+                        "max_tags {} reached: metric {} dropped",
+                        self.config.max_tags, slot.name
+                    )
+                });
                 return None;
             }
             None => {
@@ -543,7 +594,7 @@ impl Host {
                 ..Sample::bad(tag, status::BAD_NO_COMMUNICATION)
             },
             Err(e) => {
-                out.push(Action::Warn(format!("{}: {e}", slot.name)));
+                warn(&mut self.warns_left, out, || format!("{}: {e}", slot.name));
                 Sample::bad(tag, status::BAD_DECODING_ERROR)
             }
         };
@@ -569,10 +620,12 @@ impl Host {
         if let (Some(born), Some(died)) = (node.bd_seq, death_bd)
             && born != died
         {
-            out.push(Action::Warn(format!(
-                "NDEATH of {}/{} with bdSeq {died} ignored: its birth had {born}",
-                key.0, key.1
-            )));
+            warn(&mut self.warns_left, out, || {
+                format!(
+                    "NDEATH of {}/{} with bdSeq {died} ignored: its birth had {born}",
+                    key.0, key.1
+                )
+            });
             return;
         }
         node.online = false;
@@ -608,7 +661,7 @@ impl Host {
         why: String,
         out: &mut Vec<Action>,
     ) {
-        out.push(Action::Warn(why));
+        warn(&mut self.warns_left, out, || why);
         if !self.config.rebirth_on_gap {
             return;
         }
@@ -873,5 +926,23 @@ mod tests {
         );
         let out = h.handle("spBv1.0/g/DBIRTH/n/d", &bad_name, now);
         assert!(defines(&out).is_empty() && out.iter().any(|a| matches!(a, Action::Warn(_))));
+    }
+
+    #[test]
+    fn one_message_costs_a_few_log_lines_and_aliases_stay_bounded() {
+        let mut h = host("max_tags = 2");
+        let now = Instant::now();
+        let nameless: Vec<Metric> = (0..1000).map(|_| Metric::default()).collect();
+        let out = h.handle("spBv1.0/g/NBIRTH/n", &bytes(Some(0), nameless), now);
+        assert_eq!(out.len(), WARNS_PER_MESSAGE as usize, "{out:?}");
+        for seq in 1..50 {
+            let m = metric("a", 1000 + seq, DOUBLE, MetricValue::DoubleValue(1.0));
+            h.handle("spBv1.0/g/DBIRTH/n/d", &bytes(Some(seq), vec![m]), now);
+        }
+        let node = h
+            .nodes
+            .get(&("g".to_string(), "n".to_string()))
+            .expect("node");
+        assert!(node.aliases.len() <= 2, "{} aliases", node.aliases.len());
     }
 }
