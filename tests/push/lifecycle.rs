@@ -84,8 +84,12 @@ fn check_prints_the_tag_table_or_every_error() {
     assert!(ok.status.success(), "{out}");
     assert!(out.contains("plant/boiler1/temperature"), "{out}");
     assert!(
-        out.contains("14 tags from 2 device(s) and 1 broker(s): OK"),
+        out.contains("17 tags from 5 device(s) and 2 broker(s): OK"),
         "{out}"
+    );
+    assert!(
+        out.contains("{group}/{node}/{device}/{metric}") && out.contains("spBv1.0/site-a/#"),
+        "the Sparkplug host's template: {out}"
     );
 
     let dir = std::env::temp_dir().join(format!("tagstream-check-{}", std::process::id()));
