@@ -3,12 +3,13 @@
 //! # Layout
 //!
 //! ```text
-//!  source/modbus ──┐                          ┌─> push/session (one per client)
-//!  source/mqtt   ──┼─ flume<Input> ─> engine ─┤  broadcast<Arc<Batch>>
-//!  source/sim    ──┘   (bounded)    (TagTable, └─> push/session ...
-//!                                    seq, encode once)
-//!        ^                              ^  read for snapshot / catch-up
-//!        └── WriteCommand ── command ───┴──── push/session (checked writes)
+//!  source/modbus    ──┐                          ┌─> push/session (one per client)
+//!  source/mqtt      ──┤                          │
+//!  source/sparkplug ──┼─ flume<Input> ─> engine ─┤  broadcast<Arc<Batch>>
+//!  source/sim       ──┘   (bounded)    (TagTable, └─> push/session ...
+//!                                       seq, encode once)
+//!        ^                                 ^  read for snapshot / catch-up
+//!        └── WriteCommand ── command ──────┴──── push/session (checked writes)
 //! ```
 //!
 //! - [`source`]: field side. Each kind builds itself from a
