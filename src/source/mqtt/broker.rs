@@ -3,11 +3,15 @@
 //! keys): their checks, and the rumqttc client they make.
 
 use std::sync::Once;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport,
+};
 
 use crate::config::Problems;
+use crate::source::{Backoff, SourceContext};
+use crate::status;
 
 /// Largest MQTT packet accepted from the broker. Far above a decoded
 /// payload's limit, so an oversized payload becomes a tag status, not a
@@ -167,6 +171,58 @@ impl Broker<'_> {
         network.set_connection_timeout(5);
         events.set_network_options(network);
         (client, events)
+    }
+}
+
+/// A broker session that lasted this long resets the reconnect backoff.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Whether a source's client is connected, and its reconnect backoff.
+#[derive(Debug, Default)]
+pub struct Link {
+    backoff: Backoff,
+    connected_at: Option<Instant>,
+}
+
+impl Link {
+    /// Between a ConnAck and the next connection error.
+    pub fn is_connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+
+    /// The broker accepted the connection (ConnAck).
+    pub fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// The connection failed or could not be made: logs it (the first
+    /// failure after a session, or of a run), turns the source's tags Bad
+    /// (BadCommunicationError keeping values; BadNoCommunication if never
+    /// read) and waits the backoff. A session that lasted is a recovered
+    /// link; one cut right after its ConnAck (another client took its id,
+    /// a broker that refuses it) keeps backing off. `false`: stop (shutdown
+    /// or the engine gone).
+    pub async fn lost(&mut self, cx: &SourceContext, error: &ConnectionError) -> bool {
+        let was_connected = self.connected_at.take();
+        if was_connected.is_some_and(|at| at.elapsed() >= STABLE) {
+            self.backoff.reset();
+        }
+        if was_connected.is_some() || self.backoff.is_first() {
+            tracing::warn!(source = %cx.name, error = %error, retry_in = ?self.backoff.upcoming(), "mqtt broker unreachable");
+        }
+        let down = cx
+            .down(
+                status::BAD_COMMUNICATION_ERROR,
+                status::BAD_NO_COMMUNICATION,
+            )
+            .await;
+        if down.is_err() {
+            return false;
+        }
+        tokio::select! {
+            () = cx.shutdown.cancelled() => false,
+            () = tokio::time::sleep(self.backoff.delay()) => true,
+        }
     }
 }
 

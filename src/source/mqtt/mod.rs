@@ -21,14 +21,15 @@ pub mod payload;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS, Request, SubscribeFilter};
 
+use broker::Link;
 pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
-use super::{Backoff, Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
+use super::{Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
@@ -37,8 +38,6 @@ use crate::rate::Throttle;
 use crate::sample::{Sample, now_us};
 use crate::status;
 
-/// A broker session that lasted this long resets the reconnect backoff.
-const STABLE: Duration = Duration::from_secs(10);
 /// At most one log line per topic per this period for bad payloads.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -241,9 +240,7 @@ impl MqttSource {
         let id = client_id(&self.config, &self.cx.node_id);
         let (client, mut events) = self.config.broker(id).client(None);
         let filters = self.filters();
-        let mut backoff = Backoff::new();
-        let mut connected = false;
-        let mut connected_at = Instant::now();
+        let mut link = Link::default();
         let mut acks = Acks::default();
         let mut writes_open = true;
         tracing::info!(source = %self.config.name, url = %self.config.url, "mqtt source started");
@@ -252,7 +249,7 @@ impl MqttSource {
                 () = shutdown.cancelled() => break,
                 cmd = self.cx.commands.recv_async(), if writes_open => {
                     match cmd {
-                        Ok(cmd) => self.publish_write(&client, connected, cmd, &mut acks),
+                        Ok(cmd) => self.publish_write(&client, link.is_connected(), cmd, &mut acks),
                         Err(_) => writes_open = false,
                     }
                     continue;
@@ -272,8 +269,7 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    connected_at = Instant::now();
+                    link.connected();
                     tracing::info!(source = %self.config.name, "mqtt connected");
                     self.cx.up();
                     if let Err(e) = client.try_subscribe_many(filters.clone()) {
@@ -291,29 +287,8 @@ impl MqttSource {
                     // resend unacknowledged publishes after a reconnect.
                     acks.fail_all();
                     events.pending.retain(|r| !matches!(r, Request::Publish(_)));
-                    // A session that lasted is a recovered link; one cut
-                    // right after its ConnAck (another client took its
-                    // id, a broker that refuses it) keeps backing off.
-                    if connected && connected_at.elapsed() >= STABLE {
-                        backoff.reset();
-                    }
-                    if connected || backoff.is_first() {
-                        tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff.upcoming(), "mqtt broker unreachable");
-                    }
-                    connected = false;
-                    let down = self
-                        .cx
-                        .down(
-                            status::BAD_COMMUNICATION_ERROR,
-                            status::BAD_NO_COMMUNICATION,
-                        )
-                        .await;
-                    if down.is_err() {
+                    if !link.lost(&self.cx, &e).await {
                         break;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff.delay()) => {}
                     }
                 }
             }

@@ -21,18 +21,17 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS, SubscribeFilter};
 
+use crate::source::mqtt::broker::Link;
 pub use config::SparkplugConfig;
 use host::{Action, Host};
 
-use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
+use super::{EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::rate::Throttle;
 use crate::status;
 
-/// A broker session that lasted this long resets the reconnect backoff.
-const STABLE: Duration = Duration::from_secs(10);
 /// Log lines (bad payloads, gaps, drops): a burst, then this many per second.
 const LOG_BURST: u32 = 50;
 
@@ -120,9 +119,7 @@ impl SparkplugSource {
         );
         let id = self.config.client_id(&self.cx.node_id);
         let (client, mut events) = self.config.broker(id).client(Some(will));
-        let mut backoff = Backoff::new();
-        let mut connected = false;
-        let mut connected_at = Instant::now();
+        let mut link = Link::default();
         let mut writes_open = true;
         tracing::info!(source = %self.config.name, url = %self.config.url, host_id = %self.config.host_id, "sparkplug host started");
         loop {
@@ -130,7 +127,7 @@ impl SparkplugSource {
                 () = shutdown.cancelled() => break,
                 cmd = self.cx.commands.recv_async(), if writes_open => {
                     match cmd {
-                        Ok(cmd) => self.publish_write(&client, connected, cmd),
+                        Ok(cmd) => self.publish_write(&client, link.is_connected(), cmd),
                         Err(_) => writes_open = false,
                     }
                     continue;
@@ -139,8 +136,7 @@ impl SparkplugSource {
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    connected = true;
-                    connected_at = Instant::now();
+                    link.connected();
                     tracing::info!(source = %self.config.name, "sparkplug host connected");
                     self.cx.up();
                     if let Err(e) = client.try_subscribe_many(self.filters()) {
@@ -161,32 +157,14 @@ impl SparkplugSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    if connected && connected_at.elapsed() >= STABLE {
-                        backoff.reset();
-                    }
-                    if connected || backoff.is_first() {
-                        tracing::warn!(source = %self.config.name, error = %e, retry_in = ?backoff.upcoming(), "mqtt broker unreachable");
-                    }
-                    connected = false;
                     self.host.forget_nodes();
-                    let down = self
-                        .cx
-                        .down(
-                            status::BAD_COMMUNICATION_ERROR,
-                            status::BAD_NO_COMMUNICATION,
-                        )
-                        .await;
-                    if down.is_err() {
+                    if !link.lost(&self.cx, &e).await {
                         break;
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff.delay()) => {}
                     }
                 }
             }
         }
-        if connected {
+        if link.is_connected() {
             // Offline before leaving, so edge nodes need not wait for the
             // broker to notice (the will says the same if this is lost).
             let _ = client.try_publish(
