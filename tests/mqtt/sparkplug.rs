@@ -37,14 +37,21 @@ anonymous = {{ read = ["#"], write = ["#"] }}
     )
 }
 
-/// A metric of a birth: name, alias, type and value.
-fn birth(name: &str, alias: u64, datatype: SpType, value: MetricValue) -> Metric {
+/// A named, typed metric without an alias.
+fn named(name: &str, datatype: SpType, value: MetricValue) -> Metric {
     Metric {
         name: Some(name.into()),
-        alias: Some(alias),
         datatype: Some(datatype as u32),
         value: Some(value),
         ..Default::default()
+    }
+}
+
+/// A metric of a birth: name, alias, type and value.
+fn birth(name: &str, alias: u64, datatype: SpType, value: MetricValue) -> Metric {
+    Metric {
+        alias: Some(alias),
+        ..named(name, datatype, value)
     }
 }
 
@@ -59,17 +66,7 @@ fn by_alias(alias: u64, value: MetricValue, timestamp_ms: u64) -> Metric {
 }
 
 fn bd_seq(n: u64) -> Metric {
-    birth("bdSeq", 0, SpType::Int64, MetricValue::LongValue(n)).with_alias(None)
-}
-
-trait WithAlias {
-    fn with_alias(self, alias: Option<u64>) -> Self;
-}
-impl WithAlias for Metric {
-    fn with_alias(mut self, alias: Option<u64>) -> Self {
-        self.alias = alias;
-        self
-    }
+    named("bdSeq", SpType::Int64, MetricValue::LongValue(n))
 }
 
 /// An edge node written in the test: it publishes what it is told, with
@@ -290,13 +287,11 @@ async fn births_define_tags_data_updates_them_by_alias_and_deaths_turn_them_bad(
         None,
         vec![
             bd_seq(3),
-            birth(
+            named(
                 "Node Control/Rebirth",
-                0,
                 SpType::Boolean,
                 MetricValue::BooleanValue(false),
-            )
-            .with_alias(None),
+            ),
             temp,
             birth("count", 2, SpType::Int8, MetricValue::IntValue(0xFFFF_FFFB)),
             birth(

@@ -182,6 +182,18 @@ const WARNS_PER_MESSAGE: u32 = 3;
 /// takes one, even with no tag).
 const MAX_SCOPES: usize = 200_000;
 
+/// The `bdSeq` metric of an NBIRTH or NDEATH.
+fn bd_seq(p: &pb::Payload) -> Option<u64> {
+    p.metrics
+        .iter()
+        .find(|m| m.name() == BD_SEQ)
+        .and_then(|m| match m.value {
+            Some(MetricValue::LongValue(v)) => Some(v),
+            Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
+            _ => None,
+        })
+}
+
 /// Queues a log line while the message's budget lasts.
 fn warn(left: &mut u32, out: &mut Vec<Action>, line: impl FnOnce() -> String) {
     if *left > 0 {
@@ -317,15 +329,7 @@ impl Host {
     }
 
     fn node_birth(&mut self, key: (String, String), p: &pb::Payload, out: &mut Vec<Action>) {
-        let bd_seq = p
-            .metrics
-            .iter()
-            .find(|m| m.name() == BD_SEQ)
-            .and_then(|m| match m.value {
-                Some(MetricValue::LongValue(v)) => Some(v),
-                Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
-                _ => None,
-            });
+        let bd_seq = bd_seq(p);
         if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
             warn(&mut self.warns_left, out, || {
                 format!(
@@ -605,15 +609,7 @@ impl Host {
     /// are dead and their tags Bad; another bdSeq is a stale death of an
     /// earlier session (its will arriving late) and changes nothing.
     fn node_death(&mut self, key: &(String, String), p: &pb::Payload, out: &mut Vec<Action>) {
-        let death_bd = p
-            .metrics
-            .iter()
-            .find(|m| m.name() == BD_SEQ)
-            .and_then(|m| match m.value {
-                Some(MetricValue::LongValue(v)) => Some(v),
-                Some(MetricValue::IntValue(v)) => Some(u64::from(v)),
-                _ => None,
-            });
+        let death_bd = bd_seq(p);
         let Some(node) = self.nodes.get_mut(key).filter(|n| n.online) else {
             return;
         };
