@@ -25,7 +25,8 @@
 //!   source that carries them out. [`auth`]: who a connection is (static
 //!   token, JWT or anonymous) and its read and write scopes; the read
 //!   scope reaches the engine only as part of an interned selection's key.
-//! - [`rate`]: token buckets for what peers can trigger at will.
+//! - [`rate`]: token buckets for what peers can trigger at will;
+//!   [`peer_text`]: a peer's strings quoted, escaped and clipped for logs.
 //! - [`tail`]: `tagstream tail` and `write`, on the Rust SDK
 //!   (`clients/rust`, crate `tagstream-client`, which also owns the
 //!   generated wire types [`proto`] re-exports).
@@ -42,6 +43,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod pattern;
+pub mod peer_text;
 pub mod proto;
 pub mod push;
 pub mod rate;

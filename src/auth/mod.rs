@@ -19,6 +19,9 @@ use thiserror::Error;
 use crate::pattern;
 pub use config::AuthConfig;
 
+/// Longest JWT `sub` accepted.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
 /// How a principal was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
@@ -113,6 +116,10 @@ pub enum Denied {
     /// No token, and no anonymous access.
     #[error("a token is required")]
     Missing,
+    /// Something sent as a credential that is none (`Basic ...`, `Bearer`
+    /// without a token, an empty `access_token`).
+    #[error("malformed credential: {0}")]
+    Malformed(&'static str),
     /// Neither a static token nor a JWT this server accepts.
     #[error("unknown token")]
     Unknown,
@@ -134,8 +141,11 @@ pub struct Auth {
 }
 
 struct Jwt {
-    keys: Vec<(Algorithm, DecodingKey)>,
-    validation: Validation,
+    /// One key per algorithm, each with a validation that admits only its
+    /// own algorithm: jsonwebtoken refuses a key whose family differs from
+    /// any algorithm a validation lists, so one shared validation listing
+    /// HS256 and RS256 would refuse every token (InvalidAlgorithm).
+    keys: Vec<(Algorithm, DecodingKey, Validation)>,
     leeway_us: i64,
 }
 
@@ -338,7 +348,6 @@ fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
         keys.push((alg, decoding));
     }
     let mut validation = Validation::new(Algorithm::HS256);
-    validation.algorithms = keys.iter().map(|(a, _)| *a).collect();
     validation.leeway = c.leeway.as_secs();
     validation.validate_nbf = true;
     let mut required = vec!["exp"];
@@ -357,9 +366,16 @@ fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
         None => validation.validate_aud = false,
     }
     validation.set_required_spec_claims(&required);
+    let keys = keys
+        .into_iter()
+        .map(|(alg, key)| {
+            let mut v = validation.clone();
+            v.algorithms = vec![alg];
+            (alg, key, v)
+        })
+        .collect();
     Ok(Jwt {
         keys,
-        validation,
         leeway_us: i64::try_from(c.leeway.as_micros()).unwrap_or(i64::MAX),
     })
 }
@@ -370,16 +386,25 @@ impl Jwt {
         // `alg: none` and unknown algorithms fail here: the enum has no
         // `none`, and only configured algorithms have a key.
         let header = jsonwebtoken::decode_header(token).map_err(fail)?;
-        let key = self
+        let (_, key, validation) = self
             .keys
             .iter()
-            .find(|(a, _)| *a == header.alg)
-            .map(|(_, k)| k)
+            .find(|(a, _, _)| *a == header.alg)
             .ok_or_else(|| Denied::Jwt(format!("algorithm {:?} is not accepted", header.alg)))?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(fail)?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(fail)?;
         let claims = data.claims;
         if claims.sub.is_empty() {
             return Err(Denied::Jwt("no `sub` claim".into()));
+        }
+        // The subject is in every audit event of the session: no line
+        // breaks or escapes, and no 60 KB names.
+        if crate::peer_text::has_control(&claims.sub) {
+            return Err(Denied::Jwt("`sub` holds a control character".into()));
+        }
+        if claims.sub.len() > MAX_SUBJECT_BYTES {
+            return Err(Denied::Jwt(format!(
+                "`sub` is longer than {MAX_SUBJECT_BYTES} bytes"
+            )));
         }
         for p in claims.read.iter().chain(&claims.write) {
             pattern::validate(p).map_err(|e| Denied::Jwt(format!("bad scope pattern: {e}")))?;

@@ -221,3 +221,93 @@ fn unwritable_lists_the_writable_tags_nobody_may_write() {
     assert_eq!(a.unwritable(names.into_iter()), Some(vec!["b/sp"]));
     assert_eq!(hs256().unwritable(names.into_iter()), None);
 }
+
+/// The committed test key pairs' files: (algorithm, private PEM, public
+/// key path).
+fn key_pairs() -> [(Algorithm, &'static str, String); 2] {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/auth/testdata");
+    [
+        (
+            Algorithm::RS256,
+            include_str!("testdata/rs256.key"),
+            format!("{dir}/rs256.pub"),
+        ),
+        (
+            Algorithm::ES256,
+            include_str!("testdata/es256.key"),
+            format!("{dir}/es256.pub"),
+        ),
+    ]
+}
+
+fn sign_with(alg: Algorithm, claims: &serde_json::Value) -> String {
+    let key = match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(SECRET.as_bytes()).expect("hs"),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(key_pairs()[0].1.as_bytes()).expect("rsa"),
+        _ => EncodingKey::from_ec_pem(key_pairs()[1].1.as_bytes()).expect("ec"),
+    };
+    encode(&Header::new(alg), claims, &key).expect("sign")
+}
+
+#[test]
+fn every_combination_of_jwt_keys_accepts_each_of_its_algorithms() {
+    let [(_, _, rs_pub), (_, _, es_pub)] = key_pairs();
+    let all = [Algorithm::HS256, Algorithm::RS256, Algorithm::ES256];
+    let claims = json!({"sub": "alice", "exp": NOW + 60, "read": ["#"]});
+    // Every set of two or three keys (one key each is covered above).
+    for mask in [0b011u8, 0b101, 0b110, 0b111] {
+        let on: Vec<Algorithm> = (0..3)
+            .filter(|i| mask >> i & 1 == 1)
+            .map(|i| all[i])
+            .collect();
+        let mut keys = Vec::new();
+        if on.contains(&Algorithm::HS256) {
+            keys.push("hs256_secret_env = \"JWT\"".to_string());
+        }
+        if on.contains(&Algorithm::RS256) {
+            keys.push(format!("rs256_public_key = {rs_pub:?}"));
+        }
+        if on.contains(&Algorithm::ES256) {
+            keys.push(format!("es256_public_key = {es_pub:?}"));
+        }
+        let toml = format!("[auth]\njwt = {{ {} }}\n", keys.join(", "));
+        let a = auth(&toml, &[("JWT", SECRET)]).expect("auth");
+        for alg in all {
+            let got = a.authenticate(Some(&sign_with(alg, &claims)), NOW * 1_000_000);
+            if on.contains(&alg) {
+                let p = got.unwrap_or_else(|e| panic!("{on:?}: {alg:?} refused: {e}"));
+                assert_eq!(p.subject, "alice");
+            } else {
+                assert!(
+                    matches!(got, Err(Denied::Jwt(ref m)) if m.contains("not accepted")),
+                    "{on:?}: {alg:?} {got:?}"
+                );
+            }
+        }
+        // The public key's PEM as an HS256 secret stays refused.
+        if on.contains(&Algorithm::RS256) {
+            let pem = std::fs::read(&rs_pub).expect("pub");
+            let forged = encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(&pem).expect("key"),
+            )
+            .expect("sign");
+            assert!(a.authenticate(Some(&forged), NOW * 1_000_000).is_err());
+        }
+    }
+}
+
+#[test]
+fn a_subject_with_a_control_character_or_too_long_is_refused() {
+    for sub in ["alice\n2026-01-01 INFO audit: forged", "a\rb", "a\u{1b}[2J"] {
+        let got = at(&sign(good(json!({"sub": sub}))));
+        assert!(
+            matches!(got, Err(Denied::Jwt(ref m)) if m.contains("control")),
+            "{got:?}"
+        );
+    }
+    let long = "a".repeat(MAX_SUBJECT_BYTES + 1);
+    assert!(at(&sign(good(json!({"sub": long})))).is_err());
+    assert!(at(&sign(good(json!({"sub": "plant-operator ä"})))).is_ok());
+}

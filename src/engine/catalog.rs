@@ -332,10 +332,37 @@ impl TagDef {
                 }
                 _ => return mismatch("expects a number"),
             },
-            (_, Value::U64(v)) => Value::U64(*v),
-            (_, Value::I64(v)) => Value::I64(*v),
-            (_, Value::F64(v)) if v.fract() == 0.0 && v.is_finite() => Value::I64(*v as i64),
-            _ => return mismatch("expects an integer"),
+            (kind, v) => {
+                // An integer tag: the value must be that integer exactly,
+                // within the type's range. An f64 (how JavaScript sends
+                // every number) converts only when it is a whole number;
+                // `as` would saturate 1e30 to the type's maximum.
+                let exact: i128 = match v {
+                    Value::U64(v) => i128::from(*v),
+                    Value::I64(v) => i128::from(*v),
+                    // Saturates only far outside every range checked below.
+                    Value::F64(f) if f.is_finite() && f.fract() == 0.0 => *f as i128,
+                    _ => return mismatch("expects an integer"),
+                };
+                let (lo, hi, signed) = integer_range(kind);
+                if !(lo..=hi).contains(&exact) {
+                    return Err((
+                        status::BAD_OUT_OF_RANGE,
+                        format!(
+                            "{} cannot be written to {} ({}: {lo} to {hi})",
+                            value,
+                            self.name,
+                            type_name(kind)
+                        ),
+                    ));
+                }
+                // In range, so these conversions are exact.
+                if signed {
+                    Value::I64(i64::try_from(exact).unwrap_or_default())
+                } else {
+                    Value::U64(u64::try_from(exact).unwrap_or_default())
+                }
+            }
         };
         if let Some(x) = converted.as_f64() {
             // A device never gets an infinity or NaN, nor an f32 tag a
@@ -367,6 +394,40 @@ impl TagDef {
     }
 }
 
+/// The integers a tag of `kind` holds, and whether it is signed (the
+/// value kind it takes on the wire: protocol.md "Which Value kind").
+fn integer_range(kind: proto::DataType) -> (i128, i128, bool) {
+    use proto::DataType as D;
+    match kind {
+        D::U16 => (0, u16::MAX.into(), false),
+        D::I16 => (i16::MIN.into(), i16::MAX.into(), true),
+        D::U32 => (0, u32::MAX.into(), false),
+        D::I32 => (i32::MIN.into(), i32::MAX.into(), true),
+        D::U64 => (0, u64::MAX.into(), false),
+        _ => (i64::MIN.into(), i64::MAX.into(), true),
+    }
+}
+
+/// A type's name as the config spells it (`u64`), for messages a plant
+/// engineer reads.
+pub fn type_name(kind: proto::DataType) -> &'static str {
+    use proto::DataType as D;
+    match kind {
+        D::Bool => "bool",
+        D::U16 => "u16",
+        D::I16 => "i16",
+        D::U32 => "u32",
+        D::I32 => "i32",
+        D::U64 => "u64",
+        D::I64 => "i64",
+        D::F32 => "f32",
+        D::F64 => "f64",
+        D::String => "string",
+        D::Bytes => "bytes",
+        D::TypeUnspecified => "unspecified",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +455,62 @@ mod tests {
             .expect_err("refused");
         assert_eq!(err.0, status::BAD_OUT_OF_RANGE);
         assert!(f64_tag.convert_for_write(&Value::F64(1e39)).is_ok());
+    }
+
+    #[test]
+    fn integer_writes_convert_exactly_or_are_out_of_range_at_every_edge() {
+        use proto::DataType as D;
+        let tag = |t| TagDef {
+            writable: true,
+            data_type: t,
+            ..TagDef::read_only("w/x", "s")
+        };
+        let ok = |t, v: Value, want: Value| {
+            assert_eq!(tag(t).convert_for_write(&v), Ok(want), "{t:?} {v:?}");
+        };
+        let out = |t, v: Value| {
+            let err = tag(t).convert_for_write(&v).expect_err("refused");
+            assert_eq!(err.0, status::BAD_OUT_OF_RANGE, "{t:?} {v:?}: {}", err.1);
+        };
+        // u64: what the TypeScript SDK and the web view send is an f64.
+        ok(D::U64, Value::F64(1e19), Value::U64(10_000_000_000_000_000_000));
+        ok(D::U64, Value::U64(u64::MAX), Value::U64(u64::MAX));
+        ok(D::U64, Value::F64(0.0), Value::U64(0));
+        out(D::U64, Value::F64(1e30));
+        out(D::U64, Value::F64(18_446_744_073_709_551_616.0)); // 2^64
+        out(D::U64, Value::I64(-1));
+        out(D::U64, Value::F64(-1.0));
+        // i64
+        ok(D::I64, Value::I64(i64::MIN), Value::I64(i64::MIN));
+        ok(D::I64, Value::F64(-9_223_372_036_854_775_808.0), Value::I64(i64::MIN));
+        out(D::I64, Value::F64(9_223_372_036_854_775_808.0)); // 2^63
+        out(D::I64, Value::F64(1e30));
+        out(D::I64, Value::F64(-1e30));
+        out(D::I64, Value::U64(u64::MAX));
+        ok(D::I64, Value::U64(7), Value::I64(7));
+        // the narrow types, at both ends and one past
+        for (t, lo, hi) in [
+            (D::U16, 0i128, 65_535i128),
+            (D::I16, -32_768, 32_767),
+            (D::U32, 0, 4_294_967_295),
+            (D::I32, -2_147_483_648, 2_147_483_647),
+        ] {
+            for v in [lo, hi] {
+                let want = if lo < 0 {
+                    Value::I64(v as i64)
+                } else {
+                    Value::U64(v as u64)
+                };
+                ok(t, Value::F64(v as f64), want.clone());
+                ok(t, Value::I64(v as i64), want);
+            }
+            out(t, Value::F64((lo - 1) as f64));
+            out(t, Value::F64((hi + 1) as f64));
+            out(t, Value::I64((hi + 1) as i64));
+        }
+        // A fraction is no integer (type mismatch, not range).
+        let err = tag(D::U16).convert_for_write(&Value::F64(1.5)).expect_err("mismatch");
+        assert_eq!(err.0, status::BAD_TYPE_MISMATCH);
     }
 
     #[test]

@@ -23,6 +23,8 @@ use tokio_util::task::TaskTracker;
 
 use super::close::Refusal;
 use super::{Push, Slot, session};
+use crate::auth::Denied;
+use crate::peer_text::shown;
 use crate::proto::SUBPROTOCOL;
 
 /// Read buffer of a session. tungstenite allocates it eagerly (128 KiB by
@@ -205,25 +207,35 @@ fn upgrade(
     // headers); they are not subprotocols and are never echoed.
     let (bearer, offered): (Vec<&str>, Vec<&str>) = tokens(headers, header::SEC_WEBSOCKET_PROTOCOL)
         .filter(|t| !t.is_empty())
-        .partition(|t| t.starts_with(BEARER_PREFIX));
+        .partition(|t| is_bearer_entry(t));
     let select_ours = offered.contains(&SUBPROTOCOL);
     if !offered.is_empty() && !select_ours {
         return Err(Refusal::NoSubprotocol);
     }
-    let slot: Slot = push.admit(peer.ip())?;
-    let token = presented_token(headers, req.uri().query(), &bearer);
-    let principal = match push
-        .auth
-        .authenticate(token.as_deref(), crate::sample::now_us())
-    {
+    if push.refusing(peer.ip()) {
+        return Err(Refusal::RateLimited);
+    }
+    let now = crate::sample::now_us();
+    let verdict = match presented_token(headers, req.uri().query(), &bearer) {
+        // Without `[auth]` every connection is the open reader, whatever
+        // it sends; with it, a credential that is sent must be well formed.
+        Presented::Malformed(why) if push.auth.requires_token() => Err(Denied::Malformed(why)),
+        Presented::Token(token) => push.auth.authenticate(Some(&token), now),
+        Presented::Malformed(_) | Presented::Nothing => push.auth.authenticate(None, now),
+    };
+    let principal = match verdict {
         Ok(p) => p,
         Err(denied) => {
-            tracing::info!(target: "audit", event = "token_refused", %peer, reason = %denied, "token refused");
+            push.note_refused(peer.ip());
+            tracing::info!(target: "audit", event = "token_refused", %peer, reason = %shown(&denied.to_string()), "token refused");
             return Err(Refusal::Unauthorized {
-                presented: token.is_some(),
+                presented: denied != Denied::Missing,
             });
         }
     };
+    // The node's budget and the slots are taken by authenticated
+    // handshakes only.
+    let slot: Slot = push.admit(peer.ip())?;
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let push = push.clone();
@@ -271,30 +283,65 @@ fn upgrade(
 /// A subprotocol entry that carries a token.
 const BEARER_PREFIX: &str = "bearer.";
 
-/// The token a handshake presents: `Authorization: Bearer`, else the
+/// What a handshake presents as its credential.
+#[derive(Debug, PartialEq)]
+enum Presented {
+    /// No credential anywhere.
+    Nothing,
+    /// A token.
+    Token(String),
+    /// Something sent as a credential that is not one (`Basic ...`,
+    /// `Bearer` alone, an empty `access_token`): refused, never read as
+    /// "no credential" (which anonymous access would admit).
+    Malformed(&'static str),
+}
+
+/// True for a subprotocol entry that carries a token (`bearer.<t>`, the
+/// prefix in any case).
+fn is_bearer_entry(entry: &str) -> bool {
+    entry
+        .get(..BEARER_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(BEARER_PREFIX))
+}
+
+/// The credential a handshake presents: `Authorization: Bearer`, else the
 /// `access_token` query parameter, else a `bearer.` subprotocol entry.
-fn presented_token(headers: &HeaderMap, query: Option<&str>, bearer: &[&str]) -> Option<String> {
-    let header = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| token.trim().to_string())
-        });
-    let query = || {
-        form_urlencoded::parse(query?.as_bytes())
-            .find(|(k, _)| k == "access_token")
-            .map(|(_, v)| v.into_owned())
-    };
-    let sub = || {
-        bearer
-            .first()
-            .and_then(|b| b.strip_prefix(BEARER_PREFIX))
-            .map(str::to_string)
-    };
-    header.or_else(query).or_else(sub).filter(|t| !t.is_empty())
+/// Each location that is used must hold a well-formed token.
+fn presented_token(headers: &HeaderMap, query: Option<&str>, bearer: &[&str]) -> Presented {
+    let well_formed = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic());
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let Ok(value) = value.to_str() else {
+            return Presented::Malformed("Authorization is not ASCII");
+        };
+        let Some((scheme, token)) = value.split_once(' ') else {
+            return Presented::Malformed("Authorization is not `Bearer <token>`");
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Presented::Malformed("Authorization scheme is not Bearer");
+        }
+        let token = token.trim_matches(' ');
+        return match well_formed(token) {
+            true => Presented::Token(token.to_string()),
+            false => Presented::Malformed("Authorization: Bearer without a token"),
+        };
+    }
+    if let Some(q) = query {
+        if let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
+        {
+            return match well_formed(&v) {
+                true => Presented::Token(v.into_owned()),
+                false => Presented::Malformed("empty or malformed access_token"),
+            };
+        }
+    }
+    match bearer.first() {
+        None => Presented::Nothing,
+        Some(_) if bearer.len() > 1 => Presented::Malformed("more than one bearer. subprotocol entry"),
+        Some(entry) => match &entry[BEARER_PREFIX.len()..] {
+            t if well_formed(t) => Presented::Token(t.to_string()),
+            _ => Presented::Malformed("empty bearer. subprotocol entry"),
+        },
+    }
 }
 
 /// protocol.md "Errors": a request without Origin (not a browser) passes;
@@ -362,22 +409,36 @@ mod tests {
 
     #[test]
     fn a_token_is_taken_from_the_header_the_query_or_a_subprotocol_entry() {
+        let tok = |t: &str| Presented::Token(t.into());
         let mut h = HeaderMap::new();
-        assert_eq!(presented_token(&h, None, &[]), None);
+        assert_eq!(presented_token(&h, None, &[]), Presented::Nothing);
         assert_eq!(
             presented_token(&h, Some("a=1&access_token=t%2Bq"), &[]),
-            Some("t+q".into())
+            tok("t+q")
         );
-        assert_eq!(
-            presented_token(&h, None, &["bearer.abc"]),
-            Some("abc".into())
-        );
+        assert_eq!(presented_token(&h, None, &["bearer.abc"]), tok("abc"));
+        assert_eq!(presented_token(&h, None, &["Bearer.abc"]), tok("abc"));
         h.insert(header::AUTHORIZATION, v("Bearer  hdr "));
         assert_eq!(
             presented_token(&h, Some("access_token=q"), &["bearer.s"]),
-            Some("hdr".into())
+            tok("hdr")
         );
-        h.insert(header::AUTHORIZATION, v("Basic dXNlcg=="));
-        assert_eq!(presented_token(&h, None, &[]), None);
+    }
+
+    #[test]
+    fn a_credential_that_is_sent_malformed_is_never_no_credential() {
+        let malformed = |h: &HeaderMap, q: Option<&str>, b: &[&str]| {
+            matches!(presented_token(h, q, b), Presented::Malformed(_))
+        };
+        for bad in ["Bearer\tbad", "Basic dXNlcg==", "Token bad", "Bearer", "Bearer ", "Bearer a b"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, v(bad));
+            assert!(malformed(&h, None, &[]), "{bad:?}");
+        }
+        let none = HeaderMap::new();
+        assert!(malformed(&none, Some("access_token="), &[]));
+        assert!(malformed(&none, None, &["bearer."]));
+        assert!(malformed(&none, None, &["bearer.a", "bearer.b"]));
+        assert!(is_bearer_entry("Bearer.bad") && is_bearer_entry("BEARER.") && !is_bearer_entry("bear"));
     }
 }

@@ -57,6 +57,8 @@ pub struct Push {
     draining: AtomicBool,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     handshakes: Mutex<(u64, u32)>,
+    /// Refused handshakes this second per peer (see `refusing`).
+    refused: Mutex<(u64, HashMap<IpAddr, u32>)>,
     http_in_flight: Arc<Semaphore>,
     /// Sockets not yet upgraded.
     pub pending: Arc<Pending>,
@@ -71,6 +73,8 @@ pub struct Push {
 /// 3.5 KiB per idle session (measured with the `idle` scenario: 7.5 KiB per
 /// connection unbounded, 3.9 KiB bounded, and the burst connected faster).
 const HTTP_IN_FLIGHT: usize = 256;
+/// Peers whose refused handshakes are counted one by one in a second.
+const MAX_REFUSING_PEERS: usize = 4096;
 /// Longest wait for an HTTP permit before serving without one.
 const PERMIT_WAIT: Duration = Duration::from_secs(1);
 
@@ -126,6 +130,7 @@ impl Push {
             draining: AtomicBool::new(false),
             per_ip: Mutex::new(HashMap::new()),
             handshakes: Mutex::new((0, 0)),
+            refused: Mutex::new((0, HashMap::new())),
             http_in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
             pending,
             tls,
@@ -161,6 +166,44 @@ impl Push {
     /// Stop taking new clients; existing sessions stay until shutdown.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// True if `ip` has had `handshake_rate` handshakes refused (a bad or
+    /// missing token) this second: it is answered 429 without its token
+    /// being looked at. Refusals count against the peer that caused them,
+    /// never against the node's budget, so an attacker without a token
+    /// cannot lock out the clients that have one. The map is cleared every
+    /// second and holds at most [`MAX_REFUSING_PEERS`] addresses; past
+    /// that, new addresses share one count.
+    fn refusing(&self, ip: IpAddr) -> bool {
+        let limit = self.config.handshake_rate;
+        limit > 0 && self.refused_count(ip, false) >= limit
+    }
+
+    /// Counts one refused handshake of `ip`.
+    fn note_refused(&self, ip: IpAddr) {
+        if self.config.handshake_rate > 0 {
+            self.refused_count(ip, true);
+        }
+    }
+
+    fn refused_count(&self, ip: IpAddr, add: bool) -> u32 {
+        let second = crate::sample::now_us() as u64 / 1_000_000;
+        let mut r = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if r.0 != second {
+            r.0 = second;
+            r.1.clear();
+        }
+        let key = if r.1.len() < MAX_REFUSING_PEERS || r.1.contains_key(&ip) {
+            ip
+        } else {
+            IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+        };
+        let count = r.1.entry(key).or_default();
+        if add {
+            *count = count.saturating_add(1);
+        }
+        *count
     }
 
     /// Takes a connection slot, or says why not.

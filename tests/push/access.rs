@@ -309,3 +309,70 @@ async fn an_rs256_token_verifies_and_the_public_key_is_no_hs256_secret() {
     assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_credential_is_401_even_where_anonymous_reads() {
+    let toml = format!("{}anonymous = {{ read = [\"#\"] }}\n", config());
+    let server = spawn_with_env(&toml, TAGS, &[("HMI", HMI), ("JWT", SECRET)]).await;
+    let addr = server.addr;
+    let head = |proto: &str, extra: &str| {
+        upgrade_request(&format!("Sec-WebSocket-Protocol: {proto}\r\n{extra}"))
+    };
+    // Nothing sent: anonymous.
+    let r = http(addr, &head("tagstream.v1", "")).await;
+    assert!(r.starts_with("HTTP/1.1 101"), "{r}");
+    for (case, request) in [
+        ("tab", head("tagstream.v1", "Authorization: Bearer\tbad\r\n")),
+        ("basic", head("tagstream.v1", "Authorization: Basic dXNlcg==\r\n")),
+        ("other scheme", head("tagstream.v1", "Authorization: Token bad\r\n")),
+        ("bearer alone", head("tagstream.v1", "Authorization: Bearer\r\n")),
+        ("Bearer. entry", head("tagstream.v1, Bearer.bad", "")),
+        ("empty bearer. entry", head("tagstream.v1, bearer.", "")),
+        (
+            "empty access_token",
+            head("tagstream.v1", "").replacen("/api/v1/stream", "/api/v1/stream?access_token=", 1),
+        ),
+    ] {
+        let r = http(addr, &request).await;
+        assert!(r.starts_with("HTTP/1.1 401"), "{case}: {r}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_spend_their_own_peers_budget_not_the_nodes() {
+    let toml = config().replace("[auth]", "[server]\nhandshake_rate = 20\n\n[auth]");
+    let server = spawn_with_env(&toml, TAGS, &[("HMI", HMI), ("JWT", SECRET)]).await;
+    let addr = server.addr;
+    let head = |extra: &str| {
+        upgrade_request(&format!("Sec-WebSocket-Protocol: tagstream.v1\r\n{extra}"))
+    };
+    let bad = head("Authorization: Bearer not-a-token\r\n");
+    let good = head(&format!("Authorization: Bearer {HMI}\r\n"));
+    // Start at the beginning of a second, so the burst and the good
+    // handshakes share it.
+    let into_second = now_us() % 1_000_000;
+    tokio::time::sleep(Duration::from_micros((1_000_000 - into_second) as u64)).await;
+    let mut statuses = Vec::new();
+    let first_second = now_us() / 1_000_000;
+    for _ in 0..25 {
+        let r = http(addr, &bad).await;
+        statuses.push(r.get(9..12).unwrap_or("").to_string());
+    }
+    // The attacker gets its 401s, then 429 once past the rate (when the
+    // burst fit one second, as it does unless the machine stalls).
+    if now_us() / 1_000_000 == first_second {
+        assert!(statuses[..20].iter().all(|s| s == "401"), "{statuses:?}");
+        assert!(statuses[20..].iter().all(|s| s == "429"), "{statuses:?}");
+    }
+    // ... and a client with a token, from another address, is admitted.
+    let mut ok = 0;
+    for _ in 0..5 {
+        let r = http_from([127, 0, 0, 2], addr, &good).await;
+        if r.starts_with("HTTP/1.1 101") {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5, "good clients locked out by bad tokens");
+    server.stop().await;
+}

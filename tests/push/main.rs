@@ -33,7 +33,18 @@ pub(crate) const TAGS: &[&str] = &["a/x", "a/y", "b/z", "b/w"];
 
 /// Sends a raw HTTP request and returns the response head.
 pub(crate) async fn http(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    http_from([127, 0, 0, 1], addr, request).await
+}
+
+/// [`http`] from a chosen loopback source address (another peer).
+pub(crate) async fn http_from(
+    source: [u8; 4],
+    addr: std::net::SocketAddr,
+    request: &str,
+) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
     s.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

@@ -77,6 +77,9 @@ impl Value {
             b.into()
         } else if let Ok(i) = text.parse::<i64>() {
             i.into()
+        } else if let Ok(u) = text.parse::<u64>() {
+            // Above i64::MAX: a u64, exactly (an f64 would round it).
+            u.into()
         } else if let Ok(f) = text.parse::<f64>() {
             f.into()
         } else {

@@ -27,6 +27,7 @@ use crate::command::CommandSink;
 use crate::engine::selection::Selection;
 use crate::engine::{Batch, EngineShared};
 use crate::pattern;
+use crate::peer_text::shown;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
@@ -312,7 +313,7 @@ impl SessionState {
     pub fn on_expiry(&mut self, now: Now, peer: SocketAddr) -> Action {
         match self.session_end_us() {
             Some(end) if end <= now.wall_us => {
-                tracing::info!(target: "audit", event = "token_expired", subject = %self.principal.subject, %peer, "session closed: token expired");
+                tracing::info!(target: "audit", event = "token_expired", subject = %shown(&self.principal.subject), %peer, "session closed: token expired");
                 Action::End(End::Close(
                     close::TOKEN_EXPIRED,
                     "token expired".into(),
@@ -688,14 +689,14 @@ impl SessionState {
         tracing::info!(
             target: "audit",
             event = "write",
-            subject = %self.principal.subject,
+            subject = %shown(&self.principal.subject),
             %peer,
-            tag = %a.tag,
-            value = %a.value,
+            tag = %shown(&a.tag),
+            value = %shown(&a.value),
             result = %crate::status::name(status),
             status = format_args!("{status:#010x}"),
             latency_us = at.saturating_duration_since(a.received).as_micros() as u64,
-            detail = message,
+            detail = %shown(message),
             "write"
         );
     }
@@ -723,14 +724,14 @@ impl SessionState {
         match self.cx.auth.refresh(&self.principal, &r.token, now.wall_us) {
             Ok(next) => {
                 let expires_at_us = next.expires_at_us.unwrap_or(0);
-                tracing::info!(target: "audit", event = "token_refreshed", subject = %next.subject, %peer, expires_at_us, "token refreshed");
+                tracing::info!(target: "audit", event = "token_refreshed", subject = %shown(&next.subject), %peer, expires_at_us, "token refreshed");
                 self.principal = next;
                 let refreshed = proto::Refreshed { expires_at_us };
                 out.message(proto::server(server_message::Kind::Refreshed(refreshed)).to_bytes());
                 Action::Nothing
             }
             Err(denied) => {
-                tracing::info!(target: "audit", event = "token_refused", subject = %self.principal.subject, %peer, reason = %denied, "refresh refused");
+                tracing::info!(target: "audit", event = "token_refused", subject = %shown(&self.principal.subject), %peer, reason = %shown(&denied.to_string()), "refresh refused");
                 Action::End(End::Close(
                     close::TOKEN_REFUSED,
                     "refresh refused".into(),
