@@ -193,6 +193,8 @@ struct Requests {
     writes: WriteAllowance,
     browses: Bucket,
     refreshes: Bucket,
+    /// One audit line a second counts the writes the rate refused.
+    rate_audit: crate::rate::Throttle,
 }
 
 /// One session's protocol state.
@@ -596,6 +598,7 @@ impl SessionState {
                 writes: WriteAllowance::new(per_s),
                 browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
                 refreshes: Bucket::new(5 * REFRESH_PER_S, f64::from(REFRESH_PER_S)),
+                rate_audit: crate::rate::Throttle::once_per(std::time::Duration::from_secs(1)),
             })
         })
     }
@@ -637,6 +640,23 @@ impl SessionState {
         out: &mut Outbox,
     ) -> Action {
         let request_id = w.request_id;
+        // Every request counts against the rate, refused ones too. Past
+        // it a request is answered without being looked at, and its audit
+        // event is a count: at most one line a second says how many.
+        if let Err((status, message)) = self.requests().writes.take_rate(now.at) {
+            if let Some(earlier) = self.requests().rate_audit.admit() {
+                tracing::info!(
+                    target: "audit",
+                    event = "write_rate_limited",
+                    subject = %shown(&self.principal.subject),
+                    %peer,
+                    count = earlier + 1,
+                    "writes refused unread: faster than max_writes_per_s"
+                );
+            }
+            out.message(write_result(request_id, status, message));
+            return Action::Nothing;
+        }
         let catalog = self.cx.engine.catalog();
         let audit = writes::Audit::new(&w, now.at);
         let (tag, value) = match writes::check(&catalog, &self.principal, &w) {
@@ -647,7 +667,7 @@ impl SessionState {
                 return Action::Nothing;
             }
         };
-        if let Err((status, message)) = self.requests().writes.admit(tag.source, now.at) {
+        if let Err((status, message)) = self.requests().writes.admit(tag.source) {
             self.audit(&audit, peer, status, &message, now.at);
             out.message(write_result(request_id, status, message));
             return Action::Nothing;

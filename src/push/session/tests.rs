@@ -660,10 +660,10 @@ async fn writes_past_the_device_share_or_the_rate_get_bad_too_many_operations() 
     }
     assert_eq!(results(&mut out).len(), 8);
     assert_eq!(send(&mut s, &mut pending, 100, &mut out), None);
-    assert_eq!(send(&mut s, &mut pending, 101, &mut out), None);
+    // The write refused for the device share counted too: 11th request.
     assert_eq!(
-        send(&mut s, &mut pending, 102, &mut out),
-        Some((102, status::BAD_TOO_MANY_OPERATIONS)),
+        send(&mut s, &mut pending, 101, &mut out),
+        Some((101, status::BAD_TOO_MANY_OPERATIONS)),
         "11th write within a second"
     );
     tokio::time::advance(Duration::from_millis(150)).await;
@@ -678,19 +678,52 @@ async fn writes_past_the_device_share_or_the_rate_get_bad_too_many_operations() 
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn refused_writes_count_against_the_rate_and_echo_a_bounded_name() {
+    use proto::value::Kind as V;
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    // A read-only client's writes to unknown tags, with a 60 kB name.
+    let name = format!("nope/{}\nforged", "x".repeat(60_000));
+    let mut answered = Vec::new();
+    for id in 0..200 {
+        let action = s.on_message(write(id, &name, Some(V::F64(1.0))), now(), PEER, &mut out);
+        assert!(matches!(action, Action::Nothing));
+        for kind in kinds(&mut out) {
+            if let Kind::WriteResult(r) = kind {
+                answered.push((r.status, r.message));
+            }
+        }
+    }
+    assert_eq!(answered.len(), 200, "every request answered");
+    let unknown = answered
+        .iter()
+        .filter(|(st, _)| *st == status::BAD_NODE_ID_UNKNOWN)
+        .count();
+    assert_eq!(unknown, 10, "only the rate's worth were looked at");
+    assert!(
+        answered
+            .iter()
+            .all(|(_, m)| m.len() < 300 && !m.contains('\n')),
+        "bounded, escaped messages"
+    );
+}
+
 #[test]
 fn the_in_flight_limit_counts_every_device_and_frees_on_answer() {
     use super::writes::{MAX_WRITES_IN_FLIGHT, WriteAllowance};
     let t = tokio::time::Instant::now();
     let mut a = WriteAllowance::new(0);
     for i in 0..MAX_WRITES_IN_FLIGHT {
-        a.admit(i % 3, t).expect("within the limits");
+        a.admit(i % 3).expect("within the limits");
     }
-    let (status, why) = a.admit(3, t).expect_err("17th in flight");
+    let (status, why) = a.admit(3).expect_err("17th in flight");
     assert_eq!(status, status::BAD_TOO_MANY_OPERATIONS);
     assert!(why.contains("in flight"), "{why}");
     a.release(0);
-    a.admit(3, t).expect("one answered, one more may go");
+    a.admit(3).expect("one answered, one more may go");
     assert_eq!(a.in_flight(), usize::from(MAX_WRITES_IN_FLIGHT));
 }
 

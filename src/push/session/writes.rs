@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::auth::Principal;
 use crate::command::{WRITE_QUEUE, WriteFailure, WriteReply};
 use crate::engine::catalog::Catalog;
+use crate::peer_text::{SHOWN_BYTES, clip, shown};
 use crate::proto;
 use crate::rate::Bucket;
 use crate::sample::{SourceId, TagKey, Value};
@@ -50,9 +51,22 @@ impl WriteAllowance {
         usize::from(self.in_flight)
     }
 
-    /// Takes one write to `source` at `now`, or says why not
+    /// Takes one WriteRequest from the rate at `now`, before any check:
+    /// every request counts, refused ones too, so a client cannot have
+    /// unknown tags answered (and audited) faster than it may write.
+    pub fn take_rate(&mut self, now: Instant) -> Result<(), WriteFailure> {
+        if self.per_s > 0 && !self.rate.take(now) {
+            return Err((
+                status::BAD_TOO_MANY_OPERATIONS,
+                format!("more than max_writes_per_s = {}", self.per_s),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes one write to `source` that passed its checks, or says why not
     /// (BadTooManyOperations).
-    pub fn admit(&mut self, source: SourceId, now: Instant) -> Result<(), WriteFailure> {
+    pub fn admit(&mut self, source: SourceId) -> Result<(), WriteFailure> {
         let busy = |why: String| Err((status::BAD_TOO_MANY_OPERATIONS, why));
         if self.in_flight >= MAX_WRITES_IN_FLIGHT {
             return busy(format!("{MAX_WRITES_IN_FLIGHT} writes already in flight"));
@@ -68,10 +82,6 @@ impl WriteAllowance {
             return busy(format!(
                 "{MAX_QUEUED_PER_SOURCE} writes already queued for this device"
             ));
-        }
-        // Last: only writes that go out count against the rate.
-        if self.per_s > 0 && !self.rate.take(now) {
-            return busy(format!("more than max_writes_per_s = {}", self.per_s));
         }
         self.in_flight += 1;
         self.per_source[slot].1 += 1;
@@ -104,7 +114,7 @@ pub fn check(
     let unknown = || {
         (
             status::BAD_NODE_ID_UNKNOWN,
-            format!("no tag named {:?}", w.tag),
+            format!("no tag named {}", shown(&w.tag)),
         )
     };
     let id = catalog.id(&w.tag).ok_or_else(unknown)?;
@@ -148,12 +158,14 @@ pub struct Audit {
 impl Audit {
     /// The audit fields of a request received at `at`.
     pub fn new(w: &proto::WriteRequest, at: Instant) -> Self {
-        let value = match w.value.as_ref().and_then(|v| v.kind.as_ref()) {
-            Some(kind) => format!("{kind:?}"),
+        // The value as a person writes it (`66`, `true`), not `I64(66)`.
+        let value = match w.value.as_ref().and_then(Value::from_wire) {
+            Some(v) => v.to_string(),
             None => "none".into(),
         };
-        // A peer controls both strings: bounded in the log.
-        let cut = |s: &str| s.chars().take(256).collect::<String>();
+        // A peer controls both strings: the log shows a bounded prefix
+        // (`peer_text::shown`), so that is all a pending write keeps.
+        let cut = |s: &str| clip(s, SHOWN_BYTES + 4).to_string();
         Audit {
             tag: cut(&w.tag),
             value: cut(&value),

@@ -281,31 +281,45 @@ async fn every_write_and_refused_refresh_is_one_audit_event_without_the_token() 
             audit: pending.audit,
         };
         s.on_write_done(done, PEER, &mut out);
+        // A tag that carries a forged audit line: one event, the line
+        // break escaped inside it.
+        let forged = "x\n2026-12-04T00:00:00Z  INFO audit: event=\"write\" subject=root";
+        let w = write(3, forged, Some(proto::value::Kind::Bool(true)));
+        assert!(matches!(s.on_message(w, at(T0), PEER, &mut out), Action::Nothing));
         assert!(matches!(
             s.on_message(refresh(bad.clone()), at(T0), PEER, &mut out),
             Action::End(_)
         ));
     });
     let audit: Vec<&str> = log.lines().filter(|l| l.contains(" audit:")).collect();
-    assert_eq!(audit.len(), 3, "{log}");
-    assert!(audit[0].contains("subject=alice") && audit[0].contains("peer=127.0.0.1:40000"));
+    assert_eq!(audit.len(), 4, "{log}");
     assert!(
-        audit[0].contains("tag=b/flag") && audit[0].contains("result=BadUserAccessDenied"),
+        audit[2].contains("tag=\"x\\n2026") && audit[2].contains("BadNodeIdUnknown"),
+        "{}",
+        audit[2]
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-04T00:00:00Z")),
+        "a forged line: {log}"
+    );
+    assert!(audit[0].contains("subject=\"alice\"") && audit[0].contains("peer=127.0.0.1:40000"));
+    assert!(
+        audit[0].contains("tag=\"b/flag\"") && audit[0].contains("result=BadUserAccessDenied"),
         "{}",
         audit[0]
     );
     assert!(
-        audit[1].contains("tag=a/y")
-            && audit[1].contains("F64(5.0)")
+        audit[1].contains("tag=\"a/y\"")
+            && audit[1].contains("value=\"5\"")
             && audit[1].contains("result=Good"),
         "{}",
         audit[1]
     );
     assert!(audit[1].contains("latency_us="));
     assert!(
-        audit[2].contains("token_refused") && audit[2].contains("reason="),
+        audit[3].contains("token_refused") && audit[3].contains("reason="),
         "{}",
-        audit[2]
+        audit[3]
     );
     assert!(
         !log.contains(&bad) && !log.contains(&token),
