@@ -52,3 +52,5 @@ pub mod source;
 pub mod status;
 pub mod tail;
 pub mod telemetry;
+#[cfg(test)]
+mod test_log;

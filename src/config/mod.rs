@@ -424,15 +424,37 @@ impl Config {
 }
 
 /// Checks a tag name: `/`-separated, no empty level, no wildcard.
+/// Longest tag name, in bytes (UTF-8), for every source kind: names are
+/// in every Catalog and Browse page, and a rogue publisher must not make
+/// one 60 KB.
+pub const MAX_TAG_NAME_BYTES: usize = 256;
+/// Most `/`-separated levels in a tag name.
+pub const MAX_TAG_LEVELS: usize = 16;
+
+/// Checks a tag name: `/`-separated, no empty level, no wildcard, no
+/// control character, at most [`MAX_TAG_NAME_BYTES`] bytes and
+/// [`MAX_TAG_LEVELS`] levels. The message quotes a bounded prefix.
 pub fn check_tag_name(name: &str) -> Result<(), String> {
+    let shown = crate::peer_text::shown(name);
     if name.is_empty() {
         return Err("must not be empty".into());
     }
+    if name.len() > MAX_TAG_NAME_BYTES {
+        return Err(format!(
+            "{shown} is longer than {MAX_TAG_NAME_BYTES} bytes"
+        ));
+    }
+    if name.split('/').count() > MAX_TAG_LEVELS {
+        return Err(format!("{shown} has more than {MAX_TAG_LEVELS} levels"));
+    }
     if name.split('/').any(str::is_empty) {
-        return Err(format!("{name:?} has an empty level"));
+        return Err(format!("{shown} has an empty level"));
     }
     if name.contains(['+', '#']) {
-        return Err(format!("{name:?} contains a wildcard (`+` or `#`)"));
+        return Err(format!("{shown} contains a wildcard (`+` or `#`)"));
+    }
+    if crate::peer_text::has_control(name) {
+        return Err(format!("{shown} contains a control character"));
     }
     Ok(())
 }

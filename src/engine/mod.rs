@@ -25,6 +25,8 @@ use selection::Selections;
 use seq::Sequencer;
 use table::TagTable;
 
+use crate::peer_text::shown;
+use crate::rate::Throttle;
 use crate::sample::{Input, Sample, SourceId, TagId, TagKey, now_us};
 
 /// Most inputs applied in one batch: bounds the write-lock hold and the
@@ -121,7 +123,14 @@ pub struct Engine {
     keys: Keys,
     seq: Box<dyn Sequencer>,
     scratch: batch::Builder,
+    /// The definition log (a name refused, a tag redefined): a source
+    /// rebirthing 10 times a second with 10,000 metrics would otherwise
+    /// write 100,000 lines a second. Lines past it are counted in the next.
+    defined_log: Throttle,
 }
+
+/// Definition log lines at once, then per second.
+const DEFINED_LOG_BURST: u32 = 20;
 
 impl Engine {
     /// An engine over the configured tags (their owners' keys are taken
@@ -146,6 +155,7 @@ impl Engine {
             keys,
             seq,
             scratch: batch::Builder::default(),
+            defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
         }
     }
 
@@ -220,7 +230,10 @@ impl Engine {
             0 => {
                 if let Some(other) = table.catalog().id(&def.name) {
                     let owner = table.catalog().get(other).map(|d| d.source.clone());
-                    tracing::warn!(tag = %def.name, source = %def.source, owner = ?owner, "tag name already taken: refused");
+                    if let Some(suppressed) = self.defined_log.admit() {
+                        let owner = owner.as_deref().unwrap_or("");
+                        tracing::warn!(tag = %shown(&def.name), source = %def.source, owner, suppressed, "tag name already taken: refused");
+                    }
                     metrics::counter!("tagstream_tags_refused_total", "source" => def.source)
                         .increment(1);
                     self.keys.set(key, REFUSED);
@@ -228,13 +241,15 @@ impl Engine {
                 }
                 let name = def.name.clone();
                 let id = table.add(def, key);
-                tracing::debug!(tag = %name, id, seq = table.seq(), "tag added");
+                tracing::debug!(tag = %shown(&name), id, seq = table.seq(), "tag added");
                 self.keys.set(key, id);
             }
             id => {
                 let name = def.name.clone();
-                if table.redefine(id, def) {
-                    tracing::info!(tag = %name, id, "tag redefined");
+                if table.redefine(id, def)
+                    && let Some(suppressed) = self.defined_log.admit()
+                {
+                    tracing::info!(tag = %shown(&name), id, suppressed, "tag redefined");
                 }
             }
         }
@@ -283,6 +298,47 @@ mod tests {
     fn engine() -> Engine {
         let catalog = Catalog::new([TagDef::read_only("a/x", "s0")]);
         Engine::new(catalog, Box::new(seq::Counter::new(7)))
+    }
+
+    #[test]
+    fn a_rebirth_loop_costs_a_bounded_number_of_log_lines() {
+        let mut e = engine();
+        let def = |i: usize, t| Input::Define {
+            key: key(1, i as u32),
+            def: Box::new(TagDef {
+                data_type: t,
+                ..TagDef::read_only(format!("n/m{i}"), "s1")
+            }),
+        };
+        let log = crate::test_log::logged(|| {
+            // 20 rebirths of 1,000 metrics, each changing every type.
+            for round in 0..20 {
+                let t = if round % 2 == 0 {
+                    crate::proto::DataType::F64
+                } else {
+                    crate::proto::DataType::I64
+                };
+                e.apply((0..1000).map(|i| def(i, t)));
+            }
+            // A name another source holds, 1,000 times.
+            e.apply((0..1000).map(|i| Input::Define {
+                key: key(2, i),
+                def: Box::new(TagDef::read_only("a/x", "s2")),
+            }));
+        });
+        let lines = log.lines().count();
+        assert!(
+            lines <= DEFINED_LOG_BURST as usize + 2,
+            "{lines} lines for 19,000 redefinitions and 1,000 refusals"
+        );
+        assert!(log.contains("tag redefined"), "{log}");
+        let table = e.shared().table();
+        let id = table.catalog().id("n/m0").expect("defined");
+        assert_eq!(
+            table.catalog().get(id).map(|d| d.data_type),
+            Some(crate::proto::DataType::I64),
+            "the last birth's type"
+        );
     }
 
     #[test]

@@ -714,7 +714,6 @@ async fn refused_writes_count_against_the_rate_and_echo_a_bounded_name() {
 #[test]
 fn the_in_flight_limit_counts_every_device_and_frees_on_answer() {
     use super::writes::{MAX_WRITES_IN_FLIGHT, WriteAllowance};
-    let t = tokio::time::Instant::now();
     let mut a = WriteAllowance::new(0);
     for i in 0..MAX_WRITES_IN_FLIGHT {
         a.admit(i % 3).expect("within the limits");

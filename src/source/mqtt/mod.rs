@@ -30,6 +30,7 @@ pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
 use super::{Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
+use crate::peer_text::shown;
 use crate::command::WriteCommand;
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
@@ -356,8 +357,8 @@ impl MqttSource {
                 continue;
             };
             let name = pattern::fill(&map.name, &caps);
-            if crate::config::check_tag_name(&name).is_err() {
-                bad_names.push(name);
+            if let Err(why) = crate::config::check_tag_name(&name) {
+                bad_names.push(why);
                 continue;
             }
             let local = match self.discovered.get(&name) {
@@ -366,7 +367,7 @@ impl MqttSource {
                     metrics::counter!("tagstream_mqtt_topics_dropped_total", "source" => self.config.name.clone())
                         .increment(1);
                     if let Some(suppressed) = self.full_log.admit() {
-                        tracing::warn!(source = %self.config.name, %topic, max_tags = self.config.max_tags, suppressed, "max_tags reached: new topic dropped");
+                        tracing::warn!(source = %self.config.name, topic = %shown(&topic), max_tags = self.config.max_tags, suppressed, "max_tags reached: new topic dropped");
                     }
                     continue;
                 }
@@ -374,7 +375,7 @@ impl MqttSource {
                     let local = self.next_local;
                     self.next_local += 1;
                     if let Some(suppressed) = self.discovery_log.admit() {
-                        tracing::info!(source = %self.config.name, %topic, tag = %name, suppressed, "tag discovered");
+                        tracing::info!(source = %self.config.name, topic = %shown(&topic), tag = %shown(&name), suppressed, "tag discovered");
                     }
                     self.cx
                         .define(local, map.tag_def(name.clone(), &self.config.name))
@@ -393,8 +394,8 @@ impl MqttSource {
             };
             targets.push((local, map.payload()));
         }
-        for name in bad_names {
-            self.log_bad(topic, &format!("maps to an invalid tag name {name:?}"));
+        for why in bad_names {
+            self.log_bad(topic, &format!("maps to an invalid tag name: {why}"));
         }
         for (local, spec) in targets {
             let key = self.cx.key(local);
@@ -432,10 +433,10 @@ impl MqttSource {
         }
         let throttle = self
             .last_log
-            .entry(topic.to_string())
+            .entry(crate::peer_text::clip(topic, 256).to_string())
             .or_insert_with(|| Throttle::once_per(LOG_EVERY));
         if let Some(suppressed) = throttle.admit() {
-            tracing::warn!(source = %self.config.name, %topic, reason, suppressed, "undecodable mqtt payload");
+            tracing::warn!(source = %self.config.name, topic = %shown(&topic), reason = %shown(&reason.to_string()), suppressed, "undecodable mqtt payload");
         }
     }
 }

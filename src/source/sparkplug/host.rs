@@ -30,6 +30,15 @@ pub const REBIRTH_EVERY: Duration = Duration::from_secs(5);
 /// Nodes tracked before unknown ones stop being remembered (each unknown
 /// topic would otherwise grow the map).
 const MAX_NODES: usize = 100_000;
+/// Nodes never born that were asked for a rebirth and are remembered (for
+/// [`REBIRTH_EVERY`]): data from 100,000 invented node ids must not grow
+/// the host. Past it, older entries go; with all of them recent, such a
+/// node is not asked.
+const MAX_UNBORN: usize = 1_000;
+/// Longest group, node or device id accepted (bytes). The specification
+/// sets none; a real one is a short name, and each is part of every tag
+/// name and map key. A message with a longer one is ignored.
+pub const MAX_ID_BYTES: usize = 128;
 
 /// Message types of the Sparkplug topic namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +203,11 @@ fn bd_seq(p: &pb::Payload) -> Option<u64> {
         })
 }
 
+/// True for a group, node or device id the host does not take.
+fn bad_id(id: &str) -> bool {
+    id.len() > MAX_ID_BYTES || crate::peer_text::has_control(id)
+}
+
 /// Queues a log line while the message's budget lasts.
 fn warn(left: &mut u32, out: &mut Vec<Action>, line: impl FnOnce() -> String) {
     if *left > 0 {
@@ -207,6 +221,8 @@ pub struct Host {
     config: Arc<SparkplugConfig>,
     source: SourceId,
     nodes: HashMap<(String, String), Node>,
+    /// Nodes not born that were asked for a rebirth, and when.
+    unborn: HashMap<(String, String), Instant>,
     /// Local key -> its slot.
     slots: Vec<Slot>,
     by_name: HashMap<String, u32>,
@@ -224,12 +240,19 @@ impl Host {
             config,
             source,
             nodes: HashMap::new(),
+            unborn: HashMap::new(),
             slots: Vec::new(),
             by_name: HashMap::new(),
             scopes: 0,
             warns_left: WARNS_PER_MESSAGE,
             counts: Counts::default(),
         }
+    }
+
+    /// Nodes known (born once), nodes never born but remembered, and
+    /// scopes tracked: what a rogue publisher could try to grow.
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (self.nodes.len(), self.unborn.len(), self.scopes)
     }
 
     /// The slot of a local key.
@@ -249,6 +272,7 @@ impl Host {
     /// asks for the rebirth).
     pub fn forget_nodes(&mut self) {
         self.nodes.clear();
+        self.unborn.clear();
         self.scopes = 0;
     }
 
@@ -260,6 +284,16 @@ impl Host {
             return out;
         };
         if t.kind == MessageType::Cmd {
+            return out;
+        }
+        let ids = [Some(t.group), Some(t.node), t.device];
+        if let Some(id) = ids.into_iter().flatten().find(|id| bad_id(id)) {
+            warn(&mut self.warns_left, &mut out, || {
+                format!(
+                    "message ignored: the id {} is longer than {MAX_ID_BYTES} bytes or holds a control character",
+                    crate::peer_text::shown(id)
+                )
+            });
             return out;
         }
         let payload = match pb::Payload::decode(bytes) {
@@ -339,6 +373,7 @@ impl Host {
             });
             return;
         }
+        self.unborn.remove(&key);
         let node = self.nodes.entry(key.clone()).or_default();
         node.online = true;
         node.bd_seq = bd_seq;
@@ -661,17 +696,25 @@ impl Host {
         if !self.config.rebirth_on_gap {
             return;
         }
-        if !self.nodes.contains_key(&key) && self.nodes.len() >= MAX_NODES {
-            return;
+        let recent = |at: &Instant| now.duration_since(*at) < REBIRTH_EVERY;
+        if let Some(node) = self.nodes.get_mut(&key) {
+            if node.asked_at.as_ref().is_some_and(recent) {
+                return;
+            }
+            node.asked_at = Some(now);
+        } else {
+            // Never born: remembered apart, in a bounded map.
+            if self.unborn.get(&key).is_some_and(recent) {
+                return;
+            }
+            if !self.unborn.contains_key(&key) && self.unborn.len() >= MAX_UNBORN {
+                self.unborn.retain(|_, at| recent(at));
+                if self.unborn.len() >= MAX_UNBORN {
+                    return;
+                }
+            }
+            self.unborn.insert(key.clone(), now);
         }
-        let node = self.nodes.entry(key.clone()).or_default();
-        if node
-            .asked_at
-            .is_some_and(|at| now.duration_since(at) < REBIRTH_EVERY)
-        {
-            return;
-        }
-        node.asked_at = Some(now);
         self.counts.rebirths += 1;
         out.push(Action::Rebirth {
             group: key.0,
@@ -755,6 +798,56 @@ mod tests {
     }
 
     const DOUBLE: payload::SpType = payload::SpType::Double;
+
+    #[test]
+    fn long_ids_are_ignored_and_unborn_nodes_are_remembered_boundedly() {
+        let mut h = host("");
+        let now = Instant::now();
+        let long = "x".repeat(60_000);
+        let birth = bytes(Some(0), vec![bd(1)]);
+        let out = h.handle("spBv1.0/g/NBIRTH/n", &birth, now);
+        assert!(defines(&out).is_empty());
+        // 5,000 device births with 60 KB names: nothing tracked.
+        for i in 0..5_000 {
+            let d = bytes(
+                Some((i + 1) % 256),
+                vec![metric("m", 1, DOUBLE, MetricValue::DoubleValue(1.0))],
+            );
+            let out = h.handle(&format!("spBv1.0/g/DBIRTH/n/{long}{i}"), &d, now);
+            assert!(defines(&out).is_empty());
+            if i == 0 {
+                let Some(Action::Warn(w)) = out.first() else {
+                    panic!("{out:?}")
+                };
+                assert!(w.len() < 400, "a bounded line: {} bytes", w.len());
+            }
+        }
+        assert_eq!(h.tracked(), (1, 0, 1), "only the node's own scope");
+        // A 60 KB metric name makes no tag (a name is at most 256 bytes).
+        let big = bytes(
+            Some(1),
+            vec![metric(&long, 7, DOUBLE, MetricValue::DoubleValue(1.0))],
+        );
+        assert!(defines(&h.handle("spBv1.0/g/NBIRTH/n", &big, now)).is_empty());
+        assert!(h.slot(0).is_none());
+        // Data from 100,000 node ids never born: at most MAX_UNBORN are
+        // remembered, and those are asked once per REBIRTH_EVERY.
+        let data = bytes(Some(0), vec![]);
+        let mut asked = 0;
+        for i in 0..100_000 {
+            asked += rebirths(&h.handle(&format!("spBv1.0/g/NDATA/ghost{i}"), &data, now));
+        }
+        assert_eq!(asked, MAX_UNBORN);
+        assert_eq!(h.tracked().1, MAX_UNBORN);
+        let later = now + REBIRTH_EVERY;
+        asked = rebirths(&h.handle("spBv1.0/g/NDATA/ghost-new", &data, later));
+        assert_eq!(asked, 1, "stale entries make room");
+        assert!(h.tracked().1 <= MAX_UNBORN);
+        // Long ids from unborn nodes are not even remembered.
+        let before = h.tracked();
+        h.handle(&format!("spBv1.0/g/NDATA/{long}"), &data, later);
+        assert_eq!(h.tracked(), before);
+    }
 
     #[test]
     fn topics_parse_and_others_are_ignored() {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS, SubscribeFilter};
 
+use crate::peer_text::shown;
 use crate::source::mqtt::broker::Link;
 pub use config::SparkplugConfig;
 use host::{Action, Host};
@@ -189,14 +190,14 @@ impl SparkplugSource {
             match action {
                 Action::Define(local, def) => {
                     if let Some(suppressed) = self.log.admit() {
-                        tracing::info!(source = %self.config.name, tag = %def.name, r#type = ?def.data_type, suppressed, "sparkplug metric defined");
+                        tracing::info!(source = %self.config.name, tag = %shown(&def.name), r#type = ?def.data_type, suppressed, "sparkplug metric defined");
                     }
                     self.cx.define(local, *def).await?;
                 }
                 Action::Sample(s) => self.cx.send(s).await?,
                 Action::Rebirth { group, node } => {
                     let topic = format!("spBv1.0/{group}/NCMD/{node}");
-                    tracing::info!(source = %self.config.name, %group, %node, "rebirth requested");
+                    tracing::info!(source = %self.config.name, group = %shown(&group), node = %shown(&node), "rebirth requested");
                     metrics::counter!("tagstream_sparkplug_rebirths_requested_total", "source" => self.config.name.clone()).increment(1);
                     if let Err(e) = client.try_publish(
                         topic,
@@ -209,7 +210,7 @@ impl SparkplugSource {
                 }
                 Action::Warn(why) => {
                     if let Some(suppressed) = self.log.admit() {
-                        tracing::warn!(source = %self.config.name, suppressed, "{why}");
+                        tracing::warn!(source = %self.config.name, suppressed, "{}", shown(&why));
                     }
                 }
             }
@@ -224,7 +225,7 @@ impl SparkplugSource {
         };
         let answer = self.write(client, connected, &cmd);
         if let Ok(how) = &answer {
-            tracing::info!(source = %self.config.name, value = %cmd.value, "{how}");
+            tracing::info!(source = %self.config.name, value = %cmd.value, "{}", shown(how));
         }
         let _ = cmd.reply.send(answer.map(|_| PUBLISHED));
     }
