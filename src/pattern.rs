@@ -3,17 +3,20 @@
 
 use thiserror::Error;
 
+use crate::peer_text::shown;
+
 /// Why a pattern was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PatternError {
     /// Empty patterns match nothing and are almost always a client bug.
     #[error("empty pattern")]
     Empty,
-    /// `#` may only stand alone as the last level.
-    #[error("`#` must be the whole last level in {0:?}")]
+    /// `#` may only stand alone as the last level (the pattern, quoted
+    /// and clipped: it may be a peer's).
+    #[error("`#` must be the whole last level in {0}")]
     MisplacedHash(String),
     /// `+` must be a whole level.
-    #[error("`+` must be a whole level in {0:?}")]
+    #[error("`+` must be a whole level in {0}")]
     MisplacedPlus(String),
 }
 
@@ -25,10 +28,10 @@ pub fn validate(pattern: &str) -> Result<(), PatternError> {
     let levels: Vec<&str> = pattern.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-            return Err(PatternError::MisplacedHash(pattern.to_string()));
+            return Err(PatternError::MisplacedHash(shown(pattern).to_string()));
         }
         if level.contains('+') && *level != "+" {
-            return Err(PatternError::MisplacedPlus(pattern.to_string()));
+            return Err(PatternError::MisplacedPlus(shown(pattern).to_string()));
         }
     }
     Ok(())

@@ -22,6 +22,10 @@ use crate::source::sparkplug::SparkplugConfig;
 pub const MIN_TIMER: Duration = Duration::from_millis(1);
 /// One hour: the longest heartbeat, handshake or request timeout.
 pub const HOUR: Duration = Duration::from_secs(3600);
+/// Bytes of patterns one connection may hold (Hello and Subscribes
+/// together); past it `Error { LIMIT_EXCEEDED }` and 1008, as past
+/// `max_patterns`.
+pub const MAX_HELD_PATTERN_BYTES: usize = 64 * 1024;
 /// One day: the longest poll interval.
 pub const DAY: Duration = Duration::from_secs(86_400);
 
@@ -164,6 +168,10 @@ pub struct ServerConfig {
     /// Each held pattern costs a match against every tag on each
     /// Subscribe and a key in the interned selections.
     pub max_patterns: usize,
+    /// Extension: longest pattern accepted (bytes), in Hello, Subscribe and
+    /// Browse; a longer one is MALFORMED. A connection holds at most
+    /// [`MAX_HELD_PATTERN_BYTES`] of patterns in all.
+    pub max_pattern_bytes: usize,
     /// Writes one connection may start per second (one second's worth may
     /// come at once); past it BadTooManyOperations. 0: unlimited.
     pub max_writes_per_s: u32,
@@ -198,6 +206,7 @@ impl Default for ServerConfig {
             max_message_bytes: 65_536,
             max_pending_bytes: 1_048_576,
             max_patterns: 1000,
+            max_pattern_bytes: 1024,
             max_writes_per_s: 50,
             drain_window: Duration::from_secs(10),
             tls: None,
@@ -259,9 +268,68 @@ impl ServerConfig {
                 ),
             );
         }
-        if self.max_connections == 0 {
-            p.push("server.max_connections", "must be at least 1");
-        }
+        // Every number has a range: a huge value must not quietly turn a
+        // limit off (9.2e18 connections) or start a thousand threads.
+        let mut range = |key: &str, value: u64, min: u64, max: u64, note: &str| {
+            if !(min..=max).contains(&value) {
+                p.push(
+                    format!("server.{key}"),
+                    format!("must be {min}..={max}{note}, not {value}"),
+                );
+            }
+        };
+        let n = |v: usize| v as u64;
+        range("max_connections", n(self.max_connections), 1, 1_000_000, "");
+        range(
+            "max_connections_per_ip",
+            n(self.max_connections_per_ip),
+            0,
+            1_000_000,
+            " (0: unlimited)",
+        );
+        range(
+            "handshake_rate",
+            u64::from(self.handshake_rate),
+            0,
+            1_000_000,
+            " (0: unlimited)",
+        );
+        range(
+            "max_message_bytes",
+            n(self.max_message_bytes),
+            64,
+            16 << 20,
+            "",
+        );
+        range(
+            "max_pending_bytes",
+            n(self.max_pending_bytes),
+            1024,
+            1 << 30,
+            "",
+        );
+        range("max_patterns", n(self.max_patterns), 1, 100_000, "");
+        range(
+            "max_pattern_bytes",
+            n(self.max_pattern_bytes),
+            16,
+            MAX_HELD_PATTERN_BYTES as u64,
+            "",
+        );
+        range(
+            "max_writes_per_s",
+            u64::from(self.max_writes_per_s),
+            0,
+            100_000,
+            " (0: unlimited)",
+        );
+        range(
+            "push_threads",
+            n(self.push_threads),
+            0,
+            256,
+            " (0: one per core)",
+        );
         p.duration(
             "server.heartbeat_interval",
             self.heartbeat_interval,
@@ -269,27 +337,6 @@ impl ServerConfig {
             HOUR,
         );
         p.duration("server.hello_timeout", self.hello_timeout, MIN_TIMER, HOUR);
-        if self.max_message_bytes < 64 {
-            p.push("server.max_message_bytes", "must be at least 64");
-        }
-        if self.push_threads > 1024 {
-            p.push(
-                "server.push_threads",
-                "must be at most 1024 (0: one per core)",
-            );
-        }
-        if !(1..=100_000).contains(&self.max_patterns) {
-            p.push("server.max_patterns", "must be 1..=100000");
-        }
-        if self.max_writes_per_s > 100_000 {
-            p.push(
-                "server.max_writes_per_s",
-                "must be at most 100000 (0: unlimited)",
-            );
-        }
-        if self.max_pending_bytes < 1024 {
-            p.push("server.max_pending_bytes", "must be at least 1024");
-        }
         p.duration(
             "server.drain_window",
             self.drain_window,

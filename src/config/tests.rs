@@ -125,6 +125,40 @@ type = "string"
 }
 
 #[test]
+fn a_limit_cannot_be_switched_off_by_a_huge_value() {
+    let text = r#"
+[server]
+max_connections = 9200000000000000000
+max_message_bytes = 9200000000000000000
+max_pending_bytes = 9200000000000000000
+push_threads = 1024
+max_pattern_bytes = 8
+handshake_rate = 4000000000
+max_connections_per_ip = 9200000000000000000
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let found: Vec<(&str, Option<usize>)> = problems
+        .iter()
+        .map(|p| (p.key.as_str(), p.line))
+        .collect();
+    for (key, line) in [
+        ("server.max_connections", 3),
+        ("server.max_message_bytes", 4),
+        ("server.max_pending_bytes", 5),
+        ("server.push_threads", 6),
+        ("server.max_pattern_bytes", 7),
+        ("server.handshake_rate", 8),
+        ("server.max_connections_per_ip", 9),
+    ] {
+        assert!(found.contains(&(key, Some(line))), "{key}: {found:?}");
+    }
+    let message = &problems[0].message;
+    assert!(message.contains("1..=1000000"), "{message}");
+}
+
+#[test]
 fn bad_duration_is_reported_with_its_key_and_line() {
     let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
     let text = err.to_string();

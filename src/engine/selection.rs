@@ -57,7 +57,7 @@ impl Selection {
             words: vec![0u64; catalog.len() / 64 + 1],
             count: 0,
         };
-        let in_scope = Scope::new(&scope);
+        let in_scope = Scope::new(&scope, catalog);
         let all: Vec<&str> = patterns.iter().map(String::as_str).collect();
         let base = base.filter(|b| b.resolved <= catalog.len() && b.scope == scope);
         match base {
@@ -153,22 +153,32 @@ fn set_bits(words: impl Iterator<Item = u64>) -> impl Iterator<Item = TagId> {
     })
 }
 
-/// A read scope during a resolution: `#` (the usual one) costs nothing.
-struct Scope<'a> {
-    patterns: Vec<&'a str>,
-    everything: bool,
+/// A read scope during a resolution: `#` (the usual one) costs nothing;
+/// any other is resolved once into a bitset, each pattern walking only its
+/// own names (`matching`), so a scope of 1,000 narrow patterns costs its
+/// names, not every tag times every pattern.
+struct Scope {
+    tags: Option<Vec<u64>>,
 }
 
-impl<'a> Scope<'a> {
-    fn new(scope: &'a [String]) -> Self {
+impl Scope {
+    fn new(scope: &[String], catalog: &Catalog) -> Self {
+        if scope.iter().any(|p| p == "#") {
+            return Scope { tags: None };
+        }
+        let mut set = Bits {
+            words: vec![0u64; catalog.len() / 64 + 1],
+            count: 0,
+        };
+        let patterns: Vec<&str> = scope.iter().map(String::as_str).collect();
+        set.insert_matching(&patterns, catalog, |_| true);
         Scope {
-            everything: scope.iter().any(|p| p == "#"),
-            patterns: scope.iter().map(String::as_str).collect(),
+            tags: Some(set.words),
         }
     }
 
-    fn contains(&self, catalog: &Catalog, id: TagId) -> bool {
-        self.everything || matches_any(&self.patterns, catalog, id)
+    fn contains(&self, _catalog: &Catalog, id: TagId) -> bool {
+        self.tags.as_ref().is_none_or(|words| bit(words, id))
     }
 }
 
@@ -255,23 +265,66 @@ thread_local! {
     static MATCHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// An interning key: read scope and pattern list.
-type Key = (Arc<[String]>, Vec<String>);
-
 /// Interns selections by read scope and pattern list.
 #[derive(Debug, Default)]
 pub struct Selections {
     map: Mutex<Interned>,
 }
 
-/// The interned lists. Entries whose selection no connection holds any
-/// more are swept whenever the map has doubled since the last sweep, so
-/// their keys (every intermediate pattern list of every session) do not
-/// pile up, at amortised O(1) per lookup.
+/// The interned selections, by a hash of their scope and patterns. The
+/// map holds no copy of a key: an entry is a `Weak` whose selection holds
+/// its own scope and patterns, so when the last connection of a selection
+/// closes, what it held is freed at once (a dead entry is a pointer to an
+/// emptied allocation) instead of a copy of the pattern list waiting for a
+/// sweep. Dead entries are swept whenever the map has doubled since the
+/// last sweep, at amortised O(1) per lookup.
 #[derive(Debug, Default)]
 struct Interned {
-    map: HashMap<Key, Weak<Selection>>,
+    map: HashMap<u64, Vec<Weak<Selection>>>,
+    entries: usize,
     sweep_at: usize,
+}
+
+fn key_hash(scope: &[String], patterns: &[String]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // A fixed hasher: the map lives as long as the process.
+    static STATE: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = STATE.get_or_init(Default::default).build_hasher();
+    scope.hash(&mut h);
+    patterns.hash(&mut h);
+    h.finish()
+}
+
+impl Interned {
+    fn find(&self, hash: u64, scope: &[String], patterns: &[String]) -> Option<Arc<Selection>> {
+        self.map.get(&hash)?.iter().find_map(|weak| {
+            weak.upgrade()
+                .filter(|s| &*s.scope == scope && s.patterns == patterns)
+        })
+    }
+
+    fn insert(&mut self, hash: u64, selection: &Arc<Selection>) {
+        if self.entries >= self.sweep_at {
+            self.map.retain(|_, list| {
+                list.retain(|w| w.strong_count() > 0);
+                !list.is_empty()
+            });
+            self.entries = self.map.values().map(Vec::len).sum();
+            self.sweep_at = (self.entries * 2).max(64);
+        }
+        let list = self.map.entry(hash).or_default();
+        let before = list.len();
+        // Entries of this hash that died, and the one this replaces (an
+        // older catalog version of the same key), go now.
+        list.retain(|w| {
+            w.upgrade().is_some_and(|s| {
+                !(s.scope == selection.scope && s.patterns == selection.patterns)
+            })
+        });
+        list.push(Arc::downgrade(selection));
+        self.entries = self.entries + list.len() - before;
+    }
 }
 
 impl Selections {
@@ -289,26 +342,20 @@ impl Selections {
     ) -> Arc<Selection> {
         patterns.sort();
         patterns.dedup();
-        let mut key: Key = (scope.clone(), patterns);
-        if let Some(existing) = self.lock().map.get(&key).and_then(Weak::upgrade)
+        let hash = key_hash(scope, &patterns);
+        if let Some(existing) = self.lock().find(hash, scope, &patterns)
             && existing.catalog_version == catalog.version()
         {
             return existing;
         }
-        let patterns = std::mem::take(&mut key.1);
         let selection = Arc::new(Selection::derive(scope.clone(), patterns, base, catalog));
-        key.1 = selection.patterns.clone();
         let mut interned = self.lock();
-        if let Some(raced) = interned.map.get(&key).and_then(Weak::upgrade)
+        if let Some(raced) = interned.find(hash, scope, &selection.patterns)
             && raced.catalog_version == catalog.version()
         {
             return raced;
         }
-        if interned.map.len() >= interned.sweep_at {
-            interned.map.retain(|_, weak| weak.strong_count() > 0);
-            interned.sweep_at = (interned.map.len() * 2).max(64);
-        }
-        interned.map.insert(key, Arc::downgrade(&selection));
+        interned.insert(hash, &selection);
         selection
     }
 
@@ -316,9 +363,9 @@ impl Selections {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Pattern lists interned (live or not yet swept).
+    /// Selections interned (live or not yet swept).
     pub fn interned(&self) -> usize {
-        self.lock().map.len()
+        self.lock().entries
     }
 }
 

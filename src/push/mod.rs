@@ -114,6 +114,7 @@ impl Push {
             heartbeat_ms: period.as_millis().min(u128::from(u32::MAX)) as u32,
             max_pending_bytes: config.max_pending_bytes as u64,
             max_patterns: config.max_patterns,
+            max_pattern_bytes: config.max_pattern_bytes,
             max_writes_per_s: config.max_writes_per_s,
             hello_timeout: config.hello_timeout,
             drain_window: config.drain_window,

@@ -44,21 +44,42 @@ pub fn write_result(request_id: u64, status: u32, message: String) -> Bytes {
 
 /// Splits patterns into the valid ones and, if any were invalid, one
 /// message naming them all (one Error per request, not one per pattern).
-pub fn valid_patterns(patterns: Vec<String>) -> (Vec<String>, Option<String>) {
+pub fn valid_patterns(patterns: Vec<String>, max_bytes: usize) -> (Vec<String>, Option<String>) {
     let mut errors = Vec::new();
+    let mut refused = 0usize;
     let valid = patterns
         .into_iter()
-        .filter(|p| match pattern::validate(p) {
+        .filter(|p| match check_pattern(p, max_bytes) {
             Ok(()) => true,
             Err(e) => {
-                errors.push(e.to_string());
+                // A few reasons, each bounded: the answer to a thousand
+                // bad patterns is not a thousand echoes.
+                refused += 1;
+                if errors.len() < 5 {
+                    errors.push(e);
+                }
                 false
             }
         })
         .collect();
-    let message = (!errors.is_empty())
-        .then(|| format!("{} pattern(s) ignored: {}", errors.len(), errors.join("; ")));
+    let message = (refused > 0).then(|| {
+        let more = refused - errors.len();
+        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+        format!("{refused} pattern(s) ignored: {}{more}", errors.join("; "))
+    });
     (valid, message)
+}
+
+/// A pattern's syntax and length (`max_pattern_bytes`).
+pub fn check_pattern(p: &str, max_bytes: usize) -> Result<(), String> {
+    if p.len() > max_bytes {
+        return Err(format!(
+            "{} is {} bytes, longer than max_pattern_bytes = {max_bytes}",
+            crate::peer_text::shown(p),
+            p.len()
+        ));
+    }
+    pattern::validate(p).map_err(|e| e.to_string())
 }
 
 /// Queues a Delta with the selected tags changed after `position`; none

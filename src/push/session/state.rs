@@ -18,15 +18,15 @@ use prost::Message as _;
 use tokio::sync::{broadcast, watch};
 
 use super::frames::{
-    browse_result, catalog_frames, catch_up_delta, error_frame, merge, snapshot_frames,
-    valid_patterns, write_result,
+    browse_result, catalog_frames, catch_up_delta, check_pattern, error_frame, merge,
+    snapshot_frames, valid_patterns, write_result,
 };
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::{Auth, Credential, Principal};
 use crate::command::CommandSink;
 use crate::engine::selection::Selection;
 use crate::engine::{Batch, EngineShared};
-use crate::pattern;
+use crate::config::MAX_HELD_PATTERN_BYTES;
 use crate::peer_text::shown;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
@@ -70,6 +70,8 @@ pub struct SessionContext {
     pub max_pending_bytes: u64,
     /// Distinct valid patterns a session may hold.
     pub max_patterns: usize,
+    /// Longest pattern accepted (bytes).
+    pub max_pattern_bytes: usize,
     /// Writes a session may start per second (0: unlimited).
     pub max_writes_per_s: u32,
     /// Reconnect hints at shutdown are spread over this.
@@ -81,6 +83,20 @@ pub struct SessionContext {
     pub heartbeat: watch::Receiver<u64>,
     /// Counters.
     pub metrics: PushMetrics,
+}
+
+/// Why a pattern list is more than a connection may hold: more than
+/// `max_patterns` patterns, or more than [`MAX_HELD_PATTERN_BYTES`] bytes.
+pub(crate) fn over_held_limits(patterns: &[String], max_patterns: usize) -> Option<String> {
+    if patterns.len() > max_patterns {
+        return Some(format!(
+            "{} patterns held; max_patterns is {max_patterns}",
+            patterns.len()
+        ));
+    }
+    let bytes: usize = patterns.iter().map(String::len).sum();
+    (bytes > MAX_HELD_PATTERN_BYTES)
+        .then(|| format!("{bytes} bytes of patterns held; at most {MAX_HELD_PATTERN_BYTES}"))
 }
 
 /// How a session ends.
@@ -227,15 +243,10 @@ impl SessionState {
         out: &mut Outbox,
     ) -> Result<SessionState, End> {
         let engine = cx.engine.clone();
-        let (mut patterns, errors) = valid_patterns(hello.subscribe);
+        let (mut patterns, errors) = valid_patterns(hello.subscribe, cx.max_pattern_bytes);
         patterns.sort_unstable();
         patterns.dedup();
-        if patterns.len() > cx.max_patterns {
-            let why = format!(
-                "{} patterns; max_patterns is {}",
-                patterns.len(),
-                cx.max_patterns
-            );
+        if let Some(why) = over_held_limits(&patterns, cx.max_patterns) {
             return Err(End::limit_exceeded(why));
         }
         // Subscribe before reading the table: no batch can fall between.
@@ -338,6 +349,11 @@ impl SessionState {
         self.position
     }
 
+    /// The patterns this session holds (sorted).
+    pub fn patterns(&self) -> &[String] {
+        &self.selection.patterns
+    }
+
     /// Writes awaiting their answer.
     pub fn writes_in_flight(&self) -> usize {
         self.requests.as_ref().map_or(0, |r| r.writes.in_flight())
@@ -424,20 +440,15 @@ impl SessionState {
     }
 
     fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) -> Action {
-        let (mut valid, errors) = valid_patterns(patterns);
+        let (mut valid, errors) = valid_patterns(patterns, self.cx.max_pattern_bytes);
         if let Some(e) = errors {
             out.message(error_frame(ErrorCode::Malformed, e));
         }
         valid.extend(self.selection.patterns.iter().cloned());
         valid.sort_unstable();
         valid.dedup();
-        if valid.len() > self.cx.max_patterns {
-            let why = format!(
-                "{} patterns held after this Subscribe; max_patterns is {}",
-                valid.len(),
-                self.cx.max_patterns
-            );
-            return Action::End(End::limit_exceeded(why));
+        if let Some(why) = over_held_limits(&valid, self.cx.max_patterns) {
+            return Action::End(End::limit_exceeded(format!("after this Subscribe: {why}")));
         }
         self.reselect(valid, out);
         Action::Nothing
@@ -612,7 +623,7 @@ impl SessionState {
             out.message(error_frame(ErrorCode::LimitExceeded, why));
             return;
         }
-        if let Err(e) = pattern::validate(&b.pattern) {
+        if let Err(e) = check_pattern(&b.pattern, self.cx.max_pattern_bytes) {
             let why = format!("browse {}: {e}", b.request_id);
             out.message(error_frame(ErrorCode::Malformed, why));
             return;

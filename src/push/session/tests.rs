@@ -69,6 +69,7 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
         heartbeat_ms: 25_000,
         max_pending_bytes,
         max_patterns: 4,
+        max_pattern_bytes: 64,
         max_writes_per_s: 10,
         hello_timeout: Duration::from_secs(10),
         heartbeat,
@@ -873,6 +874,60 @@ fn pings_past_the_allowance_of_one_heartbeat_close_1008() {
         panic!("a ping flood must close");
     };
     assert_eq!(code, close::POLICY_VIOLATION);
+}
+
+#[test]
+fn a_pattern_longer_than_max_pattern_bytes_is_malformed_and_the_session_stays() {
+    let h = harness();
+    let mut out = Outbox::default();
+    // max_pattern_bytes is 64 in the harness.
+    let long = format!("a/{}", "x".repeat(60_000));
+    let mut s = h.open(hello(&[&long, "a/#"], None), &mut out);
+    let k = kinds(&mut out);
+    let errors: Vec<&proto::Error> = k
+        .iter()
+        .filter_map(|k| match k {
+            Kind::Error(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{k:?}");
+    assert_eq!(errors[0].code(), ErrorCode::Malformed);
+    assert!(errors[0].message.contains("max_pattern_bytes"), "{}", errors[0].message);
+    assert!(errors[0].message.len() < 400, "the pattern is not echoed whole");
+    let sub = msg(C::Subscribe(proto::Subscribe {
+        patterns: vec![long.clone(), "b/#".into()],
+    }));
+    assert!(matches!(s.on_message(sub, now(), PEER, &mut out), Action::Nothing));
+    assert!(
+        kinds(&mut out)
+            .iter()
+            .any(|k| matches!(k, Kind::Error(e) if e.code() == ErrorCode::Malformed))
+    );
+    let browse = msg(C::Browse(proto::Browse {
+        request_id: 1,
+        pattern: long,
+        limit: 0,
+        after: String::new(),
+    }));
+    assert!(matches!(s.on_message(browse, now(), PEER, &mut out), Action::Nothing));
+    assert!(
+        kinds(&mut out)
+            .iter()
+            .any(|k| matches!(k, Kind::Error(e) if e.code() == ErrorCode::Malformed))
+    );
+    // What it holds is the two short patterns.
+    assert_eq!(s.patterns(), ["a/#", "b/#"]);
+}
+
+#[test]
+fn the_bytes_of_held_patterns_are_bounded_too() {
+    let within: Vec<String> = (0..60).map(|i| format!("{i:04}/{}", "p".repeat(1000))).collect();
+    assert_eq!(super::state::over_held_limits(&within, 1000), None);
+    let over: Vec<String> = (0..70).map(|i| format!("{i:04}/{}", "p".repeat(1000))).collect();
+    let why = super::state::over_held_limits(&over, 1000).expect("over 64 KiB");
+    assert!(why.contains("bytes of patterns"), "{why}");
+    assert!(super::state::over_held_limits(&within, 10).is_some(), "max_patterns");
 }
 
 #[test]

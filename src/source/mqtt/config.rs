@@ -204,8 +204,8 @@ impl MqttConfig {
             p.push(format!("{key}.name"), "must not be empty");
         }
         self.broker(String::new()).check(key, p);
-        if self.max_payload_bytes == 0 {
-            p.push(format!("{key}.max_payload_bytes"), "must be above zero");
+        if !(1..=16 << 20).contains(&self.max_payload_bytes) {
+            p.push(format!("{key}.max_payload_bytes"), "must be 1..=16777216");
         }
         if !(1..=1_000_000).contains(&self.max_tags) {
             p.push(format!("{key}.max_tags"), "must be 1..=1000000");
