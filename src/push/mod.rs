@@ -6,6 +6,7 @@
 //! a `command::CommandSink`.
 
 pub mod close;
+pub mod cursor;
 pub mod http;
 pub mod outbox;
 pub mod pending;

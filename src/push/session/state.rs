@@ -634,7 +634,30 @@ impl SessionState {
         };
         let catalog = self.cx.engine.catalog();
         let visible = |name: &str| self.principal.may_read(name);
-        let (ids, next) = catalog.browse(&b.pattern, &b.after, limit, BROWSE_MAX_SCAN, visible);
+        // `after` is a name of an earlier page (one this connection may
+        // see) or a cursor this server sealed; any other position would
+        // let a client probe where hidden names lie.
+        let after = match crate::push::cursor::open(&b.after) {
+            Some(position) => position,
+            None if b.after.is_empty() || (visible(&b.after) && catalog.id(&b.after).is_some()) => {
+                b.after
+            }
+            None => {
+                let why = format!(
+                    "browse {}: `after` must be empty, a tag name this connection may read, or an earlier page's next_after",
+                    b.request_id
+                );
+                out.message(error_frame(ErrorCode::Malformed, why));
+                return;
+            }
+        };
+        let (ids, next) = catalog.browse(&b.pattern, &after, limit, BROWSE_MAX_SCAN, visible);
+        // A page that stopped on a hidden name continues from a sealed
+        // cursor: next_after never names a tag outside the read scope.
+        let next = next.and_then(|n| match visible(&n) {
+            true => Some(n),
+            false => crate::push::cursor::seal(&n),
+        });
         out.message(browse_result(
             &catalog,
             b.request_id,

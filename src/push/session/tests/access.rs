@@ -333,3 +333,59 @@ fn a_scope_bypasses_no_limit() {
         "{statuses:x?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_browse_cursor_never_names_a_hidden_tag_and_after_must_be_one_of_ours() {
+    use crate::push::session::state::BROWSE_MAX_SCAN;
+    let mut h = harness();
+    // 25,000 hidden tags sort before the one visible `zz/...` tag.
+    let hidden = (0..25_000u32).map(|i| Input::Define {
+        key: TagKey { source: 1, local: i },
+        def: Box::new(TagDef::read_only(format!("plant/secret/g{}/t{i}", i / 5000), "s1")),
+    });
+    let visible = std::iter::once(Input::Define {
+        key: TagKey { source: 1, local: 99_999 },
+        def: Box::new(TagDef::read_only("zz/seen", "s1")),
+    });
+    h.engine.apply(hidden.chain(visible).collect::<Vec<_>>());
+    let mut out = Outbox::default();
+    let mut s = h.open_as(scoped(&["zz/#"], &[]), hello(&[], None), &mut out);
+    kinds(&mut out);
+    let browse = |after: &str, id: u64| {
+        msg(C::Browse(proto::Browse {
+            request_id: id,
+            pattern: "#".into(),
+            limit: 0,
+            after: after.into(),
+        }))
+    };
+    let mut after = String::new();
+    let mut seen = Vec::new();
+    for id in 1..=5 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(s.on_message(browse(&after, id), now(), PEER, &mut out), Action::Nothing));
+        let k = kinds(&mut out);
+        let [Kind::BrowseResult(r)] = &k[..] else {
+            panic!("{k:?}")
+        };
+        assert!(!r.next_after.contains("plant"), "{}", r.next_after);
+        seen.extend(r.tags.iter().map(|t| t.name.clone()));
+        if r.next_after.is_empty() {
+            break;
+        }
+        after = r.next_after.clone();
+    }
+    assert_eq!(seen, ["zz/seen"], "the walk still reaches the visible tag");
+    assert!(25_000 > BROWSE_MAX_SCAN, "the scan bound was hit on the way");
+    // A chosen `after` among hidden names is refused, as is any string
+    // that is neither a visible name nor a sealed cursor.
+    for chosen in ["plant/secret/g4/t4998", "plant/secret/g", "~00ff"] {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(matches!(s.on_message(browse(chosen, 9), now(), PEER, &mut out), Action::Nothing));
+        let k = kinds(&mut out);
+        let [Kind::Error(e)] = &k[..] else {
+            panic!("{chosen}: {k:?}")
+        };
+        assert_eq!(e.code(), ErrorCode::Malformed);
+    }
+}
