@@ -9,7 +9,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{HOUR, Problems};
-use crate::pattern;
 
 /// `[auth]`.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -82,9 +81,15 @@ impl Default for JwtConfig {
 }
 
 fn patterns(key: &str, list: &[String], p: &mut Problems) {
+    if list.len() > super::MAX_SCOPE_PATTERNS {
+        p.push(
+            key,
+            format!("at most {} patterns", super::MAX_SCOPE_PATTERNS),
+        );
+    }
     for (i, pat) in list.iter().enumerate() {
-        if let Err(e) = pattern::validate(pat) {
-            p.push(format!("{key}[{i}]"), e.to_string());
+        if let Err(e) = super::check_scope_pattern(pat) {
+            p.push(format!("{key}[{i}]"), e);
         }
     }
 }

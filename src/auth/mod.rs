@@ -19,6 +19,23 @@ use thiserror::Error;
 use crate::pattern;
 pub use config::AuthConfig;
 
+/// Most patterns in one read or write scope (a JWT's claim, a token's
+/// list): each is matched on every Subscribe and write.
+pub const MAX_SCOPE_PATTERNS: usize = 1024;
+/// Longest pattern in a scope (bytes).
+pub const MAX_SCOPE_PATTERN_BYTES: usize = 1024;
+
+/// A scope pattern's syntax and length.
+pub fn check_scope_pattern(p: &str) -> Result<(), String> {
+    if p.len() > MAX_SCOPE_PATTERN_BYTES {
+        return Err(format!(
+            "{} is longer than {MAX_SCOPE_PATTERN_BYTES} bytes",
+            crate::peer_text::shown(p)
+        ));
+    }
+    pattern::validate(p).map_err(|e| e.to_string())
+}
+
 /// Longest JWT `sub` accepted.
 pub const MAX_SUBJECT_BYTES: usize = 256;
 
@@ -406,8 +423,16 @@ impl Jwt {
                 "`sub` is longer than {MAX_SUBJECT_BYTES} bytes"
             )));
         }
+        for list in [&claims.read, &claims.write] {
+            if list.len() > MAX_SCOPE_PATTERNS {
+                return Err(Denied::Jwt(format!(
+                    "a scope of {} patterns; at most {MAX_SCOPE_PATTERNS}",
+                    list.len()
+                )));
+            }
+        }
         for p in claims.read.iter().chain(&claims.write) {
-            pattern::validate(p).map_err(|e| Denied::Jwt(format!("bad scope pattern: {e}")))?;
+            check_scope_pattern(p).map_err(|e| Denied::Jwt(format!("bad scope pattern: {e}")))?;
         }
         let expires_at_us = claims.exp.saturating_mul(1_000_000);
         // jsonwebtoken compares in whole seconds against its own clock;

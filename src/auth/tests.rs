@@ -299,7 +299,7 @@ fn every_combination_of_jwt_keys_accepts_each_of_its_algorithms() {
 }
 
 #[test]
-fn a_subject_with_a_control_character_or_too_long_is_refused() {
+fn a_subject_with_a_control_character_or_too_long_or_a_scope_too_wide_is_refused() {
     for sub in ["alice\n2026-01-01 INFO audit: forged", "a\rb", "a\u{1b}[2J"] {
         let got = at(&sign(good(json!({"sub": sub}))));
         assert!(
@@ -307,6 +307,10 @@ fn a_subject_with_a_control_character_or_too_long_is_refused() {
             "{got:?}"
         );
     }
+    let wide: Vec<String> = (0..=MAX_SCOPE_PATTERNS).map(|i| format!("p/{i}")).collect();
+    assert!(at(&sign(good(json!({"read": wide})))).is_err(), "scope too wide");
+    let long_pattern = format!("p/{}", "x".repeat(MAX_SCOPE_PATTERN_BYTES));
+    assert!(at(&sign(good(json!({"write": [long_pattern]})))).is_err());
     let long = "a".repeat(MAX_SUBJECT_BYTES + 1);
     assert!(at(&sign(good(json!({"sub": long})))).is_err());
     assert!(at(&sign(good(json!({"sub": "plant-operator ä"})))).is_ok());

@@ -408,6 +408,22 @@ mod tests {
     }
 
     #[test]
+    fn a_wide_scope_costs_its_names_not_every_tag_times_every_pattern() {
+        let catalog = Catalog::new(
+            (0..100_000).map(|i| TagDef::read_only(format!("b/g{}/t{i}", i / 100), "s")),
+        );
+        // 1,137 patterns (what a 16 KiB JWT holds), each naming one group.
+        let scope = crate::auth::scope((0..1137).map(|i| format!("b/g{i}/#")).collect());
+        MATCHED.with(|n| n.set(0));
+        let sel = Selections::default().get(&scope, vec!["#".into()], None, &catalog);
+        let evaluated = MATCHED.with(std::cell::Cell::get);
+        assert_eq!(sel.len(), 100_000);
+        // Each group pattern walks its group (and b/g1 the b/g1x... ones,
+        // a few times over); the pattern `#` walks the catalog once.
+        assert!(evaluated < 1_500_000, "{evaluated} evaluations, not 10^8");
+    }
+
+    #[test]
     fn lists_no_connection_holds_are_swept() {
         let catalog = Catalog::new([TagDef::read_only("a/x", "s")]);
         let sels = Selections::default();
