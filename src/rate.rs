@@ -28,13 +28,20 @@ impl Bucket {
 
     /// Takes one token at `now` if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_n(now, 1.0)
+    }
+
+    /// Takes `n` tokens at `now` if there are (a request that costs what
+    /// it sends). One larger than the burst goes when the bucket is full,
+    /// and leaves it in debt for as long as its size takes to refill.
+    pub fn take_n(&mut self, now: Instant, n: f64) -> bool {
         let since = self
             .last
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.tokens = (self.tokens + since * self.per_s).min(self.burst);
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= n.min(self.burst) {
+            self.tokens -= n;
             true
         } else {
             false
@@ -93,6 +100,19 @@ mod tests {
         let later = t + Duration::from_secs(60);
         assert!((0..3).all(|_| b.take(later)), "never more than the burst");
         assert!(!b.take(later));
+    }
+
+    #[test]
+    fn a_costly_request_takes_its_cost_and_a_huge_one_goes_only_from_full() {
+        let t = Instant::now();
+        let mut b = Bucket::new(100, 10.0);
+        assert!(b.take_n(t, 60.0));
+        assert!(!b.take_n(t, 60.0), "40 left");
+        assert!(b.take_n(t, 40.0));
+        let full = t + Duration::from_secs(10);
+        assert!(b.take_n(full, 500.0), "larger than the burst, from full");
+        assert!(!b.take(full + Duration::from_secs(30)), "in debt: 400 to repay");
+        assert!(b.take(full + Duration::from_secs(41)));
     }
 
     #[test]

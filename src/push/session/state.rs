@@ -52,6 +52,13 @@ pub const BROWSE_MAX_LIMIT: usize = 1000;
 /// Most names one Browse page looks at; past it the page ends early with
 /// `next_after` set, so a sparse pattern costs no more than a dense one.
 pub const BROWSE_MAX_SCAN: usize = 20_000;
+/// Tags a connection's Subscribes may add per second (each one a Catalog
+/// entry and a Snapshot update), after a burst of
+/// [`SUBSCRIBED_TAGS_BURST`]; a Subscribe or Unsubscribe costs one more.
+pub const SUBSCRIBED_TAGS_PER_S: u32 = 20_000;
+/// The burst: a client may subscribe a 100,000-tag plant at once (one
+/// larger still goes when its budget is full).
+pub const SUBSCRIBED_TAGS_BURST: u32 = 100_000;
 
 /// What every session of a node shares: the handles a session works with
 /// (and nothing about admission or HTTP).
@@ -209,6 +216,8 @@ struct Requests {
     writes: WriteAllowance,
     browses: Bucket,
     refreshes: Bucket,
+    /// Tags added by Subscribes (and one per Subscribe or Unsubscribe).
+    subscribed: Bucket,
     /// One audit line a second counts the writes the rate refused.
     rate_audit: crate::rate::Throttle,
 }
@@ -400,13 +409,13 @@ impl SessionState {
         self.alive = true;
         match msg.kind {
             Some(Kind::Hello(_)) => return Action::End(End::unexpected("a second Hello")),
-            Some(Kind::Subscribe(s)) => return self.subscribe(s.patterns, out),
+            Some(Kind::Subscribe(s)) => return self.subscribe(s.patterns, now, out),
             Some(Kind::Unsubscribe(u)) => {
                 // A set: O(held + sent), not O(held × sent).
                 let gone: std::collections::HashSet<String> = u.patterns.into_iter().collect();
                 let mut patterns = self.selection.patterns.clone();
                 patterns.retain(|p| !gone.contains(p));
-                self.reselect(patterns, out);
+                self.reselect(patterns, Some(now.at), out);
             }
             Some(Kind::Browse(b)) => self.browse(b, now, out),
             Some(Kind::Ping(p)) => {
@@ -439,7 +448,7 @@ impl SessionState {
         Action::Nothing
     }
 
-    fn subscribe(&mut self, patterns: Vec<String>, out: &mut Outbox) -> Action {
+    fn subscribe(&mut self, patterns: Vec<String>, now: Now, out: &mut Outbox) -> Action {
         let (mut valid, errors) = valid_patterns(patterns, self.cx.max_pattern_bytes);
         if let Some(e) = errors {
             out.message(error_frame(ErrorCode::Malformed, e));
@@ -450,7 +459,7 @@ impl SessionState {
         if let Some(why) = over_held_limits(&valid, self.cx.max_patterns) {
             return Action::End(End::limit_exceeded(format!("after this Subscribe: {why}")));
         }
-        self.reselect(valid, out);
+        self.reselect(valid, Some(now.at), out);
         Action::Nothing
     }
 
@@ -460,7 +469,14 @@ impl SessionState {
     /// the last resolution their entries again, after a Delta that brings
     /// the connection current: so an entry always precedes the first
     /// update that uses its id.
-    fn reselect(&mut self, patterns: Vec<String>, out: &mut Outbox) {
+    ///
+    /// A client's Subscribe or Unsubscribe (`charge` its arrival) costs
+    /// one plus the tags it adds, from a per-connection budget of
+    /// [`SUBSCRIBED_TAGS_PER_S`]: each added tag is a Catalog entry and a
+    /// Snapshot update, so subscribing and unsubscribing `#` in a loop
+    /// would otherwise turn 22 bytes into megabytes. Past the budget the
+    /// request is refused with LIMIT_EXCEEDED and nothing changes.
+    fn reselect(&mut self, patterns: Vec<String>, charge: Option<tokio::time::Instant>, out: &mut Outbox) {
         let engine = self.cx.engine.clone();
         // Resolved from the current selection, without the table lock:
         // a large Subscribe holds up neither the engine nor other sessions.
@@ -471,6 +487,16 @@ impl SessionState {
                 .selections
                 .get(scope, patterns, Some(&self.selection), &catalog)
         };
+        if let Some(at) = charge {
+            let added = selection.added_since(&self.selection).len();
+            if !self.requests().subscribed.take_n(at, added as f64 + 1.0) {
+                let why = format!(
+                    "refused: it would send {added} tags; subscriptions may add {SUBSCRIBED_TAGS_PER_S} tags per second"
+                );
+                out.message(error_frame(ErrorCode::LimitExceeded, why));
+                return;
+            }
+        }
         let table = engine.table();
         let catalog = table.catalog();
         let seen = self.selection.catalog_version;
@@ -565,7 +591,7 @@ impl SessionState {
             .iter()
             .any(|b| b.catalog_version > self.selection.catalog_version)
         {
-            self.reselect(self.selection.patterns.clone(), out);
+            self.reselect(self.selection.patterns.clone(), None, out);
         }
         if let Some(b) = batches.last() {
             self.consumed = b.published_before + b.bytes.len() as u64;
@@ -592,7 +618,7 @@ impl SessionState {
         self.consumed = engine.published_bytes();
         self.cx.metrics.catch_ups.increment(1);
         if engine.catalog().version() > self.selection.catalog_version {
-            self.reselect(self.selection.patterns.clone(), out);
+            self.reselect(self.selection.patterns.clone(), None, out);
         }
         let table = engine.table();
         if let Some(n) = catch_up_delta(&table, &self.selection, self.position, false, out) {
@@ -609,6 +635,10 @@ impl SessionState {
                 writes: WriteAllowance::new(per_s),
                 browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
                 refreshes: Bucket::new(5 * REFRESH_PER_S, f64::from(REFRESH_PER_S)),
+                subscribed: Bucket::new(
+                    SUBSCRIBED_TAGS_BURST,
+                    f64::from(SUBSCRIBED_TAGS_PER_S),
+                ),
                 rate_audit: crate::rate::Throttle::once_per(std::time::Duration::from_secs(1)),
             })
         })

@@ -995,3 +995,49 @@ fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
 
 /// Access: read scopes, Welcome's principal, Refresh and expiry.
 mod access;
+
+#[tokio::test(start_paused = true)]
+async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
+    use super::state::{SUBSCRIBED_TAGS_BURST, SUBSCRIBED_TAGS_PER_S};
+    let mut h = harness();
+    let many = (0..20_000u32).map(|i| Input::Define {
+        key: TagKey { source: 1, local: i },
+        def: Box::new(TagDef::read_only(format!("m/g{}/t{i}", i / 100), "s1")),
+    });
+    h.engine.apply(many.collect::<Vec<_>>());
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&[], None), &mut out);
+    kinds(&mut out);
+    let patterns = |p: &str| vec![p.to_string()];
+    let (mut entries, mut limited) = (0usize, 0usize);
+    for _ in 0..100 {
+        let sub = msg(C::Subscribe(proto::Subscribe { patterns: patterns("#") }));
+        let unsub = msg(C::Unsubscribe(proto::Unsubscribe { patterns: patterns("#") }));
+        for m in [sub, unsub] {
+            assert!(matches!(s.on_message(m, now(), PEER, &mut out), Action::Nothing));
+        }
+        for k in kinds(&mut out) {
+            match k {
+                Kind::Catalog(c) => entries += c.tags.len(),
+                Kind::Error(e) if e.code() == ErrorCode::LimitExceeded => limited += 1,
+                _ => {}
+            }
+        }
+    }
+    // 20,004 tags per Subscribe: the burst's worth went out, no more.
+    assert!(
+        entries <= SUBSCRIBED_TAGS_BURST as usize + 20_004,
+        "{entries} catalog entries"
+    );
+    assert!(limited >= 90, "{limited} refusals");
+    // A second later the budget allows one more.
+    tokio::time::advance(Duration::from_secs(
+        u64::from(SUBSCRIBED_TAGS_BURST / SUBSCRIBED_TAGS_PER_S) + 1,
+    ))
+    .await;
+    let sub = msg(C::Subscribe(proto::Subscribe { patterns: patterns("#") }));
+    assert!(matches!(s.on_message(sub, now(), PEER, &mut out), Action::Nothing));
+    let k = kinds(&mut out);
+    assert!(k.iter().any(|k| matches!(k, Kind::Catalog(_))), "{}", k.len());
+    assert_eq!(s.patterns(), ["#"]);
+}
