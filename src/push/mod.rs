@@ -73,7 +73,7 @@ pub struct Push {
 /// holes in the heap that the allocator keeps after the burst, about
 /// 3.5 KiB per idle session (measured with the `idle` scenario: 7.5 KiB per
 /// connection unbounded, 3.9 KiB bounded, and the burst connected faster).
-const HTTP_IN_FLIGHT: usize = 256;
+pub const HTTP_IN_FLIGHT: usize = 256;
 /// Peers whose refused handshakes are counted one by one in a second.
 const MAX_REFUSING_PEERS: usize = 4096;
 /// Longest wait for an HTTP permit before serving without one.
@@ -153,6 +153,12 @@ impl Push {
                 tracing::error!(error = %e, "TLS reload failed; still serving the previous certificate")
             }
         }
+    }
+
+    /// HTTP permits free now (of `HTTP_IN_FLIGHT`): what a stalled TLS
+    /// handshake must not take.
+    pub fn http_permits_free(&self) -> usize {
+        self.http_in_flight.available_permits()
     }
 
     /// Open sessions.
@@ -441,17 +447,32 @@ async fn before_upgrade(
         tracing::debug!(%peer, "silent connection dropped");
         return;
     }
-    let permit = tokio::select! {
-        permit = http_permit(&push) => permit,
-        () = push.shutdown.cancelled() => return,
-    };
     let Some(tls) = &push.tls else {
+        let Some(permit) = permit_unless_shutdown(&push).await else {
+            return;
+        };
         return http::serve_connection(stream, peer, push, tracker, permit).await;
     };
-    // The handshake is bounded like a request's headers.
+    // The handshake is bounded like a request's headers, and runs before
+    // the HTTP permit is taken: a thousand sockets stalled halfway through
+    // a ClientHello cost their memory, never a valid client's turn.
     match tokio::time::timeout(http::HEADER_TIMEOUT, tls.acceptor().accept(stream)).await {
-        Ok(Ok(stream)) => http::serve_connection(stream, peer, push.clone(), tracker, permit).await,
+        Ok(Ok(stream)) => {
+            let Some(permit) = permit_unless_shutdown(&push).await else {
+                return;
+            };
+            http::serve_connection(stream, peer, push.clone(), tracker, permit).await
+        }
         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
+/// [`http_permit`] (or none after its wait), unless the server is shutting
+/// down (`None`).
+async fn permit_unless_shutdown(push: &Push) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+    tokio::select! {
+        permit = http_permit(push) => Some(permit),
+        () = push.shutdown.cancelled() => None,
     }
 }

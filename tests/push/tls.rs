@@ -111,6 +111,36 @@ async fn wss_streams_and_a_reload_reaches_new_handshakes_while_old_sessions_stre
 }
 
 #[tokio::test]
+async fn stalled_tls_handshakes_hold_no_http_permit() {
+    let dir = Scratch::new("tls-stall");
+    let pki = Pki::new(dir.dir(), "one");
+    let server = spawn_server(&tls_server_config(&pki, None), TAGS).await;
+    // 300 sockets each send the first half of a ClientHello and stall.
+    let hello_start: [u8; 9] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    let mut stalled = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(&hello_start).await.unwrap();
+        stalled.push(s);
+    }
+    // Each has reached its handshake (the server read its bytes) ...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ... and none holds an HTTP permit while it stalls.
+    assert_eq!(
+        server.push.http_permits_free(),
+        tagstream::push::HTTP_IN_FLIGHT,
+        "stalled handshakes hold HTTP permits"
+    );
+    // A valid client is served.
+    let c = connect_tls(&wss(&server), tls_config(&pki.ca).expect("ca"))
+        .await
+        .expect("wss");
+    c.close().await;
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn with_client_ca_a_client_needs_a_certificate_it_signed() {
     let dir = Scratch::new("mtls");
     let pki = Pki::new(dir.dir(), "srv");
