@@ -38,10 +38,12 @@
 
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod files;
 pub mod pattern;
 pub mod peer_text;
 pub mod proto;

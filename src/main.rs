@@ -289,6 +289,23 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             "*", s.name_template, "birth", "", w
         );
     }
+    // Every variable and file the config needs, each with its state.
+    let needs = tagstream::check::needs(&config, &|var| std::env::var(var).ok());
+    let missing = needs.iter().filter(|n| n.problem.is_some()).count();
+    if !needs.is_empty() {
+        println!("needs:");
+        for n in &needs {
+            let state = n.problem.as_deref().unwrap_or("ok");
+            println!("  {:<32} {:<40} {state}", n.key, n.what);
+        }
+    }
+    if missing > 0 {
+        eprintln!(
+            "{}: {missing} environment variable(s) or file(s) missing or unusable (listed above)",
+            path.display()
+        );
+        std::process::exit(1);
+    }
     let kinds = |kind: &str| sources.iter().filter(|(_, s)| s.kind() == kind).count();
     println!(
         "{} tags from {} device(s) and {} broker(s): OK",

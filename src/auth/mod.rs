@@ -322,6 +322,67 @@ fn secret(env: &Env, key: &str, var: &str) -> Result<String, AuthError> {
     }
 }
 
+/// One thing a configuration needs from the machine: an environment
+/// variable or a file, with what is wrong with it (`None`: there and
+/// usable). `tagstream check` lists them all at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Need {
+    /// The config key that names it.
+    pub key: String,
+    /// `env VAR` or `file PATH`.
+    pub what: String,
+    /// Why it is not usable, if it is not.
+    pub problem: Option<String>,
+}
+
+/// Every secret and key file `[auth]` names, each looked up or opened and
+/// parsed (never echoed).
+pub fn needs(config: Option<&AuthConfig>, env: &Env) -> Vec<Need> {
+    let mut out = Vec::new();
+    let Some(config) = config else { return out };
+    let var = |key: String, var: &str| Need {
+        what: format!("env {var}"),
+        problem: secret(env, &key, var).err().map(|_| "not set (or empty)".into()),
+        key,
+    };
+    for (i, t) in config.tokens.iter().enumerate() {
+        out.push(var(format!("auth.tokens[{i}].token_env"), &t.token_env));
+    }
+    if let Some(j) = &config.jwt {
+        if let Some(v) = j.hs256_secret_env.as_deref().filter(|v| !v.is_empty()) {
+            out.push(var("auth.jwt.hs256_secret_env".into(), v));
+        }
+        for (key, path, parse) in key_files(j) {
+            let problem = crate::files::read_bounded(path)
+                .and_then(|pem| parse(&pem).map(drop).map_err(|e| format!("not a PEM public key: {e}")))
+                .err();
+            out.push(Need {
+                key: key.into(),
+                what: format!("file {path}"),
+                problem,
+            });
+        }
+    }
+    out
+}
+
+type ParseKey = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
+/// The public key files a `jwt` names: key, path and parser.
+fn key_files(c: &config::JwtConfig) -> Vec<(&'static str, &str, ParseKey)> {
+    let files: [(&str, &Option<String>, ParseKey); 2] = [
+        ("auth.jwt.rs256_public_key", &c.rs256_public_key, DecodingKey::from_rsa_pem),
+        ("auth.jwt.es256_public_key", &c.es256_public_key, DecodingKey::from_ec_pem),
+    ];
+    files
+        .into_iter()
+        .filter_map(|(key, path, parse)| {
+            let path = path.as_deref().filter(|p| !p.is_empty())?;
+            Some((key, path, parse))
+        })
+        .collect()
+}
+
 fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
     let mut keys = Vec::new();
     if let Some(var) = c.hs256_secret_env.as_deref().filter(|v| !v.is_empty()) {
@@ -336,32 +397,19 @@ fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
         })?;
         keys.push((Algorithm::HS256, key));
     }
-    type Parse = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
-    let files: [(&str, &Option<String>, Algorithm, Parse); 2] = [
-        (
-            "auth.jwt.rs256_public_key",
-            &c.rs256_public_key,
-            Algorithm::RS256,
-            DecodingKey::from_rsa_pem,
-        ),
-        (
-            "auth.jwt.es256_public_key",
-            &c.es256_public_key,
-            Algorithm::ES256,
-            DecodingKey::from_ec_pem,
-        ),
-    ];
-    for (key, path, alg, parse) in files {
-        let Some(path) = path.as_deref().filter(|p| !p.is_empty()) else {
-            continue;
-        };
+    for (key, path, parse) in key_files(c) {
         let fail = |reason: String| AuthError::KeyFile {
             key: key.into(),
             path: path.into(),
             reason,
         };
-        let pem = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        let pem = crate::files::read_bounded(path).map_err(fail)?;
         let decoding = parse(&pem).map_err(|e| fail(format!("not a PEM public key: {e}")))?;
+        let alg = if key.contains("rs256") {
+            Algorithm::RS256
+        } else {
+            Algorithm::ES256
+        };
         keys.push((alg, decoding));
     }
     let mut validation = Validation::new(Algorithm::HS256);

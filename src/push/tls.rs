@@ -67,10 +67,10 @@ fn file_error<'a>(key: &'static str, path: &'a str) -> impl Fn(String) -> TlsErr
 
 fn certificates(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let fail = file_error(key, path);
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
+    let pem = crate::files::read_bounded(path).map_err(&fail)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(format!("not a PEM certificate: {e}")))?;
     if certs.is_empty() {
         return Err(fail("no PEM certificate in the file".into()));
     }
@@ -81,7 +81,9 @@ fn certificates(key: &'static str, path: &str) -> Result<Vec<CertificateDer<'sta
 fn certified_key(config: &TlsConfig) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = certificates("cert", &config.cert)?;
     let fail = file_error("key", &config.key);
-    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| fail(e.to_string()))?;
+    let pem = crate::files::read_bounded(&config.key).map_err(&fail)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| fail(format!("not a PEM private key: {e}")))?;
     let signing = provider()
         .key_provider
         .load_private_key(key)

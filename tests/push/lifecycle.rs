@@ -72,15 +72,31 @@ async fn shutdown_closes_1001_with_reconnect_delays_spread_over_the_drain_window
 #[test]
 fn check_prints_the_tag_table_or_every_error() {
     let bin = env!("CARGO_BIN_EXE_tagstream");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config.example.toml");
+    // Without the token's variable the example would not start: check
+    // says so, naming the key and the variable, and fails.
+    let missing = std::process::Command::new(bin)
+        .args(["check", "--config", example])
+        .env_remove("TAGSTREAM_BOILER_HMI_TOKEN")
+        .env("TAGSTREAM_JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&missing.stdout);
+    assert!(!missing.status.success(), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("auth.tokens[0].token_env")
+            && l.contains("env TAGSTREAM_BOILER_HMI_TOKEN")
+            && l.contains("not set")),
+        "{out}"
+    );
     let ok = std::process::Command::new(bin)
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/config.example.toml"),
-        ])
+        .args(["check", "--config", example])
+        .env("TAGSTREAM_BOILER_HMI_TOKEN", "a-secret-that-is-never-printed")
+        .env("TAGSTREAM_JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!")
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(!out.contains("a-secret-that-is-never-printed"), "{out}");
     assert!(ok.status.success(), "{out}");
     assert!(out.contains("plant/boiler1/temperature"), "{out}");
     assert!(

@@ -94,7 +94,7 @@ impl Broker<'_> {
         if let Some(ca) = self.ca_file {
             if !self.url.starts_with("mqtts://") {
                 p.push(format!("{key}.ca_file"), "only for mqtts:// URLs");
-            } else if let Err(e) = std::fs::read(ca) {
+            } else if let Err(e) = crate::files::read_bounded(ca) {
                 p.push(format!("{key}.ca_file"), format!("cannot read {ca}: {e}"));
             }
         }
@@ -144,7 +144,7 @@ impl Broker<'_> {
         }
         if tls {
             install_crypto_provider();
-            let ca = self.ca_file.and_then(|path| match std::fs::read(path) {
+            let ca = self.ca_file.and_then(|path| match crate::files::read_bounded(path) {
                 Ok(pem) => Some(pem),
                 Err(e) => {
                     tracing::error!(source = %self.source, %path, error = %e, "cannot read ca_file; using system roots");
