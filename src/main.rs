@@ -132,6 +132,13 @@ fn init_logs(format: &str) {
         // rumqttd is only the embedded demo/test broker: its connection
         // chatter (readiness probes included) is not the operator's concern.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    // tungstenite traces a client handshake's request bytes whole: the
+    // `Authorization: Bearer` header and an `?access_token=` URL. Its
+    // trace level is never on, whatever RUST_LOG asks (tail and write).
+    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
+        .into_iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     // Colour only for a person at a terminal: a file or journald would
     // store the escape codes.
     use std::io::IsTerminal as _;

@@ -128,3 +128,36 @@ fn check_prints_the_tag_table_or_every_error() {
     assert!(err.contains("modbus[0].address"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn the_cli_never_logs_a_token_even_at_trace() {
+    let server = spawn_server("", TAGS).await;
+    let bin = env!("CARGO_BIN_EXE_tagstream");
+    let token = "eyJ-secret-token-in-the-header";
+    let query = "secret-token-in-the-query";
+    for (url, token) in [
+        (url(&server), Some(token)),
+        (format!("{}?access_token={query}", url(&server)), None),
+    ] {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.args(["write", "--url", &url, "a/x", "1"])
+            .env("RUST_LOG", "trace")
+            .env_remove("TAGSTREAM_TOKEN")
+            .kill_on_drop(true);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .expect("write ends")
+            .expect("runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains("TRACE") || all.contains("DEBUG"), "trace is on: {all}");
+        assert!(!all.contains("secret-token"), "{all}");
+    }
+    server.stop().await;
+}
