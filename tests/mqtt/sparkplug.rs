@@ -723,3 +723,53 @@ async fn sparkplug_latency() {
     );
     server.stop().await;
 }
+
+/// A birth encoded by Eclipse Tahu's npm `sparkplug-payload` (an encoder
+/// we did not write, which puts UInt32 in `long_value` as Ignition does):
+/// every integer is read with its value and type, none BadDecodingError.
+#[tokio::test]
+async fn a_birth_encoded_by_tahus_npm_payload_is_read_with_uint32_in_long_value() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let Some(node) = require("node") else { return };
+    let installed = std::path::Path::new(root)
+        .join("node_modules/sparkplug-payload")
+        .exists();
+    if !tagstream_testkit::present("npm `sparkplug-payload` is installed (run `npm ci`)", installed) {
+        return;
+    }
+    let out = std::process::Command::new(node)
+        .arg(format!("{root}/tests/mqtt/tahu_payload.mjs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    // The payload really carries UInt32 in long_value.
+    let decoded = pb::Payload::decode(&bytes[..]).unwrap();
+    let u32_metric = decoded.metrics.iter().find(|m| m.name() == "u32").unwrap();
+    assert!(matches!(u32_metric.value, Some(MetricValue::LongValue(4_000_000_000))));
+
+    let b = broker().await;
+    let server = spawn_server(&config(b.addr, ""), &[]).await;
+    host_online(b.addr).await;
+    let mut c = connect_synced(&server, &["plant/#"]).await;
+    let edge = Edge::connect(b.addr, "plant", "tahu1", 0).await;
+    edge.client
+        .publish("spBv1.0/plant/NBIRTH/tahu1", QoS::AtLeastOnce, false, bytes)
+        .await
+        .unwrap();
+    until_state(&mut c, |c| value(c, "plant/tahu1/temp").is_some()).await;
+    assert_eq!(value(&c, "plant/tahu1/u32"), Some(V::U64(4_000_000_000)));
+    assert_eq!(value(&c, "plant/tahu1/u16"), Some(V::U64(65_535)));
+    assert_eq!(value(&c, "plant/tahu1/i8"), Some(V::I64(-3)));
+    assert_eq!(value(&c, "plant/tahu1/i32"), Some(V::I64(-70_000)));
+    assert_eq!(value(&c, "plant/tahu1/temp"), Some(V::F64(21.5)));
+    for name in ["u32", "u16", "i8", "i32"] {
+        assert_eq!(status_of(&c, &format!("plant/tahu1/{name}")), status::GOOD, "{name}");
+    }
+    assert_eq!(c.info("plant/tahu1/u32").unwrap().r#type, DataType::U32 as i32);
+    server.stop().await;
+}

@@ -89,6 +89,39 @@ pub fn value(metric: &Metric, datatype: u32) -> Result<Option<Value>, BadValue> 
         (SpType::UInt8 | SpType::UInt16 | SpType::UInt32, MetricValue::IntValue(i)) => {
             Value::U64(u64::from(*i))
         }
+        // Eclipse Tahu (JS, C) and Ignition send 8- to 32-bit integers in
+        // `long_value` (eclipse-sparkplug/sparkplug#102, eclipse-tahu/tahu
+        // #218, #397); the text says `int_value`. Either is taken when the
+        // value fits the type; a negative one may come sign-extended.
+        (SpType::Int8 | SpType::Int16 | SpType::Int32, MetricValue::LongValue(l)) => {
+            let (lo, hi) = match t {
+                SpType::Int8 => (i64::from(i8::MIN), i64::from(i8::MAX)),
+                SpType::Int16 => (i64::from(i16::MIN), i64::from(i16::MAX)),
+                _ => (i64::from(i32::MIN), i64::from(i32::MAX)),
+            };
+            let v = *l as i64;
+            let width = (hi as u64) * 2 + 1;
+            if (lo..=hi).contains(&v) {
+                Value::I64(v)
+            } else if *l <= width {
+                // Widened without sign extension: read from the width.
+                Value::I64(if v > hi { v - (width as i64) - 1 } else { v })
+            } else {
+                return Err(bad("long_value does not fit the datatype"));
+            }
+        }
+        (SpType::UInt8 | SpType::UInt16 | SpType::UInt32, MetricValue::LongValue(l)) => {
+            let hi = match t {
+                SpType::UInt8 => u64::from(u8::MAX),
+                SpType::UInt16 => u64::from(u16::MAX),
+                _ => u64::from(u32::MAX),
+            };
+            if *l > hi {
+                return Err(bad("long_value does not fit the datatype"));
+            }
+            Value::U64(*l)
+        }
+        (SpType::UInt64, MetricValue::IntValue(i)) => Value::U64(u64::from(*i)),
         (SpType::Int64 | SpType::DateTime, MetricValue::LongValue(l)) => Value::I64(*l as i64),
         (SpType::UInt64, MetricValue::LongValue(l)) => Value::U64(*l),
         (SpType::Float, MetricValue::FloatValue(f)) => Value::F64(f64::from(*f)),
@@ -237,6 +270,22 @@ mod tests {
         );
         let m = metric(SpType::Int64, MetricValue::LongValue(u64::MAX));
         assert_eq!(value(&m, SpType::Int64 as u32), Ok(Some(Value::I64(-1))));
+    }
+
+    #[test]
+    fn tahu_and_ignition_integers_in_long_value_are_taken_when_they_fit() {
+        let read = |t: SpType, l: u64| value(&metric(t, MetricValue::LongValue(l)), t as u32);
+        assert_eq!(read(SpType::UInt32, 4_000_000_000), Ok(Some(Value::U64(4_000_000_000))));
+        assert_eq!(read(SpType::UInt16, 65_535), Ok(Some(Value::U64(65_535))));
+        assert_eq!(read(SpType::UInt8, 7), Ok(Some(Value::U64(7))));
+        assert!(read(SpType::UInt32, 1 << 32).is_err());
+        assert!(read(SpType::UInt8, 256).is_err());
+        assert_eq!(read(SpType::Int32, (-5i64) as u64), Ok(Some(Value::I64(-5))));
+        assert_eq!(read(SpType::Int8, 0xFF), Ok(Some(Value::I64(-1))));
+        assert_eq!(read(SpType::Int16, 0x7FFF), Ok(Some(Value::I64(32_767))));
+        assert!(read(SpType::Int16, 1 << 20).is_err());
+        let m = metric(SpType::UInt64, MetricValue::IntValue(9));
+        assert_eq!(value(&m, SpType::UInt64 as u32), Ok(Some(Value::U64(9))));
     }
 
     #[test]
