@@ -15,6 +15,10 @@
 //! with the writes queued ahead (each bounded by the device's own
 //! timeout), not a fixed 30 s.
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -48,6 +52,57 @@ pub struct WriteCommand {
     /// means the session already answered or left: the source drops the
     /// command instead of writing late.
     pub reply: oneshot::Sender<WriteReply>,
+    /// The connection that asked (its peer address): a source that runs
+    /// writes one at a time serves connections in turn ([`FairWrites`]).
+    pub from: SocketAddr,
+    /// Counts it among its source's held writes until it is dropped.
+    _held: Held,
+}
+
+/// One write held by a source (queued, waiting its turn, or running);
+/// released on drop, whatever becomes of the command.
+#[derive(Debug)]
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A source's writes waiting their turn, served round-robin across the
+/// connections that sent them: four connections holding eight writes each
+/// on one slow device make an operator's single write wait for at most
+/// one write per other connection, not for all 32.
+#[derive(Debug, Default)]
+pub struct FairWrites {
+    /// Each connection's writes in arrival order; the front one is next.
+    turns: VecDeque<(SocketAddr, VecDeque<WriteCommand>)>,
+}
+
+impl FairWrites {
+    /// Queues a write behind its own connection's earlier ones.
+    pub fn push(&mut self, cmd: WriteCommand) {
+        match self.turns.iter_mut().find(|(from, _)| *from == cmd.from) {
+            Some((_, queue)) => queue.push_back(cmd),
+            None => self.turns.push_back((cmd.from, VecDeque::from([cmd]))),
+        }
+    }
+
+    /// The next connection's oldest write.
+    pub fn pop(&mut self) -> Option<WriteCommand> {
+        let (from, mut queue) = self.turns.pop_front()?;
+        let cmd = queue.pop_front();
+        if !queue.is_empty() {
+            self.turns.push_back((from, queue));
+        }
+        cmd
+    }
+
+    /// True when no write waits.
+    pub fn is_empty(&self) -> bool {
+        self.turns.is_empty()
+    }
 }
 
 impl WriteCommand {
@@ -89,6 +144,8 @@ impl WriteCommand {
             start_by,
             queued_ahead,
             reply,
+            from: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _held: Held(Arc::new(AtomicUsize::new(1))),
         };
         (cmd, rx)
     }
@@ -124,6 +181,7 @@ pub trait CommandSink: Send + Sync {
         tag: TagKey,
         value: Value,
         received: Instant,
+        from: SocketAddr,
     ) -> Result<Submitted, WriteFailure>;
 }
 
@@ -131,6 +189,9 @@ pub trait CommandSink: Send + Sync {
 #[derive(Debug)]
 struct Queue {
     tx: flume::Sender<WriteCommand>,
+    /// Writes of this source not yet finished: in the channel, waiting in
+    /// its [`FairWrites`], or running (the deadlines count them all).
+    held: Arc<AtomicUsize>,
     /// The longest one operation of this source takes (a Modbus write
     /// that must reconnect first: connect + request, each bounded by the
     /// device's timeout).
@@ -154,10 +215,15 @@ impl LocalSources {
             // so a write there reads as "source stopped".
             self.queues.resize_with(index + 1, || Queue {
                 tx: flume::bounded(0).0,
+                held: Arc::default(),
                 operation: Duration::ZERO,
             });
         }
-        self.queues[index] = Queue { tx, operation };
+        self.queues[index] = Queue {
+            tx,
+            held: Arc::default(),
+            operation,
+        };
         rx
     }
 }
@@ -186,11 +252,19 @@ impl CommandSink for LocalSources {
         tag: TagKey,
         value: Value,
         received: Instant,
+        from: SocketAddr,
     ) -> Result<Submitted, WriteFailure> {
         let Some(queue) = self.queues.get(usize::from(tag.source)) else {
             return Err((status::BAD_NOT_WRITABLE, "no source writes this tag".into()));
         };
-        let queued_ahead = queue.tx.len();
+        let held = Held(queue.held.clone());
+        let queued_ahead = queue.held.fetch_add(1, Ordering::AcqRel);
+        if queued_ahead >= WRITE_QUEUE {
+            return Err((
+                status::BAD_TOO_MANY_OPERATIONS,
+                "device write queue full".into(),
+            ));
+        }
         let (start_by, answer_by) = deadlines(received, queued_ahead, queue.operation);
         let (reply, rx) = oneshot::channel();
         let cmd = WriteCommand {
@@ -199,6 +273,8 @@ impl CommandSink for LocalSources {
             start_by,
             queued_ahead,
             reply,
+            from,
+            _held: held,
         };
         queue.tx.try_send(cmd).map_err(|e| match e {
             flume::TrySendError::Full(_) => (
@@ -236,6 +312,42 @@ mod tests {
         assert!(answer - start >= op, "room for one operation");
         let (start, answer) = deadlines(t0, 3, Duration::from_secs(3600));
         assert_eq!((start, answer - t0), (t0, WRITE_TIMEOUT));
+    }
+
+    #[test]
+    fn writes_are_served_round_robin_across_connections() {
+        let mut sources = LocalSources::default();
+        let rx = sources.add(0, Duration::from_secs(1));
+        let t0 = Instant::now();
+        let tag = TagKey { source: 0, local: 0 };
+        let peer = |p: u16| SocketAddr::from(([10, 0, 0, 1], p));
+        // Four connections queue eight writes each, then an operator one.
+        let mut replies = Vec::new();
+        for conn in 1..=4u16 {
+            for i in 0..8 {
+                let v = Value::U64(u64::from(conn) * 100 + i);
+                replies.push(sources.submit(tag, v, t0, peer(conn)).unwrap());
+            }
+        }
+        let op = sources.submit(tag, Value::U64(999), t0, peer(9)).unwrap();
+        let mut fair = FairWrites::default();
+        rx.try_iter().for_each(|c| fair.push(c));
+        let order: Vec<Value> = std::iter::from_fn(|| fair.pop()).map(|c| c.value).collect();
+        let pos = order.iter().position(|v| *v == Value::U64(999)).unwrap();
+        assert_eq!(pos, 4, "behind one write of each other connection: {order:?}");
+        assert_eq!(&order[..5], &[100, 200, 300, 400, 999].map(Value::U64)[..]);
+        // All were dropped (served): the source holds none, and a full
+        // source refuses rather than queues.
+        drop((replies, op));
+        for _ in 0..WRITE_QUEUE {
+            std::mem::forget(sources.submit(tag, Value::U64(1), t0, peer(1)).unwrap());
+        }
+        let held: Vec<WriteCommand> = rx.try_iter().collect();
+        assert_eq!(held.len(), WRITE_QUEUE);
+        let full = sources.submit(tag, Value::U64(1), t0, peer(2)).unwrap_err();
+        assert_eq!(full.0, status::BAD_TOO_MANY_OPERATIONS);
+        drop(held);
+        assert!(sources.submit(tag, Value::U64(1), t0, peer(2)).is_ok(), "released on drop");
     }
 
     #[tokio::test]

@@ -736,7 +736,7 @@ impl SessionState {
             out.message(write_result(request_id, status, message));
             return Action::Nothing;
         }
-        match self.cx.commands.submit(tag, value, now.at) {
+        match self.cx.commands.submit(tag, value, now.at, peer) {
             Ok(submitted) => Action::StartWrite(PendingWrite {
                 request_id,
                 source: tag.source,

@@ -206,6 +206,8 @@ impl ModbusSource {
         };
         // A device without writable tags has no write senders at all.
         let mut writes_open = true;
+        // Writes taken from the queue, served connection by connection.
+        let mut fair = crate::command::FairWrites::default();
         tracing::info!(device = %self.config.name, line = %self.bus.endpoint(), unit = self.config.unit_id, reads = groups.len(), tags = self.config.tags.len(), "modbus source started");
         loop {
             let next = due
@@ -220,6 +222,15 @@ impl ModbusSource {
                 cmd = self.cx.commands.recv_async(), if writes_open => {
                     writes_open = cmd.is_ok();
                     if let Ok(cmd) = cmd {
+                        fair.push(cmd);
+                    }
+                    continue;
+                }
+                // One waiting write per turn, connections in turn; reads
+                // that are due interleave (select! picks at random).
+                () = std::future::ready(()), if !fair.is_empty() => {
+                    self.cx.commands.try_iter().for_each(|c| fair.push(c));
+                    if let Some(cmd) = fair.pop() {
                         let _lost = self.serve_write(&mut health, cmd, &groups, &mut due).await;
                     }
                     continue;
@@ -235,8 +246,9 @@ impl ModbusSource {
                 }
                 // Queued writes go before each read, a few at a time, so
                 // neither starves the other (their deadlines count on it).
+                self.cx.commands.try_iter().for_each(|c| fair.push(c));
                 let queued: Vec<WriteCommand> =
-                    self.cx.commands.try_iter().take(WRITES_PER_READ).collect();
+                    std::iter::from_fn(|| fair.pop()).take(WRITES_PER_READ).collect();
                 let mut lost = false;
                 for cmd in queued {
                     lost |= self.serve_write(&mut health, cmd, &groups, &mut due).await;
