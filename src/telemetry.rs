@@ -60,7 +60,7 @@ const METRICS: &[(&str, &str, &str)] = &[
     (
         "counter",
         "tagstream_pending_evicted_total",
-        "Queued frames dropped for slow sessions (they then catch up).",
+        "Sockets not yet upgraded (silent, or still sending headers) dropped, oldest first, to make room for new ones.",
     ),
     ("gauge", "tagstream_tags", "Tags in the catalog."),
     (
@@ -169,5 +169,27 @@ impl PushMetrics {
 impl Default for PushMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::METRICS;
+
+    #[test]
+    fn each_help_describes_its_own_metric() {
+        let help = |name: &str| {
+            METRICS
+                .iter()
+                .find(|m| m.1 == name)
+                .map(|m| m.2)
+                .unwrap_or_default()
+        };
+        // It once described the session queue's evictions.
+        assert!(help("tagstream_pending_evicted_total").contains("not yet upgraded"));
+        let mut names: Vec<&str> = METRICS.iter().map(|m| m.1).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), METRICS.len(), "a metric described twice");
     }
 }

@@ -951,3 +951,27 @@ async fn rtu_poll_cycle() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_that_answers_more_registers_than_asked_is_bad() {
+    let dev = device().await;
+    let toml = format!(
+        "[[modbus]]\nname = \"d\"\naddress = \"{}\"\npoll_interval = \"30ms\"\n\
+         [[modbus.tags]]\nname = \"w/a\"\naddress = 0\ntype = \"u16\"\n\
+         [[modbus.tags]]\nname = \"w/b\"\naddress = 1\ntype = \"u16\"\n",
+        dev.addr()
+    );
+    dev.registers().holding[0] = 7;
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    until_state(&mut c, |c| kind(c, "w/a") == Some(V::U64(7))).await;
+    dev.registers().extra_words = 3;
+    until_state(&mut c, |c| {
+        status_of(c, "w/a") == status::BAD_DEVICE_FAILURE
+            && status_of(c, "w/b") == status::BAD_DEVICE_FAILURE
+    })
+    .await;
+    dev.registers().extra_words = 0;
+    until_state(&mut c, |c| status_of(c, "w/a") == status::GOOD).await;
+    server.stop().await;
+}

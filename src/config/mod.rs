@@ -357,10 +357,12 @@ impl ServerConfig {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let read = |reason: String| ConfigError::Read {
             path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| read(e.to_string()))?;
+        let text = String::from_utf8(bytes).map_err(|e| read(not_utf8(e.as_bytes(), &e)))?;
         Config::parse(&text)
     }
 
@@ -470,7 +472,17 @@ impl Config {
     }
 }
 
-/// Checks a tag name: `/`-separated, no empty level, no wildcard.
+/// Where a file stops being UTF-8: its line and column (1-based), so an
+/// editor finds the byte.
+fn not_utf8(bytes: &[u8], e: &std::string::FromUtf8Error) -> String {
+    let at = e.utf8_error().valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
+    format!("not UTF-8 at line {line}, column {column} (byte {at}); TOML files are UTF-8")
+}
+
 /// Longest tag name, in bytes (UTF-8), for every source kind: names are
 /// in every Catalog and Browse page, and a rogue publisher must not make
 /// one 60 KB.

@@ -159,6 +159,19 @@ max_connections_per_ip = 9200000000000000000
 }
 
 #[test]
+fn a_file_that_is_not_utf8_is_refused_saying_where() {
+    let dir = std::env::temp_dir().join(format!("tagstream-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("latin1.toml");
+    std::fs::write(&path, b"[server]\nserver_id = \"K\xf6ln\"\n").expect("write");
+    let Err(ConfigError::Read { reason, .. }) = Config::load(&path) else {
+        panic!("read as UTF-8")
+    };
+    assert!(reason.contains("line 2, column 15"), "{reason}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_duration_is_reported_with_its_key_and_line() {
     let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
     let text = err.to_string();

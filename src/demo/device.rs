@@ -41,6 +41,9 @@ pub struct Registers {
     pub write_log: Option<Vec<WriteSeen>>,
     /// Requests answered (data or exception).
     pub answered: u64,
+    /// A faulty device: register reads answer this many words more than
+    /// asked.
+    pub extra_words: u16,
 }
 
 /// A write request as the device received it.
@@ -80,6 +83,7 @@ impl Default for Registers {
             delay: Duration::ZERO,
             write_log: None,
             answered: 0,
+            extra_words: 0,
         }
     }
 }
@@ -146,7 +150,9 @@ pub(crate) fn answer(r: &mut Registers, req: Request<'static>) -> Result<Respons
     Ok(match req {
         Request::ReadHoldingRegisters(a, n) => {
             check_faults(r, Table::Holding, a, n)?;
-            Response::ReadHoldingRegisters(r.holding[span(a, n)?].to_vec())
+            let mut words = r.holding[span(a, n)?].to_vec();
+            words.resize(words.len() + usize::from(r.extra_words), 0);
+            Response::ReadHoldingRegisters(words)
         }
         Request::ReadInputRegisters(a, n) => {
             check_faults(r, Table::Input, a, n)?;

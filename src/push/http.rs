@@ -192,9 +192,19 @@ fn upgrade(
     {
         return Err(Refusal::BadRequest("Sec-WebSocket-Version must be 13\n"));
     }
+    // RFC 6455 4.1: an upgrade is HTTP/1.1 (or later), and its key is 16
+    // random bytes in base64 (24 characters).
+    if req.version() < hyper::Version::HTTP_11 {
+        return Err(Refusal::BadRequest("a WebSocket upgrade needs HTTP/1.1\n"));
+    }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(Refusal::BadRequest("missing Sec-WebSocket-Key\n"));
     };
+    if !is_websocket_key(key.as_bytes()) {
+        return Err(Refusal::BadRequest(
+            "Sec-WebSocket-Key is not 16 bytes in base64\n",
+        ));
+    }
     let accept = derive_accept_key(key.as_bytes());
     if !origin_allowed(
         &push.config.allowed_origins,
@@ -278,6 +288,13 @@ fn upgrade(
         );
     }
     Ok(r)
+}
+
+/// True for a `Sec-WebSocket-Key` of 16 bytes in base64: 22 characters
+/// of the alphabet and `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let b64 = |c: &u8| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/';
+    key.len() == 24 && key[..22].iter().all(b64) && &key[22..] == b"=="
 }
 
 /// A subprotocol entry that carries a token.
@@ -423,6 +440,14 @@ mod tests {
             presented_token(&h, Some("access_token=q"), &["bearer.s"]),
             tok("hdr")
         );
+    }
+
+    #[test]
+    fn a_websocket_key_is_sixteen_bytes_in_base64() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        for bad in [&b"x"[..], b"dGhlIHNhbXBsZSBub25jZQ", b"dGhlIHNhbXBsZSBub25jZ!==", b""] {
+            assert!(!is_websocket_key(bad), "{bad:?}");
+        }
     }
 
     #[test]

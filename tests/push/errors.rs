@@ -360,3 +360,17 @@ async fn eleven_patterns_against_max_patterns_ten_is_limit_exceeded_and_1008() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_malformed_key_or_an_http_1_0_upgrade_is_400() {
+    let server = spawn_server("", TAGS).await;
+    let good = upgrade_request("");
+    assert!(http(server.addr, &good).await.starts_with("HTTP/1.1 101"));
+    let bad_key = good.replace("dGhlIHNhbXBsZSBub25jZQ==", "x");
+    let r = http(server.addr, &bad_key).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let old = good.replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let r = http(server.addr, &old).await;
+    assert!(r.contains(" 400 "), "{r}");
+    server.stop().await;
+}

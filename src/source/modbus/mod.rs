@@ -345,6 +345,15 @@ impl ModbusSource {
             }
             Err(e) => return Ok(Err(e)),
         };
+        if !answer_fits(g, words.len()) {
+            // A device that answers another count than asked is not to be
+            // trusted with any of it.
+            tracing::warn!(device = %self.config.name, table = ?g.table, start = g.start, count = g.count, answered = words.len(), "modbus answer of the wrong length: tags Bad");
+            for &i in &g.tags {
+                self.cx.bad(i as u32, status::BAD_DEVICE_FAILURE).await?;
+            }
+            return Ok(Ok(()));
+        }
         for &i in &g.tags {
             let tag = &self.config.tags[i];
             let offset = usize::from(tag.address - g.start);
@@ -470,6 +479,18 @@ impl ModbusSource {
             (_, None) => Request::WriteMultipleRegisters(tag.address, words.into()),
         };
         Ok(turn.call(unit, request, limit).await?.map(|_| ()))
+    }
+}
+
+/// True if an answer of `len` words is what a read of `g` asks for:
+/// exactly its count of registers; for bits, its count or the count
+/// rounded up to whole bytes (the padding of the last byte).
+pub fn answer_fits(g: &ReadGroup, len: usize) -> bool {
+    let count = usize::from(g.count);
+    if g.table.is_bits() {
+        len == count || len == count.div_ceil(8) * 8
+    } else {
+        len == count
     }
 }
 
