@@ -440,8 +440,9 @@ impl ModbusSource {
             )),
             Err(e) => {
                 let status = e.status(None);
+                let why = write_failure(&e);
                 let _ = self.unit_lost(health, &e).await;
-                Err((status, e.to_string()))
+                Err((status, why))
             }
         }
     }
@@ -479,6 +480,20 @@ impl ModbusSource {
             (_, None) => Request::WriteMultipleRegisters(tag.address, words.into()),
         };
         Ok(turn.call(unit, request, limit).await?.map(|_| ()))
+    }
+}
+
+/// A failed write in words a plant engineer reads: what happened and
+/// what it means for the setpoint (the OS error only as a detail).
+pub fn write_failure(e: &RequestError) -> String {
+    match e {
+        RequestError::Timeout(d) => format!(
+            "the device did not acknowledge within {d:?}: the write may or may not have been carried out; read the tag back"
+        ),
+        RequestError::Communication(detail) => format!(
+            "the connection to the device failed during the write ({detail}): it may or may not have been carried out; read the tag back"
+        ),
+        RequestError::Exception(code) => format!("the device refused the write (Modbus exception {code})"),
     }
 }
 
