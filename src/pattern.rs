@@ -177,9 +177,128 @@ fn produce<'a>(
     false
 }
 
+/// One level of a name shape: the names a source's template can produce,
+/// level by level (`check` compares them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Level {
+    /// Exactly this level.
+    Literal(String),
+    /// Any one level.
+    One,
+    /// One or more levels.
+    Many,
+}
+
+/// The shape of a topic map's names: its template's levels, a level that
+/// is exactly a `+` capture is [`Level::One`], one with a `#` capture
+/// [`Level::Many`], one mixing text and a capture is taken as the widest
+/// it can be (so an overlap is never missed).
+pub fn map_shape(filter: &str, template: &str) -> Vec<Level> {
+    let multi: Vec<bool> = filter
+        .split('/')
+        .filter(|l| *l == "+" || *l == "#")
+        .map(|l| l == "#")
+        .collect();
+    template
+        .split('/')
+        .map(|level| {
+            let captures: Vec<usize> = pieces(level)
+                .into_iter()
+                .filter_map(|p| match p {
+                    Piece::Capture(n, _) if n >= 1 && n <= multi.len() => Some(n),
+                    _ => None,
+                })
+                .collect();
+            if captures.is_empty() {
+                Level::Literal(level.to_string())
+            } else if captures.iter().any(|&n| multi[n - 1]) {
+                Level::Many
+            } else {
+                Level::One
+            }
+        })
+        .collect()
+}
+
+/// Whether some name fits both shapes. `Many` is one level then any
+/// number more; the search walks pairs of positions, each once.
+pub fn shapes_overlap(a: &[Level], b: &[Level]) -> bool {
+    // Expanded: `Many` becomes `One` followed by a star (zero or more
+    // levels), written as `None`.
+    fn expand(shape: &[Level]) -> Vec<Option<&Level>> {
+        shape
+            .iter()
+            .flat_map(|l| match l {
+                Level::Many => vec![Some(&Level::One), None],
+                other => vec![Some(other)],
+            })
+            .collect()
+    }
+    let (a, b) = (expand(a), expand(b));
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(0usize, 0usize)];
+    while let Some((i, j)) = stack.pop() {
+        if !seen.insert((i, j)) {
+            continue;
+        }
+        if i == a.len() && j == b.len() {
+            return true;
+        }
+        let (x, y) = (a.get(i).copied(), b.get(j).copied());
+        // A star may match nothing more, or one more level of the other.
+        if x == Some(None) {
+            stack.push((i + 1, j));
+            if j < b.len() {
+                stack.push((i, j + 1));
+            }
+        }
+        if y == Some(None) {
+            stack.push((i, j + 1));
+            if i < a.len() {
+                stack.push((i + 1, j));
+            }
+        }
+        if let (Some(Some(x)), Some(Some(y))) = (x, y) {
+            let meet = match (x, y) {
+                (Level::Literal(p), Level::Literal(q)) => p == q,
+                _ => true,
+            };
+            if meet {
+                stack.push((i + 1, j + 1));
+            }
+        }
+    }
+    false
+}
+
+/// The shape of one name: every level literal.
+pub fn name_shape(name: &str) -> Vec<Level> {
+    name.split('/').map(|l| Level::Literal(l.to_string())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shapes_overlap_when_some_name_fits_both() {
+        let lit = |s: &str| Level::Literal(s.into());
+        let (one, many) = (Level::One, Level::Many);
+        // The squat: a Sparkplug node `line4` in the demo's old layout.
+        let sparkplug = [lit("plant"), one.clone(), many.clone()];
+        let mqtt_map = map_shape("plant/line4/+/value", "plant/line4/{1}");
+        assert_eq!(mqtt_map, [lit("plant"), lit("line4"), one.clone()]);
+        assert!(shapes_overlap(&sparkplug, &mqtt_map));
+        assert!(shapes_overlap(&sparkplug, &name_shape("plant/boiler1/temperature")));
+        assert!(!shapes_overlap(&sparkplug, &name_shape("plant/x")), "Many is one level at least");
+        let cells = [lit("plant"), lit("cells"), one.clone(), one.clone(), many.clone()];
+        assert!(!shapes_overlap(&cells, &mqtt_map));
+        assert!(!shapes_overlap(&cells, &name_shape("plant/boiler1/temperature")));
+        assert!(shapes_overlap(&[many.clone(), lit("x")], &[lit("a"), many.clone()]));
+        assert!(!shapes_overlap(&[lit("a"), many.clone()], &[lit("b"), many.clone()]));
+        assert_eq!(map_shape("a/#", "x/{1}/y"), [lit("x"), many, lit("y")]);
+        assert_eq!(map_shape("a/+", "x-{1}"), [one]);
+    }
 
     #[test]
     fn wildcards() {

@@ -421,6 +421,7 @@ impl Config {
                 }
             }
         }
+        self.check_sparkplug_names(&names, p);
         // A topic map that can produce a configured name would take that
         // tag over at run time (the engine refuses it then; here it is a
         // config error). Overlaps between two maps are not decided here:
@@ -442,6 +443,59 @@ impl Config {
                                 1 => String::new(),
                                 n => format!(" (and {} more)", n - 1),
                             }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Sparkplug templates decided at `check`, as topic maps are: one that
+    /// can produce a configured name, or a name a topic map can produce,
+    /// is refused (at run time the first source to define a name keeps it
+    /// for the epoch, so a rogue node could take a tag before its real
+    /// source publishes).
+    fn check_sparkplug_names(&self, names: &HashMap<String, String>, p: &mut Problems) {
+        use crate::pattern::{map_shape, name_shape, shapes_overlap};
+        let maps: Vec<(String, Vec<crate::pattern::Level>)> = self
+            .sources()
+            .into_iter()
+            .flat_map(|(key, source)| {
+                source
+                    .discovered()
+                    .into_iter()
+                    .map(move |d| (format!("{key}.{}", d.key), map_shape(&d.filter, &d.def.name)))
+            })
+            .collect();
+        for (i, sp) in self.sparkplug.iter().enumerate() {
+            let key = format!("sparkplug[{i}].name_template");
+            let shapes = sp.shapes();
+            let mut taken: Vec<&String> = names
+                .keys()
+                .filter(|n| shapes.iter().any(|s| shapes_overlap(s, &name_shape(n))))
+                .collect();
+            taken.sort();
+            if let Some(name) = taken.first() {
+                p.push(
+                    key.clone(),
+                    format!(
+                        "template {:?} can produce {name:?}, a configured tag of {:?}{}: a node of that name could take it",
+                        sp.name_template,
+                        names.get(*name).map_or("", String::as_str),
+                        match taken.len() {
+                            1 => String::new(),
+                            n => format!(" (and {} more)", n - 1),
+                        }
+                    ),
+                );
+            }
+            for (map, shape) in &maps {
+                if shapes.iter().any(|s| shapes_overlap(s, shape)) {
+                    p.push(
+                        key.clone(),
+                        format!(
+                            "template {:?} can produce names of {map}: give one of them its own prefix",
+                            sp.name_template
                         ),
                     );
                 }

@@ -172,6 +172,49 @@ fn a_file_that_is_not_utf8_is_refused_saying_where() {
 }
 
 #[test]
+fn a_sparkplug_template_that_can_squat_a_name_is_refused() {
+    let base = r#"
+[[modbus]]
+name = "boiler"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "plant/boiler1/temperature"
+address = 0
+type = "u16"
+
+[[mqtt]]
+name = "line4"
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.topics]]
+filter = "plant/line4/+/value"
+name = "plant/line4/{1}"
+format = "number"
+type = "f64"
+
+[[sparkplug]]
+name = "site"
+url = "mqtt://127.0.0.1:1883"
+groups = ["site"]
+"#;
+    // The demo's old layout: a node named `line4` could take an MQTT map's
+    // name, a node named `boiler1` a Modbus tag.
+    let text = format!("{base}name_template = \"plant/{{node}}/{{device}}/{{metric}}\"\n");
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&text) else {
+        panic!("expected Invalid");
+    };
+    let messages: Vec<&str> = problems
+        .iter()
+        .filter(|p| p.key == "sparkplug[0].name_template")
+        .map(|p| p.message.as_str())
+        .collect();
+    assert!(messages.iter().any(|m| m.contains("plant/boiler1/temperature")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("mqtt[0].topics[0]")), "{messages:?}");
+    // Its own prefix: accepted.
+    let own = format!("{base}name_template = \"plant/cells/{{node}}/{{device}}/{{metric}}\"\n");
+    assert!(Config::parse(&own).is_ok(), "{:?}", Config::parse(&own).err());
+}
+
+#[test]
 fn bad_duration_is_reported_with_its_key_and_line() {
     let err = Config::parse("[server]\nheartbeat_interval = \"soon\"\n").expect_err("bad");
     let text = err.to_string();

@@ -124,6 +124,42 @@ impl SparkplugConfig {
             .replace("{metric}", &metric)
     }
 
+    /// The shapes of the names its births can make: per followed group,
+    /// with and without a device (`check` compares them with configured
+    /// names and topic maps).
+    pub fn shapes(&self) -> Vec<Vec<pattern::Level>> {
+        use pattern::Level;
+        let with_device = self.name_template.clone();
+        let without = self
+            .name_template
+            .replace("{device}/", "")
+            .replace("/{device}", "")
+            .replace("{device}", "");
+        let mut out = Vec::new();
+        for group in &self.groups {
+            for template in [&with_device, &without] {
+                let shape = template
+                    .split('/')
+                    .map(|level| {
+                        if level.contains("{metric}") {
+                            Level::Many
+                        } else if level == "{group}" && group != "+" {
+                            Level::Literal(group.clone())
+                        } else if FIELDS.iter().any(|f| level.contains(f)) {
+                            Level::One
+                        } else {
+                            Level::Literal(level.to_string())
+                        }
+                    })
+                    .collect();
+                if !out.contains(&shape) {
+                    out.push(shape);
+                }
+            }
+        }
+        out
+    }
+
     /// Whether a write may go to the tag named `name`.
     pub fn is_writable(&self, name: &str) -> bool {
         self.writable.iter().any(|p| pattern::matches(p, name))
