@@ -2,8 +2,9 @@
 //! sequences: the input is a list of steps, each a client message (raw
 //! bytes, decoded as the driver would), an engine batch, a heartbeat tick,
 //! a WebSocket ping or a token expiry check. The session must answer every
-//! step (frames or an orderly end), never panic, and keep its position
-//! continuous: every Delta it queues starts where the last one ended.
+//! step (frames or an orderly end), never panic, keep its position
+//! continuous (every Delta it queues starts where the last one ended), and
+//! hold no pattern past `max_pattern_bytes` nor more than `max_patterns`.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -89,6 +90,7 @@ fuzz_target!(|input: &[u8]| {
         heartbeat_ms: 1000,
         max_pending_bytes: 4096,
         max_patterns: 8,
+        max_pattern_bytes: 16,
         max_writes_per_s: 20,
         drain_window: Duration::from_secs(1),
         hello_timeout: Duration::from_secs(1),
@@ -144,6 +146,14 @@ fuzz_target!(|input: &[u8]| {
         };
         // Writes are handed to the source: drop them (the owner went away).
         while commands.try_recv().is_ok() {}
+        // What a session holds stays within max_patterns and
+        // max_pattern_bytes, whatever it was sent.
+        assert!(s.patterns().len() <= 8);
+        assert!(
+            s.patterns().iter().all(|p| p.len() <= 16),
+            "{:?}",
+            s.patterns()
+        );
         check(&mut out, &mut position);
         if let Action::End(_) = action {
             break;

@@ -1,6 +1,9 @@
 //! The Sparkplug host fed any sequence of messages from a broker: births,
 //! data, deaths and commands of two nodes with two devices, each payload
-//! arbitrary bytes. Never a panic, and never more tags than `max_tags`.
+//! arbitrary bytes; node and device ids short, 200 bytes long (past
+//! `MAX_ID_BYTES`) or made up per step (never born). Never a panic, never
+//! more tags than `max_tags`, never a tag name past 256 bytes, and the
+//! nodes and scopes tracked stay bounded.
 //! Input: frames of [u16 BE length][topic pick][payload].
 #![no_main]
 
@@ -47,8 +50,20 @@ fuzz_target!(|data: &[u8]| {
         let kind = [
             "NBIRTH", "NDATA", "NDEATH", "DBIRTH", "DDATA", "DDEATH", "NCMD", "STATE",
         ][usize::from(pick) % 8];
-        let node = if pick & 0x08 == 0 { "n1" } else { "n2" };
-        let device = if pick & 0x10 == 0 { "d1" } else { "d2" };
+        let long = "x".repeat(200);
+        let ghost = format!("ghost{step}");
+        let node = match (pick & 0x08 == 0, pick & 0x20 == 0) {
+            (true, _) => "n1",
+            (false, true) => "n2",
+            // A made-up node is never born (its births would be real).
+            (false, false) if pick & 0x40 == 0 || kind == "NBIRTH" => long.as_str(),
+            (false, false) => ghost.as_str(),
+        };
+        let device = if pick & 0x10 == 0 {
+            "d1"
+        } else {
+            long.as_str()
+        };
         let topic = match kind {
             "STATE" => "spBv1.0/STATE/other".to_string(),
             k if k.starts_with('D') => format!("spBv1.0/g/{k}/{node}/{device}"),
@@ -57,10 +72,20 @@ fuzz_target!(|data: &[u8]| {
         step += 1;
         let now = start + Duration::from_secs(step * u64::from(pick >> 5));
         for action in host.handle(&topic, payload, now) {
-            if let Action::Define(local, _) = action {
+            if let Action::Define(local, def) = action {
+                assert!(
+                    def.name.len() <= tagstream::config::MAX_TAG_NAME_BYTES,
+                    "{}",
+                    def.name.len()
+                );
                 defined.insert(local);
             }
         }
         assert!(defined.len() <= MAX_TAGS, "{} tags defined", defined.len());
+        let (nodes, unborn, scopes) = host.tracked();
+        assert!(
+            nodes <= 2 && unborn <= 1_000 && scopes <= 4,
+            "{nodes} {unborn} {scopes}"
+        );
     }
 });
