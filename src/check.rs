@@ -21,7 +21,9 @@ pub fn needs(config: &Config, env: &auth::Env) -> Vec<Need> {
         ];
         // One load checks the pair together (a key that does not match
         // its certificate); its error names the file.
-        let loaded = crate::push::tls::Tls::load(tls).err().map(|e| e.to_string());
+        let loaded = crate::push::tls::Tls::load(tls)
+            .err()
+            .map(|e| e.to_string());
         for (key, path) in files {
             let Some(path) = path else { continue };
             let problem = loaded
@@ -76,7 +78,15 @@ jwt = { hs256_secret_env = "TS_JWT", rs256_public_key = "/", es256_public_key = 
         assert_eq!(rs.problem.as_deref(), Some("is a directory"));
         assert!(by_key("auth.jwt.es256_public_key").problem.is_some());
         let cert = by_key("server.tls.cert");
-        assert!(cert.problem.as_deref().is_some_and(|p| p.contains("larger than")), "{cert:?}");
-        assert!(!format!("{needs:?}").contains("secret-a"), "no secret shown");
+        assert!(
+            cert.problem
+                .as_deref()
+                .is_some_and(|p| p.contains("larger than")),
+            "{cert:?}"
+        );
+        assert!(
+            !format!("{needs:?}").contains("secret-a"),
+            "no secret shown"
+        );
     }
 }

@@ -319,7 +319,10 @@ mod tests {
         let mut sources = LocalSources::default();
         let rx = sources.add(0, Duration::from_secs(1));
         let t0 = Instant::now();
-        let tag = TagKey { source: 0, local: 0 };
+        let tag = TagKey {
+            source: 0,
+            local: 0,
+        };
         let peer = |p: u16| SocketAddr::from(([10, 0, 0, 1], p));
         // Four connections queue eight writes each, then an operator one.
         let mut replies = Vec::new();
@@ -334,7 +337,10 @@ mod tests {
         rx.try_iter().for_each(|c| fair.push(c));
         let order: Vec<Value> = std::iter::from_fn(|| fair.pop()).map(|c| c.value).collect();
         let pos = order.iter().position(|v| *v == Value::U64(999)).unwrap();
-        assert_eq!(pos, 4, "behind one write of each other connection: {order:?}");
+        assert_eq!(
+            pos, 4,
+            "behind one write of each other connection: {order:?}"
+        );
         assert_eq!(&order[..5], &[100, 200, 300, 400, 999].map(Value::U64)[..]);
         // All were dropped (served): the source holds none, and a full
         // source refuses rather than queues.
@@ -347,7 +353,10 @@ mod tests {
         let full = sources.submit(tag, Value::U64(1), t0, peer(2)).unwrap_err();
         assert_eq!(full.0, status::BAD_TOO_MANY_OPERATIONS);
         drop(held);
-        assert!(sources.submit(tag, Value::U64(1), t0, peer(2)).is_ok(), "released on drop");
+        assert!(
+            sources.submit(tag, Value::U64(1), t0, peer(2)).is_ok(),
+            "released on drop"
+        );
     }
 
     #[tokio::test]

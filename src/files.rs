@@ -40,7 +40,11 @@ mod tests {
 
     #[test]
     fn hostile_files_are_refused_with_a_reason_and_no_content() {
-        assert!(read_bounded("/dev/zero").expect_err("endless").contains("larger than"));
+        assert!(
+            read_bounded("/dev/zero")
+                .expect_err("endless")
+                .contains("larger than")
+        );
         assert_eq!(read_bounded("/").expect_err("dir"), "is a directory");
         assert!(read_bounded("/nonexistent/key.pem").is_err());
         assert_eq!(read_bounded("/dev/null").expect_err("empty"), "is empty");

@@ -273,7 +273,9 @@ pub fn shapes_overlap(a: &[Level], b: &[Level]) -> bool {
 
 /// The shape of one name: every level literal.
 pub fn name_shape(name: &str) -> Vec<Level> {
-    name.split('/').map(|l| Level::Literal(l.to_string())).collect()
+    name.split('/')
+        .map(|l| Level::Literal(l.to_string()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -289,13 +291,34 @@ mod tests {
         let mqtt_map = map_shape("plant/line4/+/value", "plant/line4/{1}");
         assert_eq!(mqtt_map, [lit("plant"), lit("line4"), one.clone()]);
         assert!(shapes_overlap(&sparkplug, &mqtt_map));
-        assert!(shapes_overlap(&sparkplug, &name_shape("plant/boiler1/temperature")));
-        assert!(!shapes_overlap(&sparkplug, &name_shape("plant/x")), "Many is one level at least");
-        let cells = [lit("plant"), lit("cells"), one.clone(), one.clone(), many.clone()];
+        assert!(shapes_overlap(
+            &sparkplug,
+            &name_shape("plant/boiler1/temperature")
+        ));
+        assert!(
+            !shapes_overlap(&sparkplug, &name_shape("plant/x")),
+            "Many is one level at least"
+        );
+        let cells = [
+            lit("plant"),
+            lit("cells"),
+            one.clone(),
+            one.clone(),
+            many.clone(),
+        ];
         assert!(!shapes_overlap(&cells, &mqtt_map));
-        assert!(!shapes_overlap(&cells, &name_shape("plant/boiler1/temperature")));
-        assert!(shapes_overlap(&[many.clone(), lit("x")], &[lit("a"), many.clone()]));
-        assert!(!shapes_overlap(&[lit("a"), many.clone()], &[lit("b"), many.clone()]));
+        assert!(!shapes_overlap(
+            &cells,
+            &name_shape("plant/boiler1/temperature")
+        ));
+        assert!(shapes_overlap(
+            &[many.clone(), lit("x")],
+            &[lit("a"), many.clone()]
+        ));
+        assert!(!shapes_overlap(
+            &[lit("a"), many.clone()],
+            &[lit("b"), many.clone()]
+        ));
         assert_eq!(map_shape("a/#", "x/{1}/y"), [lit("x"), many, lit("y")]);
         assert_eq!(map_shape("a/+", "x-{1}"), [one]);
     }

@@ -111,7 +111,10 @@ mod tests {
         assert!(b.take_n(t, 40.0));
         let full = t + Duration::from_secs(10);
         assert!(b.take_n(full, 500.0), "larger than the burst, from full");
-        assert!(!b.take(full + Duration::from_secs(30)), "in debt: 400 to repay");
+        assert!(
+            !b.take(full + Duration::from_secs(30)),
+            "in debt: 400 to repay"
+        );
         assert!(b.take(full + Duration::from_secs(41)));
     }
 

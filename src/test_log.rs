@@ -9,7 +9,10 @@ pub fn logged(f: impl FnOnce()) -> String {
     struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
     impl std::io::Write for Buf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -24,7 +27,6 @@ pub fn logged(f: impl FnOnce()) -> String {
         .with_max_level(tracing::Level::INFO)
         .finish();
     tracing::subscriber::with_default(subscriber, f);
-    let bytes = buf.0.lock().unwrap().clone();
+    let bytes = buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
     String::from_utf8_lossy(&bytes).into_owned()
 }
-

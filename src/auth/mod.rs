@@ -342,7 +342,9 @@ pub fn needs(config: Option<&AuthConfig>, env: &Env) -> Vec<Need> {
     let Some(config) = config else { return out };
     let var = |key: String, var: &str| Need {
         what: format!("env {var}"),
-        problem: secret(env, &key, var).err().map(|_| "not set (or empty)".into()),
+        problem: secret(env, &key, var)
+            .err()
+            .map(|_| "not set (or empty)".into()),
         key,
     };
     for (i, t) in config.tokens.iter().enumerate() {
@@ -354,7 +356,11 @@ pub fn needs(config: Option<&AuthConfig>, env: &Env) -> Vec<Need> {
         }
         for (key, path, parse) in key_files(j) {
             let problem = crate::files::read_bounded(path)
-                .and_then(|pem| parse(&pem).map(drop).map_err(|e| format!("not a PEM public key: {e}")))
+                .and_then(|pem| {
+                    parse(&pem)
+                        .map(drop)
+                        .map_err(|e| format!("not a PEM public key: {e}"))
+                })
                 .err();
             out.push(Need {
                 key: key.into(),
@@ -371,8 +377,16 @@ type ParseKey = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
 /// The public key files a `jwt` names: key, path and parser.
 fn key_files(c: &config::JwtConfig) -> Vec<(&'static str, &str, ParseKey)> {
     let files: [(&str, &Option<String>, ParseKey); 2] = [
-        ("auth.jwt.rs256_public_key", &c.rs256_public_key, DecodingKey::from_rsa_pem),
-        ("auth.jwt.es256_public_key", &c.es256_public_key, DecodingKey::from_ec_pem),
+        (
+            "auth.jwt.rs256_public_key",
+            &c.rs256_public_key,
+            DecodingKey::from_rsa_pem,
+        ),
+        (
+            "auth.jwt.es256_public_key",
+            &c.es256_public_key,
+            DecodingKey::from_ec_pem,
+        ),
     ];
     files
         .into_iter()

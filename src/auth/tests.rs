@@ -308,7 +308,10 @@ fn a_subject_with_a_control_character_or_too_long_or_a_scope_too_wide_is_refused
         );
     }
     let wide: Vec<String> = (0..=MAX_SCOPE_PATTERNS).map(|i| format!("p/{i}")).collect();
-    assert!(at(&sign(good(json!({"read": wide})))).is_err(), "scope too wide");
+    assert!(
+        at(&sign(good(json!({"read": wide})))).is_err(),
+        "scope too wide"
+    );
     let long_pattern = format!("p/{}", "x".repeat(MAX_SCOPE_PATTERN_BYTES));
     assert!(at(&sign(good(json!({"write": [long_pattern]})))).is_err());
     let long = "a".repeat(MAX_SUBJECT_BYTES + 1);

@@ -461,10 +461,12 @@ impl Config {
             .sources()
             .into_iter()
             .flat_map(|(key, source)| {
-                source
-                    .discovered()
-                    .into_iter()
-                    .map(move |d| (format!("{key}.{}", d.key), map_shape(&d.filter, &d.def.name)))
+                source.discovered().into_iter().map(move |d| {
+                    (
+                        format!("{key}.{}", d.key),
+                        map_shape(&d.filter, &d.def.name),
+                    )
+                })
             })
             .collect();
         for (i, sp) in self.sparkplug.iter().enumerate() {
@@ -532,7 +534,10 @@ fn not_utf8(bytes: &[u8], e: &std::string::FromUtf8Error) -> String {
     let at = e.utf8_error().valid_up_to();
     let before = &bytes[..at];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let start = before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
     let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
     format!("not UTF-8 at line {line}, column {column} (byte {at}); TOML files are UTF-8")
 }
@@ -553,9 +558,7 @@ pub fn check_tag_name(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > MAX_TAG_NAME_BYTES {
-        return Err(format!(
-            "{shown} is longer than {MAX_TAG_NAME_BYTES} bytes"
-        ));
+        return Err(format!("{shown} is longer than {MAX_TAG_NAME_BYTES} bytes"));
     }
     if name.split('/').count() > MAX_TAG_LEVELS {
         return Err(format!("{shown} has more than {MAX_TAG_LEVELS} levels"));

@@ -139,10 +139,8 @@ max_connections_per_ip = 9200000000000000000
     let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
         panic!("expected Invalid");
     };
-    let found: Vec<(&str, Option<usize>)> = problems
-        .iter()
-        .map(|p| (p.key.as_str(), p.line))
-        .collect();
+    let found: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
     for (key, line) in [
         ("server.max_connections", 3),
         ("server.max_message_bytes", 4),
@@ -207,11 +205,23 @@ groups = ["site"]
         .filter(|p| p.key == "sparkplug[0].name_template")
         .map(|p| p.message.as_str())
         .collect();
-    assert!(messages.iter().any(|m| m.contains("plant/boiler1/temperature")), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("mqtt[0].topics[0]")), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("plant/boiler1/temperature")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("mqtt[0].topics[0]")),
+        "{messages:?}"
+    );
     // Its own prefix: accepted.
     let own = format!("{base}name_template = \"plant/cells/{{node}}/{{device}}/{{metric}}\"\n");
-    assert!(Config::parse(&own).is_ok(), "{:?}", Config::parse(&own).err());
+    assert!(
+        Config::parse(&own).is_ok(),
+        "{:?}",
+        Config::parse(&own).err()
+    );
 }
 
 #[test]

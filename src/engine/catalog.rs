@@ -473,7 +473,11 @@ mod tests {
             assert_eq!(err.0, status::BAD_OUT_OF_RANGE, "{t:?} {v:?}: {}", err.1);
         };
         // u64: what the TypeScript SDK and the web view send is an f64.
-        ok(D::U64, Value::F64(1e19), Value::U64(10_000_000_000_000_000_000));
+        ok(
+            D::U64,
+            Value::F64(1e19),
+            Value::U64(10_000_000_000_000_000_000),
+        );
         ok(D::U64, Value::U64(u64::MAX), Value::U64(u64::MAX));
         ok(D::U64, Value::F64(0.0), Value::U64(0));
         out(D::U64, Value::F64(1e30));
@@ -482,7 +486,11 @@ mod tests {
         out(D::U64, Value::F64(-1.0));
         // i64
         ok(D::I64, Value::I64(i64::MIN), Value::I64(i64::MIN));
-        ok(D::I64, Value::F64(-9_223_372_036_854_775_808.0), Value::I64(i64::MIN));
+        ok(
+            D::I64,
+            Value::F64(-9_223_372_036_854_775_808.0),
+            Value::I64(i64::MIN),
+        );
         out(D::I64, Value::F64(9_223_372_036_854_775_808.0)); // 2^63
         out(D::I64, Value::F64(1e30));
         out(D::I64, Value::F64(-1e30));
@@ -509,7 +517,9 @@ mod tests {
             out(t, Value::I64((hi + 1) as i64));
         }
         // A fraction is no integer (type mismatch, not range).
-        let err = tag(D::U16).convert_for_write(&Value::F64(1.5)).expect_err("mismatch");
+        let err = tag(D::U16)
+            .convert_for_write(&Value::F64(1.5))
+            .expect_err("mismatch");
         assert_eq!(err.0, status::BAD_TYPE_MISMATCH);
     }
 

@@ -318,9 +318,8 @@ impl Interned {
         // Entries of this hash that died, and the one this replaces (an
         // older catalog version of the same key), go now.
         list.retain(|w| {
-            w.upgrade().is_some_and(|s| {
-                !(s.scope == selection.scope && s.patterns == selection.patterns)
-            })
+            w.upgrade()
+                .is_some_and(|s| !(s.scope == selection.scope && s.patterns == selection.patterns))
         });
         list.push(Arc::downgrade(selection));
         self.entries = self.entries + list.len() - before;

@@ -342,18 +342,20 @@ fn presented_token(headers: &HeaderMap, query: Option<&str>, bearer: &[&str]) ->
             false => Presented::Malformed("Authorization: Bearer without a token"),
         };
     }
-    if let Some(q) = query {
-        if let Some((_, v)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
-        {
-            return match well_formed(&v) {
-                true => Presented::Token(v.into_owned()),
-                false => Presented::Malformed("empty or malformed access_token"),
-            };
-        }
+    if let Some(q) = query
+        && let Some((_, v)) =
+            form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "access_token")
+    {
+        return match well_formed(&v) {
+            true => Presented::Token(v.into_owned()),
+            false => Presented::Malformed("empty or malformed access_token"),
+        };
     }
     match bearer.first() {
         None => Presented::Nothing,
-        Some(_) if bearer.len() > 1 => Presented::Malformed("more than one bearer. subprotocol entry"),
+        Some(_) if bearer.len() > 1 => {
+            Presented::Malformed("more than one bearer. subprotocol entry")
+        }
         Some(entry) => match &entry[BEARER_PREFIX.len()..] {
             t if well_formed(t) => Presented::Token(t.to_string()),
             _ => Presented::Malformed("empty bearer. subprotocol entry"),
@@ -445,7 +447,12 @@ mod tests {
     #[test]
     fn a_websocket_key_is_sixteen_bytes_in_base64() {
         assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
-        for bad in [&b"x"[..], b"dGhlIHNhbXBsZSBub25jZQ", b"dGhlIHNhbXBsZSBub25jZ!==", b""] {
+        for bad in [
+            &b"x"[..],
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZ!==",
+            b"",
+        ] {
             assert!(!is_websocket_key(bad), "{bad:?}");
         }
     }
@@ -455,7 +462,14 @@ mod tests {
         let malformed = |h: &HeaderMap, q: Option<&str>, b: &[&str]| {
             matches!(presented_token(h, q, b), Presented::Malformed(_))
         };
-        for bad in ["Bearer\tbad", "Basic dXNlcg==", "Token bad", "Bearer", "Bearer ", "Bearer a b"] {
+        for bad in [
+            "Bearer\tbad",
+            "Basic dXNlcg==",
+            "Token bad",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+        ] {
             let mut h = HeaderMap::new();
             h.insert(header::AUTHORIZATION, v(bad));
             assert!(malformed(&h, None, &[]), "{bad:?}");
@@ -464,6 +478,8 @@ mod tests {
         assert!(malformed(&none, Some("access_token="), &[]));
         assert!(malformed(&none, None, &["bearer."]));
         assert!(malformed(&none, None, &["bearer.a", "bearer.b"]));
-        assert!(is_bearer_entry("Bearer.bad") && is_bearer_entry("BEARER.") && !is_bearer_entry("bear"));
+        assert!(
+            is_bearer_entry("Bearer.bad") && is_bearer_entry("BEARER.") && !is_bearer_entry("bear")
+        );
     }
 }

@@ -734,14 +734,21 @@ async fn a_birth_encoded_by_tahus_npm_payload_is_read_with_uint32_in_long_value(
     let installed = std::path::Path::new(root)
         .join("node_modules/sparkplug-payload")
         .exists();
-    if !tagstream_testkit::present("npm `sparkplug-payload` is installed (run `npm ci`)", installed) {
+    if !tagstream_testkit::present(
+        "npm `sparkplug-payload` is installed (run `npm ci`)",
+        installed,
+    ) {
         return;
     }
     let out = std::process::Command::new(node)
         .arg(format!("{root}/tests/mqtt/tahu_payload.mjs"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hex = String::from_utf8(out.stdout).unwrap();
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
@@ -750,7 +757,10 @@ async fn a_birth_encoded_by_tahus_npm_payload_is_read_with_uint32_in_long_value(
     // The payload really carries UInt32 in long_value.
     let decoded = pb::Payload::decode(&bytes[..]).unwrap();
     let u32_metric = decoded.metrics.iter().find(|m| m.name() == "u32").unwrap();
-    assert!(matches!(u32_metric.value, Some(MetricValue::LongValue(4_000_000_000))));
+    assert!(matches!(
+        u32_metric.value,
+        Some(MetricValue::LongValue(4_000_000_000))
+    ));
 
     let b = broker().await;
     let server = spawn_server(&config(b.addr, ""), &[]).await;
@@ -768,8 +778,15 @@ async fn a_birth_encoded_by_tahus_npm_payload_is_read_with_uint32_in_long_value(
     assert_eq!(value(&c, "plant/tahu1/i32"), Some(V::I64(-70_000)));
     assert_eq!(value(&c, "plant/tahu1/temp"), Some(V::F64(21.5)));
     for name in ["u32", "u16", "i8", "i32"] {
-        assert_eq!(status_of(&c, &format!("plant/tahu1/{name}")), status::GOOD, "{name}");
+        assert_eq!(
+            status_of(&c, &format!("plant/tahu1/{name}")),
+            status::GOOD,
+            "{name}"
+        );
     }
-    assert_eq!(c.info("plant/tahu1/u32").unwrap().r#type, DataType::U32 as i32);
+    assert_eq!(
+        c.info("plant/tahu1/u32").unwrap().r#type,
+        DataType::U32 as i32
+    );
     server.stop().await;
 }

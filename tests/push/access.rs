@@ -322,10 +322,22 @@ async fn a_malformed_credential_is_401_even_where_anonymous_reads() {
     let r = http(addr, &head("tagstream.v1", "")).await;
     assert!(r.starts_with("HTTP/1.1 101"), "{r}");
     for (case, request) in [
-        ("tab", head("tagstream.v1", "Authorization: Bearer\tbad\r\n")),
-        ("basic", head("tagstream.v1", "Authorization: Basic dXNlcg==\r\n")),
-        ("other scheme", head("tagstream.v1", "Authorization: Token bad\r\n")),
-        ("bearer alone", head("tagstream.v1", "Authorization: Bearer\r\n")),
+        (
+            "tab",
+            head("tagstream.v1", "Authorization: Bearer\tbad\r\n"),
+        ),
+        (
+            "basic",
+            head("tagstream.v1", "Authorization: Basic dXNlcg==\r\n"),
+        ),
+        (
+            "other scheme",
+            head("tagstream.v1", "Authorization: Token bad\r\n"),
+        ),
+        (
+            "bearer alone",
+            head("tagstream.v1", "Authorization: Bearer\r\n"),
+        ),
         ("Bearer. entry", head("tagstream.v1, Bearer.bad", "")),
         ("empty bearer. entry", head("tagstream.v1, bearer.", "")),
         (
@@ -344,9 +356,8 @@ async fn bad_tokens_spend_their_own_peers_budget_not_the_nodes() {
     let toml = config().replace("[auth]", "[server]\nhandshake_rate = 20\n\n[auth]");
     let server = spawn_with_env(&toml, TAGS, &[("HMI", HMI), ("JWT", SECRET)]).await;
     let addr = server.addr;
-    let head = |extra: &str| {
-        upgrade_request(&format!("Sec-WebSocket-Protocol: tagstream.v1\r\n{extra}"))
-    };
+    let head =
+        |extra: &str| upgrade_request(&format!("Sec-WebSocket-Protocol: tagstream.v1\r\n{extra}"));
     let bad = head("Authorization: Bearer not-a-token\r\n");
     let good = head(&format!("Authorization: Bearer {HMI}\r\n"));
     // Start at the beginning of a second, so the burst and the good

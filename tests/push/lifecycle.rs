@@ -91,7 +91,10 @@ fn check_prints_the_tag_table_or_every_error() {
     );
     let ok = std::process::Command::new(bin)
         .args(["check", "--config", example])
-        .env("TAGSTREAM_BOILER_HMI_TOKEN", "a-secret-that-is-never-printed")
+        .env(
+            "TAGSTREAM_BOILER_HMI_TOKEN",
+            "a-secret-that-is-never-printed",
+        )
         .env("TAGSTREAM_JWT_SECRET", "a-jwt-secret-of-32-bytes-or-more!")
         .output()
         .unwrap();
@@ -156,7 +159,10 @@ async fn the_cli_never_logs_a_token_even_at_trace() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(all.contains("TRACE") || all.contains("DEBUG"), "trace is on: {all}");
+        assert!(
+            all.contains("TRACE") || all.contains("DEBUG"),
+            "trace is on: {all}"
+        );
         assert!(!all.contains("secret-token"), "{all}");
     }
     server.stop().await;

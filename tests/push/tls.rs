@@ -178,7 +178,11 @@ async fn a_missing_or_unusable_cert_or_key_refuses_the_start_naming_the_file() {
     std::fs::write(&junk, "not pem").unwrap();
     let absent = dir.path("absent.pem");
     let huge = dir.path("huge.pem");
-    std::fs::write(&huge, format!("-----BEGIN CERTIFICATE-----{}", "A".repeat(8 << 20))).unwrap();
+    std::fs::write(
+        &huge,
+        format!("-----BEGIN CERTIFICATE-----{}", "A".repeat(8 << 20)),
+    )
+    .unwrap();
     let other = Pki::new(dir.dir(), "other");
     let cases = [
         (
@@ -201,7 +205,12 @@ async fn a_missing_or_unusable_cert_or_key_refuses_the_start_naming_the_file() {
             pki.key.clone(),
             "/dev/zero".into(),
         ),
-        ("directory key", pki.cert.clone(), dir.dir().to_path_buf(), dir.dir().to_path_buf()),
+        (
+            "directory key",
+            pki.cert.clone(),
+            dir.dir().to_path_buf(),
+            dir.dir().to_path_buf(),
+        ),
         ("huge cert", huge.clone(), pki.key.clone(), huge.clone()),
         ("junk cert", junk.clone(), pki.key.clone(), junk.clone()),
         (
@@ -224,7 +233,10 @@ async fn a_missing_or_unusable_cert_or_key_refuses_the_start_naming_the_file() {
             Err(e) => e.to_string(),
         };
         assert!(err.contains(&named.display().to_string()), "{case}: {err}");
-        assert!(err.len() < 600 && !err.contains("AAAA"), "{case}: nothing echoed");
+        assert!(
+            err.len() < 600 && !err.contains("AAAA"),
+            "{case}: nothing echoed"
+        );
     }
 }
 

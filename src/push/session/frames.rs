@@ -64,7 +64,11 @@ pub fn valid_patterns(patterns: Vec<String>, max_bytes: usize) -> (Vec<String>, 
         .collect();
     let message = (refused > 0).then(|| {
         let more = refused - errors.len();
-        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+        let more = if more > 0 {
+            format!("; and {more} more")
+        } else {
+            String::new()
+        };
         format!("{refused} pattern(s) ignored: {}{more}", errors.join("; "))
     });
     (valid, message)

@@ -24,9 +24,9 @@ use super::frames::{
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::{Auth, Credential, Principal};
 use crate::command::CommandSink;
+use crate::config::MAX_HELD_PATTERN_BYTES;
 use crate::engine::selection::Selection;
 use crate::engine::{Batch, EngineShared};
-use crate::config::MAX_HELD_PATTERN_BYTES;
 use crate::peer_text::shown;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
@@ -476,7 +476,12 @@ impl SessionState {
     /// Snapshot update, so subscribing and unsubscribing `#` in a loop
     /// would otherwise turn 22 bytes into megabytes. Past the budget the
     /// request is refused with LIMIT_EXCEEDED and nothing changes.
-    fn reselect(&mut self, patterns: Vec<String>, charge: Option<tokio::time::Instant>, out: &mut Outbox) {
+    fn reselect(
+        &mut self,
+        patterns: Vec<String>,
+        charge: Option<tokio::time::Instant>,
+        out: &mut Outbox,
+    ) {
         let engine = self.cx.engine.clone();
         // Resolved from the current selection, without the table lock:
         // a large Subscribe holds up neither the engine nor other sessions.
@@ -635,10 +640,7 @@ impl SessionState {
                 writes: WriteAllowance::new(per_s),
                 browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
                 refreshes: Bucket::new(5 * REFRESH_PER_S, f64::from(REFRESH_PER_S)),
-                subscribed: Bucket::new(
-                    SUBSCRIBED_TAGS_BURST,
-                    f64::from(SUBSCRIBED_TAGS_PER_S),
-                ),
+                subscribed: Bucket::new(SUBSCRIBED_TAGS_BURST, f64::from(SUBSCRIBED_TAGS_PER_S)),
                 rate_audit: crate::rate::Throttle::once_per(std::time::Duration::from_secs(1)),
             })
         })

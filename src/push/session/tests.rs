@@ -893,12 +893,22 @@ fn a_pattern_longer_than_max_pattern_bytes_is_malformed_and_the_session_stays() 
         .collect();
     assert_eq!(errors.len(), 1, "{k:?}");
     assert_eq!(errors[0].code(), ErrorCode::Malformed);
-    assert!(errors[0].message.contains("max_pattern_bytes"), "{}", errors[0].message);
-    assert!(errors[0].message.len() < 400, "the pattern is not echoed whole");
+    assert!(
+        errors[0].message.contains("max_pattern_bytes"),
+        "{}",
+        errors[0].message
+    );
+    assert!(
+        errors[0].message.len() < 400,
+        "the pattern is not echoed whole"
+    );
     let sub = msg(C::Subscribe(proto::Subscribe {
         patterns: vec![long.clone(), "b/#".into()],
     }));
-    assert!(matches!(s.on_message(sub, now(), PEER, &mut out), Action::Nothing));
+    assert!(matches!(
+        s.on_message(sub, now(), PEER, &mut out),
+        Action::Nothing
+    ));
     assert!(
         kinds(&mut out)
             .iter()
@@ -910,7 +920,10 @@ fn a_pattern_longer_than_max_pattern_bytes_is_malformed_and_the_session_stays() 
         limit: 0,
         after: String::new(),
     }));
-    assert!(matches!(s.on_message(browse, now(), PEER, &mut out), Action::Nothing));
+    assert!(matches!(
+        s.on_message(browse, now(), PEER, &mut out),
+        Action::Nothing
+    ));
     assert!(
         kinds(&mut out)
             .iter()
@@ -922,12 +935,19 @@ fn a_pattern_longer_than_max_pattern_bytes_is_malformed_and_the_session_stays() 
 
 #[test]
 fn the_bytes_of_held_patterns_are_bounded_too() {
-    let within: Vec<String> = (0..60).map(|i| format!("{i:04}/{}", "p".repeat(1000))).collect();
+    let within: Vec<String> = (0..60)
+        .map(|i| format!("{i:04}/{}", "p".repeat(1000)))
+        .collect();
     assert_eq!(super::state::over_held_limits(&within, 1000), None);
-    let over: Vec<String> = (0..70).map(|i| format!("{i:04}/{}", "p".repeat(1000))).collect();
+    let over: Vec<String> = (0..70)
+        .map(|i| format!("{i:04}/{}", "p".repeat(1000)))
+        .collect();
     let why = super::state::over_held_limits(&over, 1000).expect("over 64 KiB");
     assert!(why.contains("bytes of patterns"), "{why}");
-    assert!(super::state::over_held_limits(&within, 10).is_some(), "max_patterns");
+    assert!(
+        super::state::over_held_limits(&within, 10).is_some(),
+        "max_patterns"
+    );
 }
 
 #[test]
@@ -1001,7 +1021,10 @@ async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
     use super::state::{SUBSCRIBED_TAGS_BURST, SUBSCRIBED_TAGS_PER_S};
     let mut h = harness();
     let many = (0..20_000u32).map(|i| Input::Define {
-        key: TagKey { source: 1, local: i },
+        key: TagKey {
+            source: 1,
+            local: i,
+        },
         def: Box::new(TagDef::read_only(format!("m/g{}/t{i}", i / 100), "s1")),
     });
     h.engine.apply(many.collect::<Vec<_>>());
@@ -1011,10 +1034,17 @@ async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
     let patterns = |p: &str| vec![p.to_string()];
     let (mut entries, mut limited) = (0usize, 0usize);
     for _ in 0..100 {
-        let sub = msg(C::Subscribe(proto::Subscribe { patterns: patterns("#") }));
-        let unsub = msg(C::Unsubscribe(proto::Unsubscribe { patterns: patterns("#") }));
+        let sub = msg(C::Subscribe(proto::Subscribe {
+            patterns: patterns("#"),
+        }));
+        let unsub = msg(C::Unsubscribe(proto::Unsubscribe {
+            patterns: patterns("#"),
+        }));
         for m in [sub, unsub] {
-            assert!(matches!(s.on_message(m, now(), PEER, &mut out), Action::Nothing));
+            assert!(matches!(
+                s.on_message(m, now(), PEER, &mut out),
+                Action::Nothing
+            ));
         }
         for k in kinds(&mut out) {
             match k {
@@ -1035,9 +1065,18 @@ async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
         u64::from(SUBSCRIBED_TAGS_BURST / SUBSCRIBED_TAGS_PER_S) + 1,
     ))
     .await;
-    let sub = msg(C::Subscribe(proto::Subscribe { patterns: patterns("#") }));
-    assert!(matches!(s.on_message(sub, now(), PEER, &mut out), Action::Nothing));
+    let sub = msg(C::Subscribe(proto::Subscribe {
+        patterns: patterns("#"),
+    }));
+    assert!(matches!(
+        s.on_message(sub, now(), PEER, &mut out),
+        Action::Nothing
+    ));
     let k = kinds(&mut out);
-    assert!(k.iter().any(|k| matches!(k, Kind::Catalog(_))), "{}", k.len());
+    assert!(
+        k.iter().any(|k| matches!(k, Kind::Catalog(_))),
+        "{}",
+        k.len()
+    );
     assert_eq!(s.patterns(), ["#"]);
 }

@@ -247,8 +247,9 @@ impl ModbusSource {
                 // Queued writes go before each read, a few at a time, so
                 // neither starves the other (their deadlines count on it).
                 self.cx.commands.try_iter().for_each(|c| fair.push(c));
-                let queued: Vec<WriteCommand> =
-                    std::iter::from_fn(|| fair.pop()).take(WRITES_PER_READ).collect();
+                let queued: Vec<WriteCommand> = std::iter::from_fn(|| fair.pop())
+                    .take(WRITES_PER_READ)
+                    .collect();
                 let mut lost = false;
                 for cmd in queued {
                     lost |= self.serve_write(&mut health, cmd, &groups, &mut due).await;
@@ -493,7 +494,9 @@ pub fn write_failure(e: &RequestError) -> String {
         RequestError::Communication(detail) => format!(
             "the connection to the device failed during the write ({detail}): it may or may not have been carried out; read the tag back"
         ),
-        RequestError::Exception(code) => format!("the device refused the write (Modbus exception {code})"),
+        RequestError::Exception(code) => {
+            format!("the device refused the write (Modbus exception {code})")
+        }
     }
 }
 

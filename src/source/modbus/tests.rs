@@ -124,8 +124,16 @@ fn a_failed_write_is_said_in_a_plant_engineers_words() {
     use super::{RequestError, write_failure};
     let cut = RequestError::Communication("Operation now in progress (os error 115)".into());
     let why = write_failure(&cut);
-    assert!(why.starts_with("the connection to the device failed during the write"), "{why}");
-    assert!(why.contains("may or may not have been carried out"), "{why}");
-    let late = write_failure(&RequestError::Timeout(std::time::Duration::from_millis(500)));
+    assert!(
+        why.starts_with("the connection to the device failed during the write"),
+        "{why}"
+    );
+    assert!(
+        why.contains("may or may not have been carried out"),
+        "{why}"
+    );
+    let late = write_failure(&RequestError::Timeout(std::time::Duration::from_millis(
+        500,
+    )));
     assert!(late.contains("did not acknowledge within 500ms"), "{late}");
 }

@@ -30,11 +30,11 @@ pub use config::{MqttConfig, MqttTagConfig, MqttTopicConfig};
 use payload::PayloadSpec;
 
 use super::{Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
-use crate::peer_text::shown;
 use crate::command::WriteCommand;
 use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
+use crate::peer_text::shown;
 use crate::rate::Throttle;
 use crate::sample::{Sample, now_us};
 use crate::status;
@@ -367,7 +367,7 @@ impl MqttSource {
                     metrics::counter!("tagstream_mqtt_topics_dropped_total", "source" => self.config.name.clone())
                         .increment(1);
                     if let Some(suppressed) = self.full_log.admit() {
-                        tracing::warn!(source = %self.config.name, topic = %shown(&topic), max_tags = self.config.max_tags, suppressed, "max_tags reached: new topic dropped");
+                        tracing::warn!(source = %self.config.name, topic = %shown(topic), max_tags = self.config.max_tags, suppressed, "max_tags reached: new topic dropped");
                     }
                     continue;
                 }
@@ -375,7 +375,7 @@ impl MqttSource {
                     let local = self.next_local;
                     self.next_local += 1;
                     if let Some(suppressed) = self.discovery_log.admit() {
-                        tracing::info!(source = %self.config.name, topic = %shown(&topic), tag = %shown(&name), suppressed, "tag discovered");
+                        tracing::info!(source = %self.config.name, topic = %shown(topic), tag = %shown(&name), suppressed, "tag discovered");
                     }
                     self.cx
                         .define(local, map.tag_def(name.clone(), &self.config.name))
@@ -436,7 +436,7 @@ impl MqttSource {
             .entry(crate::peer_text::clip(topic, 256).to_string())
             .or_insert_with(|| Throttle::once_per(LOG_EVERY));
         if let Some(suppressed) = throttle.admit() {
-            tracing::warn!(source = %self.config.name, topic = %shown(&topic), reason = %shown(&reason.to_string()), suppressed, "undecodable mqtt payload");
+            tracing::warn!(source = %self.config.name, topic = %shown(topic), reason = %shown(reason), suppressed, "undecodable mqtt payload");
         }
     }
 }

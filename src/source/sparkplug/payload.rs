@@ -275,12 +275,18 @@ mod tests {
     #[test]
     fn tahu_and_ignition_integers_in_long_value_are_taken_when_they_fit() {
         let read = |t: SpType, l: u64| value(&metric(t, MetricValue::LongValue(l)), t as u32);
-        assert_eq!(read(SpType::UInt32, 4_000_000_000), Ok(Some(Value::U64(4_000_000_000))));
+        assert_eq!(
+            read(SpType::UInt32, 4_000_000_000),
+            Ok(Some(Value::U64(4_000_000_000)))
+        );
         assert_eq!(read(SpType::UInt16, 65_535), Ok(Some(Value::U64(65_535))));
         assert_eq!(read(SpType::UInt8, 7), Ok(Some(Value::U64(7))));
         assert!(read(SpType::UInt32, 1 << 32).is_err());
         assert!(read(SpType::UInt8, 256).is_err());
-        assert_eq!(read(SpType::Int32, (-5i64) as u64), Ok(Some(Value::I64(-5))));
+        assert_eq!(
+            read(SpType::Int32, (-5i64) as u64),
+            Ok(Some(Value::I64(-5)))
+        );
         assert_eq!(read(SpType::Int8, 0xFF), Ok(Some(Value::I64(-1))));
         assert_eq!(read(SpType::Int16, 0x7FFF), Ok(Some(Value::I64(32_767))));
         assert!(read(SpType::Int16, 1 << 20).is_err());
