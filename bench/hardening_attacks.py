@@ -20,9 +20,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "clients", "python"))
-from tagstream_client._proto import tagstream_pb2 as pb  # noqa: E402
-
-import websockets  # noqa: E402
+import websockets
+from tagstream_client._proto import tagstream_pb2 as pb
 
 
 def free_port():
@@ -46,7 +45,9 @@ def cpu_s(pid):
 
 
 def report(pid, label):
-    print(f"{label:>28}: RSS {rss_mb(pid):8.1f} MB  CPU {cpu_s(pid):6.2f} s", flush=True)
+    print(
+        f"{label:>28}: RSS {rss_mb(pid):8.1f} MB  CPU {cpu_s(pid):6.2f} s", flush=True
+    )
 
 
 def msg(**kind):
@@ -65,7 +66,7 @@ async def drain(ws, seconds):
         while True:
             frame = await asyncio.wait_for(ws.recv(), seconds)
             got += len(frame)
-    except (TimeoutError, asyncio.TimeoutError, websockets.ConnectionClosed):
+    except (TimeoutError, websockets.ConnectionClosed):
         pass
     return got
 
@@ -105,7 +106,9 @@ def sparkplug(broker, pid):
 
     out = tempfile.mkdtemp()
     proto_dir = os.path.join(os.path.dirname(__file__), "..", "proto")
-    protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}", "sparkplug_b.proto"])
+    protoc.main(
+        ["protoc", f"-I{proto_dir}", f"--python_out={out}", "sparkplug_b.proto"]
+    )
     sys.path.insert(0, out)
     import sparkplug_b_pb2 as sp
 
@@ -123,7 +126,9 @@ def sparkplug(broker, pid):
         return p.SerializeToString()
 
     # Born node with a normal name, so its device births are taken.
-    c.publish("spBv1.0/site/NBIRTH/rogue", payload(0, [("bdSeq", 0.0)]), qos=1).wait_for_publish()
+    c.publish(
+        "spBv1.0/site/NBIRTH/rogue", payload(0, [("bdSeq", 0.0)]), qos=1
+    ).wait_for_publish()
     for i in range(5000):
         topic = f"spBv1.0/site/DBIRTH/rogue/{long}{i}"
         c.publish(topic, payload((i + 1) % 256, [("m", 1.0)]), qos=0)
@@ -134,7 +139,9 @@ def sparkplug(broker, pid):
     time.sleep(2)
     report(pid, "5,000 NDATA, 60 KB nodes")
     metrics = [(f"{long}{i}", 1.0) for i in range(2000)]
-    c.publish("spBv1.0/site/NBIRTH/rogue2", payload(0, metrics), qos=1).wait_for_publish()
+    c.publish(
+        "spBv1.0/site/NBIRTH/rogue2", payload(0, metrics), qos=1
+    ).wait_for_publish()
     time.sleep(3)
     report(pid, "2,000 metrics, 60 KB names")
     c.loop_stop()
@@ -175,10 +182,10 @@ def main():
             env["WIDE"] = "wide-scope-token-0123456789"
         else:
             text += '[[sim]]\nname = "sim"\ntags = 20000\ngroup = 100\nrate = 100\n'
-        cfg = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
-        cfg.write(text)
-        cfg.close()
-        args = [binary, "run", "--config", cfg.name]
+        path = os.path.join(tempfile.mkdtemp(), "attack.toml")
+        with open(path, "w") as cfg:
+            cfg.write(text)
+        args = [binary, "run", "--config", path]
     server = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     broker = None
     deadline = time.time() + 60

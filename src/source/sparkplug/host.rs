@@ -509,6 +509,34 @@ impl Host {
             latest_us: i64::MIN,
         };
         let local = match self.by_name.get(&slot.name) {
+            // Two metrics that map to one name (node metric `d/m` and
+            // device `d`'s metric `m`): the first keeps it, the other is
+            // refused, so a write never goes to a metric it was not meant
+            // for.
+            Some(&local)
+                if {
+                    let old = &self.slots[local as usize];
+                    old.group != slot.group
+                        || old.node != slot.node
+                        || old.device != slot.device
+                        || old.metric != slot.metric
+                } =>
+            {
+                let old = &self.slots[local as usize];
+                warn(&mut self.warns_left, out, || {
+                    format!(
+                        "metric {} of {}/{} maps to {}, which metric {} of {}/{} holds: refused",
+                        crate::peer_text::shown(metric),
+                        key.0,
+                        key.1,
+                        crate::peer_text::shown(&slot.name),
+                        crate::peer_text::shown(&old.metric),
+                        old.group,
+                        old.node
+                    )
+                });
+                return None;
+            }
             Some(&local) => {
                 let old = &mut self.slots[local as usize];
                 let same = old.datatype == slot.datatype
@@ -648,10 +676,14 @@ impl Host {
         let Some(node) = self.nodes.get_mut(key).filter(|n| n.online) else {
             return;
         };
-        if let (Some(born), Some(died)) = (node.bd_seq, death_bd)
-            && born != died
+        // A node born with a bdSeq dies only by an NDEATH with the same
+        // one (the specification requires it in both); one without is not
+        // its death certificate (a stale or forged message) and is ignored.
+        if let Some(born) = node.bd_seq
+            && death_bd != Some(born)
         {
             warn(&mut self.warns_left, out, || {
+                let died = death_bd.map_or_else(|| "none".to_string(), |d| d.to_string());
                 format!(
                     "NDEATH of {}/{} with bdSeq {died} ignored: its birth had {born}",
                     key.0, key.1
@@ -847,6 +879,30 @@ mod tests {
         let before = h.tracked();
         h.handle(&format!("spBv1.0/g/NDATA/{long}"), &data, later);
         assert_eq!(h.tracked(), before);
+    }
+
+    #[test]
+    fn an_ndeath_without_the_births_bdseq_and_a_name_clash_change_nothing() {
+        let mut h = host("");
+        let now = Instant::now();
+        let birth = bytes(
+            Some(0),
+            vec![bd(5), metric("d/m", 1, DOUBLE, MetricValue::DoubleValue(1.0))],
+        );
+        assert_eq!(defines(&h.handle("spBv1.0/g/NBIRTH/n", &birth, now)).len(), 1);
+        // Device d's metric m maps to the same name g/n/d/m: refused.
+        let dbirth = bytes(
+            Some(1),
+            vec![metric("m", 2, DOUBLE, MetricValue::DoubleValue(2.0))],
+        );
+        let out = h.handle("spBv1.0/g/DBIRTH/n/d", &dbirth, now);
+        assert!(defines(&out).is_empty() && samples(&out).is_empty(), "{out:?}");
+        assert_eq!(h.slot(0).map(|s| s.device.clone()), Some(None), "the node metric keeps it");
+        // An NDEATH without bdSeq does not kill a node born with one.
+        let out = h.handle("spBv1.0/g/NDEATH/n", &bytes(None, vec![]), now);
+        assert!(samples(&out).is_empty(), "{out:?}");
+        let slot = h.slot(0).expect("slot").clone();
+        assert!(h.is_online(&slot));
     }
 
     #[test]
