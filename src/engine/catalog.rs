@@ -381,11 +381,21 @@ impl TagDef {
             let below = self.min.is_some_and(|min| x < min);
             let above = self.max.is_some_and(|max| x > max);
             if below || above {
+                let limits = match (self.min, self.max) {
+                    (Some(lo), Some(hi)) => format!("{lo} to {hi}"),
+                    (Some(lo), None) => format!("at least {lo}"),
+                    (_, hi) => format!("at most {}", hi.unwrap_or_default()),
+                };
+                let unit = if self.unit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", self.unit)
+                };
                 return Err((
                     status::BAD_OUT_OF_RANGE,
                     format!(
-                        "{x} is outside [{:?}, {:?}] for {}",
-                        self.min, self.max, self.name
+                        "{x}{unit} is outside the limits of {} ({limits}{unit})",
+                        self.name
                     ),
                 ));
             }
@@ -516,6 +526,19 @@ mod tests {
             out(t, Value::F64((hi + 1) as f64));
             out(t, Value::I64((hi + 1) as i64));
         }
+        // Limits are said as a person would.
+        let sp = TagDef {
+            writable: true,
+            min: Some(0.0),
+            max: Some(150.0),
+            unit: "degC".into(),
+            ..TagDef::read_only("plant/boiler1/setpoint", "s")
+        };
+        let (_, why) = sp.convert_for_write(&Value::F64(500.0)).expect_err("above");
+        assert_eq!(
+            why,
+            "500 degC is outside the limits of plant/boiler1/setpoint (0 to 150 degC)"
+        );
         // A fraction is no integer (type mismatch, not range).
         let err = tag(D::U16)
             .convert_for_write(&Value::F64(1.5))

@@ -887,17 +887,30 @@ mod tests {
         let now = Instant::now();
         let birth = bytes(
             Some(0),
-            vec![bd(5), metric("d/m", 1, DOUBLE, MetricValue::DoubleValue(1.0))],
+            vec![
+                bd(5),
+                metric("d/m", 1, DOUBLE, MetricValue::DoubleValue(1.0)),
+            ],
         );
-        assert_eq!(defines(&h.handle("spBv1.0/g/NBIRTH/n", &birth, now)).len(), 1);
+        assert_eq!(
+            defines(&h.handle("spBv1.0/g/NBIRTH/n", &birth, now)).len(),
+            1
+        );
         // Device d's metric m maps to the same name g/n/d/m: refused.
         let dbirth = bytes(
             Some(1),
             vec![metric("m", 2, DOUBLE, MetricValue::DoubleValue(2.0))],
         );
         let out = h.handle("spBv1.0/g/DBIRTH/n/d", &dbirth, now);
-        assert!(defines(&out).is_empty() && samples(&out).is_empty(), "{out:?}");
-        assert_eq!(h.slot(0).map(|s| s.device.clone()), Some(None), "the node metric keeps it");
+        assert!(
+            defines(&out).is_empty() && samples(&out).is_empty(),
+            "{out:?}"
+        );
+        assert_eq!(
+            h.slot(0).map(|s| s.device.clone()),
+            Some(None),
+            "the node metric keeps it"
+        );
         // An NDEATH without bdSeq does not kill a node born with one.
         let out = h.handle("spBv1.0/g/NDEATH/n", &bytes(None, vec![]), now);
         assert!(samples(&out).is_empty(), "{out:?}");
