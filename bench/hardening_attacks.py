@@ -12,7 +12,6 @@ after the attacking connections closed). Needs `websockets`, `protobuf`
 
 import asyncio
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -100,7 +99,8 @@ async def churn(url, pid):
 
 
 def sparkplug(broker, pid):
-    """A rogue Sparkplug publisher with 60 KB identifiers."""
+    """A rogue Sparkplug publisher with 60 KB identifiers, through an
+    external broker."""
     import paho.mqtt.client as mqtt
     from grpc_tools import protoc
 
@@ -113,7 +113,10 @@ def sparkplug(broker, pid):
     import sparkplug_b_pb2 as sp
 
     host, port = broker.rsplit(":", 1)
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue")
+    if hasattr(mqtt, "CallbackAPIVersion"):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rogue")
+    else:  # paho-mqtt 1.x
+        c = mqtt.Client(client_id="rogue")
     c.connect(host, int(port))
     c.loop_start()
     long = "x" * 60_000
@@ -159,11 +162,15 @@ async def scope(url, pid):
     started = time.monotonic()
     await ws.send(msg(subscribe=pb.Subscribe(patterns=["#"])))
     await ws.send(msg(ping=pb.Ping(nonce=1)))
+    entries = 0
     while True:
         frame = pb.ServerMessage.FromString(await ws.recv())
+        if frame.WhichOneof("kind") == "catalog":
+            entries += len(frame.catalog.tags)
         if frame.WhichOneof("kind") == "pong":
             break
-    print(f"{'Subscribe # answered in':>28}: {time.monotonic() - started:.3f} s")
+    elapsed = time.monotonic() - started
+    print(f"{'Subscribe # answered in':>28}: {elapsed:.3f} s ({entries} tags)")
     await ws.close()
 
 
@@ -171,12 +178,31 @@ def main():
     binary, attack = sys.argv[1], sys.argv[2]
     port = free_port()
     env = dict(os.environ, RUST_LOG="info")
+    mosquitto = None
     if attack == "sparkplug":
-        args = [binary, "demo", "--listen", f"127.0.0.1:{port}"]
+        # An external broker (Debian's Mosquitto), so the server's RSS is
+        # the host's alone, not an in-process broker's buffers too.
+        mqtt_port = free_port()
+        conf = os.path.join(tempfile.mkdtemp(), "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n")
+        mosquitto = subprocess.Popen(
+            ["/usr/sbin/mosquitto", "-c", conf], stderr=subprocess.DEVNULL
+        )
+        time.sleep(0.5)
+        broker = f"127.0.0.1:{mqtt_port}"
+        path = os.path.join(tempfile.mkdtemp(), "attack.toml")
+        with open(path, "w") as cfg:
+            cfg.write(
+                f'[server]\nlisten = "127.0.0.1:{port}"\n'
+                f'[[sparkplug]]\nname = "site"\nurl = "mqtt://{broker}"\n'
+                'groups = ["site"]\nhost_id = "attacked"\n'
+            )
+        args = [binary, "run", "--config", path]
     else:
         text = f'[server]\nlisten = "127.0.0.1:{port}"\n'
         if attack == "scope":
-            reads = ", ".join(f'"sim/{i}/#"' for i in range(1000))
+            reads = ", ".join(f'"sim/g{i}/#"' for i in range(1000))
             text += f'[auth]\ntokens = [ {{ name = "wide", token_env = "WIDE", read = [{reads}] }} ]\n'
             text += '[[sim]]\nname = "sim"\ntags = 100000\ngroup = 100\nrate = 1000\n'
             env["WIDE"] = "wide-scope-token-0123456789"
@@ -187,13 +213,9 @@ def main():
             cfg.write(text)
         args = [binary, "run", "--config", path]
     server = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
-    broker = None
     deadline = time.time() + 60
     while time.time() < deadline:
         line = server.stderr.readline()
-        m = re.search(r"mqtt source started.*url=mqtt://(\S+)", line)
-        if m:
-            broker = m.group(1)
         if "serving" in line:
             break
     threading_drain(server)
@@ -213,6 +235,8 @@ def main():
     finally:
         server.terminate()
         server.wait()
+        if mosquitto:
+            mosquitto.terminate()
 
 
 def threading_drain(server):
