@@ -78,6 +78,9 @@ pub async fn start_with_env(
     env: &crate::auth::Env,
 ) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    // The recorder before any task makes a metric handle: a source's
+    // `tagstream_device_up` made before it would go nowhere.
+    crate::telemetry::prometheus();
     // Secrets and key files first: a server that cannot check tokens does
     // not start.
     let auth = Arc::new(crate::auth::Auth::load_with(config.auth.as_ref(), env)?);

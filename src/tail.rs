@@ -30,14 +30,22 @@ pub async fn run(mut options: Options, patterns: Vec<String>) -> anyhow::Result<
                 w.resume()
             ),
             Update::Changes(changes) => {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
                 for c in changes {
-                    println!(
+                    let line = writeln!(
+                        out,
                         "{:<40} {:>14} {:<6} {}",
                         c.name,
                         format_value(c.update.value.as_ref(), Some(&c.info)),
                         c.info.unit,
                         status::name(c.update.status)
                     );
+                    // `tail ... | head`: the reader left; so do we.
+                    match line {
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                        other => other?,
+                    }
                 }
             }
             Update::ServerError(e) => eprintln!("# server error {:?}: {}", e.code(), e.message),

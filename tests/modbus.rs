@@ -975,3 +975,37 @@ async fn a_device_that_answers_more_registers_than_asked_is_bad() {
     until_state(&mut c, |c| status_of(c, "w/a") == status::GOOD).await;
     server.stop().await;
 }
+
+/// `/metrics` as the README's troubleshooting table reads it.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test]
+async fn metrics_show_each_device_up_and_down_and_the_configured_tags() {
+    let mut dev = device().await;
+    let toml = format!(
+        "[[modbus]]\nname = \"metered\"\naddress = \"{}\"\npoll_interval = \"30ms\"\ntimeout = \"300ms\"\n\
+         [[modbus.tags]]\nname = \"m/a\"\naddress = 0\ntype = \"u16\"\n",
+        dev.addr()
+    );
+    let server = spawn_server(&toml, &[]).await;
+    let mut c = connect_synced(&server, &["#"]).await;
+    until_state(&mut c, |c| status_of(c, "m/a") == status::GOOD).await;
+    let line = "tagstream_device_up{device=\"metered\"}";
+    let body = scrape(server.addr).await;
+    assert!(body.contains(&format!("{line} 1")), "{body}");
+    assert!(body.contains("tagstream_tags "), "{body}");
+    dev.stop();
+    until_state(&mut c, |c| status_of(c, "m/a") != status::GOOD).await;
+    let body = scrape(server.addr).await;
+    assert!(body.contains(&format!("{line} 0")), "{body}");
+    server.stop().await;
+}

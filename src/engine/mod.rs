@@ -257,6 +257,9 @@ impl Engine {
 
     /// The engine task: runs until the channel closes or shutdown.
     pub async fn run(mut self, inputs: flume::Receiver<Input>, shutdown: CancellationToken) {
+        // The configured tags count from the start, not from the first
+        // tag found at run time.
+        metrics::gauge!("tagstream_tags").set(self.shared.catalog().len() as f64);
         loop {
             let first = tokio::select! {
                 input = inputs.recv_async() => match input {

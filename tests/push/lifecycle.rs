@@ -167,3 +167,37 @@ async fn the_cli_never_logs_a_token_even_at_trace() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn tail_into_a_closed_pipe_exits_quietly() {
+    use tokio::io::AsyncBufReadExt;
+    let server = spawn_server("", TAGS).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["tail", "--url", &url(&server), "#"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Read one line, then close the pipe as `head -1` would.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("a line")
+        .unwrap();
+    assert!(first.is_some());
+    drop(lines);
+    // The next change makes tail write into the closed pipe.
+    for i in 0..20 {
+        set(&server, "a/x", f64::from(i)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("tail ends")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    server.stop().await;
+}
