@@ -27,16 +27,23 @@ def _f32(v: float) -> float:
     return struct.unpack("<f", struct.pack("<f", v))[0]
 
 
+def plain(x: float) -> str:
+    """A number as the other SDKs print it: `70`, not `70.0` or `7e+01`."""
+    if math.isfinite(x) and x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return repr(x)
+
+
 def shortest_f32(v: float) -> str:
     """The shortest decimal that reads back as the same f32."""
     f = _f32(v)
     if not math.isfinite(f) or f == 0:
-        return repr(f)
+        return plain(f)
     for p in range(1, 10):
         s = f"{f:.{p}g}"
         if _f32(float(s)) == f:
-            return repr(float(s)) if "e" not in s else s
-    return repr(f)
+            return plain(float(s))
+    return plain(f)
 
 
 def format_value(value: pb.Value | None, info: pb.TagInfo | None = None) -> str:
@@ -47,13 +54,13 @@ def format_value(value: pb.Value | None, info: pb.TagInfo | None = None) -> str:
     v = getattr(value, kind)
     if kind == "f64":
         if info is None:
-            return repr(v)
+            return plain(v)
         d = decimals(info.resolution)
         if d is not None:
             return f"{v:.{d}f}"
         if info.type == pb.F32:
             return shortest_f32(v)
-        return repr(v)
+        return plain(v)
     if kind == "bool":
         return "true" if v else "false"
     if kind == "text":

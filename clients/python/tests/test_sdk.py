@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+import pathlib
 import random
 import struct
 import time
@@ -206,6 +207,17 @@ def test_values_print_as_people_read_them():
     assert format_value(proto.Value(f64=f32), proto.TagInfo(type=proto.F32)) == "56.1767"
     assert format_value(None) == "-"
     assert not math.isnan(f32)
+
+
+def test_the_shared_display_vectors():
+    """clients/format-vectors.txt: the same rule as Rust and TypeScript."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "format-vectors.txt"
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        kind, resolution, value, text = line.split()
+        info = proto.TagInfo(type=getattr(proto, kind), resolution=float(resolution))
+        assert format_value(proto.Value(f64=float(value)), info) == text, line
 
 
 SECRET = "py-sdk-hs256-secret-0123456789abcdef"

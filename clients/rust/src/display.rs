@@ -66,6 +66,26 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_display_vectors() {
+        // clients/format-vectors.txt: the same rule as TypeScript and Python.
+        for line in include_str!("../../format-vectors.txt").lines() {
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let ty = if cols[0] == "F32" {
+                DataType::F32
+            } else {
+                DataType::F64
+            };
+            let value: f64 = cols[2].parse().unwrap();
+            let value = proto::Value::from(value);
+            let text = format_value(Some(&value), Some(&info(ty, cols[1].parse().unwrap())));
+            assert_eq!(text, cols[3], "{line}");
+        }
+    }
+
+    #[test]
     fn an_f32_prints_at_its_own_precision_and_a_scaled_value_without_binary_noise() {
         let v = |f: f64| proto::Value::from(f);
         let widened = f64::from(56.176_7_f32);

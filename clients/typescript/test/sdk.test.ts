@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { after, test } from "node:test";
 import WebSocket from "ws";
 import {
@@ -191,6 +192,14 @@ test("values print as people read them", () => {
   assert.equal(formatValue(v(559 * 0.1), info(proto.DataType.F64, 0.1)), "55.9");
   assert.equal(formatValue(v(f32), info(proto.DataType.F32, 0)), "56.1767");
   assert.equal(formatValue(undefined), "-");
+  // clients/format-vectors.txt: the same rule as Rust and Python.
+  const vectors = readFileSync(new URL("../../../format-vectors.txt", import.meta.url), "utf8");
+  for (const line of vectors.split("\n")) {
+    if (!line.trim() || line.startsWith("#")) continue;
+    const [kind, resolution, value, text] = line.trim().split(/\s+/);
+    const type = kind === "F32" ? proto.DataType.F32 : proto.DataType.F64;
+    assert.equal(formatValue(v(Number(value)), info(type, Number(resolution))), text, line);
+  }
 });
 
 const SECRET = "ts-sdk-hs256-secret-0123456789abcdef";
