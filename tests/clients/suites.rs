@@ -78,7 +78,7 @@ fn python_sdk() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !present(
-        "Python has websockets, protobuf and pytest (pip install -e 'clients/python[test]')",
+        "Python has websockets, protobuf and pytest (python3 -m pip install -e 'clients/python[dev]')",
         probe,
     ) {
         return;
