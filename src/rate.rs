@@ -55,6 +55,7 @@ impl Bucket {
 pub struct Throttle {
     bucket: Bucket,
     suppressed: u64,
+    admitted: u64,
 }
 
 impl Throttle {
@@ -63,6 +64,7 @@ impl Throttle {
         Throttle {
             bucket: Bucket::new(burst, per_s),
             suppressed: 0,
+            admitted: 0,
         }
     }
 
@@ -71,9 +73,15 @@ impl Throttle {
         Throttle::new(1, 1.0 / period.as_secs_f64().max(1e-3))
     }
 
+    /// Lines admitted so far (what a flood cost the log).
+    pub fn admitted(&self) -> u64 {
+        self.admitted
+    }
+
     /// `Some(suppressed since the last admitted)` if a line may go now.
     pub fn admit(&mut self) -> Option<u64> {
         if self.bucket.take(Instant::now()) {
+            self.admitted += 1;
             Some(std::mem::take(&mut self.suppressed))
         } else {
             self.suppressed += 1;
