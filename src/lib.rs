@@ -31,7 +31,9 @@
 //!   (`clients/rust`, crate `tagstream-client`, which also owns the
 //!   generated wire types [`proto`] re-exports).
 //! - [`demo`]: the simulated plant of `tagstream demo` (and test devices).
-//! - [`app`]: wiring and shutdown order; [`config`]: the TOML contract.
+//! - [`app`]: wiring and shutdown order; [`config`]: the TOML contract;
+//!   [`validate`]: the problem list and name rules every section's
+//!   config uses (a leaf, so sources need not import `config`).
 //!
 //! `engine` and `push` import nothing from `source`: they know no device
 //! protocol.
@@ -56,3 +58,4 @@ pub mod tail;
 pub mod telemetry;
 #[cfg(test)]
 mod test_log;
+pub mod validate;

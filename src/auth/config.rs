@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{HOUR, Problems};
+use crate::validate::{HOUR, Problems};
 
 /// `[auth]`.
 #[derive(Debug, Clone, Deserialize, Default)]

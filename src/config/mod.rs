@@ -18,16 +18,13 @@ use crate::source::mqtt::MqttConfig;
 use crate::source::sim::SimConfig;
 use crate::source::sparkplug::SparkplugConfig;
 
-/// Shortest timer a config may set.
-pub const MIN_TIMER: Duration = Duration::from_millis(1);
-/// One hour: the longest heartbeat, handshake or request timeout.
-pub const HOUR: Duration = Duration::from_secs(3600);
 /// Bytes of patterns one connection may hold (Hello and Subscribes
 /// together); past it `Error { LIMIT_EXCEEDED }` and 1008, as past
 /// `max_patterns`.
 pub const MAX_HELD_PATTERN_BYTES: usize = 64 * 1024;
-/// One day: the longest poll interval.
-pub const DAY: Duration = Duration::from_secs(86_400);
+pub use crate::validate::{
+    DAY, HOUR, MAX_TAG_LEVELS, MAX_TAG_NAME_BYTES, MIN_TIMER, Problem, Problems, check_tag_name,
+};
 
 /// Why a configuration was refused.
 #[derive(Debug, Error, PartialEq)]
@@ -49,17 +46,6 @@ pub enum ConfigError {
     Invalid(Vec<Problem>),
 }
 
-/// One problem with one key.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    /// Dotted key path, e.g. `modbus[0].tags[2].type`.
-    pub key: String,
-    /// 1-based line in the file, when it can be found.
-    pub line: Option<usize>,
-    /// What is wrong and what is expected.
-    pub message: String,
-}
-
 fn render(problems: &[Problem]) -> String {
     problems
         .iter()
@@ -69,48 +55,6 @@ fn render(problems: &[Problem]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Collects problems during validation so all are reported at once.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    /// Records a problem with `key`.
-    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            line: None,
-            message: message.into(),
-        });
-    }
-
-    /// Records a problem unless `value` lies in `min..=max`. A duration a
-    /// timer cannot add to an `Instant` (years) would panic in the task
-    /// that uses it, long after `check` said OK.
-    pub fn duration(
-        &mut self,
-        key: impl Into<String>,
-        value: Duration,
-        min: Duration,
-        max: Duration,
-    ) {
-        if value < min || value > max {
-            self.push(
-                key,
-                format!(
-                    "must be between {} and {}",
-                    humantime_serde::re::humantime::format_duration(min),
-                    humantime_serde::re::humantime::format_duration(max)
-                ),
-            );
-        }
-    }
-
-    /// The keys of the problems so far, in order.
-    pub fn keys(&self) -> Vec<String> {
-        self.0.iter().map(|p| p.key.clone()).collect()
-    }
 }
 
 /// The whole file.
@@ -375,10 +319,10 @@ impl Config {
             problems.push(bracketed(&key), "unknown key or section");
         }
         config.validate(&mut problems);
-        if problems.0.is_empty() {
+        if problems.is_empty() {
             return Ok(config);
         }
-        let mut list = problems.0;
+        let mut list = problems.into_vec();
         for problem in &mut list {
             problem.line = find_line(text, &problem.key);
         }
@@ -540,39 +484,6 @@ fn not_utf8(bytes: &[u8], e: &std::string::FromUtf8Error) -> String {
         .map_or(0, |i| i + 1);
     let column = String::from_utf8_lossy(&before[start..]).chars().count() + 1;
     format!("not UTF-8 at line {line}, column {column} (byte {at}); TOML files are UTF-8")
-}
-
-/// Longest tag name, in bytes (UTF-8), for every source kind: names are
-/// in every Catalog and Browse page, and a rogue publisher must not make
-/// one 60 KB.
-pub const MAX_TAG_NAME_BYTES: usize = 256;
-/// Most `/`-separated levels in a tag name.
-pub const MAX_TAG_LEVELS: usize = 16;
-
-/// Checks a tag name: `/`-separated, no empty level, no wildcard, no
-/// control character, at most [`MAX_TAG_NAME_BYTES`] bytes and
-/// [`MAX_TAG_LEVELS`] levels. The message quotes a bounded prefix.
-pub fn check_tag_name(name: &str) -> Result<(), String> {
-    let shown = crate::peer_text::shown(name);
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name.len() > MAX_TAG_NAME_BYTES {
-        return Err(format!("{shown} is longer than {MAX_TAG_NAME_BYTES} bytes"));
-    }
-    if name.split('/').count() > MAX_TAG_LEVELS {
-        return Err(format!("{shown} has more than {MAX_TAG_LEVELS} levels"));
-    }
-    if name.split('/').any(str::is_empty) {
-        return Err(format!("{shown} has an empty level"));
-    }
-    if name.contains(['+', '#']) {
-        return Err(format!("{shown} contains a wildcard (`+` or `#`)"));
-    }
-    if crate::peer_text::has_control(name) {
-        return Err(format!("{shown} contains a control character"));
-    }
-    Ok(())
 }
 
 /// The line of a key: walks the table headers its path names (the N-th

@@ -21,9 +21,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::WriteCommand;
-use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::sample::{Input, Sample, SourceId, TagKey, Value};
+use crate::validate::Problems;
 
 /// A running source.
 pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -10,9 +10,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{SourceConfig, SourceContext, SourceTask};
-use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::sample::{Sample, Value, now_us};
+use crate::validate::Problems;
 
 /// Largest `tags`: far above any load run, low enough that a typo does not
 /// allocate gigabytes.
@@ -73,7 +73,7 @@ impl SourceConfig for SimConfig {
         if self.group == 0 {
             p.push(format!("{key}.group"), "must be at least 1");
         }
-        if let Err(e) = crate::config::check_tag_name(&self.prefix) {
+        if let Err(e) = crate::validate::check_tag_name(&self.prefix) {
             p.push(format!("{key}.prefix"), e);
         }
     }

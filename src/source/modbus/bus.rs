@@ -28,7 +28,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
 use super::RequestError;
 use super::config::ModbusConfig;
-use crate::config::Problems;
+use crate::validate::Problems;
 
 /// How frames travel over a TCP `address`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::bus::{Bus, Framing, LineSettings, Parity};
 
-use crate::config::{DAY, HOUR, MIN_TIMER, Problems, check_tag_name};
+use crate::validate::{DAY, HOUR, MIN_TIMER, Problems, check_tag_name};
 
 /// One Modbus device (`[[modbus]]`).
 #[derive(Debug, Clone, Deserialize)]

@@ -31,11 +31,11 @@ use plan::ReadGroup;
 
 use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::{WriteCommand, WriteFailure};
-use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::proto;
 use crate::sample::Value;
 use crate::status;
+use crate::validate::Problems;
 
 /// Queued writes served before each read.
 const WRITES_PER_READ: usize = 4;

@@ -9,9 +9,9 @@ use rumqttc::{
     AsyncClient, ConnectionError, EventLoop, LastWill, MqttOptions, TlsConfiguration, Transport,
 };
 
-use crate::config::Problems;
 use crate::source::{Backoff, SourceContext};
 use crate::status;
+use crate::validate::Problems;
 
 /// Largest MQTT packet accepted from the broker. Far above a decoded
 /// payload's limit, so an oversized payload becomes a tag status, not a

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use super::broker::Broker;
 use super::payload::{Format, PayloadSpec, TagType};
-use crate::config::{Problems, check_tag_name};
 use crate::pattern;
+use crate::validate::{Problems, check_tag_name};
 
 /// One broker connection (`[[mqtt]]`).
 #[derive(Debug, Clone, Deserialize)]

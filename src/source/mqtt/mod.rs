@@ -31,13 +31,13 @@ use payload::PayloadSpec;
 
 use super::{Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
-use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::pattern;
 use crate::peer_text::shown;
 use crate::rate::Throttle;
 use crate::sample::{Sample, now_us};
 use crate::status;
+use crate::validate::Problems;
 
 /// At most one log line per topic per this period for bad payloads.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -357,7 +357,7 @@ impl MqttSource {
                 continue;
             };
             let name = pattern::fill(&map.name, &caps);
-            if let Err(why) = crate::config::check_tag_name(&name) {
+            if let Err(why) = crate::validate::check_tag_name(&name) {
                 bad_names.push(why);
                 continue;
             }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Problems;
 use crate::pattern;
 use crate::source::mqtt::broker::{self, Broker};
+use crate::validate::Problems;
 
 /// One Sparkplug host (`[[sparkplug]]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -206,7 +206,7 @@ impl SparkplugConfig {
                 format!("{key}.name_template"),
                 format!("{t:?}: the fields are {}", FIELDS.join(", ")),
             );
-        } else if let Err(e) = crate::config::check_tag_name(&rest) {
+        } else if let Err(e) = crate::validate::check_tag_name(&rest) {
             p.push(format!("{key}.name_template"), e);
         }
         for (i, w) in self.writable.iter().enumerate() {

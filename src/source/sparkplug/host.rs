@@ -488,7 +488,7 @@ impl Host {
         let name = self
             .config
             .tag_name(&key.0, &key.1, device.as_deref(), metric);
-        if let Err(e) = crate::config::check_tag_name(&name) {
+        if let Err(e) = crate::validate::check_tag_name(&name) {
             warn(&mut self.warns_left, out, || {
                 format!(
                     "metric {metric:?} of {}/{} maps to an invalid tag name: {e}",

@@ -28,10 +28,10 @@ use host::{Action, Host};
 
 use super::{EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
-use crate::config::Problems;
 use crate::engine::catalog::TagDef;
 use crate::rate::Throttle;
 use crate::status;
+use crate::validate::Problems;
 
 /// Log lines (bad payloads, gaps, drops): a burst, then this many per second.
 const LOG_BURST: u32 = 50;
