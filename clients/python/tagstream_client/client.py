@@ -191,6 +191,8 @@ class Client:
         self._subscribe = list(options.subscribe)
         self._welcomed = False
         self._refresh: asyncio.Task[None] | None = None
+        # Set (and replaced) at each state change: what ready() waits on.
+        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> Client:
         self.start()
@@ -202,6 +204,22 @@ class Client:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def ready(self, within: float = 10.0) -> None:
+        """Waits until the session is live (at once if it is): ``start()``
+        then ``await ready()`` before a write. Raises ``WriteError("stopped")``
+        if the client stops first, ``WriteError("timeout")`` after
+        ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    if isinstance(self.state, Live):
+                        return
+                    if isinstance(self.state, Stopped):
+                        raise WriteError("stopped", "client stopped before it was live")
+                    await self._changed.wait()
+        except TimeoutError:
+            raise WriteError("timeout", f"not live within {within} s") from None
 
     async def close(self) -> None:
         """Closes the connection and stops for good."""
@@ -282,6 +300,8 @@ class Client:
 
     async def _set_state(self, state: State) -> None:
         self.state = state
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
         await self._emit(StateChanged(state))
 
     async def _token(self) -> str | None:

@@ -143,6 +143,29 @@ def test_a_dropped_connection_resumes_with_one_delta_and_no_snapshot():
     run(main())
 
 
+def test_start_then_ready_then_write():
+    async def main():
+        async with Demo() as demo:
+            c = Client(options(demo.url))
+            c.start()
+            await c.ready()
+            outcome = await c.write("plant/boiler1/setpoint", 61)
+            assert outcome.good, outcome
+            await c.ready()  # live already: at once
+            await c.close()
+            with pytest.raises(WriteError) as stopped:
+                await c.ready(1.0)
+            assert stopped.value.code == "stopped"
+        away = Client(options("ws://127.0.0.1:9/api/v1/stream"))
+        away.start()
+        with pytest.raises(WriteError) as late:
+            await away.ready(0.3)
+        assert late.value.code == "timeout"
+        await away.close()
+
+    run(main())
+
+
 def test_a_server_restart_is_a_resync():
     async def main():
         async with Demo() as demo:

@@ -209,6 +209,29 @@ export class Client {
     return this;
   }
 
+  /**
+   * Resolves once the session is live (at once if it is): `start()` then
+   * `await ready()` before a write. Rejects with WriteError "stopped" if
+   * the client stops first, "timeout" after `timeoutMs`.
+   */
+  ready(timeoutMs = 10_000): Promise<void> {
+    if (this.state.kind === "live") return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      let off = () => {};
+      const timer = setTimeout(() => {
+        off();
+        reject(new WriteError("timeout", `not live within ${timeoutMs} ms`));
+      }, timeoutMs);
+      off = this.on("state", (s) => {
+        if (s.kind !== "live" && s.kind !== "stopped") return;
+        clearTimeout(timer);
+        off();
+        if (s.kind === "live") resolve();
+        else reject(new WriteError("stopped", "client stopped before it was live"));
+      });
+    });
+  }
+
   /** Closes the connection and stops for good. */
   close(): void {
     this.stopped = true;

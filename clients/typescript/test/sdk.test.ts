@@ -106,6 +106,19 @@ test("a write's result carries the typed status name", async () => {
   await assert.rejects(c.write("plant/boiler1/setpoint", 1), (e: WriteError) => e.code === "stopped");
 });
 
+test("start, await ready(), then write: the write is not refused as not connected", async () => {
+  const d = await demo();
+  const c = client(d.url).start();
+  await c.ready();
+  const r = await c.write("plant/boiler1/setpoint", 61);
+  assert.equal(r.statusName, "Good");
+  await c.ready(); // live already: at once
+  c.close();
+  const stopped = client("ws://127.0.0.1:9/api/v1/stream");
+  await assert.rejects(stopped.start().ready(300), (e: WriteError) => e.code === "timeout");
+  stopped.close();
+});
+
 test("a dropped connection resumes with one delta and no snapshot", async () => {
   const d = await demo();
   const relay = await new Relay(d.port).listen();
