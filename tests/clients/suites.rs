@@ -58,12 +58,70 @@ fn typescript_sdk_and_the_web_view_in_chromium() {
         return;
     }
     run(&root().join("clients/typescript"), "npm", &["test"]);
+    installs_as_a_user_installs_it();
     let chromium = std::env::var("TAGSTREAM_CHROMIUM").unwrap_or("/usr/bin/chromium".into());
     if present(
         &format!("Chromium is at {chromium}"),
         Path::new(&chromium).is_file(),
     ) {
         run(&root().join("web"), "npm", &["test"]);
+    }
+}
+
+/// The TypeScript SDK installed the way a user installs it, outside the
+/// repository: from a packed tarball and from a path (its `prepare`
+/// builds `dist`), then imported as the README shows. Offline-first: the
+/// dependencies come from the cache `npm ci` filled. In the same test as
+/// the suite, because both build `clients/typescript/dist`.
+fn installs_as_a_user_installs_it() {
+    let scratch = tagstream_testkit::Scratch::new("ts-install").unwrap();
+    let sdk = root().join("clients/typescript");
+    let packs = scratch.path("packs");
+    std::fs::create_dir_all(&packs).unwrap();
+    run(
+        &sdk,
+        "npm",
+        &["pack", "--pack-destination", packs.to_str().unwrap()],
+    );
+    let tarball = std::fs::read_dir(&packs)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .expect("npm pack made a tarball");
+    let script = "import { Client, formatValue } from \"@tagstream/client\";\n\
+                  console.log(typeof Client, formatValue({ kind: { case: \"u64\", value: 7n } }));\n";
+    for (name, from) in [("tarball", tarball), ("path", sdk.clone())] {
+        let project = scratch.path(name);
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(
+            project.join("package.json"),
+            "{ \"name\": \"scratch\", \"private\": true, \"type\": \"module\" }\n",
+        )
+        .unwrap();
+        std::fs::write(project.join("t.mjs"), script).unwrap();
+        run(
+            &project,
+            "npm",
+            &[
+                "install",
+                "--prefer-offline",
+                "--no-audit",
+                "--no-fund",
+                from.to_str().unwrap(),
+            ],
+        );
+        let out = Command::new("node")
+            .arg("t.mjs")
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.trim() == "function 7",
+            "{name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
