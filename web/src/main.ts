@@ -112,9 +112,33 @@ class View {
     c.start();
   }
 
+  /**
+   * While not live, every value on the page is stale: the table greys out,
+   * a banner says since when, and writes are disabled with the reason.
+   * They come back on the next live state (RESUMED or RESYNC).
+   */
+  private markStale(live: boolean): void {
+    const banner = $("stale");
+    const tags = $("tags");
+    if (live) {
+      delete tags.dataset.stale;
+      banner.hidden = true;
+    } else if (this.everLive && tags.dataset.stale === undefined) {
+      const since = new Date().toLocaleTimeString([], { hour12: false });
+      tags.dataset.stale = since;
+      banner.textContent = `not connected: values are stale since ${since}; writes are disabled until the connection is back`;
+      banner.hidden = false;
+    }
+    document.querySelectorAll<HTMLButtonElement>("button.write").forEach((b) => {
+      b.disabled = !live;
+      b.title = live ? "" : "not connected";
+    });
+  }
+
   private onState(s: State): void {
     const conn = $("conn");
     conn.dataset.state = s.kind;
+    this.markStale(s.kind === "live");
     switch (s.kind) {
       case "connecting":
         conn.textContent = s.attempt ? `connecting (attempt ${s.attempt + 1})` : "connecting";

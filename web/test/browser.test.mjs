@@ -97,12 +97,24 @@ test("the web view shows live values, writes to the device, and survives a cut a
   // A cut connection: reconnecting, then RESUMED.
   await relay.cut();
   await page.waitForSelector('#conn:not([data-state="live"])', WAIT);
+  // Stale, not healthy: the table greys out, a banner says since when,
+  // and the write buttons are disabled.
+  await page.waitForSelector("#tags[data-stale]", WAIT);
+  assert.match(await page.textContent("#stale"), /stale since \d\d:\d\d:\d\d/);
+  assert.ok(await page.isVisible("#stale"));
+  assert.ok(
+    await page.isDisabled('tr[data-tag="plant/boiler1/setpoint"] button.write'),
+    "writes disabled while not connected",
+  );
   await relay.listen();
   await page.waitForFunction(
     () => /RESUMED/.test(document.querySelector("#conn")?.textContent ?? ""),
     null,
     WAIT,
   );
+  await page.waitForSelector("#tags:not([data-stale])", WAIT);
+  assert.ok(await page.isHidden("#stale"));
+  assert.ok(await page.isEnabled('tr[data-tag="plant/boiler1/setpoint"] button.write'));
 
   // A server restart: a new epoch, RESYNC, values again.
   await demo.kill();
