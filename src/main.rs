@@ -94,7 +94,9 @@ enum Command {
         server: ServerArgs,
         /// Tag name.
         tag: String,
-        /// Value: a number, true/false, or text.
+        /// Value: a number (negative ones too: `write TAG -1`), true/false,
+        /// or text.
+        #[arg(allow_negative_numbers = true)]
         value: String,
     },
 }

@@ -201,3 +201,22 @@ async fn tail_into_a_closed_pipe_exits_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn write_takes_a_negative_value_without_dashes() {
+    let server = spawn_server("", TAGS).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["write", "--url", &url(&server), "a/x", "-1"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Parsed as the value and sent: the server's answer is printed (no
+    // [auth]: nobody writes), not a usage error about `-1`.
+    assert!(
+        stdout.starts_with("a/x Bad"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop().await;
+}
