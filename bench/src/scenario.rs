@@ -316,12 +316,24 @@ async fn heavy_subscriber(
             patterns: patterns.clone(),
         }))
         .await?;
+        // The server charges a Subscribe the tags it adds (a budget per
+        // connection): past it the answer is LIMIT_EXCEEDED and nothing
+        // changes, so wait a little and try again.
+        let mut refused = false;
         loop {
             match c.next_event().await? {
                 Event::Snapshot(s) if s.last => break,
+                Event::Error(e) if e.code() == proto::ErrorCode::LimitExceeded => {
+                    refused = true;
+                    break;
+                }
                 Event::Closed(f) => anyhow::bail!("heavy client closed: {f:?}"),
                 _ => {}
             }
+        }
+        if refused {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
         spent += t.elapsed();
         cycles += 1;
