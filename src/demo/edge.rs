@@ -203,6 +203,17 @@ pub async fn run(broker: SocketAddr, host_id: &str, shutdown: CancellationToken)
                 if ((press.t * 4.0) as u64).is_multiple_of(6) {
                     press.cycles = press.cycles.wrapping_add(1);
                 }
+                // The node's own uptime (s), as NDATA once a second.
+                if host_online && ((press.t * 4.0) as u64).is_multiple_of(4) {
+                    let up = metric(None, 101, SpType::Int64, MetricValue::LongValue(press.t as u64));
+                    let data = press.payload(vec![up]);
+                    let _ = client.try_publish(
+                        format!("spBv1.0/{GROUP}/NDATA/{NODE}"),
+                        QoS::AtMostOnce,
+                        false,
+                        data,
+                    );
+                }
                 if host_online {
                     let data = press.device_metrics(false);
                     let data = press.payload(data);
