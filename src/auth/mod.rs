@@ -354,7 +354,7 @@ pub fn needs(config: Option<&AuthConfig>, env: &Env) -> Vec<Need> {
         if let Some(v) = j.hs256_secret_env.as_deref().filter(|v| !v.is_empty()) {
             out.push(var("auth.jwt.hs256_secret_env".into(), v));
         }
-        for (key, path, parse) in key_files(j) {
+        for (key, path, _, parse) in key_files(j) {
             let problem = crate::files::read_bounded(path)
                 .and_then(|pem| {
                     parse(&pem)
@@ -374,25 +374,28 @@ pub fn needs(config: Option<&AuthConfig>, env: &Env) -> Vec<Need> {
 
 type ParseKey = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
 
-/// The public key files a `jwt` names: key, path and parser.
-fn key_files(c: &config::JwtConfig) -> Vec<(&'static str, &str, ParseKey)> {
-    let files: [(&str, &Option<String>, ParseKey); 2] = [
+/// The public key files a `jwt` names: key, path, the algorithm the file
+/// verifies, and its parser.
+fn key_files(c: &config::JwtConfig) -> Vec<(&'static str, &str, Algorithm, ParseKey)> {
+    let files: [(&str, &Option<String>, Algorithm, ParseKey); 2] = [
         (
             "auth.jwt.rs256_public_key",
             &c.rs256_public_key,
+            Algorithm::RS256,
             DecodingKey::from_rsa_pem,
         ),
         (
             "auth.jwt.es256_public_key",
             &c.es256_public_key,
+            Algorithm::ES256,
             DecodingKey::from_ec_pem,
         ),
     ];
     files
         .into_iter()
-        .filter_map(|(key, path, parse)| {
+        .filter_map(|(key, path, alg, parse)| {
             let path = path.as_deref().filter(|p| !p.is_empty())?;
-            Some((key, path, parse))
+            Some((key, path, alg, parse))
         })
         .collect()
 }
@@ -411,7 +414,7 @@ fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
         })?;
         keys.push((Algorithm::HS256, key));
     }
-    for (key, path, parse) in key_files(c) {
+    for (key, path, alg, parse) in key_files(c) {
         let fail = |reason: String| AuthError::KeyFile {
             key: key.into(),
             path: path.into(),
@@ -419,11 +422,6 @@ fn load_jwt(c: &config::JwtConfig, env: &Env) -> Result<Jwt, AuthError> {
         };
         let pem = crate::files::read_bounded(path).map_err(fail)?;
         let decoding = parse(&pem).map_err(|e| fail(format!("not a PEM public key: {e}")))?;
-        let alg = if key.contains("rs256") {
-            Algorithm::RS256
-        } else {
-            Algorithm::ES256
-        };
         keys.push((alg, decoding));
     }
     let mut validation = Validation::new(Algorithm::HS256);
