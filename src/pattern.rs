@@ -37,6 +37,20 @@ pub fn validate(pattern: &str) -> Result<(), PatternError> {
     Ok(())
 }
 
+/// Checks a pattern's syntax and that it is at most `max_bytes` long;
+/// `limit` names the bound in the message (a config key a peer can look
+/// up). The message quotes a clipped prefix: the pattern may be a peer's.
+pub fn validate_within(pattern: &str, max_bytes: usize, limit: &str) -> Result<(), String> {
+    if pattern.len() > max_bytes {
+        return Err(format!(
+            "{} is {} bytes, longer than {limit} = {max_bytes}",
+            shown(pattern),
+            pattern.len()
+        ));
+    }
+    validate(pattern).map_err(|e| e.to_string())
+}
+
 /// True if `name` matches `pattern` (assumed valid).
 pub fn matches(pattern: &str, name: &str) -> bool {
     let mut p = pattern.split('/');

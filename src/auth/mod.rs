@@ -27,13 +27,7 @@ pub const MAX_SCOPE_PATTERN_BYTES: usize = 1024;
 
 /// A scope pattern's syntax and length.
 pub fn check_scope_pattern(p: &str) -> Result<(), String> {
-    if p.len() > MAX_SCOPE_PATTERN_BYTES {
-        return Err(format!(
-            "{} is longer than {MAX_SCOPE_PATTERN_BYTES} bytes",
-            crate::peer_text::shown(p)
-        ));
-    }
-    pattern::validate(p).map_err(|e| e.to_string())
+    pattern::validate_within(p, MAX_SCOPE_PATTERN_BYTES, "a scope pattern's limit")
 }
 
 /// Longest JWT `sub` accepted.

@@ -76,14 +76,7 @@ pub fn valid_patterns(patterns: Vec<String>, max_bytes: usize) -> (Vec<String>, 
 
 /// A pattern's syntax and length (`max_pattern_bytes`).
 pub fn check_pattern(p: &str, max_bytes: usize) -> Result<(), String> {
-    if p.len() > max_bytes {
-        return Err(format!(
-            "{} is {} bytes, longer than max_pattern_bytes = {max_bytes}",
-            crate::peer_text::shown(p),
-            p.len()
-        ));
-    }
-    pattern::validate(p).map_err(|e| e.to_string())
+    pattern::validate_within(p, max_bytes, "max_pattern_bytes")
 }
 
 /// Queues a Delta with the selected tags changed after `position`; none
