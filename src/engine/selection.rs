@@ -79,25 +79,21 @@ impl Selection {
                 // Tags base left out match none of its patterns: only an
                 // added one can take them, and only among its names.
                 let upto = base.resolved as TagId;
-                set.insert_matching(&added, catalog, |id| {
-                    id <= upto && in_scope.contains(catalog, id)
-                });
+                set.insert_matching(&added, catalog, |id| id <= upto && in_scope.contains(id));
                 // Tags newer than base: few (a discovery), each against
                 // every pattern; many, by each pattern's names.
                 let newer = catalog.len() - base.resolved;
                 if newer.saturating_mul(all.len()) <= PER_ID_WORK {
                     for id in (base.resolved + 1..=catalog.len()).map(|i| i as TagId) {
-                        if matches_any(&all, catalog, id) && in_scope.contains(catalog, id) {
+                        if matches_any(&all, catalog, id) && in_scope.contains(id) {
                             set.insert(id);
                         }
                     }
                 } else {
-                    set.insert_matching(&all, catalog, |id| {
-                        id > upto && in_scope.contains(catalog, id)
-                    });
+                    set.insert_matching(&all, catalog, |id| id > upto && in_scope.contains(id));
                 }
             }
-            None => set.insert_matching(&all, catalog, |id| in_scope.contains(catalog, id)),
+            None => set.insert_matching(&all, catalog, |id| in_scope.contains(id)),
         }
         Selection {
             scope,
@@ -177,7 +173,7 @@ impl Scope {
         }
     }
 
-    fn contains(&self, _catalog: &Catalog, id: TagId) -> bool {
+    fn contains(&self, id: TagId) -> bool {
         self.tags.as_ref().is_none_or(|words| bit(words, id))
     }
 }
