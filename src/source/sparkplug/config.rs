@@ -111,11 +111,7 @@ impl SparkplugConfig {
         let metric = metric.replace(['+', '#'], "_");
         let template = match device {
             Some(_) => self.name_template.clone(),
-            None => self
-                .name_template
-                .replace("{device}/", "")
-                .replace("/{device}", "")
-                .replace("{device}", ""),
+            None => self.template_without_device(),
         };
         template
             .replace("{group}", group)
@@ -124,17 +120,21 @@ impl SparkplugConfig {
             .replace("{metric}", &metric)
     }
 
+    /// The template of a node's own metrics: the device level dropped.
+    fn template_without_device(&self) -> String {
+        self.name_template
+            .replace("{device}/", "")
+            .replace("/{device}", "")
+            .replace("{device}", "")
+    }
+
     /// The shapes of the names its births can make: per followed group,
     /// with and without a device (`check` compares them with configured
     /// names and topic maps).
     pub fn shapes(&self) -> Vec<Vec<pattern::Level>> {
         use pattern::Level;
         let with_device = self.name_template.clone();
-        let without = self
-            .name_template
-            .replace("{device}/", "")
-            .replace("/{device}", "")
-            .replace("{device}", "");
+        let without = self.template_without_device();
         let mut out = Vec::new();
         for group in &self.groups {
             for template in [&with_device, &without] {
