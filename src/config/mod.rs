@@ -365,13 +365,14 @@ impl Config {
                 }
             }
         }
-        self.check_sparkplug_names(&names, p);
         // A topic map that can produce a configured name would take that
         // tag over at run time (the engine refuses it then; here it is a
         // config error). Overlaps between two maps are not decided here:
         // the engine refuses the second name at run time.
+        let mut maps = Vec::new();
         for (key, source) in self.sources() {
             for d in source.discovered() {
+                let map = format!("{key}.{}", d.key);
                 let mut hits: Vec<(&String, &String)> = names
                     .iter()
                     .filter(|(name, _)| crate::pattern::can_produce(&d.filter, &d.def.name, name))
@@ -379,40 +380,32 @@ impl Config {
                 hits.sort();
                 if let Some((name, owner)) = hits.first() {
                     p.push(
-                        format!("{key}.{}.name", d.key),
+                        format!("{map}.name"),
                         format!(
                             "template {:?} can produce {name:?}, a configured tag of {owner:?}{}",
                             d.def.name,
-                            match hits.len() {
-                                1 => String::new(),
-                                n => format!(" (and {} more)", n - 1),
-                            }
+                            and_more(hits.len())
                         ),
                     );
                 }
+                maps.push((map, crate::pattern::map_shape(&d.filter, &d.def.name)));
             }
         }
+        self.check_sparkplug_names(&names, &maps, p);
     }
 
     /// Sparkplug templates decided at `check`, as topic maps are: one that
-    /// can produce a configured name, or a name a topic map can produce,
-    /// is refused (at run time the first source to define a name keeps it
-    /// for the epoch, so a rogue node could take a tag before its real
-    /// source publishes).
-    fn check_sparkplug_names(&self, names: &HashMap<String, String>, p: &mut Problems) {
-        use crate::pattern::{map_shape, name_shape, shapes_overlap};
-        let maps: Vec<(String, Vec<crate::pattern::Level>)> = self
-            .sources()
-            .into_iter()
-            .flat_map(|(key, source)| {
-                source.discovered().into_iter().map(move |d| {
-                    (
-                        format!("{key}.{}", d.key),
-                        map_shape(&d.filter, &d.def.name),
-                    )
-                })
-            })
-            .collect();
+    /// can produce a configured name, or a name a topic map (`maps`: key
+    /// and shape) can produce, is refused (at run time the first source to
+    /// define a name keeps it for the epoch, so a rogue node could take a
+    /// tag before its real source publishes).
+    fn check_sparkplug_names(
+        &self,
+        names: &HashMap<String, String>,
+        maps: &[(String, Vec<crate::pattern::Level>)],
+        p: &mut Problems,
+    ) {
+        use crate::pattern::{name_shape, shapes_overlap};
         for (i, sp) in self.sparkplug.iter().enumerate() {
             let key = format!("sparkplug[{i}].name_template");
             let shapes = sp.shapes();
@@ -428,14 +421,11 @@ impl Config {
                         "template {:?} can produce {name:?}, a configured tag of {:?}{}: a node of that name could take it",
                         sp.name_template,
                         names.get(*name).map_or("", String::as_str),
-                        match taken.len() {
-                            1 => String::new(),
-                            n => format!(" (and {} more)", n - 1),
-                        }
+                        and_more(taken.len())
                     ),
                 );
             }
-            for (map, shape) in &maps {
+            for (map, shape) in maps {
                 if shapes.iter().any(|s| shapes_overlap(s, shape)) {
                     p.push(
                         key.clone(),
@@ -469,6 +459,14 @@ impl Config {
             .chain(keyed(&self.sparkplug))
             .chain(keyed(&self.sim))
             .collect()
+    }
+}
+
+/// ` (and N more)` after the first of `hits` conflicts, or nothing.
+fn and_more(hits: usize) -> String {
+    match hits {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
     }
 }
 
