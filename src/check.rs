@@ -9,40 +9,40 @@
 
 use crate::auth::{self, Need};
 use crate::config::Config;
+use crate::push::tls::{Tls, TlsError};
 
 /// What `config` needs from this machine, looked up in `env`.
 pub fn needs(config: &Config, env: &auth::Env) -> Vec<Need> {
     let mut out = auth::needs(config.auth.as_ref(), env);
     if let Some(tls) = &config.server.tls {
+        // One load checks the files and the pair together (a key that
+        // does not match its certificate); its error names the file.
+        let failed = Tls::load(tls).err();
+        let failed_file = match &failed {
+            Some(TlsError::File { key, .. }) => Some(*key),
+            _ => None,
+        };
         let files = [
-            ("server.tls.cert", Some(&tls.cert)),
-            ("server.tls.key", Some(&tls.key)),
-            ("server.tls.client_ca", tls.client_ca.as_ref()),
+            ("cert", Some(&tls.cert)),
+            ("key", Some(&tls.key)),
+            ("client_ca", tls.client_ca.as_ref()),
         ];
-        // One load checks the pair together (a key that does not match
-        // its certificate); its error names the file.
-        let loaded = crate::push::tls::Tls::load(tls)
-            .err()
-            .map(|e| e.to_string());
-        for (key, path) in files {
+        for (name, path) in files {
             let Some(path) = path else { continue };
-            let problem = loaded
-                .as_ref()
-                .filter(|e| e.starts_with(key) || e.contains(path.as_str()))
-                .cloned();
             out.push(Need {
-                key: key.into(),
+                key: format!("server.tls.{name}"),
                 what: format!("file {path}"),
-                problem,
+                problem: failed
+                    .as_ref()
+                    .filter(|_| failed_file == Some(name))
+                    .map(ToString::to_string),
             });
         }
-        if let Some(e) = loaded
-            && !out.iter().any(|n| n.problem.as_ref() == Some(&e))
-        {
+        if let Some(e @ TlsError::Config(_)) = &failed {
             out.push(Need {
                 key: "server.tls".into(),
                 what: "cert and key".into(),
-                problem: Some(e),
+                problem: Some(e.to_string()),
             });
         }
     }
