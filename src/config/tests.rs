@@ -14,6 +14,7 @@ fn example_config_parses() {
     );
     assert_eq!(c.sparkplug.len(), 1);
     assert_eq!(c.server.max_patterns, 1000);
+    assert_eq!(c.server.max_pattern_bytes, 1024);
     assert_eq!(c.server.max_writes_per_s, 50);
     assert_eq!(c.mqtt[0].max_tags, 100_000);
     let demo = include_str!("../../deploy/demo.toml")
