@@ -8,6 +8,8 @@ use tagstream::engine::Engine;
 use tagstream::engine::catalog::{Catalog, TagDef};
 use tagstream::engine::seq::Counter;
 use tagstream::push::outbox::Outbox;
+use tagstream::push::session::frames::merge;
+use tagstream::push::shard::Shard;
 use tagstream::sample::{Input, Sample, TagKey, Value};
 
 const TAGS: u32 = 10_000;
@@ -76,17 +78,14 @@ fn engine(c: &mut Criterion) {
     group.bench_function("delta_part_area_of_1024_uncached", |b| {
         b.iter(|| batch.assemble(&area, batch.from_seq));
     });
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("delta_part_shared_hit", |b| {
-        b.iter(|| batch.part_for(&all, batch.from_seq));
-    });
     group.finish();
 }
 
 /// Fan-out: one batch of 64 changes to 1,000 sessions over 10 distinct
-/// subscriptions, each session taking its part, framing its Delta and
-/// writing it (to a sink: the kernel's share is measured by `tagstream
-/// bench`, not here).
+/// subscriptions: the shard pulls it and assembles each subscription's
+/// part once, then each session takes its items, frames its Delta and
+/// writes it (to a sink: the kernel's share is measured by
+/// `tagstream-bench`, not here).
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -105,8 +104,14 @@ fn fan_out(c: &mut Criterion) {
             )
         })
         .collect();
+    let shard = Shard::new(shared.clone(), 1 << 20);
+    let mut sessions: Vec<(Outbox, u64, u64)> = (0..1000)
+        .map(|i| {
+            let (_, cursor) = shard.join(&selections[i % selections.len()]);
+            (Outbox::default(), cursor, 0)
+        })
+        .collect();
     let mut round = 0;
-    let mut outboxes: Vec<Outbox> = (0..1000).map(|_| Outbox::default()).collect();
     group.throughput(Throughput::Elements(1000));
     group.bench_function("batch_64_to_1000_sessions", |b| {
         b.iter_batched(
@@ -117,13 +122,14 @@ fn fan_out(c: &mut Criterion) {
             |batch| {
                 runtime.block_on(async {
                     let mut sink = tokio::io::sink();
-                    for (i, out) in outboxes.iter_mut().enumerate() {
+                    shard.advance();
+                    for (i, (out, cursor, position)) in sessions.iter_mut().enumerate() {
                         let selection = &selections[i % selections.len()];
-                        let mut delta = out.delta(batch.from_seq);
-                        if let Some(part) = batch.part_for(selection, batch.from_seq) {
-                            delta.push(part.bytes);
-                        }
-                        delta.close(batch.to_seq, false);
+                        let taken = shard.take(selection, *cursor);
+                        *cursor = taken.next;
+                        let start = (*position).max(batch.from_seq);
+                        (*position, _) =
+                            merge(out, &taken.items, selection, start, taken.head_seq, 1 << 20);
                         out.write_to(&mut sink).await.expect("sink");
                     }
                 })

@@ -113,6 +113,16 @@ const METRICS: &[(&str, &str, &str)] = &[
         "tagstream_mqtt_bad_payloads_total",
         "MQTT payloads that did not decode to the tag's type, by source.",
     ),
+    (
+        "counter",
+        "tagstream_lock_waits_total",
+        "Times the fan-out found a lock held by another thread, by lock (feed: the engine's batch ring; shard: a session shard's own).",
+    ),
+    (
+        "counter",
+        "tagstream_lock_wait_microseconds_total",
+        "Time the fan-out spent waiting for those locks, by lock.",
+    ),
 ];
 
 /// Describes every metric (a `# HELP` line each).

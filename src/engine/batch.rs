@@ -2,11 +2,9 @@
 //! as a `Delta.updates` field. A protobuf repeated field is the
 //! concatenation of its entries, so any client's Delta is a short header
 //! plus the selected entries' bytes: the batch's own bytes when it selects
-//! everything, else one copy per subscription per batch, shared by every
-//! session that holds that subscription.
-
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+//! everything, else one copy per subscription per batch and shard (see
+//! `push::shard`), shared by every session that holds that subscription.
+//! A batch is immutable once published: readers share it without a lock.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -44,15 +42,7 @@ pub struct Batch {
     /// selection is older re-select first, so Catalog entries precede
     /// updates.
     pub catalog_version: u64,
-    parts: Mutex<PartCache>,
 }
-
-/// Parts built for this batch, by (selection, position). A position at or
-/// before the batch selects the same entries, so it is keyed as the batch
-/// start: every session with one subscription shares one part, whatever
-/// batches it merged before. The `Arc` keeps the selection alive so its
-/// address cannot be reused.
-type PartCache = HashMap<(usize, u64), (Arc<Selection>, Option<Part>)>;
 
 /// The selected updates of one batch, ready to append to a Delta.
 #[derive(Debug, Clone)]
@@ -71,22 +61,8 @@ impl Batch {
 
     /// The updates a session at `position` with this selection gets from
     /// this batch, or `None` if nothing it selects changed after its
-    /// position. Built once per (selection, position) and shared.
-    pub fn part_for(&self, selection: &Arc<Selection>, position: u64) -> Option<Part> {
-        let position = position.max(self.from_seq);
-        let key = (Arc::as_ptr(selection) as usize, position);
-        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, part)) = parts.get(&key) {
-            return part.clone();
-        }
-        let part = self.assemble(selection, position);
-        parts.insert(key, (selection.clone(), part.clone()));
-        part
-    }
-
-    /// Assembles the part without the cache (what `part_for` does once).
-    /// When the selection takes every entry, the part is the batch's own
-    /// bytes: no copy at all.
+    /// position. When the selection takes every entry, the part is the
+    /// batch's own bytes: no copy at all.
     pub fn assemble(&self, selection: &Selection, position: u64) -> Option<Part> {
         let selected = |e: &&Entry| e.seq > position && selection.contains(e.id);
         let mut parts = self.entries.iter().filter(selected).peekable();
@@ -165,7 +141,6 @@ impl Builder {
             entries: std::mem::take(&mut self.entries),
             published_before,
             catalog_version: catalog.version(),
-            parts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -248,7 +223,7 @@ mod tests {
             None,
             &cat,
         );
-        let part = batch.part_for(&all, 10).expect("part");
+        let part = batch.assemble(&all, 10).expect("part");
         let d = decode(&part);
         assert_eq!(
             d.updates.iter().map(|u| u.id).collect::<Vec<_>>(),
@@ -262,7 +237,7 @@ mod tests {
             None,
             &cat,
         );
-        let d = decode(&batch.part_for(&only_b, 10).expect("part"));
+        let d = decode(&batch.assemble(&only_b, 10).expect("part"));
         assert_eq!(d.updates.iter().map(|u| u.id).collect::<Vec<_>>(), vec![3]);
         let only_y = sels.get(
             &crate::auth::scope(vec!["#".into()]),
@@ -270,14 +245,10 @@ mod tests {
             None,
             &cat,
         );
-        assert!(batch.part_for(&only_y, 10).is_none());
+        assert!(batch.assemble(&only_y, 10).is_none());
         // A session already past seq 11 gets only the later entry.
-        let d = decode(&batch.part_for(&all, 11).expect("part"));
+        let d = decode(&batch.assemble(&all, 11).expect("part"));
         assert_eq!(d.updates.len(), 1);
-        // Any position before the batch shares the one cached part.
-        let b_late = batch.part_for(&only_b, 10).expect("part");
-        let b_early = batch.part_for(&only_b, 4).expect("part");
-        assert_eq!(b_late.bytes.as_ptr(), b_early.bytes.as_ptr());
     }
 
     #[test]
@@ -298,7 +269,7 @@ mod tests {
         let sels = Selections::default();
         let d = decode(
             &batch
-                .part_for(
+                .assemble(
                     &sels.get(
                         &crate::auth::scope(vec!["#".into()]),
                         vec!["#".into()],

@@ -3,20 +3,25 @@
 //! the batch (tags defined, readings, lost sources), encodes each change
 //! once, and publishes one `Batch` that every session shares.
 //!
-//! Sessions read the table through [`EngineShared`] (an `RwLock`, read-held
-//! only for short scans); only [`Engine`], inside the engine task, writes
-//! it. Seq and epoch come from the engine's [`seq::Sequencer`].
+//! Only [`Engine`], inside the engine task, writes the table. After each
+//! batch it publishes a snapshot of it (a clone sharing every page the
+//! batch did not touch) that sessions read through [`EngineShared`]
+//! without a lock: readers never wait for the engine, nor it for them. The
+//! batch itself goes to the [`feed::Feed`], which each push shard reads
+//! once for all its sessions. Seq and epoch come from the engine's
+//! [`seq::Sequencer`].
 
 pub mod batch;
 pub mod catalog;
+pub mod feed;
 pub mod selection;
 pub mod seq;
 pub mod table;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use tokio::sync::broadcast;
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 pub use batch::Batch;
@@ -33,43 +38,36 @@ use crate::sample::{Input, Sample, SourceId, TagId, TagKey, now_us};
 /// size of one Delta under a burst.
 pub const MAX_BATCH: usize = 1024;
 
-/// Batches kept for sessions that are behind; past this a session catches
-/// up from the table instead. Memory is shared, not per session.
-pub const BATCH_RING: usize = 128;
+/// Batches kept for sessions that are behind (see [`feed::RING_BATCHES`]);
+/// past this a session catches up from the table instead.
+pub const BATCH_RING: usize = feed::RING_BATCHES;
 
-/// What sessions read: the table, the epoch, interned selections and the
-/// stream of published batches.
+/// What sessions read: the table's latest snapshot, the epoch, interned
+/// selections and the feed of published batches.
 #[derive(Debug)]
 pub struct EngineShared {
-    table: RwLock<TagTable>,
+    table: ArcSwap<TagTable>,
     /// The epoch (from the sequencer).
     pub epoch: u64,
     /// Interned subscriptions.
     pub selections: Selections,
-    batches: broadcast::Sender<Arc<Batch>>,
-    /// Update bytes published so far, to measure how far a session lags.
+    /// Published batches.
+    pub feed: feed::Feed,
+    /// Update bytes published so far.
     published_bytes: AtomicU64,
 }
 
 impl EngineShared {
-    /// Reads the table. Hold it only for a scan, never across an await.
-    pub fn table(&self) -> RwLockReadGuard<'_, TagTable> {
-        self.table.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn table_mut(&self) -> RwLockWriteGuard<'_, TagTable> {
-        self.table.write().unwrap_or_else(|e| e.into_inner())
+    /// The table as of the last published batch: a snapshot, consistent at
+    /// its seq, read without a lock. Hold it for a scan, not across an
+    /// await (a held snapshot keeps its pages).
+    pub fn table(&self) -> arc_swap::Guard<Arc<TagTable>> {
+        self.table.load()
     }
 
     /// The current catalog (ids are never reused within an epoch).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.table().catalog().clone()
-    }
-
-    /// A receiver for future batches. Subscribe *before* reading the table,
-    /// so no batch falls between the snapshot and the first delta.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
-        self.batches.subscribe()
     }
 
     /// Total update bytes published.
@@ -120,6 +118,14 @@ impl Keys {
 /// the sequencer. Sans-IO apart from the clock read once per batch.
 pub struct Engine {
     shared: Arc<EngineShared>,
+    /// The table itself; sessions see its snapshots.
+    table: TagTable,
+    work: Work,
+}
+
+/// What applying a batch works with besides the table (apart from it, so
+/// both can be borrowed at once).
+struct Work {
     keys: Keys,
     seq: Box<dyn Sequencer>,
     scratch: batch::Builder,
@@ -142,20 +148,23 @@ impl Engine {
                 keys.set(meta.owner, def.id);
             }
         }
-        let (batches, _) = broadcast::channel(BATCH_RING);
+        let table = TagTable::new(Arc::new(catalog), seq.current());
         let shared = Arc::new(EngineShared {
-            table: RwLock::new(TagTable::new(Arc::new(catalog), seq.current())),
+            table: ArcSwap::from_pointee(table.clone()),
             epoch: seq.epoch(),
             selections: Selections::default(),
-            batches,
+            feed: feed::Feed::default(),
             published_bytes: AtomicU64::new(0),
         });
         Engine {
             shared,
-            keys,
-            seq,
-            scratch: batch::Builder::default(),
-            defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
+            table,
+            work: Work {
+                keys,
+                seq,
+                scratch: batch::Builder::default(),
+                defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
+            },
         }
     }
 
@@ -168,50 +177,55 @@ impl Engine {
     /// any tag changed. The async task below is a thin loop around this.
     pub fn apply(&mut self, inputs: impl IntoIterator<Item = Input>) -> Option<Arc<Batch>> {
         let now = now_us();
-        let shared = self.shared.clone();
-        let mut table = shared.table_mut();
+        let (table, work) = (&mut self.table, &mut self.work);
         let from_seq = table.seq();
         let version = table.catalog().version();
         for input in inputs {
             match input {
                 Input::Sample(sample) => {
-                    let id = self.keys.get(sample.tag);
-                    self.change(&mut table, id, sample, now);
+                    let id = work.keys.get(sample.tag);
+                    work.change(table, id, sample, now);
                 }
-                Input::Define { key, def } => self.define(&mut table, key, *def),
+                Input::Define { key, def } => work.define(table, key, *def),
                 Input::SourceDown {
                     source,
                     status,
                     unread,
                 } => {
-                    let ids: Vec<TagId> = self.keys.of(source).collect();
+                    let ids: Vec<TagId> = work.keys.of(source).collect();
                     for id in ids {
                         let read = table.state(id).is_some_and(|s| s.value.is_some());
                         let status = if read { status } else { unread };
-                        self.change(&mut table, id, Sample::bad(TagKey::default(), status), now);
+                        work.change(table, id, Sample::bad(TagKey::default(), status), now);
                     }
                 }
             }
         }
         let to_seq = table.seq();
         let catalog = table.catalog().clone();
-        drop(table);
         if catalog.version() != version {
             metrics::gauge!("tagstream_tags").set(catalog.len() as f64);
         }
+        if to_seq == from_seq && catalog.version() == version {
+            return None;
+        }
+        // The snapshot first, then the batch: whoever reads a batch finds
+        // a table at least as new.
+        self.shared.table.store(Arc::new(self.table.clone()));
         if to_seq == from_seq {
             return None;
         }
         let end = self.shared.published_bytes.load(Ordering::Relaxed);
-        let batch = Arc::new(self.scratch.finish(from_seq, to_seq, &catalog, end));
+        let batch = Arc::new(self.work.scratch.finish(from_seq, to_seq, &catalog, end));
         self.shared
             .published_bytes
             .fetch_add(batch.bytes.len() as u64, Ordering::Release);
-        // No receivers is fine: nobody is connected.
-        let _ = self.shared.batches.send(batch.clone());
+        self.shared.feed.publish(batch.clone());
         Some(batch)
     }
+}
 
+impl Work {
     fn change(&mut self, table: &mut TagTable, id: TagId, sample: Sample, now: i64) {
         if id == 0 || id == REFUSED {
             metrics::counter!("tagstream_samples_dropped_total").increment(1);
@@ -254,7 +268,9 @@ impl Engine {
             }
         }
     }
+}
 
+impl Engine {
     /// The engine task: runs until the channel closes or shutdown.
     pub async fn run(mut self, inputs: flume::Receiver<Input>, shutdown: CancellationToken) {
         // The configured tags count from the start, not from the first
@@ -329,7 +345,7 @@ mod tests {
         }));
         // Counted at the throttle, not by capturing tracing's output (a
         // thread's capture races other tests' subscribers).
-        let lines = e.defined_log.admitted();
+        let lines = e.work.defined_log.admitted();
         assert!(
             (1..=u64::from(DEFINED_LOG_BURST) + 2).contains(&lines),
             "{lines} lines for 19,000 redefinitions and 1,000 refusals"

@@ -2,6 +2,11 @@
 //! every tag, and the catalog it follows. Sans-IO: `apply` reads no clock,
 //! does no I/O and takes its seq from the engine's sequencer, so it is
 //! tested and benchmarked directly. Only the engine task holds it mutably.
+//!
+//! The states live in pages of [`PAGE`] behind `Arc`s, so a clone of the
+//! table (what the engine publishes after each batch, for sessions to read
+//! without a lock) copies a page pointer per page, and the next batch
+//! copies only the pages it touches that a reader still holds.
 
 use std::sync::Arc;
 
@@ -26,12 +31,18 @@ pub struct TagState {
     pub seq: u64,
 }
 
-/// All tags of one epoch.
-#[derive(Debug)]
+/// Tag states per page: a batch that changes 10 tags of 100,000 copies at
+/// most 10 pages of this many (measured on `wall` and `room`: see
+/// BENCHMARKS.md, issue 22).
+pub const PAGE: usize = 32;
+
+/// All tags of one epoch. Cloning it is a snapshot: cheap, and unaffected by
+/// later changes to the original.
+#[derive(Debug, Clone)]
 pub struct TagTable {
     seq: u64,
     catalog: Arc<Catalog>,
-    states: Vec<TagState>,
+    pages: Vec<Arc<Vec<TagState>>>,
 }
 
 fn waiting() -> TagState {
@@ -47,12 +58,31 @@ fn waiting() -> TagState {
 impl TagTable {
     /// A table where every tag waits for its first reading, at `seq`.
     pub fn new(catalog: Arc<Catalog>, seq: u64) -> Self {
-        let states = (0..catalog.len()).map(|_| waiting()).collect();
-        TagTable {
+        let mut table = TagTable {
             seq,
             catalog,
-            states,
+            pages: Vec::new(),
+        };
+        for _ in 0..table.catalog.len() {
+            table.push_waiting();
         }
+        table
+    }
+
+    fn push_waiting(&mut self) {
+        match self.pages.last_mut() {
+            Some(page) if page.len() < PAGE => Arc::make_mut(page).push(waiting()),
+            _ => {
+                let mut page = Vec::with_capacity(PAGE);
+                page.push(waiting());
+                self.pages.push(Arc::new(page));
+            }
+        }
+    }
+
+    fn state_mut(&mut self, index: usize) -> Option<&mut TagState> {
+        let page = self.pages.get_mut(index / PAGE)?;
+        Arc::make_mut(page).get_mut(index % PAGE)
     }
 
     /// Seq of the last applied change.
@@ -71,7 +101,7 @@ impl TagTable {
     pub fn add(&mut self, def: TagDef, owner: TagKey) -> TagId {
         let seq = self.seq;
         let id = Arc::make_mut(&mut self.catalog).add(def, owner, seq);
-        self.states.push(waiting());
+        self.push_waiting();
         id
     }
 
@@ -87,7 +117,8 @@ impl TagTable {
 
     /// One tag's state.
     pub fn state(&self, id: TagId) -> Option<&TagState> {
-        self.states.get((id as usize).checked_sub(1)?)
+        let index = (id as usize).checked_sub(1)?;
+        self.pages.get(index / PAGE)?.get(index % PAGE)
     }
 
     /// Applies a reading of tag `id`; returns the seq `seq` handed out if
@@ -103,7 +134,9 @@ impl TagTable {
         let index = (id as usize).checked_sub(1)?;
         let def = self.catalog.get(id)?;
         let deadband = def.deadband;
-        let state = self.states.get_mut(index)?;
+        // Compared before the page is taken for writing: a reading that
+        // changes nothing copies no page.
+        let state = self.state(id)?;
         let status_changed = state.status != sample.status;
         let value_changed = match (&state.value, &sample.value) {
             (_, None) => false,
@@ -120,15 +153,17 @@ impl TagTable {
         if !status_changed && !value_changed {
             return None;
         }
+        let next = seq.next();
+        let state = self.state_mut(index)?;
         if let Some(value) = sample.value {
             state.value = Some(value);
         }
-        self.seq = seq.next();
         state.status = sample.status;
         state.source_time_us = sample.source_time_us;
         state.server_time_us = now_us;
-        state.seq = self.seq;
-        Some(self.seq)
+        state.seq = next;
+        self.seq = next;
+        Some(next)
     }
 
     /// Selected tags that changed after `seq`, in id order: the catch-up
@@ -246,6 +281,34 @@ mod tests {
                 "tag {tag}"
             );
         }
+    }
+
+    #[test]
+    fn a_clone_is_a_snapshot_that_later_changes_do_not_touch() {
+        let catalog = Arc::new(Catalog::new(
+            (0..PAGE * 2 + 1).map(|i| def(&format!("t/{i}"), 0.0)),
+        ));
+        let mut t = TagTable::new(catalog, 0);
+        let mut c = Counter::new(1);
+        t.apply(1, sample(Some(1.0), 0), 1, &mut c);
+        let snapshot = t.clone();
+        t.apply(1, sample(Some(2.0), 0), 2, &mut c);
+        let last = (PAGE * 2 + 1) as TagId;
+        t.apply(last, sample(Some(3.0), 0), 3, &mut c);
+        assert_eq!(snapshot.seq(), 1);
+        assert_eq!(
+            snapshot.state(1).and_then(|s| s.value.clone()),
+            Some(Value::F64(1.0))
+        );
+        assert_eq!(snapshot.state(last).map(|s| s.seq), Some(0));
+        assert_eq!(
+            t.state(1).and_then(|s| s.value.clone()),
+            Some(Value::F64(2.0))
+        );
+        assert_eq!(t.state(last).map(|s| s.seq), Some(3));
+        // The untouched middle page is still shared, not copied.
+        assert!(Arc::ptr_eq(&snapshot.pages[1], &t.pages[1]));
+        assert!(!Arc::ptr_eq(&snapshot.pages[0], &t.pages[0]));
     }
 
     #[test]

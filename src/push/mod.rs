@@ -11,6 +11,7 @@ pub mod http;
 pub mod outbox;
 pub mod pending;
 pub mod session;
+pub mod shard;
 pub mod tls;
 pub mod web;
 
@@ -329,9 +330,15 @@ fn start_shards(
                 .build()?;
             let handle = runtime.handle().clone();
             let (shutdown, tracker) = (push.shutdown.clone(), tracker.clone());
+            // Each shard reads the engine's feed once per batch for all its
+            // sessions (`shard`), on its own thread.
+            let cx = &push.sessions;
+            let shard = shard::Shard::new(cx.engine.clone(), cx.max_pending_bytes as usize);
             let thread = std::thread::Builder::new()
                 .name(format!("tagstream-push-{i}"))
                 .spawn(move || {
+                    shard::Shard::enter(&shard);
+                    runtime.spawn(shard::hub(Arc::downgrade(&shard)));
                     // Sessions keep running here through their close
                     // handshakes, until the tracker is empty.
                     runtime.block_on(async {

@@ -3,12 +3,9 @@
 //! the catalog, table and batches they are given and append to an
 //! `Outbox`; Delta updates are the batches' shared bytes, never re-encoded.
 
-use std::sync::Arc;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use crate::engine::Batch;
 use crate::engine::batch::encode_update;
 use crate::engine::catalog::Catalog;
 use crate::engine::selection::Selection;
@@ -16,6 +13,7 @@ use crate::engine::table::TagTable;
 use crate::pattern;
 use crate::proto::{self, ErrorCode, server_message};
 use crate::push::outbox::Outbox;
+use crate::push::shard::Item;
 use crate::sample::TagId;
 
 /// Target size of one Catalog or Snapshot chunk: a client can apply a large
@@ -79,48 +77,35 @@ pub fn check_pattern(p: &str, max_bytes: usize) -> Result<(), String> {
     pattern::validate_within(p, max_bytes, "max_pattern_bytes")
 }
 
-/// Queues a Delta with the selected tags changed after `position`; none
-/// when nothing changed and `always` is false. Returns the updates sent,
-/// `None` if no Delta went.
-pub fn catch_up_delta(
-    table: &TagTable,
-    selection: &Selection,
-    position: u64,
-    always: bool,
-    out: &mut Outbox,
-) -> Option<u64> {
-    let mut buf = BytesMut::new();
-    let mut updates = 0;
-    for (id, state) in table.changed_since(position, selection) {
-        encode_update(3, id, state, &mut buf);
-        updates += 1;
-    }
-    let mut delta = out.delta(position);
-    if !buf.is_empty() {
-        delta.push(buf.freeze());
-    }
-    delta.close(table.seq(), always).then_some(updates)
-}
-
-/// Queues what `selection` takes from `batches` after `position` as one
-/// Delta (one frame and one write per wakeup), split where the next part
-/// would pass `max_bytes`. Returns the new position (unchanged if nothing
-/// was selected) and the updates queued.
+/// Queues what `selection` takes from `items` (its shard's parts of the
+/// batches since its cursor) after `position` as one Delta (one frame and
+/// one write per wakeup) that runs to `head_seq`, the newest batch pulled;
+/// split where the next part would pass `max_bytes`. Returns the new
+/// position (unchanged if nothing was selected) and the updates queued.
 pub fn merge(
     out: &mut Outbox,
-    batches: &[Arc<Batch>],
-    selection: &Arc<Selection>,
+    items: &[Item],
+    selection: &Selection,
     mut position: u64,
+    head_seq: u64,
     max_bytes: usize,
 ) -> (u64, u64) {
     let mut delta = out.delta(position);
     let mut to_seq = position;
     let mut updates = 0;
-    for b in batches {
+    for item in items {
+        let b = &item.batch;
         if b.to_seq <= to_seq {
             continue;
         }
-        if let Some(part) = b.part_for(selection, to_seq) {
+        // The shared part holds for any position before the batch; one
+        // inside it (a resume to a seq of another node) takes its own.
+        let part = if to_seq <= b.from_seq {
+            item.part.clone()
+        } else {
+            b.assemble(selection, to_seq)
+        };
+        if let Some(part) = part {
             if delta.len() + part.bytes.len() > max_bytes && !delta.is_empty() {
                 delta.close(to_seq, false);
                 position = to_seq;
@@ -131,8 +116,9 @@ pub fn merge(
         }
         to_seq = b.to_seq;
     }
-    if delta.close(to_seq, false) {
-        position = to_seq;
+    let end = head_seq.max(to_seq);
+    if delta.close(end, false) {
+        position = end;
     }
     (position, updates)
 }
@@ -205,6 +191,7 @@ pub fn snapshot_frames(table: &TagTable, ids: &[TagId], seq: u64, out: &mut Outb
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Batch;
     use crate::engine::batch::Builder;
     use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
@@ -212,6 +199,7 @@ mod tests {
     use crate::proto::server_message::Kind;
     use crate::sample::Value;
     use prost::Message as _;
+    use std::sync::Arc;
 
     fn state(seq: u64) -> TagState {
         TagState {
@@ -232,6 +220,22 @@ mod tests {
                 b.push(1, s1, &state(s1));
                 b.push(if i == 1 { 3 } else { 2 }, s2, &state(s2));
                 Arc::new(b.finish(i * 2, s2, catalog, 0))
+            })
+            .collect()
+    }
+
+    /// The shard's items of `batches` for `selection`.
+    fn items(batches: &[Arc<Batch>], selection: &Selection) -> Vec<Item> {
+        batches
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let part = b.assemble(selection, b.from_seq)?;
+                Some(Item {
+                    index: i as u64,
+                    batch: b.clone(),
+                    part: Some(part),
+                })
             })
             .collect()
     }
@@ -265,13 +269,19 @@ mod tests {
 
         // No cap reached: one Delta 0 -> 6 with all six updates.
         let mut out = Outbox::default();
-        assert_eq!(merge(&mut out, &batches, &all, 0, usize::MAX), (6, 6));
+        assert_eq!(
+            merge(&mut out, &items(&batches, &all), &all, 0, 6, usize::MAX),
+            (6, 6)
+        );
         let d = deltas(&mut out);
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 6));
 
         // A cap of two parts: 0 -> 4, then 4 -> 6, continuous.
-        assert_eq!(merge(&mut out, &batches, &all, 0, 2 * part), (6, 6));
+        assert_eq!(
+            merge(&mut out, &items(&batches, &all), &all, 0, 6, 2 * part),
+            (6, 6)
+        );
         let d = deltas(&mut out);
         let spans: Vec<_> = d
             .iter()
@@ -280,19 +290,32 @@ mod tests {
         assert_eq!(spans, [(0, 4, 4), (4, 6, 2)]);
 
         // Already past the first batch: it is skipped.
-        assert_eq!(merge(&mut out, &batches, &all, 2, usize::MAX), (6, 4));
+        assert_eq!(
+            merge(&mut out, &items(&batches, &all), &all, 2, 6, usize::MAX),
+            (6, 4)
+        );
         let d = deltas(&mut out);
         assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (2, 6, 4));
 
         // Only b/z (changed in the middle batch): the Delta still runs to
-        // the last batch's seq, so the next one starts where this ends.
+        // the newest batch's seq, so the next one starts where this ends.
         let only_z = sels.get(
             &crate::auth::scope(vec!["#".into()]),
             vec!["b/#".into()],
             None,
             &catalog,
         );
-        assert_eq!(merge(&mut out, &batches, &only_z, 0, usize::MAX), (6, 1));
+        assert_eq!(
+            merge(
+                &mut out,
+                &items(&batches, &only_z),
+                &only_z,
+                0,
+                6,
+                usize::MAX
+            ),
+            (6, 1)
+        );
         let d = deltas(&mut out);
         assert_eq!((d[0].from_seq, d[0].to_seq, d[0].updates.len()), (0, 6, 1));
 
@@ -303,7 +326,10 @@ mod tests {
             None,
             &catalog,
         );
-        assert_eq!(merge(&mut out, &batches, &none, 0, usize::MAX), (0, 0));
+        assert_eq!(
+            merge(&mut out, &items(&batches, &none), &none, 0, 6, usize::MAX),
+            (0, 0)
+        );
         assert!(out.is_empty());
     }
 }

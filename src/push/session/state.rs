@@ -5,32 +5,36 @@
 //! (with the time), it writes frames into the `Outbox` and returns what the
 //! driver must do ([`Action`]).
 //!
-//! The session's *position* only moves with what it sends. A session that
-//! falls behind (ring overflow, or more than `max_pending_bytes` published
-//! since it last caught up) drops its backlog and gets one Delta from its
-//! position computed from the tag table.
+//! The session's *position* only moves with what it sends. Batches reach it
+//! through its shard (`push::shard`), which wakes it only for batches its
+//! selection takes something from. A session that falls behind (its
+//! shard dropped parts it had not read, or more than `max_pending_bytes`
+//! of them wait) drops its backlog and gets one Delta from its position
+//! computed from the table snapshot, shared with every session of its
+//! selection at that position.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use super::frames::{
-    browse_result, catalog_frames, catch_up_delta, check_pattern, error_frame, merge,
-    snapshot_frames, valid_patterns, write_result,
+    browse_result, catalog_frames, check_pattern, error_frame, merge, snapshot_frames,
+    valid_patterns, write_result,
 };
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::{Auth, Credential, Principal};
 use crate::command::CommandSink;
 use crate::config::MAX_HELD_PATTERN_BYTES;
+use crate::engine::EngineShared;
 use crate::engine::selection::Selection;
-use crate::engine::{Batch, EngineShared};
 use crate::peer_text::shown;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
+use crate::push::shard::Shard;
 use crate::rate::Bucket;
 use crate::sample::TagId;
 use crate::telemetry::PushMetrics;
@@ -222,6 +226,15 @@ struct Requests {
     rate_audit: crate::rate::Throttle,
 }
 
+/// What woke a session waiting for batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    /// Its shard has batches for it.
+    Batches,
+    /// No more batches will come (the engine stopped).
+    Closed,
+}
+
 /// One session's protocol state.
 pub struct SessionState {
     cx: Arc<SessionContext>,
@@ -232,8 +245,12 @@ pub struct SessionState {
     /// skipped, catch-ups): its position may stay behind it when nothing
     /// selected changed, and a Ping brings it up (protocol.md Pong).
     seen: u64,
-    consumed: u64,
-    rx: broadcast::Receiver<Arc<Batch>>,
+    /// Where batches come from (this thread's shard).
+    shard: Arc<Shard>,
+    /// Feed index of the next batch this session has not looked at.
+    cursor: u64,
+    /// This session's id in its shard (for its waker).
+    follow_id: u64,
     alive: bool,
     /// Write and Browse allowances, boxed on a session's first request:
     /// most sessions never make one, and every idle session pays for what
@@ -258,13 +275,18 @@ impl SessionState {
         if let Some(why) = over_held_limits(&patterns, cx.max_patterns) {
             return Err(End::limit_exceeded(why));
         }
-        // Subscribe before reading the table: no batch can fall between.
-        let rx = engine.subscribe();
-        let consumed = engine.published_bytes();
+        let selection = {
+            let catalog = engine.catalog();
+            engine
+                .selections
+                .get(&principal.read, patterns, None, &catalog)
+        };
+        // Follow before reading the table: every batch the shard pulls
+        // after this is one the session will see, and every one pulled
+        // before is in the table read below.
+        let shard = Shard::here(&engine, cx.max_pending_bytes as usize);
+        let (follow_id, cursor) = shard.join(&selection);
         let table = engine.table();
-        let selection = engine
-            .selections
-            .get(&principal.read, patterns, None, table.catalog());
         let current = table.seq();
         let outcome = match hello.resume {
             Some(r) if r.epoch == engine.epoch && r.seq <= current => ResumeOutcome::Resumed,
@@ -300,7 +322,7 @@ impl SessionState {
             if !unknown.is_empty() {
                 catalog_frames(catalog, &unknown, out);
             }
-            if let Some(n) = catch_up_delta(&table, &selection, position, true, out) {
+            if let Some(n) = shard.catch_up(&table, &selection, position, true, out) {
                 cx.metrics.updates_out.increment(n);
             }
         } else {
@@ -314,14 +336,20 @@ impl SessionState {
             // The resume Delta ends at `current`: later deltas start there.
             position: current,
             seen: current,
-            consumed,
-            rx,
+            shard,
+            cursor,
+            follow_id,
             alive: true,
             requests: None,
             pings: 0,
             cx,
             principal,
         })
+    }
+
+    /// Counters of this session's shard (benchmarks, tests).
+    pub fn shard(&self) -> &Arc<Shard> {
+        &self.shard
     }
 
     /// When the session must end for its token (µs since the Unix epoch):
@@ -427,6 +455,10 @@ impl SessionState {
                 {
                     return Action::End(end);
                 }
+                // Nothing left for it: every batch pulled is accounted for.
+                if self.try_batch().is_none() {
+                    self.seen = self.seen.max(self.shard.head_seq());
+                }
                 if self.position < self.seen {
                     let delta = out.delta(self.position);
                     if delta.close(self.seen, true) {
@@ -502,6 +534,12 @@ impl SessionState {
                 return;
             }
         }
+        // Follow the new selection before reading the table (as in
+        // `on_hello`): the shard's parts from here on are the new
+        // selection's, and what came before is caught up from the table.
+        let (follow_id, cursor) = self.shard.join(&selection);
+        self.shard.leave(&self.selection, self.follow_id);
+        (self.follow_id, self.cursor) = (follow_id, cursor);
         let table = engine.table();
         let catalog = table.catalog();
         let seen = self.selection.catalog_version;
@@ -523,15 +561,24 @@ impl SessionState {
         if !redefined.is_empty() {
             catalog_frames(catalog, &redefined, out);
         }
-        if !newly.is_empty() {
-            if table.seq() > self.position {
-                let old = &self.selection;
-                if let Some(n) = catch_up_delta(&table, old, self.position, true, out) {
-                    self.cx.metrics.updates_out.increment(n);
-                }
+        if table.seq() > self.position {
+            // Tags the session keeps (and, before new ones' snapshot,
+            // those it drops) up to the snapshot's seq; a new tag's
+            // Snapshot must not start behind a Delta.
+            let (caught, always) = match newly.is_empty() {
+                true => (&selection, false),
+                false => (&self.selection, true),
+            };
+            let sent = self
+                .shard
+                .catch_up(&table, caught, self.position, always, out);
+            if let Some(n) = sent {
+                self.cx.metrics.updates_out.increment(n);
                 self.position = table.seq();
-                self.seen = self.seen.max(self.position);
             }
+            self.seen = self.seen.max(table.seq());
+        }
+        if !newly.is_empty() {
             catalog_frames(catalog, &newly, out);
             snapshot_frames(&table, &newly, self.position, out);
         }
@@ -539,94 +586,73 @@ impl SessionState {
         self.selection = selection;
     }
 
-    /// Waits for the next batch (the driver's only await on the engine).
-    /// The receiver's own future, not a wrapper: it lives in every idle
-    /// session.
-    pub fn next_batch(
-        &mut self,
-    ) -> impl Future<Output = Result<Arc<Batch>, broadcast::error::RecvError>> + '_ {
-        self.rx.recv()
+    /// Waits until the shard has batches for this session (the driver's
+    /// only await on the engine). A borrow of the session, not a stored
+    /// future: it lives in every idle session.
+    pub fn next_batch(&mut self) -> impl Future<Output = News> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.shard
+                .poll_news(&self.selection, self.follow_id, self.cursor, cx)
+                .map(|()| News::Batches)
+        })
     }
 
-    /// The next batch if one is ready (a Ping's catch-up; tests).
-    pub fn try_batch(&mut self) -> Option<Result<Arc<Batch>, broadcast::error::RecvError>> {
-        use broadcast::error::{RecvError, TryRecvError};
-        match self.rx.try_recv() {
-            Ok(b) => Some(Ok(b)),
-            Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
-            Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
-            Err(TryRecvError::Empty) => None,
-        }
+    /// Batches if some are ready (a Ping's catch-up; tests).
+    pub fn try_batch(&mut self) -> Option<News> {
+        self.shard
+            .has_news(&self.selection, self.cursor)
+            .then_some(News::Batches)
     }
 
-    /// A batch arrived: drains what else is ready and queues it as one
+    /// Batches arrived: queues what the selection takes from them as one
     /// merged Delta, or catches up from the table when behind.
-    pub fn on_batch(
-        &mut self,
-        first: Result<Arc<Batch>, broadcast::error::RecvError>,
-        out: &mut Outbox,
-    ) -> Action {
-        use broadcast::error::{RecvError, TryRecvError};
-        let mut batches = Vec::new();
-        let mut lagged = match first {
-            Ok(b) => {
-                batches.push(b);
-                false
-            }
-            Err(RecvError::Lagged(_)) => true,
-            Err(RecvError::Closed) => return Action::End(End::shutting_down(self.cx.drain_window)),
-        };
-        loop {
-            match self.rx.try_recv() {
-                Ok(b) => batches.push(b),
-                Err(TryRecvError::Lagged(_)) => lagged = true,
-                Err(_) => break,
-            }
+    pub fn on_batch(&mut self, news: News, out: &mut Outbox) -> Action {
+        if news == News::Closed {
+            return Action::End(End::shutting_down(self.cx.drain_window));
         }
-        let behind = self
-            .cx
-            .engine
-            .published_bytes()
-            .saturating_sub(self.consumed);
-        if lagged || behind > self.cx.max_pending_bytes {
+        let taken = self.shard.take(&self.selection, self.cursor);
+        self.cursor = taken.next;
+        if taken.lost || taken.bytes as u64 > self.cx.max_pending_bytes {
             self.catch_up(out);
             return Action::Nothing;
         }
-        if batches
+        if taken
+            .items
             .iter()
-            .any(|b| b.catalog_version > self.selection.catalog_version)
+            .any(|i| i.batch.catalog_version > self.selection.catalog_version)
         {
+            // Brings the position to the table's seq: the items below are
+            // then behind it and skipped.
             self.reselect(self.selection.patterns.clone(), None, out);
-        }
-        if let Some(b) = batches.last() {
-            self.consumed = b.published_before + b.bytes.len() as u64;
         }
         let (position, updates) = merge(
             out,
-            &batches,
+            &taken.items,
             &self.selection,
             self.position,
+            taken.head_seq,
             MAX_DELTA_BYTES,
         );
         self.position = position;
-        if let Some(b) = batches.last() {
-            self.seen = self.seen.max(b.to_seq);
-        }
+        self.seen = self.seen.max(taken.head_seq);
         self.cx.metrics.updates_out.increment(updates);
         Action::Nothing
     }
 
-    /// Drops the backlog and sends one Delta from the position to now.
+    /// Drops the backlog and sends one Delta from the position to the
+    /// table snapshot's seq, shared with the selection's other sessions
+    /// at this position.
     fn catch_up(&mut self, out: &mut Outbox) {
         let engine = self.cx.engine.clone();
-        self.rx = self.rx.resubscribe();
-        self.consumed = engine.published_bytes();
         self.cx.metrics.catch_ups.increment(1);
         if engine.catalog().version() > self.selection.catalog_version {
             self.reselect(self.selection.patterns.clone(), None, out);
         }
         let table = engine.table();
-        if let Some(n) = catch_up_delta(&table, &self.selection, self.position, false, out) {
+        let sent = self
+            .shard
+            .catch_up(&table, &self.selection, self.position, false, out);
+        if let Some(n) = sent {
             self.cx.metrics.updates_out.increment(n);
             self.position = table.seq();
         }
@@ -825,5 +851,11 @@ impl SessionState {
                 ))
             }
         }
+    }
+}
+
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        self.shard.leave(&self.selection, self.follow_id);
     }
 }

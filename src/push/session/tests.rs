@@ -993,7 +993,7 @@ fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
     let h = harness();
     let mut out = Outbox::default();
     let mut s = h.open(hello(&[], None), &mut out);
-    let closed = Err(tokio::sync::broadcast::error::RecvError::Closed);
+    let closed = super::state::News::Closed;
     let Action::End(End::Close(code, reason, None)) = s.on_batch(closed, &mut out) else {
         panic!("expected a close");
     };

@@ -1,0 +1,461 @@
+//! One session shard's share of the fan-out. Owns, for each selection its
+//! sessions follow, the parts of recent batches and the sessions waiting
+//! for them, and the catch-up Deltas its sessions share. Receives batches
+//! from the engine's feed, once per shard and wakeup (by its hub task, or
+//! by whichever session polls first). Emits wakeups to the sessions of the
+//! selections a batch touched only, and parts that every session of a
+//! selection shares.
+//!
+//! Its lock is taken by its own thread only (its hub and its sessions: a
+//! shard is one single-threaded runtime), so it is never contended; the
+//! waits are counted all the same (`tagstream_lock_waits_total`). What
+//! every shard shares is read without a lock: the feed once per batch per
+//! shard, the table snapshot through `arc-swap`.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::engine::batch::{Part, encode_update};
+use crate::engine::feed::LockWaits;
+use crate::engine::selection::Selection;
+use crate::engine::table::TagTable;
+use crate::engine::{Batch, EngineShared};
+use crate::push::outbox::Outbox;
+
+/// Part bytes a shard keeps for all its selections together; each keeps
+/// at least [`MIN_SELECTION_BYTES`]. A session whose parts were dropped
+/// catches up from the table instead (correct, only dearer).
+pub const SHARD_PART_BYTES: usize = 64 << 20;
+/// Part bytes any selection may keep, however many there are.
+pub const MIN_SELECTION_BYTES: usize = 64 << 10;
+/// Catch-up Deltas kept for sharing (per table seq; cleared when it moves).
+const MAX_CATCH_UPS: usize = 4096;
+
+/// One batch's part for one selection, as its sessions read it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The batch's index in the feed.
+    pub index: u64,
+    /// The batch.
+    pub batch: Arc<Batch>,
+    /// What the selection takes from it, for any position at or before
+    /// the batch's start; `None` when the batch only brings a newer
+    /// catalog (the sessions must resolve their selection again).
+    pub part: Option<Part>,
+}
+
+/// What a session takes from its shard at a wakeup.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Its selection's items from its cursor on.
+    pub items: Vec<Item>,
+    /// Items it needed were dropped (the shard missed batches, or the
+    /// selection's bytes ran over): it must catch up from the table.
+    pub lost: bool,
+    /// Part bytes in `items`: past `max_pending_bytes` a catch-up is
+    /// cheaper than the backlog.
+    pub bytes: usize,
+    /// The cursor to keep: the feed index after the newest batch pulled.
+    pub next: u64,
+    /// The newest batch's `to_seq` (what the session has accounted for).
+    pub head_seq: u64,
+}
+
+#[derive(Debug)]
+struct Followed {
+    selection: Arc<Selection>,
+    members: u32,
+    items: VecDeque<Item>,
+    bytes: usize,
+    /// A cursor before this index missed items.
+    lost_before: u64,
+    waiters: Vec<(u64, Waker)>,
+}
+
+impl Followed {
+    /// Drops the oldest item; a cursor before it has now lost it.
+    fn drop_oldest(&mut self) {
+        if let Some(old) = self.items.pop_front() {
+            self.bytes -= old.part.map_or(0, |p| p.bytes.len());
+            self.lost_before = old.index + 1;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Feed index of the next batch to pull.
+    next: u64,
+    /// `to_seq` of the newest batch pulled.
+    head_seq: u64,
+    followed: HashMap<usize, Followed>,
+    /// Shared catch-ups: (selection, position) -> (body, updates), valid
+    /// for table seq `catch_up_seq`.
+    catch_ups: HashMap<(usize, u64), (Arc<Selection>, Bytes, u64)>,
+    catch_up_seq: u64,
+    next_id: u64,
+    /// Selections followed, sessions woken and catch-ups shared, for the
+    /// benchmarks' notes (`counters`).
+    counters: Counters,
+}
+
+/// What a shard did, for measurements.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Counters {
+    /// Batches pulled from the feed.
+    pub batches: u64,
+    /// Sessions woken by a batch.
+    pub wakeups: u64,
+    /// Catch-up Deltas encoded.
+    pub catch_ups_encoded: u64,
+    /// Catch-up Deltas served from another session's encoding.
+    pub catch_ups_shared: u64,
+}
+
+/// A shard's fan-out state.
+#[derive(Debug)]
+pub struct Shard {
+    engine: Arc<EngineShared>,
+    max_selection_bytes: usize,
+    inner: Mutex<Inner>,
+    /// Waits on this shard's lock (expected: none).
+    pub waits: LockWaits,
+}
+
+thread_local! {
+    /// The shards of this thread, one per engine (tests run several).
+    static HERE: RefCell<Vec<Weak<Shard>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Shard {
+    /// A shard following `engine`'s feed from now on; a selection keeps at
+    /// most `max_selection_bytes` of parts.
+    pub fn new(engine: Arc<EngineShared>, max_selection_bytes: usize) -> Arc<Shard> {
+        let next = engine.feed.published();
+        let head_seq = engine.table().seq();
+        Arc::new(Shard {
+            engine,
+            max_selection_bytes: max_selection_bytes.max(MIN_SELECTION_BYTES),
+            inner: Mutex::new(Inner {
+                next,
+                head_seq,
+                ..Inner::default()
+            }),
+            waits: LockWaits::new("shard"),
+        })
+    }
+
+    /// Makes `shard` this thread's shard for its engine.
+    pub fn enter(shard: &Arc<Shard>) {
+        HERE.with_borrow_mut(|here| {
+            here.retain(|w| w.strong_count() > 0);
+            here.push(Arc::downgrade(shard));
+        });
+    }
+
+    /// This thread's shard for `engine`: a session shard's own, or (a test
+    /// or a session on another runtime) one made here, with a hub on the
+    /// current runtime if there is one.
+    pub fn here(engine: &Arc<EngineShared>, max_selection_bytes: usize) -> Arc<Shard> {
+        let found = HERE.with_borrow(|here| {
+            here.iter()
+                .filter_map(Weak::upgrade)
+                .find(|s| Arc::ptr_eq(&s.engine, engine))
+        });
+        if let Some(shard) = found {
+            return shard;
+        }
+        let shard = Shard::new(engine.clone(), max_selection_bytes);
+        Shard::enter(&shard);
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(hub(Arc::downgrade(&shard)));
+        }
+        shard
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.waits.lock(&self.inner)
+    }
+
+    /// Starts following `selection` for a session; returns the session's
+    /// id (for its waker) and its cursor.
+    pub fn join(&self, selection: &Arc<Selection>) -> (u64, u64) {
+        let mut inner = self.lock();
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let next = inner.next;
+        let f = inner
+            .followed
+            .entry(key(selection))
+            .or_insert_with(|| Followed {
+                selection: selection.clone(),
+                members: 0,
+                items: VecDeque::new(),
+                bytes: 0,
+                lost_before: 0,
+                waiters: Vec::new(),
+            });
+        f.members += 1;
+        (id, next)
+    }
+
+    /// A session stops following `selection` (it ended or moved on).
+    pub fn leave(&self, selection: &Arc<Selection>, id: u64) {
+        let mut inner = self.lock();
+        let k = key(selection);
+        if let Some(f) = inner.followed.get_mut(&k) {
+            f.waiters.retain(|(w, _)| *w != id);
+            f.members = f.members.saturating_sub(1);
+            if f.members == 0 {
+                inner.followed.remove(&k);
+            }
+        }
+    }
+
+    /// Pulls what the feed has past this shard's cursor and hands each
+    /// batch to the selections it touches; wakes their waiting sessions.
+    pub fn advance(&self) {
+        let wake = {
+            let mut inner = self.lock();
+            self.pull(&mut inner)
+        };
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    fn pull(&self, inner: &mut Inner) -> Vec<Waker> {
+        let mut wake = Vec::new();
+        if self.engine.feed.published() <= inner.next {
+            return wake;
+        }
+        let pulled = self.engine.feed.pull(inner.next);
+        if pulled.first > inner.next {
+            // Batches this shard never saw: every session before them
+            // catches up.
+            for f in inner.followed.values_mut() {
+                f.lost_before = pulled.first;
+                f.items.clear();
+                f.bytes = 0;
+                wake.extend(f.waiters.drain(..).map(|(_, w)| w));
+            }
+        }
+        let share = (SHARD_PART_BYTES / inner.followed.len().max(1))
+            .clamp(MIN_SELECTION_BYTES, self.max_selection_bytes);
+        let count = pulled.batches.len() as u64;
+        for (i, batch) in pulled.batches.into_iter().enumerate() {
+            let index = pulled.first + i as u64;
+            inner.counters.batches += 1;
+            inner.head_seq = batch.to_seq;
+            for f in inner.followed.values_mut() {
+                let part = batch.assemble(&f.selection, batch.from_seq);
+                let newer_catalog = batch.catalog_version > f.selection.catalog_version;
+                if part.is_none() && !newer_catalog {
+                    continue;
+                }
+                f.bytes += part.as_ref().map_or(0, |p| p.bytes.len());
+                f.items.push_back(Item {
+                    index,
+                    batch: batch.clone(),
+                    part,
+                });
+                while f.bytes > share && f.items.len() > 1 {
+                    f.drop_oldest();
+                }
+                inner.counters.wakeups += f.waiters.len() as u64;
+                wake.extend(f.waiters.drain(..).map(|(_, w)| w));
+            }
+        }
+        // Parts live as long as their batch in the feed's ring (about a
+        // second), not longer: memory follows the traffic of that window.
+        for f in inner.followed.values_mut() {
+            while f.items.front().is_some_and(|i| i.index < pulled.oldest) {
+                f.drop_oldest();
+            }
+        }
+        inner.next = pulled.first + count;
+        wake
+    }
+
+    /// Ready when the selection has items at or after `cursor` (or lost
+    /// some); else the waker is kept until a batch touches it.
+    pub fn poll_news(
+        &self,
+        selection: &Arc<Selection>,
+        id: u64,
+        cursor: u64,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let (ready, wake) = {
+            let mut inner = self.lock();
+            let wake = self.pull(&mut inner);
+            let ready = match inner.followed.get_mut(&key(selection)) {
+                None => true,
+                Some(f) => {
+                    let news =
+                        f.lost_before > cursor || f.items.back().is_some_and(|i| i.index >= cursor);
+                    if !news {
+                        match f.waiters.iter_mut().find(|(w, _)| *w == id) {
+                            Some((_, w)) => w.clone_from(cx.waker()),
+                            None => f.waiters.push((id, cx.waker().clone())),
+                        }
+                    }
+                    news
+                }
+            };
+            (ready, wake)
+        };
+        for w in wake {
+            w.wake();
+        }
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Whether a poll would be ready now (a Ping's catch-up, tests).
+    pub fn has_news(&self, selection: &Arc<Selection>, cursor: u64) -> bool {
+        let wake = {
+            let mut inner = self.lock();
+            let wake = self.pull(&mut inner);
+            let news = inner.followed.get(&key(selection)).is_none_or(|f| {
+                f.lost_before > cursor || f.items.back().is_some_and(|i| i.index >= cursor)
+            });
+            (news, wake)
+        };
+        for w in wake.1 {
+            w.wake();
+        }
+        wake.0
+    }
+
+    /// The newest batch's `to_seq` (after pulling): a session with no
+    /// news has accounted for everything up to it.
+    pub fn head_seq(&self) -> u64 {
+        let (head, wake) = {
+            let mut inner = self.lock();
+            let wake = self.pull(&mut inner);
+            (inner.head_seq, wake)
+        };
+        for w in wake {
+            w.wake();
+        }
+        head
+    }
+
+    /// The selection's items from `cursor` on, and where the session's
+    /// cursor goes next.
+    pub fn take(&self, selection: &Arc<Selection>, cursor: u64) -> Taken {
+        let mut inner = self.lock();
+        let wake = self.pull(&mut inner);
+        let (next, head_seq) = (inner.next, inner.head_seq);
+        let mut taken = Taken {
+            next,
+            head_seq,
+            ..Taken::default()
+        };
+        match inner.followed.get(&key(selection)) {
+            None => taken.lost = true,
+            Some(f) if f.lost_before > cursor => taken.lost = true,
+            Some(f) => {
+                let start = f.items.partition_point(|i| i.index < cursor);
+                taken.items = f.items.range(start..).cloned().collect();
+                taken.bytes = taken
+                    .items
+                    .iter()
+                    .map(|i| i.part.as_ref().map_or(0, |p| p.bytes.len()))
+                    .sum();
+            }
+        }
+        drop(inner);
+        for w in wake {
+            w.wake();
+        }
+        taken
+    }
+
+    /// Queues a Delta of the selected tags changed after `position` in
+    /// `table`, encoded once for every session of the selection at that
+    /// position and table seq. Returns the updates, `None` if no Delta
+    /// went (nothing changed and not `always`).
+    pub fn catch_up(
+        &self,
+        table: &TagTable,
+        selection: &Arc<Selection>,
+        position: u64,
+        always: bool,
+        out: &mut Outbox,
+    ) -> Option<u64> {
+        let (body, updates) = {
+            let mut inner = self.lock();
+            if inner.catch_up_seq != table.seq() {
+                inner.catch_up_seq = table.seq();
+                inner.catch_ups.clear();
+            }
+            let k = (key(selection), position);
+            match inner.catch_ups.get(&k) {
+                Some((_, body, updates)) => {
+                    let found = (body.clone(), *updates);
+                    inner.counters.catch_ups_shared += 1;
+                    found
+                }
+                None => {
+                    let (body, updates) = catch_up_body(table, selection, position);
+                    inner.counters.catch_ups_encoded += 1;
+                    if inner.catch_ups.len() < MAX_CATCH_UPS {
+                        inner
+                            .catch_ups
+                            .insert(k, (selection.clone(), body.clone(), updates));
+                    }
+                    (body, updates)
+                }
+            }
+        };
+        let mut delta = out.delta(position);
+        if !body.is_empty() {
+            delta.push(body);
+        }
+        delta.close(table.seq(), always).then_some(updates)
+    }
+
+    /// What this shard did so far.
+    pub fn counters(&self) -> Counters {
+        self.lock().counters
+    }
+}
+
+/// The encoded updates of the selected tags changed after `position`.
+pub fn catch_up_body(table: &TagTable, selection: &Selection, position: u64) -> (Bytes, u64) {
+    let mut buf = BytesMut::new();
+    let mut updates = 0;
+    for (id, state) in table.changed_since(position, selection) {
+        encode_update(3, id, state, &mut buf);
+        updates += 1;
+    }
+    (buf.freeze(), updates)
+}
+
+fn key(selection: &Arc<Selection>) -> usize {
+    Arc::as_ptr(selection) as usize
+}
+
+/// A shard's hub: pulls each batch as the engine publishes it, so sessions
+/// are woken by the batches that concern them. Ends with its shard (or the
+/// engine).
+pub async fn hub(shard: Weak<Shard>) {
+    let Some(mut signal) = shard.upgrade().map(|s| s.engine.feed.watch()) else {
+        return;
+    };
+    while signal.changed().await.is_ok() {
+        match shard.upgrade() {
+            Some(s) => s.advance(),
+            None => return,
+        }
+    }
+}
