@@ -334,11 +334,12 @@ fn start_shards(
             // sessions (`shard`), on its own thread.
             let cx = &push.sessions;
             let shard = shard::Shard::new(cx.engine.clone(), cx.max_pending_bytes as usize);
+            let heartbeat = cx.heartbeat.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tagstream-push-{i}"))
                 .spawn(move || {
                     shard::Shard::enter(&shard);
-                    runtime.spawn(shard::hub(Arc::downgrade(&shard)));
+                    runtime.spawn(shard::hub(Arc::downgrade(&shard), Some(heartbeat)));
                     // Sessions keep running here through their close
                     // handshakes, until the tracker is empty.
                     runtime.block_on(async {

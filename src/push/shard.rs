@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
 
 use crate::engine::batch::{Part, encode_update};
 use crate::engine::feed::LockWaits;
@@ -34,6 +35,20 @@ pub const SHARD_PART_BYTES: usize = 64 << 20;
 pub const MIN_SELECTION_BYTES: usize = 64 << 10;
 /// Catch-up Deltas kept for sharing (per table seq; cleared when it moves).
 const MAX_CATCH_UPS: usize = 4096;
+
+/// What wakes a session waiting on its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    /// Its shard has batches for it.
+    Batches,
+    /// A heartbeat period passed (the shard's tick count).
+    Tick(u64),
+    /// No more batches will come: the server is shutting down.
+    Closed,
+}
+
+/// How often a shard's tally reaches `/metrics`.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One batch's part for one selection, as its sessions read it.
 #[derive(Debug, Clone)]
@@ -98,6 +113,16 @@ struct Inner {
     catch_ups: HashMap<(usize, u64), (Arc<Selection>, Bytes, u64)>,
     catch_up_seq: u64,
     next_id: u64,
+    /// Heartbeat periods passed (relayed by the hub to every session).
+    tick: u64,
+    /// The heartbeat clock stopped: the server is shutting down.
+    closed: bool,
+    /// Frames, bytes and updates sent by this shard's sessions since the
+    /// last flush to the process-wide counters, and when that was:
+    /// counting each send there would make those counters a cache line
+    /// every shard writes on every wakeup.
+    tally: (u64, u64, u64),
+    flushed: Option<std::time::Instant>,
     /// Selections followed, sessions woken and catch-ups shared, for the
     /// benchmarks' notes (`counters`).
     counters: Counters,
@@ -172,7 +197,7 @@ impl Shard {
         let shard = Shard::new(engine.clone(), max_selection_bytes);
         Shard::enter(&shard);
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(hub(Arc::downgrade(&shard)));
+            tokio::spawn(hub(Arc::downgrade(&shard), None));
         }
         shard
     }
@@ -281,20 +306,24 @@ impl Shard {
         wake
     }
 
-    /// Ready when the selection has items at or after `cursor` (or lost
-    /// some); else the waker is kept until a batch touches it.
+    /// Ready when the shard closed, a heartbeat passed since `tick`, or
+    /// the selection has items at or after `cursor` (or lost some); else
+    /// the waker is kept until one of these happens.
     pub fn poll_news(
         &self,
         selection: &Arc<Selection>,
         id: u64,
-        cursor: u64,
+        (cursor, tick): (u64, u64),
         cx: &mut Context<'_>,
-    ) -> Poll<()> {
+    ) -> Poll<News> {
         let (ready, wake) = {
             let mut inner = self.lock();
             let wake = self.pull(&mut inner);
+            let (closed, now) = (inner.closed, inner.tick);
             let ready = match inner.followed.get_mut(&key(selection)) {
-                None => true,
+                _ if closed => Some(News::Closed),
+                _ if now != tick => Some(News::Tick(now)),
+                None => Some(News::Batches),
                 Some(f) => {
                     let news =
                         f.lost_before > cursor || f.items.back().is_some_and(|i| i.index >= cursor);
@@ -304,7 +333,7 @@ impl Shard {
                             None => f.waiters.push((id, cx.waker().clone())),
                         }
                     }
-                    news
+                    news.then_some(News::Batches)
                 }
             };
             (ready, wake)
@@ -312,10 +341,58 @@ impl Shard {
         for w in wake {
             w.wake();
         }
-        if ready {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        match ready {
+            Some(news) => Poll::Ready(news),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The heartbeat clock ticked (`closed`: it stopped): every session
+    /// of the shard is woken to ping or to close.
+    pub fn heartbeat(&self, closed: bool) {
+        let wake: Vec<Waker> = {
+            let mut inner = self.lock();
+            inner.tick += 1;
+            inner.closed |= closed;
+            inner
+                .followed
+                .values_mut()
+                .flat_map(|f| f.waiters.drain(..).map(|(_, w)| w))
+                .collect()
+        };
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    /// The heartbeat periods passed so far.
+    pub fn tick(&self) -> u64 {
+        self.lock().tick
+    }
+
+    /// Counts what a session sent; reaches `/metrics` at most
+    /// [`FLUSH_EVERY`] later.
+    pub fn count(
+        &self,
+        metrics: &crate::telemetry::PushMetrics,
+        frames: u64,
+        bytes: u64,
+        updates: u64,
+    ) {
+        let mut inner = self.lock();
+        let t = &mut inner.tally;
+        (t.0, t.1, t.2) = (t.0 + frames, t.1 + bytes, t.2 + updates);
+        let now = std::time::Instant::now();
+        if inner
+            .flushed
+            .is_none_or(|at| now.duration_since(at) >= FLUSH_EVERY)
+        {
+            let (frames, bytes, updates) = std::mem::take(&mut inner.tally);
+            inner.flushed = Some(now);
+            drop(inner);
+            metrics.frames_out.increment(frames);
+            metrics.bytes_out.increment(bytes);
+            metrics.updates_out.increment(updates);
         }
     }
 
@@ -446,16 +523,37 @@ fn key(selection: &Arc<Selection>) -> usize {
 }
 
 /// A shard's hub: pulls each batch as the engine publishes it, so sessions
-/// are woken by the batches that concern them. Ends with its shard (or the
-/// engine).
-pub async fn hub(shard: Weak<Shard>) {
+/// are woken by the batches that concern them, and relays the heartbeat
+/// clock (one waiter per shard on the process-wide clock, not one per
+/// session). Ends with its shard (or the engine).
+pub async fn hub(shard: Weak<Shard>, heartbeat: Option<watch::Receiver<u64>>) {
     let Some(mut signal) = shard.upgrade().map(|s| s.engine.feed.watch()) else {
         return;
     };
-    while signal.changed().await.is_ok() {
-        match shard.upgrade() {
-            Some(s) => s.advance(),
-            None => return,
+    let mut heartbeat = heartbeat;
+    loop {
+        let beat = async {
+            match heartbeat.as_mut() {
+                Some(h) => h.changed().await.is_err(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = signal.changed() => {
+                let Some(s) = shard.upgrade() else { return };
+                if changed.is_err() {
+                    s.heartbeat(true);
+                    return;
+                }
+                s.advance();
+            }
+            closed = beat => {
+                let Some(s) = shard.upgrade() else { return };
+                s.heartbeat(closed);
+                if closed {
+                    heartbeat = None;
+                }
+            }
         }
     }
 }

@@ -157,15 +157,13 @@ async fn serve<S: Socket>(
     hello: proto::Hello,
 ) -> End {
     let mut out = Outbox::default();
-    let mut heartbeat = cx.heartbeat.clone();
-    heartbeat.mark_unchanged();
     let mut session = match SessionState::on_hello(cx.clone(), principal, hello, &mut out) {
         Ok(session) => session,
         Err(end) => return end,
     };
     let mut writes: Writes = None;
     let mut expiry: Expiry = None;
-    if let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await {
+    if let Err(end) = send(ws, &session, &cx, &mut out).await {
         return end;
     }
     loop {
@@ -180,13 +178,9 @@ async fn serve<S: Socket>(
                     Err(end) => Action::End(end),
                 }
             }
-            batch = session.next_batch() => session.on_batch(batch, &mut out),
-            changed = heartbeat.changed() => match changed {
-                Ok(()) => session.on_tick(&mut out),
-                // The clock stops at shutdown: one signal for every session
-                // instead of a second waiter in each.
-                Err(_) => Action::End(End::shutting_down(cx.drain_window)),
-            },
+            // Batches, heartbeat ticks and the clock's end at shutdown all
+            // come through the session's shard: one waiter per session.
+            news = session.next_batch() => session.on_batch(news, &mut out),
             () = expired(&mut expiry) => session.on_expiry(Now::current(), *peer),
             Some(done) = next_write(&mut writes) => {
                 session.on_write_done(done, *peer, &mut out);
@@ -201,7 +195,7 @@ async fn serve<S: Socket>(
             Action::End(end) => return end,
         }
         if !out.is_empty()
-            && let Err(end) = send(ws, &mut heartbeat, &cx, &mut out).await
+            && let Err(end) = send(ws, &session, &cx, &mut out).await
         {
             return end;
         }
@@ -247,10 +241,10 @@ async fn next_write(writes: &mut Writes) -> Option<WriteDone> {
 
 /// Writes `out`; a peer that takes two heartbeat periods to accept the
 /// bytes is dead. tungstenite's own pending replies (a pong) go first, so
-/// frames never interleave.
+/// frames never interleave. The timer is armed only if the write waits.
 async fn send<S: Socket>(
     ws: &mut S,
-    heartbeat: &mut tokio::sync::watch::Receiver<u64>,
+    session: &SessionState,
     cx: &SessionContext,
     out: &mut Outbox,
 ) -> Result<(), End> {
@@ -259,22 +253,13 @@ async fn send<S: Socket>(
         ws.flush().await.map_err(|_| ())?;
         out.write_to(ws.io()).await.map_err(|_| ())
     };
-    tokio::pin!(io);
-    let mut ticks = 0;
-    loop {
-        tokio::select! {
-            result = &mut io => {
-                cx.metrics.frames_out.increment(frames);
-                cx.metrics.bytes_out.increment(bytes);
-                return result.map_err(|_| End::Gone("write error"));
-            }
-            Ok(()) = heartbeat.changed() => {
-                ticks += 1;
-                if ticks >= 2 {
-                    return Err(End::Gone("peer stopped reading for two heartbeat periods"));
-                }
-            }
+    let patience = Duration::from_millis(2 * u64::from(cx.heartbeat_ms.max(1)));
+    match tokio::time::timeout(patience, io).await {
+        Ok(result) => {
+            session.shard().count(&cx.metrics, frames, bytes, 0);
+            result.map_err(|_| End::Gone("write error"))
         }
+        Err(_) => Err(End::Gone("peer stopped reading for two heartbeat periods")),
     }
 }
 

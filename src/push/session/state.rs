@@ -34,6 +34,7 @@ use crate::peer_text::shown;
 use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_message};
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
+pub use crate::push::shard::News;
 use crate::push::shard::Shard;
 use crate::rate::Bucket;
 use crate::sample::TagId;
@@ -89,8 +90,8 @@ pub struct SessionContext {
     pub drain_window: std::time::Duration,
     /// Time allowed between the 101 and the Hello (driver).
     pub hello_timeout: std::time::Duration,
-    /// Shared heartbeat clock: one timer for all sessions, not one each;
-    /// it closes at shutdown (driver).
+    /// Shared heartbeat clock: one timer for all sessions, relayed to them
+    /// by their shard's hub; it closes at shutdown.
     pub heartbeat: watch::Receiver<u64>,
     /// Counters.
     pub metrics: PushMetrics,
@@ -226,15 +227,6 @@ struct Requests {
     rate_audit: crate::rate::Throttle,
 }
 
-/// What woke a session waiting for batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum News {
-    /// Its shard has batches for it.
-    Batches,
-    /// No more batches will come (the engine stopped).
-    Closed,
-}
-
 /// One session's protocol state.
 pub struct SessionState {
     cx: Arc<SessionContext>,
@@ -251,6 +243,8 @@ pub struct SessionState {
     cursor: u64,
     /// This session's id in its shard (for its waker).
     follow_id: u64,
+    /// The shard's heartbeat count this session last acted on.
+    tick: u64,
     alive: bool,
     /// Write and Browse allowances, boxed on a session's first request:
     /// most sessions never make one, and every idle session pays for what
@@ -286,6 +280,7 @@ impl SessionState {
         // before is in the table read below.
         let shard = Shard::here(&engine, cx.max_pending_bytes as usize);
         let (follow_id, cursor) = shard.join(&selection);
+        let tick = shard.tick();
         let table = engine.table();
         let current = table.seq();
         let outcome = match hello.resume {
@@ -339,6 +334,7 @@ impl SessionState {
             shard,
             cursor,
             follow_id,
+            tick,
             alive: true,
             requests: None,
             pings: 0,
@@ -573,7 +569,7 @@ impl SessionState {
                 .shard
                 .catch_up(&table, caught, self.position, always, out);
             if let Some(n) = sent {
-                self.cx.metrics.updates_out.increment(n);
+                self.shard.count(&self.cx.metrics, 0, 0, n);
                 self.position = table.seq();
             }
             self.seen = self.seen.max(table.seq());
@@ -591,9 +587,9 @@ impl SessionState {
     /// future: it lives in every idle session.
     pub fn next_batch(&mut self) -> impl Future<Output = News> + '_ {
         std::future::poll_fn(move |cx| {
+            let at = (self.cursor, self.tick);
             self.shard
-                .poll_news(&self.selection, self.follow_id, self.cursor, cx)
-                .map(|()| News::Batches)
+                .poll_news(&self.selection, self.follow_id, at, cx)
         })
     }
 
@@ -605,10 +601,16 @@ impl SessionState {
     }
 
     /// Batches arrived: queues what the selection takes from them as one
-    /// merged Delta, or catches up from the table when behind.
+    /// merged Delta, or catches up from the table when behind. (A tick or
+    /// the clock's end come the same way: see [`News`].)
     pub fn on_batch(&mut self, news: News, out: &mut Outbox) -> Action {
-        if news == News::Closed {
-            return Action::End(End::shutting_down(self.cx.drain_window));
+        match news {
+            News::Batches => {}
+            News::Tick(tick) => {
+                self.tick = tick;
+                return self.on_tick(out);
+            }
+            News::Closed => return Action::End(End::shutting_down(self.cx.drain_window)),
         }
         let taken = self.shard.take(&self.selection, self.cursor);
         self.cursor = taken.next;
@@ -635,7 +637,7 @@ impl SessionState {
         );
         self.position = position;
         self.seen = self.seen.max(taken.head_seq);
-        self.cx.metrics.updates_out.increment(updates);
+        self.shard.count(&self.cx.metrics, 0, 0, updates);
         Action::Nothing
     }
 
@@ -653,7 +655,7 @@ impl SessionState {
             .shard
             .catch_up(&table, &self.selection, self.position, false, out);
         if let Some(n) = sent {
-            self.cx.metrics.updates_out.increment(n);
+            self.shard.count(&self.cx.metrics, 0, 0, n);
             self.position = table.seq();
         }
         self.seen = self.seen.max(table.seq());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use super::state::{Action, End, Now, SessionContext, SessionState, decode, expect_hello};
+use super::state::{Action, End, News, Now, SessionContext, SessionState, decode, expect_hello};
 use super::writes::PendingWrite;
 use crate::auth::Principal;
 use crate::command::{LocalSources, WriteCommand};
@@ -1079,4 +1079,133 @@ async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
         k.len()
     );
     assert_eq!(s.patterns(), ["#"]);
+}
+
+/// A waker that counts its wakes.
+struct Wakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Arc<Wakes>, std::task::Waker) {
+    let wakes = Arc::new(Wakes(0.into()));
+    (wakes.clone(), std::task::Waker::from(wakes))
+}
+
+fn woken(w: &Wakes) -> usize {
+    w.0.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Polls the session's wait once with `waker`.
+fn poll_wait(s: &mut SessionState, waker: &std::task::Waker) -> std::task::Poll<News> {
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut wait = std::pin::pin!(s.next_batch());
+    wait.as_mut().poll(&mut cx)
+}
+
+#[test]
+fn a_batch_wakes_only_the_sessions_whose_selection_it_touches() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut on_a = h.open(hello(&["a/#"], None), &mut out);
+    let mut on_b = h.open(hello(&["b/#"], None), &mut out);
+    kinds(&mut out);
+    let (wakes_a, waker_a) = counting_waker();
+    let (wakes_b, waker_b) = counting_waker();
+    assert!(poll_wait(&mut on_a, &waker_a).is_pending());
+    assert!(poll_wait(&mut on_b, &waker_b).is_pending());
+    h.set(0, 1.0); // a/x
+    on_a.shard().advance(); // what the shard's hub does on each batch
+    assert_eq!((woken(&wakes_a), woken(&wakes_b)), (1, 0));
+    assert_eq!(
+        poll_wait(&mut on_a, &waker_a),
+        std::task::Poll::Ready(News::Batches)
+    );
+    assert!(poll_wait(&mut on_b, &waker_b).is_pending());
+    // Ten batches for b: b is woken once (its waker is taken), a never.
+    for i in 0..10 {
+        h.set(2, f64::from(i));
+    }
+    on_b.shard().advance();
+    assert_eq!((woken(&wakes_a), woken(&wakes_b)), (1, 1));
+    assert!(matches!(
+        on_b.on_batch(News::Batches, &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!(
+        (d.from_seq, d.to_seq, ids(&d.updates)),
+        (0, 11, vec![3; 10])
+    );
+    // a's Delta starts at its position and runs to the newest batch.
+    assert!(matches!(
+        on_a.on_batch(News::Batches, &mut out),
+        Action::Nothing
+    ));
+    let k = kinds(&mut out);
+    let [Kind::Delta(d)] = &k[..] else {
+        panic!("{k:?}")
+    };
+    assert_eq!((d.from_seq, d.to_seq, ids(&d.updates)), (0, 11, vec![1]));
+}
+
+#[test]
+fn sessions_of_one_selection_behind_at_one_position_share_one_catch_up() {
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let mut sessions: Vec<_> = (0..3)
+        .map(|_| h.open(hello(&["a/x"], None), &mut out))
+        .collect();
+    kinds(&mut out);
+    let before = sessions[0].shard().counters();
+    for i in 0..(BATCH_RING as u64 + 10) {
+        h.set(0, i as f64 + 1.0);
+    }
+    let mut frames = Vec::new();
+    for s in &mut sessions {
+        assert!(matches!(
+            s.on_batch(News::Batches, &mut out),
+            Action::Nothing
+        ));
+        frames.push(out.take_frames());
+    }
+    assert!(frames.iter().all(|f| f == &frames[0]), "the same Delta");
+    let after = sessions[0].shard().counters();
+    assert_eq!(after.catch_ups_encoded - before.catch_ups_encoded, 1);
+    assert_eq!(after.catch_ups_shared - before.catch_ups_shared, 2);
+}
+
+#[test]
+fn heartbeats_and_the_clocks_end_reach_waiting_sessions_through_their_shard() {
+    let h = harness();
+    let mut out = Outbox::default();
+    let mut s = h.open(hello(&["a/x"], None), &mut out);
+    kinds(&mut out);
+    let (wakes, waker) = counting_waker();
+    assert!(poll_wait(&mut s, &waker).is_pending());
+    s.shard().heartbeat(false);
+    assert_eq!(woken(&wakes), 1);
+    let tick = s.shard().tick();
+    assert_eq!(
+        poll_wait(&mut s, &waker),
+        std::task::Poll::Ready(News::Tick(tick))
+    );
+    assert!(matches!(
+        s.on_batch(News::Tick(tick), &mut out),
+        Action::Nothing
+    ));
+    let frames = out.take_frames();
+    assert_eq!(frames.len(), 1, "a ping");
+    assert!(poll_wait(&mut s, &waker).is_pending(), "one tick, one ping");
+    s.shard().heartbeat(true);
+    assert_eq!(
+        poll_wait(&mut s, &waker),
+        std::task::Poll::Ready(News::Closed)
+    );
 }
