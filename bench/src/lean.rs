@@ -82,6 +82,9 @@ pub enum LeanError {
     /// Something that is not the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The TCP connect (from a chosen source address) failed.
+    #[error("connect: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl Lean {
@@ -91,15 +94,49 @@ impl Lean {
         patterns: &[String],
         resume: Option<proto::Resume>,
     ) -> Result<Lean, LeanError> {
+        Lean::connect_from(url, patterns, resume, None).await
+    }
+
+    /// [`connect`](Lean::connect) from a given loopback source address:
+    /// one source address has about 28,000 ephemeral ports towards the
+    /// server's one port, so 50,000 clients spread over several
+    /// (127.0.0.0/8 is all loopback on Linux).
+    pub async fn connect_from(
+        url: &str,
+        patterns: &[String],
+        resume: Option<proto::Resume>,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Lean, LeanError> {
         let mut req = url.into_client_request().map_err(Box::new)?;
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(proto::SUBPROTOCOL),
         );
         let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
-        let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
-            .await
-            .map_err(Box::new)?;
+        let mut ws = match source {
+            None => {
+                tokio_tungstenite::connect_async_with_config(req, Some(config), true)
+                    .await
+                    .map_err(Box::new)?
+                    .0
+            }
+            Some(ip) => {
+                let host = req.uri().host().unwrap_or("127.0.0.1").to_string();
+                let port = req.uri().port_u16().unwrap_or(80);
+                let server: std::net::SocketAddr = format!("{host}:{port}")
+                    .parse()
+                    .map_err(|_| LeanError::Protocol(format!("not an address: {host}:{port}")))?;
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((ip, 0).into())?;
+                let stream = socket.connect(server).await?;
+                stream.set_nodelay(true)?;
+                let stream = MaybeTlsStream::Plain(stream);
+                tokio_tungstenite::client_async_with_config(req, stream, Some(config))
+                    .await
+                    .map_err(Box::new)?
+                    .0
+            }
+        };
         let hello = proto::Hello {
             client_name: "bench".into(),
             resume,

@@ -80,6 +80,27 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Makes sure this process (and the server it starts, which inherits the
+/// limit) may open `needed` descriptors: raises the soft limit, and the
+/// hard one when allowed (root). A clear error instead of clients that
+/// hang on `EMFILE` halfway through a run.
+pub fn ensure_fd_limit(needed: u64) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft >= needed {
+        return Ok(());
+    }
+    if rlimit::Resource::NOFILE
+        .set(needed, needed.max(hard))
+        .is_ok()
+    {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "this run needs about {needed} file descriptors and the limit is {soft} (hard {hard}): raise it (`ulimit -n {needed}` as root, or LimitNOFILE) and run again"
+    )
+}
+
 /// A latency histogram, µs, 1 µs .. 60 s, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static histogram bounds")

@@ -61,6 +61,17 @@ struct Args {
     /// Spread the clients over this many read scopes (static tokens).
     #[arg(long, default_value_t = 1)]
     scopes: usize,
+    /// Session threads of the server under test (default: half the
+    /// cores this generator sees).
+    #[arg(long)]
+    push_threads: Option<usize>,
+    /// Pin the server to these CPUs (a `taskset` list, e.g. `0-1`), so a
+    /// machine with more cores measures the server alone.
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// Pin this generator to these CPUs (e.g. `2-7`).
+    #[arg(long)]
+    generator_cpus: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -76,6 +87,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tagstream_bench::raise_fd_limit();
+    if let Some(cpus) = &args.generator_cpus {
+        tagstream_bench::server::pin_self(cpus)?;
+    }
+    tagstream_bench::server::place(tagstream_bench::server::Placement {
+        push_threads: args.push_threads,
+        cpus: args.server_cpus.clone(),
+    });
     let bin = args
         .server
         .clone()

@@ -40,11 +40,43 @@ pub async fn wait_port(port: u16, within: Duration) -> anyhow::Result<()> {
     .with_context(|| format!("nothing listening on {port} after {within:?}"))
 }
 
-/// Session threads for a benchmark server: half the cores, because the load
-/// generator runs on the same machine and takes the other half (on the
-/// 2-core reference machine: one).
+/// Where the server under test runs: `--push-threads` and
+/// `--server-cpus`, set once by `main`.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// Session threads (`[server] push_threads`); `None`: half the cores.
+    pub push_threads: Option<usize>,
+    /// CPU list for `taskset -c` (e.g. `0-1`); `None`: anywhere.
+    pub cpus: Option<String>,
+}
+
+static PLACEMENT: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
+
+/// Sets where every server of this run goes (first call wins).
+pub fn place(p: Placement) {
+    let _ = PLACEMENT.set(p);
+}
+
+/// Session threads for a benchmark server: `--push-threads`, else half the
+/// cores, because the load generator runs on the same machine and takes
+/// the other half (on the 2-core reference machine: one).
 pub fn push_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    PLACEMENT
+        .get()
+        .and_then(|p| p.push_threads)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)))
+}
+
+/// Pins the calling process, all its threads, to `cpus` (a `taskset`
+/// list): threads made later inherit it.
+pub fn pin_self(cpus: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-c", "-p", cpus, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running taskset (util-linux)")?;
+    anyhow::ensure!(status.success(), "taskset -a -c -p {cpus} failed: {status}");
+    Ok(())
 }
 
 impl Server {
@@ -76,7 +108,15 @@ impl Server {
         );
         let path = dir.path("tagstream.toml");
         std::fs::write(&path, config)?;
-        let child = tokio::process::Command::new(bin)
+        let mut command = match PLACEMENT.get().and_then(|p| p.cpus.as_deref()) {
+            Some(cpus) => {
+                let mut c = tokio::process::Command::new("taskset");
+                c.args(["-c", cpus]).arg(bin);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&path)

@@ -1,6 +1,8 @@
 //! The servers of a side-by-side run as child processes: Mosquitto (MQTT
 //! over WebSocket), nats-server (NATS over WebSocket), and `tagstream run`
-//! fed by a Mosquitto over its MQTT source.
+//! fed by a Mosquitto over its MQTT source (or, without Mosquitto, by the
+//! rumqttd broker `tagstream demo` uses, inside this process: its CPU then
+//! counts as the generator's, and the relay's reads 0).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -90,9 +92,16 @@ impl Servers {
                 format!("ws://127.0.0.1:{ws}/")
             }
             Peer::Tagstream => {
-                let broker = mosquitto(dir.dir(), tcp, None).await?;
-                relay_pid = broker.id().map(|p| p.to_string());
-                children.push(broker);
+                if tagstream_testkit::find_program("mosquitto").is_some() {
+                    let broker = mosquitto(dir.dir(), tcp, None).await?;
+                    relay_pid = broker.id().map(|p| p.to_string());
+                    children.push(broker);
+                } else {
+                    tracing::warn!(
+                        "mosquitto not found: tagstream is fed by an in-process rumqttd (its CPU counts as the generator's)"
+                    );
+                    tagstream::demo::broker::start(tcp)?;
+                }
                 let conf = dir.path("tagstream.toml");
                 let threads = crate::server::push_threads();
                 std::fs::write(
