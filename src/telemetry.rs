@@ -142,7 +142,7 @@ pub fn described() -> impl Iterator<Item = &'static str> {
 }
 
 /// Counters of the push layer.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PushMetrics {
     /// Open WebSocket sessions.
     pub connections: Gauge,

@@ -73,8 +73,11 @@ pub struct Push {
 /// the upgrade: 10,000 clients reconnecting at once would otherwise leave
 /// holes in the heap that the allocator keeps after the burst, about
 /// 3.5 KiB per idle session (measured with the `idle` scenario: 7.5 KiB per
-/// connection unbounded, 3.9 KiB bounded, and the burst connected faster).
-pub const HTTP_IN_FLIGHT: usize = 256;
+/// connection unbounded, 3.9 KiB with 256). 1,024 since the fan-out of
+/// issue 22: a handshake takes a few turns of a busy shard, and with 256 a
+/// `storm` resumed in 1.8 s instead of about 1 s (idle-10k: 4.0–4.1 KiB
+/// either way).
+pub const HTTP_IN_FLIGHT: usize = 1024;
 /// Peers whose refused handshakes are counted one by one in a second.
 const MAX_REFUSING_PEERS: usize = 4096;
 /// Longest wait for an HTTP permit before serving without one.
@@ -282,7 +285,7 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
     let tracker = TaskTracker::new();
     tracing::info!(addr = %listener.local_addr()?, path = %push.config.path, "serving");
     let shards = start_shards(&push, &tracker)?;
-    let workers: Vec<_> = shards.iter().map(|(h, _)| h.clone()).collect();
+    let workers: Vec<_> = shards.iter().map(|(intake, _)| intake.clone()).collect();
     // Accepting runs on its own thread: behind busy sessions the accept
     // task waits, the kernel's accept queue overflows in a reconnect storm,
     // and each dropped client retries only after a 1 s SYN timeout (seen
@@ -291,10 +294,10 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (push_, tracker_) = (push.clone(), tracker.clone());
+    let push_ = push.clone();
     let acceptor = std::thread::Builder::new()
         .name("tagstream-accept".into())
-        .spawn(move || runtime.block_on(accept_loop(listener, push_, tracker_, workers)))?;
+        .spawn(move || runtime.block_on(accept_loop(listener, push_, workers)))?;
     push.shutdown.cancelled().await;
     let _ = tokio::task::spawn_blocking(move || acceptor.join()).await;
     tracker.close();
@@ -318,7 +321,7 @@ pub async fn serve(listener: TcpListener, push: Arc<Push>) -> Result<(), PushErr
 fn start_shards(
     push: &Arc<Push>,
     tracker: &TaskTracker,
-) -> std::io::Result<Vec<(tokio::runtime::Handle, std::thread::JoinHandle<()>)>> {
+) -> std::io::Result<Vec<(Intake, std::thread::JoinHandle<()>)>> {
     let count = match push.config.push_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -328,8 +331,9 @@ fn start_shards(
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let handle = runtime.handle().clone();
+            let (intake, accepted) = tokio::sync::mpsc::channel(INTAKE);
             let (shutdown, tracker) = (push.shutdown.clone(), tracker.clone());
+            let (push_, tracker_) = (push.clone(), tracker.clone());
             // Each shard reads the engine's feed once per batch for all its
             // sessions (`shard`), on its own thread.
             let cx = &push.sessions;
@@ -340,6 +344,7 @@ fn start_shards(
                 .spawn(move || {
                     shard::Shard::enter(&shard);
                     runtime.spawn(shard::hub(Arc::downgrade(&shard), Some(heartbeat)));
+                    runtime.spawn(take_in(accepted, push_, tracker_));
                     // Sessions keep running here through their close
                     // handshakes, until the tracker is empty.
                     runtime.block_on(async {
@@ -347,9 +352,37 @@ fn start_shards(
                         let _ = tokio::time::timeout(Duration::from_secs(6), tracker.wait()).await;
                     });
                 })?;
-            Ok((handle, thread))
+            Ok((intake, thread))
         })
         .collect()
+}
+
+/// Accepted connections on their way to a shard.
+type Intake = tokio::sync::mpsc::Sender<(std::net::TcpStream, std::net::SocketAddr)>;
+
+/// Accepted connections a shard has not taken in yet; past this the accept
+/// thread waits and the kernel's accept queue holds the rest.
+const INTAKE: usize = 4096;
+
+/// A shard's door: spawns every connection the accept thread handed over
+/// since its last turn, as local tasks. Spawned from the accept thread
+/// instead (`spawn_on`), each would wait in the runtime's global queue,
+/// which a single-threaded runtime reads once per 31 polls: behind 10,000
+/// busy sessions that let in about 3,000 connections a second (measured:
+/// `wall`'s connect phase took 3.7 s, each handshake's wait growing with
+/// its place in line).
+async fn take_in(
+    mut accepted: tokio::sync::mpsc::Receiver<(std::net::TcpStream, std::net::SocketAddr)>,
+    push: Arc<Push>,
+    tracker: TaskTracker,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while accepted.recv_many(&mut batch, INTAKE).await > 0 {
+        for (stream, peer) in batch.drain(..) {
+            let (push, tracker_) = (push.clone(), tracker.clone());
+            tracker.spawn(connection(stream, peer, push, tracker_));
+        }
+    }
 }
 
 /// A permit for the HTTP phase. Connections that trickle their headers can
@@ -365,12 +398,7 @@ async fn http_permit(push: &Push) -> Option<tokio::sync::OwnedSemaphorePermit> {
 /// served once it has sent something and holds an HTTP permit; until then
 /// it holds its socket and a small task, not hyper's buffers. One that
 /// stays silent for the header timeout is dropped, as hyper would.
-async fn accept_loop(
-    listener: std::net::TcpListener,
-    push: Arc<Push>,
-    tracker: TaskTracker,
-    workers: Vec<tokio::runtime::Handle>,
-) {
+async fn accept_loop(listener: std::net::TcpListener, push: Arc<Push>, workers: Vec<Intake>) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -410,8 +438,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (push, tracker_) = (push.clone(), tracker.clone());
-        tracker.spawn_on(connection(stream, peer, push, tracker_), &workers[next]);
+        let handed = tokio::select! {
+            sent = workers[next].send((stream, peer)) => sent.is_ok(),
+            () = push.shutdown.cancelled() => break,
+        };
+        if !handed {
+            tracing::warn!(%peer, "session thread gone: connection dropped");
+        }
     }
 }
 

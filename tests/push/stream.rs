@@ -48,14 +48,22 @@ async fn fresh_client_gets_welcome_catalog_snapshot_then_deltas() {
     assert_eq!(d.updates.len(), 1, "only the subscribed change: {d:?}");
     assert_eq!(f64_of(&c, "a/y"), Some(4.0));
     // The recorder is process-wide (`cargo test` runs tests side by side),
-    // so only "counted at all" is ours to assert.
-    let metrics = tagstream::telemetry::prometheus().unwrap().render();
-    let out = metrics
-        .lines()
-        .find(|l| l.starts_with("tagstream_updates_out_total "))
-        .unwrap();
-    let n: f64 = out.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(n >= 1.0, "{out}");
+    // so only "counted at all" is ours to assert. A shard hands its tally
+    // over at most 100 ms after a send (`shard::FLUSH_EVERY`).
+    let counted = |render: String| {
+        render
+            .lines()
+            .find(|l| l.starts_with("tagstream_updates_out_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut n = 0.0;
+    while n < 1.0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        n = counted(tagstream::telemetry::prometheus().unwrap().render());
+    }
+    assert!(n >= 1.0, "tagstream_updates_out_total {n} after 5 s");
     server.stop().await;
 }
 

@@ -1209,3 +1209,53 @@ fn heartbeats_and_the_clocks_end_reach_waiting_sessions_through_their_shard() {
         std::task::Poll::Ready(News::Closed)
     );
 }
+
+#[test]
+fn a_hub_wakes_a_crowd_in_chunks_and_lets_the_runtime_poll_between_them() {
+    use crate::push::shard::{WAKE_CHUNK, hub};
+    let mut h = harness();
+    let mut out = Outbox::default();
+    let total = 3 * WAKE_CHUNK + 5;
+    let mut sessions: Vec<_> = (0..total)
+        .map(|_| h.open(hello(&["a/#"], None), &mut out))
+        .collect();
+    kinds(&mut out);
+    let shard = sessions[0].shard().clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(async {
+        tokio::spawn(hub(Arc::downgrade(&shard), None));
+        tokio::task::yield_now().await; // the hub starts: wakeups now go through it
+        let wakes: Vec<_> = sessions
+            .iter_mut()
+            .map(|s| {
+                let (wakes, waker) = counting_waker();
+                assert!(poll_wait(s, &waker).is_pending());
+                wakes
+            })
+            .collect();
+        h.set(0, 1.0); // one batch for every session
+        let mut seen = Vec::new();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            let n = wakes.iter().filter(|w| woken(w) == 1).count();
+            if seen.last() != Some(&n) {
+                seen.push(n);
+            }
+            if n == total {
+                break;
+            }
+        }
+        seen
+    });
+    // Every session woken once, and not all in one turn: other tasks (a
+    // handshake, a Pong) ran between the chunks.
+    assert_eq!(seen.last(), Some(&total), "{seen:?}");
+    assert!(
+        seen.iter().any(|&n| n > 0 && n < total),
+        "all woken at once: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[1] - w[0] <= WAKE_CHUNK), "{seen:?}");
+}
