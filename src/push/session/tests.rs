@@ -1257,5 +1257,8 @@ fn a_hub_wakes_a_crowd_in_chunks_and_lets_the_runtime_poll_between_them() {
         seen.iter().any(|&n| n > 0 && n < total),
         "all woken at once: {seen:?}"
     );
-    assert!(seen.windows(2).all(|w| w[1] - w[0] <= WAKE_CHUNK), "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[1] - w[0] <= WAKE_CHUNK),
+        "{seen:?}"
+    );
 }
