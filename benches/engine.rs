@@ -104,7 +104,11 @@ fn fan_out(c: &mut Criterion) {
             )
         })
         .collect();
-    let shard = Shard::new(shared.clone(), 1 << 20);
+    let shard = Shard::new(
+        shared.clone(),
+        1 << 20,
+        tagstream::telemetry::PushMetrics::new(),
+    );
     let mut sessions: Vec<(Outbox, u64, u64)> = (0..1000)
         .map(|i| {
             let (_, cursor) = shard.join(&selections[i % selections.len()]);

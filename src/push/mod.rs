@@ -337,7 +337,11 @@ fn start_shards(
             // Each shard reads the engine's feed once per batch for all its
             // sessions (`shard`), on its own thread.
             let cx = &push.sessions;
-            let shard = shard::Shard::new(cx.engine.clone(), cx.max_pending_bytes as usize);
+            let shard = shard::Shard::new(
+                cx.engine.clone(),
+                cx.max_pending_bytes as usize,
+                cx.metrics.clone(),
+            );
             let heartbeat = cx.heartbeat.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("tagstream-push-{i}"))

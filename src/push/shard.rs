@@ -26,6 +26,7 @@ use crate::engine::selection::Selection;
 use crate::engine::table::TagTable;
 use crate::engine::{Batch, EngineShared};
 use crate::push::outbox::Outbox;
+use crate::telemetry::PushMetrics;
 
 /// Part bytes a shard keeps for all its selections together; each keeps
 /// at least [`MIN_SELECTION_BYTES`]. A session whose parts were dropped
@@ -131,9 +132,8 @@ struct Inner {
     /// every shard writes on every wakeup.
     tally: (u64, u64, u64),
     flushed: Option<std::time::Instant>,
-    /// Where the tally goes, and whether the hub owes it a flush (a tally
-    /// left by the last send before a quiet spell).
-    metrics: Option<crate::telemetry::PushMetrics>,
+    /// The hub owes the tally a flush (left by the last send before a
+    /// quiet spell).
     flush_owed: bool,
     /// Selections followed, sessions woken and catch-ups shared, for the
     /// benchmarks' notes (`counters`).
@@ -161,6 +161,8 @@ pub struct Shard {
     engine: Arc<EngineShared>,
     max_selection_bytes: usize,
     inner: Mutex<Inner>,
+    /// Where the sessions' send tally goes.
+    metrics: PushMetrics,
     /// Set while a hub runs: wakeups are queued for it to hand out in
     /// chunks; without one (a bare shard in a test) they go at once.
     paced: std::sync::atomic::AtomicBool,
@@ -178,7 +180,11 @@ thread_local! {
 impl Shard {
     /// A shard following `engine`'s feed from now on; a selection keeps at
     /// most `max_selection_bytes` of parts.
-    pub fn new(engine: Arc<EngineShared>, max_selection_bytes: usize) -> Arc<Shard> {
+    pub fn new(
+        engine: Arc<EngineShared>,
+        max_selection_bytes: usize,
+        metrics: PushMetrics,
+    ) -> Arc<Shard> {
         let next = engine.feed.published();
         let head_seq = engine.table().seq();
         Arc::new(Shard {
@@ -190,6 +196,7 @@ impl Shard {
                 ..Inner::default()
             }),
             waits: LockWaits::new("shard"),
+            metrics,
             paced: std::sync::atomic::AtomicBool::new(false),
             wake_pending: Arc::new(tokio::sync::Notify::new()),
         })
@@ -206,7 +213,11 @@ impl Shard {
     /// This thread's shard for `engine`: a session shard's own, or (a test
     /// or a session on another runtime) one made here, with a hub on the
     /// current runtime if there is one.
-    pub fn here(engine: &Arc<EngineShared>, max_selection_bytes: usize) -> Arc<Shard> {
+    pub fn here(
+        engine: &Arc<EngineShared>,
+        max_selection_bytes: usize,
+        metrics: &PushMetrics,
+    ) -> Arc<Shard> {
         let found = HERE.with_borrow(|here| {
             here.iter()
                 .filter_map(Weak::upgrade)
@@ -215,7 +226,7 @@ impl Shard {
         if let Some(shard) = found {
             return shard;
         }
-        let shard = Shard::new(engine.clone(), max_selection_bytes);
+        let shard = Shard::new(engine.clone(), max_selection_bytes, metrics.clone());
         Shard::enter(&shard);
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(hub(Arc::downgrade(&shard), None));
@@ -407,13 +418,7 @@ impl Shard {
 
     /// Counts what a session sent; reaches `/metrics` at most
     /// [`FLUSH_EVERY`] later.
-    pub fn count(
-        &self,
-        metrics: &crate::telemetry::PushMetrics,
-        frames: u64,
-        bytes: u64,
-        updates: u64,
-    ) {
+    pub fn count(&self, frames: u64, bytes: u64, updates: u64) {
         let mut inner = self.lock();
         let t = &mut inner.tally;
         (t.0, t.1, t.2) = (t.0 + frames, t.1 + bytes, t.2 + updates);
@@ -426,12 +431,9 @@ impl Shard {
             inner.flushed = Some(now);
             inner.flush_owed = false;
             drop(inner);
-            publish(metrics, tally);
+            self.publish(tally);
         } else if !inner.flush_owed {
             inner.flush_owed = true;
-            if inner.metrics.is_none() {
-                inner.metrics = Some(metrics.clone());
-            }
             drop(inner);
             self.wake_pending.notify_one();
         }
@@ -452,11 +454,14 @@ impl Shard {
         }
         let tally = std::mem::take(&mut inner.tally);
         inner.flushed = Some(std::time::Instant::now());
-        let metrics = inner.metrics.clone();
         drop(inner);
-        if let Some(m) = metrics {
-            publish(&m, tally);
-        }
+        self.publish(tally);
+    }
+
+    fn publish(&self, (frames, bytes, updates): (u64, u64, u64)) {
+        self.metrics.frames_out.increment(frames);
+        self.metrics.bytes_out.increment(bytes);
+        self.metrics.updates_out.increment(updates);
     }
 
     /// Whether a poll would be ready now (a Ping's catch-up, tests).
@@ -579,12 +584,6 @@ pub fn catch_up_body(table: &TagTable, selection: &Selection, position: u64) -> 
         updates += 1;
     }
     (buf.freeze(), updates)
-}
-
-fn publish(metrics: &crate::telemetry::PushMetrics, (frames, bytes, updates): (u64, u64, u64)) {
-    metrics.frames_out.increment(frames);
-    metrics.bytes_out.increment(bytes);
-    metrics.updates_out.increment(updates);
 }
 
 fn key(selection: &Arc<Selection>) -> usize {

@@ -256,7 +256,7 @@ async fn send<S: Socket>(
     let patience = Duration::from_millis(2 * u64::from(cx.heartbeat_ms.max(1)));
     match tokio::time::timeout(patience, io).await {
         Ok(result) => {
-            session.shard().count(&cx.metrics, frames, bytes, 0);
+            session.shard().count(frames, bytes, 0);
             result.map_err(|_| End::Gone("write error"))
         }
         Err(_) => Err(End::Gone("peer stopped reading for two heartbeat periods")),

@@ -278,7 +278,7 @@ impl SessionState {
         // Follow before reading the table: every batch the shard pulls
         // after this is one the session will see, and every one pulled
         // before is in the table read below.
-        let shard = Shard::here(&engine, cx.max_pending_bytes as usize);
+        let shard = Shard::here(&engine, cx.max_pending_bytes as usize, &cx.metrics);
         let (follow_id, cursor) = shard.join(&selection);
         let tick = shard.tick();
         let table = engine.table();
@@ -569,7 +569,7 @@ impl SessionState {
                 .shard
                 .catch_up(&table, caught, self.position, always, out);
             if let Some(n) = sent {
-                self.shard.count(&self.cx.metrics, 0, 0, n);
+                self.shard.count(0, 0, n);
                 self.position = table.seq();
             }
             self.seen = self.seen.max(table.seq());
@@ -637,7 +637,7 @@ impl SessionState {
         );
         self.position = position;
         self.seen = self.seen.max(taken.head_seq);
-        self.shard.count(&self.cx.metrics, 0, 0, updates);
+        self.shard.count(0, 0, updates);
         Action::Nothing
     }
 
@@ -655,7 +655,7 @@ impl SessionState {
             .shard
             .catch_up(&table, &self.selection, self.position, false, out);
         if let Some(n) = sent {
-            self.shard.count(&self.cx.metrics, 0, 0, n);
+            self.shard.count(0, 0, n);
             self.position = table.seq();
         }
         self.seen = self.seen.max(table.seq());
