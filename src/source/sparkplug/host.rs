@@ -305,6 +305,14 @@ impl Host {
                 return out;
             }
         };
+        // Sparkplug seq counts 0..=255; anything past that is a malformed
+        // payload, refused before any arithmetic on it.
+        if let Some(seq) = payload.seq.filter(|s| *s > 255) {
+            warn(&mut self.warns_left, &mut out, || {
+                format!("Sparkplug payload on {topic} ignored: seq {seq} is outside 0-255")
+            });
+            return out;
+        }
         let key = (t.group.to_string(), t.node.to_string());
         match t.kind {
             MessageType::NBirth => self.node_birth(key, &payload, &mut out),
@@ -1102,5 +1110,34 @@ mod tests {
             .get(&("g".to_string(), "n".to_string()))
             .expect("node");
         assert!(node.aliases.len() <= 2, "{} aliases", node.aliases.len());
+    }
+
+    #[test]
+    fn a_seq_past_255_is_refused_not_added_to() {
+        // Found by the sparkplug fuzz target: seq u64::MAX overflowed `seq + 1`.
+        let mut h = host("");
+        let now = Instant::now();
+        let a = || metric("a", 1, DOUBLE, MetricValue::DoubleValue(1.0));
+        for topic in ["spBv1.0/g/NBIRTH/n", "spBv1.0/g/NDATA/n"] {
+            let out = h.handle(topic, &bytes(Some(u64::MAX), vec![a()]), now);
+            assert!(
+                defines(&out).is_empty() && samples(&out).is_empty(),
+                "{out:?}"
+            );
+            assert!(
+                out.iter()
+                    .any(|x| matches!(x, Action::Warn(w) if w.contains("outside 0-255"))),
+                "{out:?}"
+            );
+        }
+        h.handle("spBv1.0/g/NBIRTH/n", &bytes(Some(0), vec![a()]), now);
+        let out = h.handle("spBv1.0/g/NDATA/n", &bytes(Some(256), vec![a()]), now);
+        assert!(samples(&out).is_empty(), "{out:?}");
+        let out = h.handle("spBv1.0/g/NDATA/n", &bytes(Some(1), vec![a()]), now);
+        assert_eq!(
+            samples(&out).len(),
+            1,
+            "the refused message moved no seq: {out:?}"
+        );
     }
 }
