@@ -474,3 +474,58 @@ async fn tail_resumes_across_a_blip_and_learns_a_tag_that_appeared_meanwhile() {
     assert!(!stderr.contains("protocol violation"), "{stderr}");
     server.stop().await;
 }
+
+/// A client that sends its Hello in the same write as its upgrade request:
+/// the bytes hyper read past the request reach the session.
+#[tokio::test]
+async fn a_hello_sent_with_the_upgrade_request_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = spawn_server("", TAGS).await;
+    let hello = hello_bytes();
+    let mut frame = vec![0x82];
+    match u16::try_from(hello.len()) {
+        Ok(n) if n < 126 => frame.push(0x80 | n as u8),
+        Ok(n) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => panic!("hello too long"),
+    }
+    // A zero mask leaves the payload as it is.
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&hello);
+    let mut bytes = upgrade_request("Sec-WebSocket-Protocol: tagstream.v1\r\n").into_bytes();
+    bytes.extend_from_slice(&frame);
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(DEADLINE, s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed during the response: {head:?}");
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        s,
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    let first = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .expect("a message")
+        .expect("a frame");
+    let Message::Binary(b) = first else {
+        panic!("binary first: {first:?}")
+    };
+    let msg = proto::ServerMessage::decode(b).unwrap();
+    assert!(
+        matches!(msg.kind, Some(proto::server_message::Kind::Welcome(_))),
+        "{msg:?}"
+    );
+}
