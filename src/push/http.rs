@@ -28,8 +28,11 @@ use crate::peer_text::shown;
 use crate::proto::SUBPROTOCOL;
 
 /// Read buffer of a session. tungstenite allocates it eagerly (128 KiB by
-/// default); clients send little, so a small one keeps idle sessions lean.
-const READ_BUFFER: usize = 1024;
+/// default); clients send little (a Hello, a Ping: tens of bytes), so a
+/// small one keeps idle sessions lean, and a larger message grows it.
+/// 256 instead of 1,024: idle-10k 3.3–3.4 KB per connection instead of
+/// 4.0–4.1 (BENCHMARKS.md).
+const READ_BUFFER: usize = 256;
 
 type Body = Full<Bytes>;
 
