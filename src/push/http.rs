@@ -252,6 +252,7 @@ fn upgrade(
 
     let on_upgrade = hyper::upgrade::on(&mut req);
     let push = push.clone();
+    let tracker_ = tracker.clone();
     tracker.spawn(async move {
         let upgraded = on_upgrade.await;
         drop(permit);
@@ -272,8 +273,11 @@ fn upgrade(
             .max_message_size(Some(push.config.max_message_bytes))
             .max_frame_size(Some(push.config.max_message_bytes));
         let cx = push.sessions.clone();
-        session::run(TokioIo::new(upgraded), config, cx, principal, peer).await;
-        drop(slot);
+        // The session is a task of its own, not awaited here: every value
+        // this block moves into a nested future keeps a slot in both, in
+        // every idle session's task.
+        let io = TokioIo::new(upgraded);
+        tracker_.spawn(session::run(io, config, cx, principal, peer, slot));
     });
 
     let mut r = Response::new(Full::new(Bytes::new()));

@@ -237,6 +237,15 @@ impl Outbox {
         split_frames(&wire)
     }
 
+    /// Frees the chunk vector of an empty box: after its resync a session
+    /// may wait a long time for its first change (idle-10k: 320 bytes per
+    /// connection kept for nothing); a busy one allocates it once again.
+    pub fn release(&mut self) {
+        if self.chunks.is_empty() {
+            self.chunks = Vec::new();
+        }
+    }
+
     fn clear(&mut self) {
         if self.chunks.capacity() > KEEP_CHUNKS {
             self.chunks = Vec::new();

@@ -52,15 +52,18 @@ type Writes = Option<Box<FuturesUnordered<WriteFuture>>>;
 /// Runs a session over an upgraded connection to its end. The WebSocket
 /// is built here, not by the caller: a value moved into a nested future
 /// keeps its slot in the outer one too, and every idle session pays for
-/// each such slot.
-pub async fn run<T>(
+/// each such slot. `hold` (the connection's slot) is dropped when the
+/// session ends.
+pub async fn run<T, H>(
     io: T,
     config: WebSocketConfig,
     cx: Arc<SessionContext>,
     principal: Arc<Principal>,
     peer: SocketAddr,
+    hold: H,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Send,
 {
     let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let first = tokio::time::timeout(cx.hello_timeout, next_message(&mut ws)).await;
@@ -73,6 +76,7 @@ pub async fn run<T>(
     };
     tracing::debug!(%peer, ?end, "session ends");
     finish(&mut ws, end).await;
+    drop(hold);
 }
 
 /// The Hello, or how the session ends without one.
@@ -166,6 +170,7 @@ async fn serve<S: Socket>(
     if let Err(end) = send(ws, &session, &cx, &mut out).await {
         return end;
     }
+    out.release();
     loop {
         arm(&mut expiry, session.session_end_us());
         let action = tokio::select! {
@@ -397,6 +402,7 @@ mod tests {
             cx,
             principal,
             ([127, 0, 0, 1], 1).into(),
+            (),
         );
         let size = std::mem::size_of_val(&session);
         assert!(size <= 1_400, "session future grew to {size} bytes");
