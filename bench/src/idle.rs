@@ -41,6 +41,7 @@ pub async fn run(bin: &Path, connections: usize) -> anyhow::Result<Report> {
     let mut clients = Vec::with_capacity(connections);
     for i in 0..connections {
         let hello = proto::Hello {
+            publish_interval_ms: 0,
             client_name: format!("idle-{i}"),
             resume: None,
             subscribe: vec!["plant/boiler1/running".into()],

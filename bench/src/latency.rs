@@ -17,6 +17,7 @@ use crate::{Report, histogram};
 async fn watched_server(bin: &Path, sources: &str) -> anyhow::Result<(Server, Connection)> {
     let server = Server::start(bin, "", sources).await?;
     let hello = proto::Hello {
+        publish_interval_ms: 0,
         client_name: "bench".into(),
         resume: None,
         subscribe: vec!["bench/#".into()],

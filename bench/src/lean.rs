@@ -138,6 +138,7 @@ impl Lean {
             }
         };
         let hello = proto::Hello {
+            publish_interval_ms: 0,
             client_name: "bench".into(),
             resume,
             subscribe: patterns.to_vec(),

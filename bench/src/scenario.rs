@@ -324,6 +324,7 @@ async fn heavy_subscriber(
         })
         .collect();
     let hello = proto::Hello {
+        publish_interval_ms: 0,
         client_name: "heavy".into(),
         resume: None,
         subscribe: Vec::new(),

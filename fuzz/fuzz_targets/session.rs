@@ -94,6 +94,7 @@ fuzz_target!(|input: &[u8]| {
         max_writes_per_s: 20,
         drain_window: Duration::from_secs(1),
         hello_timeout: Duration::from_secs(1),
+        min_publish_interval: Duration::ZERO,
         heartbeat,
         metrics: PushMetrics::new(),
     });

@@ -125,6 +125,11 @@ pub struct ServerConfig {
     pub drain_window: Duration,
     /// Optional TLS (wss) on the listener; SIGHUP reloads cert and key.
     pub tls: Option<TlsConfig>,
+    /// The fastest pacing a client may ask for (protocol.md Pacing): a
+    /// nonzero ask below it is raised to it; 0: any. An ask of 0 (every
+    /// change as it comes) stays 0.
+    #[serde(with = "humantime_serde")]
+    pub min_publish_interval: Duration,
     /// Extension: time allowed between the 101 and the client's Hello.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
@@ -154,6 +159,7 @@ impl Default for ServerConfig {
             max_writes_per_s: 50,
             drain_window: Duration::from_secs(10),
             tls: None,
+            min_publish_interval: Duration::ZERO,
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
             push_threads: 0,
@@ -281,6 +287,12 @@ impl ServerConfig {
             HOUR,
         );
         p.duration("server.hello_timeout", self.hello_timeout, MIN_TIMER, HOUR);
+        p.duration(
+            "server.min_publish_interval",
+            self.min_publish_interval,
+            Duration::ZERO,
+            crate::push::session::MAX_PUBLISH_INTERVAL,
+        );
         p.duration(
             "server.drain_window",
             self.drain_window,

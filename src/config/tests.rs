@@ -610,3 +610,16 @@ stop_bits = 3
         .expect_err("unknown parity");
     assert!(err.to_string().contains("parity"), "{err}");
 }
+
+#[test]
+fn min_publish_interval_defaults_to_0_and_is_bounded_by_the_slowest_pacing() {
+    let c = Config::parse("").expect("empty");
+    assert_eq!(c.server.min_publish_interval, Duration::ZERO);
+    let c = Config::parse("[server]\nmin_publish_interval = \"250ms\"\n").expect("250ms");
+    assert_eq!(c.server.min_publish_interval, Duration::from_millis(250));
+    let err = Config::parse("[server]\nmin_publish_interval = \"2m\"\n").expect_err("past 60 s");
+    assert!(
+        err.to_string().contains("server.min_publish_interval"),
+        "{err}"
+    );
+}

@@ -122,6 +122,7 @@ impl Push {
             max_pattern_bytes: config.max_pattern_bytes,
             max_writes_per_s: config.max_writes_per_s,
             hello_timeout: config.hello_timeout,
+            min_publish_interval: config.min_publish_interval,
             drain_window: config.drain_window,
             heartbeat,
             metrics: metrics.clone(),

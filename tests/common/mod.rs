@@ -62,6 +62,7 @@ pub fn url(server: &Running) -> String {
 /// A Hello subscribing to `patterns`.
 pub fn hello(patterns: &[&str]) -> proto::Hello {
     proto::Hello {
+        publish_interval_ms: 0,
         client_name: "test".into(),
         resume: None,
         subscribe: patterns.iter().map(|p| p.to_string()).collect(),

@@ -336,6 +336,7 @@ async fn eleven_patterns_against_max_patterns_ten_is_limit_exceeded_and_1008() {
     let ten: Vec<String> = (0..10).map(|i| format!("p/{i}/#")).collect();
     let mut ws = raw_ws(&server).await;
     let hello = proto::Hello {
+        publish_interval_ms: 0,
         client_name: "limits".into(),
         resume: None,
         subscribe: ten,

@@ -79,6 +79,11 @@ pub struct Options {
     pub queue: usize,
     /// Writes and browses awaiting an answer, at most.
     pub max_in_flight: usize,
+    /// At most one Delta per this interval (protocol.md Pacing): a
+    /// wallboard or a slow link asks for the latest value every second,
+    /// not every change. Zero: every change as it comes. The server may
+    /// revise it (`Welcome.publish_interval_ms`).
+    pub publish_interval: Duration,
 }
 
 impl Options {
@@ -96,6 +101,7 @@ impl Options {
             refresh_before: Duration::from_secs(30),
             queue: 256,
             max_in_flight: 64,
+            publish_interval: Duration::ZERO,
         }
     }
 }
@@ -474,10 +480,13 @@ impl Task {
             },
         };
         let (resume, patterns) = (self.lock().mirror.resume(), self.options.subscribe.clone());
+        let publish_interval_ms =
+            u32::try_from(self.options.publish_interval.as_millis()).unwrap_or(u32::MAX);
         let hello = proto::Hello {
             client_name: self.options.client_name.clone(),
             resume,
             subscribe: patterns,
+            publish_interval_ms,
         };
         let how = Connect {
             token,
@@ -576,7 +585,7 @@ impl Task {
                         }
                         Event::Refreshed(r) => refresh_at = self.refresh_time(r.expires_at_us).unwrap_or(far),
                         Event::Error(e) => { let _ = self.updates.send(Update::ServerError(e)).await; }
-                        Event::Closed(_) => {}
+                        Event::Paced(_) | Event::Closed(_) => {}
                     }
                 }
                 cmd = self.commands.recv() => {

@@ -32,6 +32,8 @@ pub enum Event {
     BrowseResult(proto::BrowseResult),
     /// A Refresh was accepted.
     Refreshed(proto::Refreshed),
+    /// The pacing now in force after a Pace.
+    Paced(proto::Paced),
     /// The server closed the connection.
     Closed(Option<CloseFrame>),
 }
@@ -164,6 +166,7 @@ impl Mirror {
             Kind::Error(e) => Event::Error(e),
             Kind::BrowseResult(b) => Event::BrowseResult(b),
             Kind::Refreshed(r) => Event::Refreshed(r),
+            Kind::Paced(p) => Event::Paced(p),
         })
     }
 

@@ -167,12 +167,14 @@ async fn serve<S: Socket>(
     };
     let mut writes: Writes = None;
     let mut expiry: Expiry = None;
+    let mut hold: Hold = None;
     if let Err(end) = send(ws, &session, &cx, &mut out).await {
         return end;
     }
     out.release();
     loop {
         arm(&mut expiry, session.session_end_us());
+        let (position, interval) = (session.position(), session.publish_interval_ms());
         let action = tokio::select! {
             item = ws.next() => {
                 session.on_heard();
@@ -185,7 +187,8 @@ async fn serve<S: Socket>(
             }
             // Batches, heartbeat ticks and the clock's end at shutdown all
             // come through the session's shard: one waiter per session.
-            news = session.next_batch() => session.on_batch(news, &mut out),
+            news = session.next_batch(hold.is_some()) => session.on_batch(news, &mut out),
+            () = held(&mut hold) => Action::Nothing,
             () = expired(&mut expiry) => session.on_expiry(Now::current(), *peer),
             Some(done) = next_write(&mut writes) => {
                 session.on_write_done(done, *peer, &mut out);
@@ -199,11 +202,43 @@ async fn serve<S: Socket>(
                 .push(Box::pin(pending.finish())),
             Action::End(end) => return end,
         }
+        pace(&mut hold, &session, position, interval);
         if !out.is_empty()
             && let Err(end) = send(ws, &session, &cx, &mut out).await
         {
             return end;
         }
+    }
+}
+
+/// A paced session's hold (protocol.md Pacing): after a Delta, the next
+/// waits until this timer fires. Boxed only while it runs.
+type Hold = Option<Pin<Box<tokio::time::Sleep>>>;
+
+/// Starts the hold when this turn sent a Delta (the position moved) and
+/// the session is paced; drops it when a Pace turned pacing off (or
+/// shortened it: the next change may go at once). A Delta that a Pong
+/// brought out counts like any other.
+fn pace(hold: &mut Hold, session: &SessionState, before: u64, interval_before: u32) {
+    let interval = session.publish_interval_ms();
+    if interval == 0 || interval < interval_before {
+        *hold = None;
+    }
+    if interval > 0 && hold.is_none() && session.position() != before {
+        let wait = Duration::from_millis(u64::from(interval));
+        *hold = Some(Box::pin(tokio::time::sleep(wait)));
+    }
+}
+
+/// Waits for the hold to end, then clears it: the next turn takes the
+/// batches that waited.
+async fn held(hold: &mut Hold) {
+    match hold {
+        Some(timer) => {
+            timer.as_mut().await;
+            *hold = None;
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -12,4 +12,4 @@ pub mod writes;
 mod tests;
 
 pub use driver::run;
-pub use state::{Action, End, Now, SessionContext, SessionState};
+pub use state::{Action, End, MAX_PUBLISH_INTERVAL, Now, SessionContext, SessionState};

@@ -90,6 +90,8 @@ pub struct SessionContext {
     pub drain_window: std::time::Duration,
     /// Time allowed between the 101 and the Hello (driver).
     pub hello_timeout: std::time::Duration,
+    /// The fastest pacing granted (`[server] min_publish_interval`).
+    pub min_publish_interval: std::time::Duration,
     /// Shared heartbeat clock: one timer for all sessions, relayed to them
     /// by their shard's hub; it closes at shutdown.
     pub heartbeat: watch::Receiver<u64>,
@@ -251,6 +253,22 @@ pub struct SessionState {
     /// is inline here.
     requests: Option<Box<Requests>>,
     pings: u16,
+    /// The pacing granted (protocol.md Pacing), ms; 0: unpaced. The
+    /// driver holds the timer: this machine has no clock.
+    publish_interval_ms: u32,
+}
+
+/// The slowest pacing granted (protocol.md Pacing).
+pub const MAX_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The pacing granted for an ask: 0 stays 0 (every change as it comes),
+/// anything else is brought into `min`..[`MAX_PUBLISH_INTERVAL`].
+pub fn granted_interval_ms(ask_ms: u32, min: std::time::Duration) -> u32 {
+    if ask_ms == 0 {
+        return 0;
+    }
+    let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    ask_ms.clamp(ms(min).max(1), ms(MAX_PUBLISH_INTERVAL))
 }
 
 impl SessionState {
@@ -292,7 +310,10 @@ impl SessionState {
             (ResumeOutcome::Resumed, Some(r)) => r.seq,
             _ => current,
         };
+        let publish_interval_ms =
+            granted_interval_ms(hello.publish_interval_ms, cx.min_publish_interval);
         let welcome = proto::Welcome {
+            publish_interval_ms,
             server_id: cx.server_id.clone(),
             epoch: engine.epoch,
             seq: position,
@@ -338,6 +359,7 @@ impl SessionState {
             alive: true,
             requests: None,
             pings: 0,
+            publish_interval_ms,
             cx,
             principal,
         })
@@ -380,6 +402,13 @@ impl SessionState {
     /// Seq of the last Snapshot or Delta sent.
     pub fn position(&self) -> u64 {
         self.position
+    }
+
+    /// The pacing in force, ms (0: every change as it comes). After a
+    /// Delta the driver holds the next one back this long
+    /// ([`SessionState::next_batch`] with `held`).
+    pub fn publish_interval_ms(&self) -> u32 {
+        self.publish_interval_ms
     }
 
     /// The patterns this session holds (sorted).
@@ -468,6 +497,14 @@ impl SessionState {
                     seq: self.position,
                 };
                 out.message(proto::server(server_message::Kind::Pong(pong)).to_bytes());
+            }
+            Some(Kind::Pace(p)) => {
+                self.publish_interval_ms =
+                    granted_interval_ms(p.publish_interval_ms, self.cx.min_publish_interval);
+                let paced = proto::Paced {
+                    publish_interval_ms: self.publish_interval_ms,
+                };
+                out.message(proto::server(server_message::Kind::Paced(paced)).to_bytes());
             }
             Some(Kind::Write(w)) => return self.write(w, now, peer, out),
             Some(Kind::Refresh(r)) => return self.refresh(r, now, peer, out),
@@ -584,10 +621,13 @@ impl SessionState {
 
     /// Waits until the shard has batches for this session (the driver's
     /// only await on the engine). A borrow of the session, not a stored
-    /// future: it lives in every idle session.
-    pub fn next_batch(&mut self) -> impl Future<Output = News> + '_ {
+    /// future: it lives in every idle session. `held` (a paced session
+    /// within its interval): only a heartbeat tick or the close; the
+    /// batches wait in the feed and the table, not in this session.
+    pub fn next_batch(&mut self, held: bool) -> impl Future<Output = News> + '_ {
         std::future::poll_fn(move |cx| {
-            let at = (self.cursor, self.tick);
+            let cursor = if held { u64::MAX } else { self.cursor };
+            let at = (cursor, self.tick);
             self.shard
                 .poll_news(&self.selection, self.follow_id, at, cx)
         })

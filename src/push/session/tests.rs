@@ -41,6 +41,10 @@ fn harness() -> Harness {
 }
 
 fn harness_with(max_pending_bytes: u64) -> Harness {
+    harness_opts(max_pending_bytes, Duration::ZERO)
+}
+
+fn harness_opts(max_pending_bytes: u64, min_publish_interval: Duration) -> Harness {
     let catalog = Catalog::new([
         TagDef::read_only("a/x", "s"),
         TagDef {
@@ -72,6 +76,7 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
         max_pattern_bytes: 64,
         max_writes_per_s: 10,
         hello_timeout: Duration::from_secs(10),
+        min_publish_interval,
         heartbeat,
         metrics: PushMetrics::new(),
     });
@@ -127,6 +132,7 @@ impl Harness {
 
 fn hello(patterns: &[&str], resume: Option<(u64, u64)>) -> proto::Hello {
     proto::Hello {
+        publish_interval_ms: 0,
         client_name: "unit".into(),
         resume: resume.map(|(epoch, seq)| proto::Resume { epoch, seq }),
         subscribe: patterns.iter().map(|p| p.to_string()).collect(),
@@ -1016,6 +1022,9 @@ fn the_batch_stream_closing_is_a_1001_with_a_reconnect_delay() {
 /// Access: read scopes, Welcome's principal, Refresh and expiry.
 mod access;
 
+/// Pacing: what is granted, and the driver's hold under paused time.
+mod pacing;
+
 #[tokio::test(start_paused = true)]
 async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
     use super::state::{SUBSCRIBED_TAGS_BURST, SUBSCRIBED_TAGS_PER_S};
@@ -1102,7 +1111,7 @@ fn woken(w: &Wakes) -> usize {
 /// Polls the session's wait once with `waker`.
 fn poll_wait(s: &mut SessionState, waker: &std::task::Waker) -> std::task::Poll<News> {
     let mut cx = std::task::Context::from_waker(waker);
-    let mut wait = std::pin::pin!(s.next_batch());
+    let mut wait = std::pin::pin!(s.next_batch(false));
     wait.as_mut().poll(&mut cx)
 }
 

@@ -61,7 +61,7 @@ LIMIT_EXCEEDED: ErrorCode
 SHUTTING_DOWN: ErrorCode
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "subscribe", "unsubscribe", "write", "ping", "browse", "refresh")
+    __slots__ = ("hello", "subscribe", "unsubscribe", "write", "ping", "browse", "refresh", "pace")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ClientMessage(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     BROWSE_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
+    PACE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     subscribe: Subscribe
     unsubscribe: Unsubscribe
@@ -76,7 +77,14 @@ class ClientMessage(_message.Message):
     ping: Ping
     browse: Browse
     refresh: Refresh
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., write: _Optional[_Union[WriteRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., browse: _Optional[_Union[Browse, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ...) -> None: ...
+    pace: Pace
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., write: _Optional[_Union[WriteRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., browse: _Optional[_Union[Browse, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., pace: _Optional[_Union[Pace, _Mapping]] = ...) -> None: ...
+
+class Pace(_message.Message):
+    __slots__ = ("publish_interval_ms",)
+    PUBLISH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    publish_interval_ms: int
+    def __init__(self, publish_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Refresh(_message.Message):
     __slots__ = ("token",)
@@ -85,14 +93,16 @@ class Refresh(_message.Message):
     def __init__(self, token: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("client_name", "resume", "subscribe")
+    __slots__ = ("client_name", "resume", "subscribe", "publish_interval_ms")
     CLIENT_NAME_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     client_name: str
     resume: Resume
     subscribe: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, client_name: _Optional[str] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., subscribe: _Optional[_Iterable[str]] = ...) -> None: ...
+    publish_interval_ms: int
+    def __init__(self, client_name: _Optional[str] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., subscribe: _Optional[_Iterable[str]] = ..., publish_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Resume(_message.Message):
     __slots__ = ("epoch", "seq")
@@ -145,7 +155,7 @@ class Browse(_message.Message):
     def __init__(self, pattern: _Optional[str] = ..., request_id: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "catalog", "snapshot", "delta", "write_result", "pong", "error", "refreshed", "browse_result")
+    __slots__ = ("welcome", "catalog", "snapshot", "delta", "write_result", "pong", "error", "refreshed", "browse_result", "paced")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +165,7 @@ class ServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REFRESHED_FIELD_NUMBER: _ClassVar[int]
     BROWSE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    PACED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     catalog: Catalog
     snapshot: Snapshot
@@ -164,7 +175,14 @@ class ServerMessage(_message.Message):
     error: Error
     refreshed: Refreshed
     browse_result: BrowseResult
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., catalog: _Optional[_Union[Catalog, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., write_result: _Optional[_Union[WriteResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ..., browse_result: _Optional[_Union[BrowseResult, _Mapping]] = ...) -> None: ...
+    paced: Paced
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., catalog: _Optional[_Union[Catalog, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., write_result: _Optional[_Union[WriteResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ..., browse_result: _Optional[_Union[BrowseResult, _Mapping]] = ..., paced: _Optional[_Union[Paced, _Mapping]] = ...) -> None: ...
+
+class Paced(_message.Message):
+    __slots__ = ("publish_interval_ms",)
+    PUBLISH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    publish_interval_ms: int
+    def __init__(self, publish_interval_ms: _Optional[int] = ...) -> None: ...
 
 class BrowseResult(_message.Message):
     __slots__ = ("tags", "request_id", "next_after")
@@ -177,7 +195,7 @@ class BrowseResult(_message.Message):
     def __init__(self, tags: _Optional[_Iterable[_Union[TagInfo, _Mapping]]] = ..., request_id: _Optional[int] = ..., next_after: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("server_id", "epoch", "seq", "heartbeat_ms", "resume", "read_scope", "write_scope", "token_expires_at_us")
+    __slots__ = ("server_id", "epoch", "seq", "heartbeat_ms", "resume", "read_scope", "write_scope", "token_expires_at_us", "publish_interval_ms")
     SERVER_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +204,7 @@ class Welcome(_message.Message):
     READ_SCOPE_FIELD_NUMBER: _ClassVar[int]
     WRITE_SCOPE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_EXPIRES_AT_US_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     server_id: str
     epoch: int
     seq: int
@@ -194,7 +213,8 @@ class Welcome(_message.Message):
     read_scope: _containers.RepeatedScalarFieldContainer[str]
     write_scope: _containers.RepeatedScalarFieldContainer[str]
     token_expires_at_us: int
-    def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., resume: _Optional[_Union[ResumeOutcome, str]] = ..., read_scope: _Optional[_Iterable[str]] = ..., write_scope: _Optional[_Iterable[str]] = ..., token_expires_at_us: _Optional[int] = ...) -> None: ...
+    publish_interval_ms: int
+    def __init__(self, server_id: _Optional[str] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., resume: _Optional[_Union[ResumeOutcome, str]] = ..., read_scope: _Optional[_Iterable[str]] = ..., write_scope: _Optional[_Iterable[str]] = ..., token_expires_at_us: _Optional[int] = ..., publish_interval_ms: _Optional[int] = ...) -> None: ...
 
 class Refreshed(_message.Message):
     __slots__ = ("expires_at_us",)

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tagstream/v1/tagstream.proto.
  */
 export const file_tagstream_v1_tagstream: GenFile = /*@__PURE__*/
-  fileDesc("Chx0YWdzdHJlYW0vdjEvdGFnc3RyZWFtLnByb3RvEgx0YWdzdHJlYW0udjEiwAIKDUNsaWVudE1lc3NhZ2USJAoFaGVsbG8YASABKAsyEy50YWdzdHJlYW0udjEuSGVsbG9IABIsCglzdWJzY3JpYmUYAiABKAsyFy50YWdzdHJlYW0udjEuU3Vic2NyaWJlSAASMAoLdW5zdWJzY3JpYmUYAyABKAsyGS50YWdzdHJlYW0udjEuVW5zdWJzY3JpYmVIABIrCgV3cml0ZRgEIAEoCzIaLnRhZ3N0cmVhbS52MS5Xcml0ZVJlcXVlc3RIABIiCgRwaW5nGAUgASgLMhIudGFnc3RyZWFtLnYxLlBpbmdIABImCgZicm93c2UYBiABKAsyFC50YWdzdHJlYW0udjEuQnJvd3NlSAASKAoHcmVmcmVzaBgHIAEoCzIVLnRhZ3N0cmVhbS52MS5SZWZyZXNoSABCBgoEa2luZCIYCgdSZWZyZXNoEg0KBXRva2VuGAEgASgJIlUKBUhlbGxvEhMKC2NsaWVudF9uYW1lGAEgASgJEiQKBnJlc3VtZRgCIAEoCzIULnRhZ3N0cmVhbS52MS5SZXN1bWUSEQoJc3Vic2NyaWJlGAMgAygJIiQKBlJlc3VtZRINCgVlcG9jaBgBIAEoBhILCgNzZXEYAiABKAQiHQoJU3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIh8KC1Vuc3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIlMKDFdyaXRlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3RhZxgCIAEoCRIiCgV2YWx1ZRgDIAEoCzITLnRhZ3N0cmVhbS52MS5WYWx1ZSItCgRQaW5nEg0KBW5vbmNlGAEgASgEEhYKDmNsaWVudF90aW1lX3VzGAIgASgDIksKBkJyb3dzZRIPCgdwYXR0ZXJuGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAQSDQoFbGltaXQYAyABKA0SDQoFYWZ0ZXIYBCABKAkinQMKDVNlcnZlck1lc3NhZ2USKAoHd2VsY29tZRgBIAEoCzIVLnRhZ3N0cmVhbS52MS5XZWxjb21lSAASKAoHY2F0YWxvZxgCIAEoCzIVLnRhZ3N0cmVhbS52MS5DYXRhbG9nSAASKgoIc25hcHNob3QYAyABKAsyFi50YWdzdHJlYW0udjEuU25hcHNob3RIABIkCgVkZWx0YRgEIAEoCzITLnRhZ3N0cmVhbS52MS5EZWx0YUgAEjEKDHdyaXRlX3Jlc3VsdBgFIAEoCzIZLnRhZ3N0cmVhbS52MS5Xcml0ZVJlc3VsdEgAEiIKBHBvbmcYBiABKAsyEi50YWdzdHJlYW0udjEuUG9uZ0gAEiQKBWVycm9yGAcgASgLMhMudGFnc3RyZWFtLnYxLkVycm9ySAASLAoJcmVmcmVzaGVkGAggASgLMhcudGFnc3RyZWFtLnYxLlJlZnJlc2hlZEgAEjMKDWJyb3dzZV9yZXN1bHQYCSABKAsyGi50YWdzdHJlYW0udjEuQnJvd3NlUmVzdWx0SABCBgoEa2luZCJbCgxCcm93c2VSZXN1bHQSIwoEdGFncxgBIAMoCzIVLnRhZ3N0cmVhbS52MS5UYWdJbmZvEhIKCnJlcXVlc3RfaWQYAiABKAQSEgoKbmV4dF9hZnRlchgDIAEoCSLBAQoHV2VsY29tZRIRCglzZXJ2ZXJfaWQYASABKAkSDQoFZXBvY2gYAiABKAYSCwoDc2VxGAMgASgEEhQKDGhlYXJ0YmVhdF9tcxgEIAEoDRIrCgZyZXN1bWUYBSABKA4yGy50YWdzdHJlYW0udjEuUmVzdW1lT3V0Y29tZRISCgpyZWFkX3Njb3BlGAYgAygJEhMKC3dyaXRlX3Njb3BlGAcgAygJEhsKE3Rva2VuX2V4cGlyZXNfYXRfdXMYCCABKAMiIgoJUmVmcmVzaGVkEhUKDWV4cGlyZXNfYXRfdXMYASABKAMiwgEKB1RhZ0luZm8SCgoCaWQYASABKA0SDAoEbmFtZRgCIAEoCRIkCgR0eXBlGAMgASgOMhYudGFnc3RyZWFtLnYxLkRhdGFUeXBlEgwKBHVuaXQYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSEAoId3JpdGFibGUYBiABKAgSDgoGZXVfbWluGAcgASgBEg4KBmV1X21heBgIIAEoARIOCgZzb3VyY2UYCSABKAkSEgoKcmVzb2x1dGlvbhgKIAEoASI8CgdDYXRhbG9nEiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxIMCgRsYXN0GAIgASgIIkwKCFNuYXBzaG90EgsKA3NlcRgBIAEoBBIlCgR0YWdzGAIgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZRIMCgRsYXN0GAMgASgIIlMKBURlbHRhEhAKCGZyb21fc2VxGAEgASgEEg4KBnRvX3NlcRgCIAEoBBIoCgd1cGRhdGVzGAMgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZSJ7CglUYWdVcGRhdGUSCgoCaWQYASABKA0SIgoFdmFsdWUYAiABKAsyEy50YWdzdHJlYW0udjEuVmFsdWUSDgoGc3RhdHVzGAMgASgNEhYKDnNvdXJjZV90aW1lX3VzGAQgASgDEhYKDnNlcnZlcl90aW1lX3VzGAUgASgDImsKBVZhbHVlEg0KA2Y2NBgBIAEoAUgAEg0KA2k2NBgCIAEoEkgAEg0KA3U2NBgDIAEoBEgAEg4KBGJvb2wYBCABKAhIABIOCgR0ZXh0GAUgASgJSAASDQoDcmF3GAYgASgMSABCBgoEa2luZCJCCgtXcml0ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBnN0YXR1cxgCIAEoDRIPCgdtZXNzYWdlGAMgASgJIlIKBFBvbmcSDQoFbm9uY2UYASABKAQSFgoOY2xpZW50X3RpbWVfdXMYAiABKAMSFgoOc2VydmVyX3RpbWVfdXMYAyABKAMSCwoDc2VxGAQgASgEIj8KBUVycm9yEiUKBGNvZGUYASABKA4yFy50YWdzdHJlYW0udjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkqMwoNUmVzdW1lT3V0Y29tZRIJCgVGUkVTSBAAEgsKB1JFU1VNRUQQARIKCgZSRVNZTkMQAiqJAQoIRGF0YVR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEggKBEJPT0wQARIHCgNVMTYQAhIHCgNJMTYQAxIHCgNVMzIQBBIHCgNJMzIQBRIHCgNVNjQQBhIHCgNJNjQQBxIHCgNGMzIQCBIHCgNGNjQQCRIKCgZTVFJJTkcQChIJCgVCWVRFUxALKpEBCglFcnJvckNvZGUSFQoRRVJST1JfVU5TUEVDSUZJRUQQABINCglNQUxGT1JNRUQQARIWChJVTkVYUEVDVEVEX01FU1NBR0UQAhINCglUT09fTEFSR0UQAxIQCgxVTkFVVEhPUklaRUQQBBISCg5MSU1JVF9FWENFRURFRBAFEhEKDVNIVVRUSU5HX0RPV04QBmIGcHJvdG8z");
+  fileDesc("Chx0YWdzdHJlYW0vdjEvdGFnc3RyZWFtLnByb3RvEgx0YWdzdHJlYW0udjEi5AIKDUNsaWVudE1lc3NhZ2USJAoFaGVsbG8YASABKAsyEy50YWdzdHJlYW0udjEuSGVsbG9IABIsCglzdWJzY3JpYmUYAiABKAsyFy50YWdzdHJlYW0udjEuU3Vic2NyaWJlSAASMAoLdW5zdWJzY3JpYmUYAyABKAsyGS50YWdzdHJlYW0udjEuVW5zdWJzY3JpYmVIABIrCgV3cml0ZRgEIAEoCzIaLnRhZ3N0cmVhbS52MS5Xcml0ZVJlcXVlc3RIABIiCgRwaW5nGAUgASgLMhIudGFnc3RyZWFtLnYxLlBpbmdIABImCgZicm93c2UYBiABKAsyFC50YWdzdHJlYW0udjEuQnJvd3NlSAASKAoHcmVmcmVzaBgHIAEoCzIVLnRhZ3N0cmVhbS52MS5SZWZyZXNoSAASIgoEcGFjZRgJIAEoCzISLnRhZ3N0cmVhbS52MS5QYWNlSABCBgoEa2luZCIjCgRQYWNlEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYASABKA0iGAoHUmVmcmVzaBINCgV0b2tlbhgBIAEoCSJyCgVIZWxsbxITCgtjbGllbnRfbmFtZRgBIAEoCRIkCgZyZXN1bWUYAiABKAsyFC50YWdzdHJlYW0udjEuUmVzdW1lEhEKCXN1YnNjcmliZRgDIAMoCRIbChNwdWJsaXNoX2ludGVydmFsX21zGAQgASgNIiQKBlJlc3VtZRINCgVlcG9jaBgBIAEoBhILCgNzZXEYAiABKAQiHQoJU3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIh8KC1Vuc3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIlMKDFdyaXRlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3RhZxgCIAEoCRIiCgV2YWx1ZRgDIAEoCzITLnRhZ3N0cmVhbS52MS5WYWx1ZSItCgRQaW5nEg0KBW5vbmNlGAEgASgEEhYKDmNsaWVudF90aW1lX3VzGAIgASgDIksKBkJyb3dzZRIPCgdwYXR0ZXJuGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAQSDQoFbGltaXQYAyABKA0SDQoFYWZ0ZXIYBCABKAkiwwMKDVNlcnZlck1lc3NhZ2USKAoHd2VsY29tZRgBIAEoCzIVLnRhZ3N0cmVhbS52MS5XZWxjb21lSAASKAoHY2F0YWxvZxgCIAEoCzIVLnRhZ3N0cmVhbS52MS5DYXRhbG9nSAASKgoIc25hcHNob3QYAyABKAsyFi50YWdzdHJlYW0udjEuU25hcHNob3RIABIkCgVkZWx0YRgEIAEoCzITLnRhZ3N0cmVhbS52MS5EZWx0YUgAEjEKDHdyaXRlX3Jlc3VsdBgFIAEoCzIZLnRhZ3N0cmVhbS52MS5Xcml0ZVJlc3VsdEgAEiIKBHBvbmcYBiABKAsyEi50YWdzdHJlYW0udjEuUG9uZ0gAEiQKBWVycm9yGAcgASgLMhMudGFnc3RyZWFtLnYxLkVycm9ySAASLAoJcmVmcmVzaGVkGAggASgLMhcudGFnc3RyZWFtLnYxLlJlZnJlc2hlZEgAEjMKDWJyb3dzZV9yZXN1bHQYCSABKAsyGi50YWdzdHJlYW0udjEuQnJvd3NlUmVzdWx0SAASJAoFcGFjZWQYCyABKAsyEy50YWdzdHJlYW0udjEuUGFjZWRIAEIGCgRraW5kIiQKBVBhY2VkEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYASABKA0iWwoMQnJvd3NlUmVzdWx0EiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxISCgpyZXF1ZXN0X2lkGAIgASgEEhIKCm5leHRfYWZ0ZXIYAyABKAki3gEKB1dlbGNvbWUSEQoJc2VydmVyX2lkGAEgASgJEg0KBWVwb2NoGAIgASgGEgsKA3NlcRgDIAEoBBIUCgxoZWFydGJlYXRfbXMYBCABKA0SKwoGcmVzdW1lGAUgASgOMhsudGFnc3RyZWFtLnYxLlJlc3VtZU91dGNvbWUSEgoKcmVhZF9zY29wZRgGIAMoCRITCgt3cml0ZV9zY29wZRgHIAMoCRIbChN0b2tlbl9leHBpcmVzX2F0X3VzGAggASgDEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYCSABKA0iIgoJUmVmcmVzaGVkEhUKDWV4cGlyZXNfYXRfdXMYASABKAMiwgEKB1RhZ0luZm8SCgoCaWQYASABKA0SDAoEbmFtZRgCIAEoCRIkCgR0eXBlGAMgASgOMhYudGFnc3RyZWFtLnYxLkRhdGFUeXBlEgwKBHVuaXQYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSEAoId3JpdGFibGUYBiABKAgSDgoGZXVfbWluGAcgASgBEg4KBmV1X21heBgIIAEoARIOCgZzb3VyY2UYCSABKAkSEgoKcmVzb2x1dGlvbhgKIAEoASI8CgdDYXRhbG9nEiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxIMCgRsYXN0GAIgASgIIkwKCFNuYXBzaG90EgsKA3NlcRgBIAEoBBIlCgR0YWdzGAIgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZRIMCgRsYXN0GAMgASgIIlMKBURlbHRhEhAKCGZyb21fc2VxGAEgASgEEg4KBnRvX3NlcRgCIAEoBBIoCgd1cGRhdGVzGAMgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZSJ7CglUYWdVcGRhdGUSCgoCaWQYASABKA0SIgoFdmFsdWUYAiABKAsyEy50YWdzdHJlYW0udjEuVmFsdWUSDgoGc3RhdHVzGAMgASgNEhYKDnNvdXJjZV90aW1lX3VzGAQgASgDEhYKDnNlcnZlcl90aW1lX3VzGAUgASgDImsKBVZhbHVlEg0KA2Y2NBgBIAEoAUgAEg0KA2k2NBgCIAEoEkgAEg0KA3U2NBgDIAEoBEgAEg4KBGJvb2wYBCABKAhIABIOCgR0ZXh0GAUgASgJSAASDQoDcmF3GAYgASgMSABCBgoEa2luZCJCCgtXcml0ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBnN0YXR1cxgCIAEoDRIPCgdtZXNzYWdlGAMgASgJIlIKBFBvbmcSDQoFbm9uY2UYASABKAQSFgoOY2xpZW50X3RpbWVfdXMYAiABKAMSFgoOc2VydmVyX3RpbWVfdXMYAyABKAMSCwoDc2VxGAQgASgEIj8KBUVycm9yEiUKBGNvZGUYASABKA4yFy50YWdzdHJlYW0udjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkqMwoNUmVzdW1lT3V0Y29tZRIJCgVGUkVTSBAAEgsKB1JFU1VNRUQQARIKCgZSRVNZTkMQAiqJAQoIRGF0YVR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEggKBEJPT0wQARIHCgNVMTYQAhIHCgNJMTYQAxIHCgNVMzIQBBIHCgNJMzIQBRIHCgNVNjQQBhIHCgNJNjQQBxIHCgNGMzIQCBIHCgNGNjQQCRIKCgZTVFJJTkcQChIJCgVCWVRFUxALKpEBCglFcnJvckNvZGUSFQoRRVJST1JfVU5TUEVDSUZJRUQQABINCglNQUxGT1JNRUQQARIWChJVTkVYUEVDVEVEX01FU1NBR0UQAhINCglUT09fTEFSR0UQAxIQCgxVTkFVVEhPUklaRUQQBBISCg5MSU1JVF9FWENFRURFRBAFEhEKDVNIVVRUSU5HX0RPV04QBmIGcHJvdG8z");
 
 /**
  * @generated from message tagstream.v1.ClientMessage
@@ -67,6 +67,14 @@ export type ClientMessage = Message<"tagstream.v1.ClientMessage"> & {
      */
     value: Refresh;
     case: "refresh";
+  } | {
+    /**
+     * 8: HistoryRequest (protocol.md "History"), not served yet.
+     *
+     * @generated from field: tagstream.v1.Pace pace = 9;
+     */
+    value: Pace;
+    case: "pace";
   } | { case: undefined; value?: undefined };
 };
 
@@ -76,6 +84,26 @@ export type ClientMessage = Message<"tagstream.v1.ClientMessage"> & {
  */
 export const ClientMessageSchema: GenMessage<ClientMessage> = /*@__PURE__*/
   messageDesc(file_tagstream_v1_tagstream, 0);
+
+/**
+ * Change this connection's pacing mid-session (protocol.md "Pacing"):
+ * answered by Paced.
+ *
+ * @generated from message tagstream.v1.Pace
+ */
+export type Pace = Message<"tagstream.v1.Pace"> & {
+  /**
+   * @generated from field: uint32 publish_interval_ms = 1;
+   */
+  publishIntervalMs: number;
+};
+
+/**
+ * Describes the message tagstream.v1.Pace.
+ * Use `create(PaceSchema)` to create a new message.
+ */
+export const PaceSchema: GenMessage<Pace> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 1);
 
 /**
  * A fresh token for this session (protocol.md "Access"): answered by
@@ -95,7 +123,7 @@ export type Refresh = Message<"tagstream.v1.Refresh"> & {
  * Use `create(RefreshSchema)` to create a new message.
  */
 export const RefreshSchema: GenMessage<Refresh> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 1);
+  messageDesc(file_tagstream_v1_tagstream, 2);
 
 /**
  * Must be the first message of a connection.
@@ -121,6 +149,14 @@ export type Hello = Message<"tagstream.v1.Hello"> & {
    * @generated from field: repeated string subscribe = 3;
    */
   subscribe: string[];
+
+  /**
+   * At most one Delta per this many ms (protocol.md "Pacing"); 0: every
+   * change as it comes. The server grants it in Welcome.
+   *
+   * @generated from field: uint32 publish_interval_ms = 4;
+   */
+  publishIntervalMs: number;
 };
 
 /**
@@ -128,7 +164,7 @@ export type Hello = Message<"tagstream.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 2);
+  messageDesc(file_tagstream_v1_tagstream, 3);
 
 /**
  * @generated from message tagstream.v1.Resume
@@ -150,7 +186,7 @@ export type Resume = Message<"tagstream.v1.Resume"> & {
  * Use `create(ResumeSchema)` to create a new message.
  */
 export const ResumeSchema: GenMessage<Resume> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 3);
+  messageDesc(file_tagstream_v1_tagstream, 4);
 
 /**
  * @generated from message tagstream.v1.Subscribe
@@ -167,7 +203,7 @@ export type Subscribe = Message<"tagstream.v1.Subscribe"> & {
  * Use `create(SubscribeSchema)` to create a new message.
  */
 export const SubscribeSchema: GenMessage<Subscribe> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 4);
+  messageDesc(file_tagstream_v1_tagstream, 5);
 
 /**
  * @generated from message tagstream.v1.Unsubscribe
@@ -184,7 +220,7 @@ export type Unsubscribe = Message<"tagstream.v1.Unsubscribe"> & {
  * Use `create(UnsubscribeSchema)` to create a new message.
  */
 export const UnsubscribeSchema: GenMessage<Unsubscribe> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 5);
+  messageDesc(file_tagstream_v1_tagstream, 6);
 
 /**
  * @generated from message tagstream.v1.WriteRequest
@@ -211,7 +247,7 @@ export type WriteRequest = Message<"tagstream.v1.WriteRequest"> & {
  * Use `create(WriteRequestSchema)` to create a new message.
  */
 export const WriteRequestSchema: GenMessage<WriteRequest> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 6);
+  messageDesc(file_tagstream_v1_tagstream, 7);
 
 /**
  * @generated from message tagstream.v1.Ping
@@ -233,7 +269,7 @@ export type Ping = Message<"tagstream.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 7);
+  messageDesc(file_tagstream_v1_tagstream, 8);
 
 /**
  * The tags matching `pattern`, without subscribing: in name order, at most
@@ -270,7 +306,7 @@ export type Browse = Message<"tagstream.v1.Browse"> & {
  * Use `create(BrowseSchema)` to create a new message.
  */
 export const BrowseSchema: GenMessage<Browse> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 8);
+  messageDesc(file_tagstream_v1_tagstream, 9);
 
 /**
  * @generated from message tagstream.v1.ServerMessage
@@ -333,6 +369,14 @@ export type ServerMessage = Message<"tagstream.v1.ServerMessage"> & {
      */
     value: BrowseResult;
     case: "browseResult";
+  } | {
+    /**
+     * 10: HistoryResult (protocol.md "History"), not served yet.
+     *
+     * @generated from field: tagstream.v1.Paced paced = 11;
+     */
+    value: Paced;
+    case: "paced";
   } | { case: undefined; value?: undefined };
 };
 
@@ -341,7 +385,26 @@ export type ServerMessage = Message<"tagstream.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 9);
+  messageDesc(file_tagstream_v1_tagstream, 10);
+
+/**
+ * The pacing now in force after a Pace (protocol.md "Pacing").
+ *
+ * @generated from message tagstream.v1.Paced
+ */
+export type Paced = Message<"tagstream.v1.Paced"> & {
+  /**
+   * @generated from field: uint32 publish_interval_ms = 1;
+   */
+  publishIntervalMs: number;
+};
+
+/**
+ * Describes the message tagstream.v1.Paced.
+ * Use `create(PacedSchema)` to create a new message.
+ */
+export const PacedSchema: GenMessage<Paced> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 11);
 
 /**
  * One page of a Browse. `next_after` is the `after` of the next page; empty
@@ -374,7 +437,7 @@ export type BrowseResult = Message<"tagstream.v1.BrowseResult"> & {
  * Use `create(BrowseResultSchema)` to create a new message.
  */
 export const BrowseResultSchema: GenMessage<BrowseResult> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 10);
+  messageDesc(file_tagstream_v1_tagstream, 12);
 
 /**
  * @generated from message tagstream.v1.Welcome
@@ -424,6 +487,14 @@ export type Welcome = Message<"tagstream.v1.Welcome"> & {
    * @generated from field: int64 token_expires_at_us = 8;
    */
   tokenExpiresAtUs: bigint;
+
+  /**
+   * The pacing the server granted: Hello.publish_interval_ms revised into
+   * [server] min_publish_interval..60 s (0 stays 0).
+   *
+   * @generated from field: uint32 publish_interval_ms = 9;
+   */
+  publishIntervalMs: number;
 };
 
 /**
@@ -431,7 +502,7 @@ export type Welcome = Message<"tagstream.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 11);
+  messageDesc(file_tagstream_v1_tagstream, 13);
 
 /**
  * A Refresh was accepted: the session now ends at this time (0: never).
@@ -450,7 +521,7 @@ export type Refreshed = Message<"tagstream.v1.Refreshed"> & {
  * Use `create(RefreshedSchema)` to create a new message.
  */
 export const RefreshedSchema: GenMessage<Refreshed> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 12);
+  messageDesc(file_tagstream_v1_tagstream, 14);
 
 /**
  * @generated from message tagstream.v1.TagInfo
@@ -518,7 +589,7 @@ export type TagInfo = Message<"tagstream.v1.TagInfo"> & {
  * Use `create(TagInfoSchema)` to create a new message.
  */
 export const TagInfoSchema: GenMessage<TagInfo> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 13);
+  messageDesc(file_tagstream_v1_tagstream, 15);
 
 /**
  * @generated from message tagstream.v1.Catalog
@@ -540,7 +611,7 @@ export type Catalog = Message<"tagstream.v1.Catalog"> & {
  * Use `create(CatalogSchema)` to create a new message.
  */
 export const CatalogSchema: GenMessage<Catalog> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 14);
+  messageDesc(file_tagstream_v1_tagstream, 16);
 
 /**
  * @generated from message tagstream.v1.Snapshot
@@ -567,7 +638,7 @@ export type Snapshot = Message<"tagstream.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 15);
+  messageDesc(file_tagstream_v1_tagstream, 17);
 
 /**
  * The latest state of every subscribed tag that changed in (from_seq, to_seq].
@@ -597,7 +668,7 @@ export type Delta = Message<"tagstream.v1.Delta"> & {
  * Use `create(DeltaSchema)` to create a new message.
  */
 export const DeltaSchema: GenMessage<Delta> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 16);
+  messageDesc(file_tagstream_v1_tagstream, 18);
 
 /**
  * @generated from message tagstream.v1.TagUpdate
@@ -638,7 +709,7 @@ export type TagUpdate = Message<"tagstream.v1.TagUpdate"> & {
  * Use `create(TagUpdateSchema)` to create a new message.
  */
 export const TagUpdateSchema: GenMessage<TagUpdate> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 17);
+  messageDesc(file_tagstream_v1_tagstream, 19);
 
 /**
  * @generated from message tagstream.v1.Value
@@ -691,7 +762,7 @@ export type Value = Message<"tagstream.v1.Value"> & {
  * Use `create(ValueSchema)` to create a new message.
  */
 export const ValueSchema: GenMessage<Value> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 18);
+  messageDesc(file_tagstream_v1_tagstream, 20);
 
 /**
  * @generated from message tagstream.v1.WriteResult
@@ -718,7 +789,7 @@ export type WriteResult = Message<"tagstream.v1.WriteResult"> & {
  * Use `create(WriteResultSchema)` to create a new message.
  */
 export const WriteResultSchema: GenMessage<WriteResult> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 19);
+  messageDesc(file_tagstream_v1_tagstream, 21);
 
 /**
  * Before a Pong the server brings the connection current (a Delta,
@@ -755,7 +826,7 @@ export type Pong = Message<"tagstream.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 20);
+  messageDesc(file_tagstream_v1_tagstream, 22);
 
 /**
  * @generated from message tagstream.v1.Error
@@ -777,7 +848,7 @@ export type Error = Message<"tagstream.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 21);
+  messageDesc(file_tagstream_v1_tagstream, 23);
 
 /**
  * @generated from enum tagstream.v1.ResumeOutcome
