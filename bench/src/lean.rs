@@ -94,18 +94,20 @@ impl Lean {
         patterns: &[String],
         resume: Option<proto::Resume>,
     ) -> Result<Lean, LeanError> {
-        Lean::connect_from(url, patterns, resume, None).await
+        Lean::connect_from(url, patterns, resume, None, 0).await
     }
 
     /// [`connect`](Lean::connect) from a given loopback source address:
     /// one source address has about 28,000 ephemeral ports towards the
     /// server's one port, so 50,000 clients spread over several
-    /// (127.0.0.0/8 is all loopback on Linux).
+    /// (127.0.0.0/8 is all loopback on Linux). `publish_interval_ms`:
+    /// the pacing asked for in the Hello (0: every change).
     pub async fn connect_from(
         url: &str,
         patterns: &[String],
         resume: Option<proto::Resume>,
         source: Option<std::net::IpAddr>,
+        publish_interval_ms: u32,
     ) -> Result<Lean, LeanError> {
         let mut req = url.into_client_request().map_err(Box::new)?;
         req.headers_mut().insert(
@@ -138,7 +140,7 @@ impl Lean {
             }
         };
         let hello = proto::Hello {
-            publish_interval_ms: 0,
+            publish_interval_ms,
             client_name: "bench".into(),
             resume,
             subscribe: patterns.to_vec(),

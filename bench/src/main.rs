@@ -55,6 +55,10 @@ struct Args {
     /// window long (0: none).
     #[arg(long, default_value_t = 0)]
     heavy: usize,
+    /// Presets: every client asks for this pacing (protocol.md Pacing,
+    /// e.g. 1s); 0: every change as it comes.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    publish_interval: Duration,
     /// Presets: this many tags instead of the preset's (0: the preset's).
     #[arg(long, default_value_t = 0)]
     preset_tags: usize,
@@ -113,6 +117,8 @@ async fn main() -> anyhow::Result<()> {
                 duration: args.duration,
                 scopes: args.scopes,
                 heavy: args.heavy,
+                publish_interval_ms: u32::try_from(args.publish_interval.as_millis())
+                    .unwrap_or(u32::MAX),
                 tags: if args.preset_tags > 0 {
                     args.preset_tags
                 } else {

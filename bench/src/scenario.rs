@@ -41,6 +41,8 @@ pub struct Scenario {
     /// rest matching nothing), dropping and subscribing them again all
     /// window long: does a large subscription stall the others? 0: none.
     pub heavy: usize,
+    /// The pacing every client asks for (protocol.md Pacing); 0: none.
+    pub publish_interval_ms: u32,
 }
 
 impl Scenario {
@@ -56,6 +58,7 @@ impl Scenario {
             storm,
             scopes: 1,
             heavy: 0,
+            publish_interval_ms: 0,
         };
         Some(match name {
             "idle" => s("idle", 10_000, 1_000, 1, 0, false),
@@ -78,6 +81,7 @@ impl Scenario {
             storm: false,
             scopes: 1,
             heavy: 0,
+            publish_interval_ms: 0,
         }
     }
 
@@ -171,9 +175,10 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         let all_synced = all_synced.clone();
         let (synced, resumed, storm) = (synced.clone(), resumed.clone(), scenario.storm);
         let source = source_address(k, scenario.clients);
+        let paced = scenario.publish_interval_ms;
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();
-            let mut lean = Lean::connect_from(&url, &patterns, None, source).await?;
+            let mut lean = Lean::connect_from(&url, &patterns, None, source, paced).await?;
             lean.sync(&mut tally).await?;
             let first_snapshots = tally.snapshots;
             synced.add_permits(1);
@@ -187,7 +192,7 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
                 lean.run(&mut tally, &drop_all).await?;
                 let resume = lean.resume();
                 drop(lean);
-                lean = Lean::connect_from(&url, &patterns, Some(resume), source).await?;
+                lean = Lean::connect_from(&url, &patterns, Some(resume), source, paced).await?;
                 if lean.sync(&mut tally).await? {
                     resumed.add_permits(1);
                 }

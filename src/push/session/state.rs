@@ -658,6 +658,13 @@ impl SessionState {
             self.catch_up(out);
             return Action::Nothing;
         }
+        if self.publish_interval_ms > 0 && !self.keeps_samples() {
+            // Paced: the latest state of each changed tag, from the table,
+            // not every batch's update since the last Delta (a 10 Hz tag
+            // paced at 1 s is one update, not ten).
+            self.send_from_table(out);
+            return Action::Nothing;
+        }
         if taken
             .items
             .iter()
@@ -685,8 +692,24 @@ impl SessionState {
     /// table snapshot's seq, shared with the selection's other sessions
     /// at this position.
     fn catch_up(&mut self, out: &mut Outbox) {
-        let engine = self.cx.engine.clone();
         self.cx.metrics.catch_ups.increment(1);
+        self.send_from_table(out);
+    }
+
+    /// True if a selected tag keeps every sample (`keep_samples`): its
+    /// Deltas must carry each one, so they are merged from the batches.
+    fn keeps_samples(&self) -> bool {
+        let catalog = self.cx.engine.catalog();
+        self.selection
+            .ids()
+            .any(|id| catalog.get(id).is_some_and(|d| d.keep_samples))
+    }
+
+    /// One Delta from the position to the table snapshot's seq with the
+    /// latest state of each selected tag changed since, shared with the
+    /// selection's other sessions at this position.
+    fn send_from_table(&mut self, out: &mut Outbox) {
+        let engine = self.cx.engine.clone();
         if engine.catalog().version() > self.selection.catalog_version {
             self.reselect(self.selection.patterns.clone(), None, out);
         }

@@ -165,17 +165,14 @@ async fn a_paced_connection_gets_one_delta_per_interval_and_the_leading_edge_whe
     assert_eq!(t0.elapsed(), Duration::ZERO);
     assert_eq!((d1.from_seq, value(&d1)), (w.seq, vec![1.0]));
 
-    // Changes within the interval wait for its end, as one Delta that
-    // continues from the last and ends at the latest state (the batches
-    // still in the feed go out as they are: a Delta may conflate, and
-    // a longer hold catches up from the table).
+    // Changes within the interval wait for its end, as one Delta of the
+    // latest state that continues from the last.
     h.set(0, 2.0);
     h.set(0, 3.0);
     assert!(c.quiet_for(Duration::from_millis(900)).await);
     let d2 = c.delta().await;
     assert_eq!(t0.elapsed(), Duration::from_secs(1));
-    assert_eq!(d2.from_seq, d1.to_seq);
-    assert_eq!(value(&d2).last(), Some(&3.0));
+    assert_eq!((d2.from_seq, value(&d2)), (d1.to_seq, vec![3.0]));
     assert!(c.quiet_for(Duration::from_millis(900)).await, "one Delta");
 
     // A quiet interval later, the next change goes out at once again.
@@ -235,4 +232,27 @@ async fn a_pong_brings_a_held_connection_current_and_pace_0_releases_it() {
     h.set(0, 5.0);
     let d5 = c.delta().await;
     assert_eq!((value(&d4), value(&d5)), (vec![4.0], vec![5.0]));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paced_delta_carries_every_sample_of_a_keep_samples_tag() {
+    let mut h = harness();
+    let def = TagDef {
+        keep_samples: true,
+        ..TagDef::read_only("c/every", "s")
+    };
+    h.engine.apply(vec![
+        Input::Define {
+            key: key(9),
+            def: Box::new(def),
+        },
+        Input::Sample(Sample::good(key(9), Value::F64(0.0))),
+    ]);
+    let (mut c, _) = Client::start(&h, paced(&["c/#"], 1_000)).await;
+    h.set(9, 1.0);
+    let d1 = c.delta().await;
+    h.set(9, 2.0);
+    h.set(9, 3.0);
+    let d2 = c.delta().await;
+    assert_eq!((d2.from_seq, value(&d2)), (d1.to_seq, vec![2.0, 3.0]));
 }
