@@ -44,6 +44,10 @@ enum Command {
     Tail {
         #[command(flatten)]
         server: ServerArgs,
+        /// At most one update batch per interval (e.g. 1s; protocol.md
+        /// Pacing): the latest value of each changed tag; 0s: every change.
+        #[arg(long, default_value = "0s", value_parser = humantime_serde::re::humantime::parse_duration)]
+        interval: std::time::Duration,
         /// Tag patterns (MQTT wildcards); default: everything.
         patterns: Vec<String>,
     },
@@ -166,8 +170,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Demo { listen } => demo(&listen).await,
         Command::Check { config } => check(&config),
-        Command::Tail { server, patterns } => {
-            tagstream::tail::run(server.options()?, patterns).await
+        Command::Tail {
+            server,
+            interval,
+            patterns,
+        } => {
+            let mut options = server.options()?;
+            options.publish_interval = interval;
+            tagstream::tail::run(options, patterns).await
         }
         Command::Probe {
             address,

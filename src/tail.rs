@@ -53,7 +53,10 @@ pub async fn run(mut options: Options, patterns: Vec<String>) -> anyhow::Result<
                 eprintln!("# {reason}; reconnecting in {delay:?}");
             }
             Update::State(State::Stopped(stop)) => return stopped(stop),
-            Update::State(_) | Update::Catalog(_) | Update::Latency(_) => {}
+            Update::Paced(granted) if !granted.is_zero() => {
+                eprintln!("# paced: at most one update per {granted:?}");
+            }
+            Update::State(_) | Update::Catalog(_) | Update::Latency(_) | Update::Paced(_) => {}
         }
     }
 }

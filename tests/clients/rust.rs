@@ -362,3 +362,24 @@ async fn a_token_provider_refreshes_the_session_before_its_token_expires() {
     );
     client.close().await;
 }
+
+#[tokio::test]
+async fn pacing_is_asked_in_the_hello_granted_in_the_welcome_and_changed_with_pace() {
+    let dev = device().await;
+    let server = spawn_server(&config(&dev, ""), &[]).await;
+    let mut o = options(url(&server));
+    o.publish_interval = Duration::from_secs(1);
+    let (client, mut updates) = Client::start(o);
+    let seen = until(&mut updates, |u| matches!(u, Update::Paced(_))).await;
+    assert!(
+        matches!(seen.last(), Some(Update::Paced(d)) if *d == Duration::from_secs(1)),
+        "{seen:?}"
+    );
+    client.pace(Duration::from_secs(120)).await.unwrap();
+    let seen = until(&mut updates, |u| matches!(u, Update::Paced(_))).await;
+    assert!(
+        matches!(seen.last(), Some(Update::Paced(d)) if *d == Duration::from_secs(60)),
+        "the server caps it at 60 s: {seen:?}"
+    );
+    client.close().await;
+}

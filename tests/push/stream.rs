@@ -529,3 +529,44 @@ async fn a_hello_sent_with_the_upgrade_request_is_answered() {
         "{msg:?}"
     );
 }
+
+/// `tagstream tail --interval 1s` asks for pacing and says what was
+/// granted; its first change still prints at once (the leading edge).
+#[tokio::test]
+async fn tail_with_an_interval_is_paced() {
+    use tokio::io::AsyncBufReadExt;
+    let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
+    set(&server, "a/x", 1.5).await;
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["tail", "--interval", "1s", "--url", &url(&server), "a/#"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
+    let paced = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = err.next_line().await {
+            if line.contains("paced") {
+                return line;
+            }
+        }
+        panic!("tail ended without saying it is paced")
+    })
+    .await
+    .unwrap();
+    assert!(paced.contains("at most one update per 1s"), "{paced}");
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    set(&server, "a/x", 2.5).await;
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let line = out.next_line().await.unwrap().expect("tail running");
+            if line.contains("a/x") && line.contains("2.5") {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}

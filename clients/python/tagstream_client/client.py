@@ -106,7 +106,14 @@ class ServerError:
     error: pb.Error
 
 
-Update = StateChanged | Welcomed | CatalogChanged | Changes | Latency | ServerError
+@dataclass(frozen=True)
+class Paced:
+    """The pacing the server granted, ms (after the Welcome and each pace())."""
+
+    publish_interval_ms: int
+
+
+Update = StateChanged | Welcomed | CatalogChanged | Changes | Latency | Paced | ServerError
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,11 @@ class Options:
     refresh_before: float = 30.0
     queue: int = 256
     max_in_flight: int = 64
+    publish_interval_ms: int = 0
+    """At most one Delta per this many ms (protocol.md Pacing): a wallboard or
+    a slow link asks for the latest value every second, not every change.
+    0: every change as it comes. The server may revise it:
+    ``Client.publish_interval_ms`` holds what it granted."""
 
 
 class Client:
@@ -180,6 +192,9 @@ class Client:
         self.state: State = Connecting(0)
         self.welcome: pb.Welcome | None = None
         self.latency: float | None = None
+        self.publish_interval_ms = 0
+        """The pacing in force, ms, as the server granted it (0: unpaced)."""
+        self._ask_interval_ms = options.publish_interval_ms
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[Update | None] = asyncio.Queue(maxsize=max(1, options.queue))
         self._ws: ClientConnection | None = None
@@ -256,6 +271,13 @@ class Client:
         """One page of the tags matching ``pattern``, subscribed or not."""
         msg = pb.ClientMessage(browse=pb.Browse(pattern=pattern, limit=limit, after=after))
         return await self._request(self._browses, msg, msg.browse)
+
+    async def pace(self, ms: int) -> None:
+        """Asks for at most one Delta per ``ms`` from now on (0: every change),
+        on this connection and the next ones; a ``Paced`` update reports what
+        the server granted."""
+        self._ask_interval_ms = ms
+        await self._send(pb.ClientMessage(pace=pb.Pace(publish_interval_ms=ms)))
 
     async def subscribe(self, patterns: list[str]) -> None:
         self._subscribe += [p for p in patterns if p not in self._subscribe]
@@ -379,7 +401,11 @@ class Client:
 
     async def _serve(self, ws: ClientConnection) -> _Ended:
         self._ws = ws
-        hello = pb.Hello(client_name=self.options.client_name, subscribe=self._subscribe)
+        hello = pb.Hello(
+            client_name=self.options.client_name,
+            subscribe=self._subscribe,
+            publish_interval_ms=self._ask_interval_ms,
+        )
         resume = self.mirror.resume()
         if resume is not None:
             hello.resume.CopyFrom(resume)
@@ -467,6 +493,8 @@ class Client:
             self.welcome = w
             self._schedule_refresh(w.token_expires_at_us)
             await self._emit(Welcomed(w))
+            self.publish_interval_ms = w.publish_interval_ms
+            await self._emit(Paced(w.publish_interval_ms))
             await self._set_state(Live(w.resume))
         elif kind == "catalog":
             await self._emit(CatalogChanged(list(msg.catalog.tags)))
@@ -488,6 +516,9 @@ class Client:
             await self._emit(Latency(self.latency))
         elif kind == "refreshed":
             self._schedule_refresh(msg.refreshed.expires_at_us)
+        elif kind == "paced":
+            self.publish_interval_ms = msg.paced.publish_interval_ms
+            await self._emit(Paced(self.publish_interval_ms))
         elif kind == "error":
             await self._emit(ServerError(msg.error))
 

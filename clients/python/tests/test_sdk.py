@@ -27,6 +27,7 @@ from tagstream_client import (
     Connecting,
     Live,
     Options,
+    Paced,
     StateChanged,
     Stopped,
     Update,
@@ -162,6 +163,22 @@ def test_start_then_ready_then_write():
             await away.ready(0.3)
         assert late.value.code == "timeout"
         await away.close()
+
+    run(main())
+
+
+def test_pacing_asked_in_the_hello_granted_in_the_welcome_changed_with_pace():
+    async def main():
+        async with Demo() as demo:
+            c = Client(options(demo.url, publish_interval_ms=1000))
+            c.start()
+            await c.ready()
+            assert c.publish_interval_ms == 1000
+            await c.pace(120_000)
+            seen = await until(c, lambda u: isinstance(u, Paced) and u.publish_interval_ms != 1000)
+            assert seen[-1] == Paced(60_000), "the server caps it at 60 s"
+            assert c.publish_interval_ms == 60_000
+            await c.close()
 
     run(main())
 

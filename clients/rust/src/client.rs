@@ -178,6 +178,9 @@ pub enum Update {
     Changes(Vec<Change>),
     /// A Pong came back: the round trip.
     Latency(Duration),
+    /// The pacing the server granted (after the Welcome and each
+    /// [`Client::pace`]); zero: every change as it comes.
+    Paced(Duration),
     /// The server reported an error (the session goes on unless a close
     /// follows).
     ServerError(proto::Error),
@@ -234,6 +237,7 @@ enum Command {
     ),
     Subscribe(Vec<String>),
     Unsubscribe(Vec<String>),
+    Pace(Duration),
     Close,
 }
 
@@ -366,6 +370,13 @@ impl Client {
     pub async fn unsubscribe(&self, patterns: &[&str]) -> Result<(), WriteError> {
         let patterns = patterns.iter().map(|p| p.to_string()).collect();
         self.request(Command::Unsubscribe(patterns)).await
+    }
+
+    /// Asks for at most one Delta per `interval` from now on (zero: every
+    /// change), on this connection and the next ones; [`Update::Paced`]
+    /// reports what the server granted.
+    pub async fn pace(&self, interval: Duration) -> Result<(), WriteError> {
+        self.request(Command::Pace(interval)).await
     }
 
     /// Closes the connection and stops the client.
@@ -520,6 +531,7 @@ impl Task {
                     Some(Command::Browse(_, reply)) => { let _ = reply.send(Err(WriteError::NotConnected)); }
                     Some(Command::Subscribe(p)) => self.add_patterns(p),
                     Some(Command::Unsubscribe(p)) => self.options.subscribe.retain(|s| !p.contains(s)),
+                    Some(Command::Pace(interval)) => self.options.publish_interval = interval,
                 },
             }
         }
@@ -569,7 +581,9 @@ impl Task {
                             refresh_at = self.refresh_time(w.token_expires_at_us).unwrap_or(far);
                             let outcome = w.resume();
                             self.lock().welcome = Some(w.clone());
+                            let granted = Duration::from_millis(u64::from(w.publish_interval_ms));
                             let _ = self.updates.send(Update::Welcome(w)).await;
+                            let _ = self.updates.send(Update::Paced(granted)).await;
                             self.set_state(State::Live { outcome }).await;
                         }
                         Event::Catalog(c) => { let _ = self.updates.send(Update::Catalog(c.tags)).await; }
@@ -585,7 +599,11 @@ impl Task {
                         }
                         Event::Refreshed(r) => refresh_at = self.refresh_time(r.expires_at_us).unwrap_or(far),
                         Event::Error(e) => { let _ = self.updates.send(Update::ServerError(e)).await; }
-                        Event::Paced(_) | Event::Closed(_) => {}
+                        Event::Paced(p) => {
+                            let granted = Duration::from_millis(u64::from(p.publish_interval_ms));
+                            let _ = self.updates.send(Update::Paced(granted)).await;
+                        }
+                        Event::Closed(_) => {}
                     }
                 }
                 cmd = self.commands.recv() => {
@@ -618,6 +636,11 @@ impl Task {
                         Some(Command::Unsubscribe(p)) => {
                             self.options.subscribe.retain(|s| !p.contains(s));
                             conn.send(Out::Unsubscribe(proto::Unsubscribe { patterns: p })).await
+                        }
+                        Some(Command::Pace(interval)) => {
+                            self.options.publish_interval = interval;
+                            let publish_interval_ms = u32::try_from(interval.as_millis()).unwrap_or(u32::MAX);
+                            conn.send(Out::Pace(proto::Pace { publish_interval_ms })).await
                         }
                     };
                     if let Err(e) = sent { break Ended::Lost(e.to_string()); }

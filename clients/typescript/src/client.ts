@@ -65,6 +65,13 @@ export interface Options {
   pingIntervalMs?: number;
   refreshBeforeMs?: number;
   maxInFlight?: number;
+  /**
+   * At most one Delta per this many ms (protocol.md Pacing): a wallboard
+   * or a slow link asks for the latest value every second, not every
+   * change. 0 (default): every change as it comes. The server may revise
+   * it: `publishIntervalMs` holds what it granted.
+   */
+  publishIntervalMs?: number;
   /** For tests of the schedule. */
   random?: () => number;
 }
@@ -117,6 +124,8 @@ type Events = {
   change: [Change];
   /** Ping round trip, ms. */
   latency: [number];
+  /** The pacing the server granted, ms (Welcome, then each Paced). */
+  paced: [number];
   serverError: [ErrorMessage];
   /** Every server message, after the mirror applied it (diagnostics, tests). */
   message: [ServerMessage];
@@ -155,6 +164,8 @@ export class Client {
   state: State = { kind: "connecting", attempt: 0 };
   welcome: Welcome | undefined;
   latencyMs: number | undefined;
+  /** The pacing in force, ms, as the server granted it (0: unpaced). */
+  publishIntervalMs = 0;
 
   private readonly opts: Required<Omit<Options, "token" | "tokenIn" | "WebSocket">> & Pick<Options, "token">;
   private readonly ctor: SocketConstructor;
@@ -183,6 +194,7 @@ export class Client {
       pingIntervalMs: options.pingIntervalMs ?? 5_000,
       refreshBeforeMs: options.refreshBeforeMs ?? 30_000,
       maxInFlight: options.maxInFlight ?? 64,
+      publishIntervalMs: options.publishIntervalMs ?? 0,
       random: options.random ?? Math.random,
     };
     const global = (globalThis as { WebSocket?: SocketConstructor }).WebSocket;
@@ -259,6 +271,16 @@ export class Client {
       case: "browse",
       value: { requestId, pattern, limit, after },
     }));
+  }
+
+  /**
+   * Asks for at most one Delta per `ms` from now on (0: every change), on
+   * this connection and the next ones; the `paced` event reports what the
+   * server granted.
+   */
+  pace(ms: number): void {
+    this.opts.publishIntervalMs = ms;
+    this.send({ case: "pace", value: { publishIntervalMs: ms } });
   }
 
   subscribe(patterns: string[]): void {
@@ -347,7 +369,12 @@ export class Client {
       const resume = this.mirror.resume();
       this.send({
         case: "hello",
-        value: { clientName: this.opts.clientName, resume, subscribe: this.opts.subscribe },
+        value: {
+          clientName: this.opts.clientName,
+          resume,
+          subscribe: this.opts.subscribe,
+          publishIntervalMs: this.opts.publishIntervalMs,
+        },
       });
       if (this.opts.pingIntervalMs > 0) {
         this.pingTimer = setInterval(() => {
@@ -394,9 +421,15 @@ export class Client {
         this.welcome = k.value;
         this.scheduleRefresh(k.value.tokenExpiresAtUs);
         this.emit("welcome", k.value);
+        this.publishIntervalMs = k.value.publishIntervalMs;
+        this.emit("paced", k.value.publishIntervalMs);
         this.setState({ kind: "live", outcome: k.value.resume });
         break;
       }
+      case "paced":
+        this.publishIntervalMs = k.value.publishIntervalMs;
+        this.emit("paced", k.value.publishIntervalMs);
+        break;
       case "catalog":
         this.emit("catalog", k.value.tags);
         break;

@@ -119,6 +119,23 @@ test("start, await ready(), then write: the write is not refused as not connecte
   stopped.close();
 });
 
+test("pacing: asked in the Hello, granted in the Welcome, changed with pace()", async () => {
+  const d = await demo();
+  const c = client(d.url, { publishIntervalMs: 1000 }).start();
+  await c.ready();
+  assert.equal(c.publishIntervalMs, 1000);
+  const paced = new Promise<number>((resolve) => {
+    const off = c.on("paced", (ms) => {
+      off();
+      resolve(ms);
+    });
+  });
+  c.pace(120_000);
+  assert.equal(await paced, 60_000, "the server caps it at 60 s");
+  assert.equal(c.publishIntervalMs, 60_000);
+  c.close();
+});
+
 test("a dropped connection resumes with one delta and no snapshot", async () => {
   const d = await demo();
   const relay = await new Relay(d.port).listen();
