@@ -91,6 +91,11 @@ class View {
     setInterval(() => this.tickAges(), 1000);
   }
 
+  /** 1 s when the "slow link" box is ticked or the tab is hidden, else 0 (every change). */
+  private wantedInterval(): number {
+    return $<HTMLInputElement>("slow").checked || document.hidden ? 1000 : 0;
+  }
+
   start(): void {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const c = new Client({
@@ -99,8 +104,20 @@ class View {
       subscribe: ["#"],
       token: this.token,
       pingIntervalMs: 2000,
+      publishIntervalMs: this.wantedInterval(),
     });
     this.client = c;
+    // A slow link, or a tab nobody looks at, gets the latest value once a
+    // second instead of every change; shown again, the page is live.
+    const repace = () => {
+      const ms = this.wantedInterval();
+      if (ms !== c.publishIntervalMs) c.pace(ms);
+    };
+    $<HTMLInputElement>("slow").addEventListener("change", repace);
+    document.addEventListener("visibilitychange", repace);
+    c.on("paced", (ms) => {
+      $("paced").textContent = ms > 0 ? `paced ${ms / 1000} s` : "";
+    });
     c.on("state", (s) => this.onState(s));
     c.on("welcome", (w) => this.onWelcome(w));
     c.on("catalog", (tags) => this.addNames(tags.map((t) => t.name)));

@@ -70,6 +70,24 @@ test("the web view shows live values, writes to the device, and survives a cut a
     WAIT,
   );
 
+  // Pacing: the "slow link" box, then a hidden tab, each ask for one
+  // update a second; live again when unticked and shown.
+  const paced = (text) =>
+    page.waitForFunction((t) => document.querySelector("#paced")?.textContent === t, text, WAIT);
+  await page.check("#slow");
+  await paced("paced 1 s");
+  await page.uncheck("#slow");
+  await paced("");
+  const hide = (hidden) =>
+    page.evaluate((h) => {
+      Object.defineProperty(document, "hidden", { value: h, configurable: true });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, hidden);
+  await hide(true);
+  await paced("paced 1 s");
+  await hide(false);
+  await paced("");
+
   // The filter narrows the table.
   await page.fill("#filter", "line1");
   assert.equal(await page.isVisible('tr[data-tag="plant/boiler1/temperature"]'), false);
