@@ -1,8 +1,10 @@
 //! The thin async shell around a [`SessionState`]: reads the socket,
 //! awaits batches, heartbeat ticks and pending writes, feeds each to the
 //! state machine, and writes what it queued in one vectored write per
-//! wakeup. tungstenite keeps the read side and its own replies (pong,
-//! close); the session's frames go straight to the byte stream under it.
+//! wakeup. It owns the session's timers (the token's end, a paced
+//! session's hold: the state machine has no clock). tungstenite keeps the
+//! read side and its own replies (pong, close); the session's frames go
+//! straight to the byte stream under it.
 
 use std::future::Future;
 use std::net::SocketAddr;
