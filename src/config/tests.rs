@@ -623,3 +623,34 @@ fn min_publish_interval_defaults_to_0_and_is_bounded_by_the_slowest_pacing() {
         "{err}"
     );
 }
+
+/// docs/config.md is the project's configuration reference: every section
+/// and key the example configuration uses is named there (in backticks).
+#[test]
+fn the_config_reference_names_every_key_of_the_example() {
+    let doc = include_str!("../../docs/config.md");
+    let example = include_str!("../../deploy/config.example.toml");
+    let mut missing = Vec::new();
+    for line in example.lines().map(str::trim) {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let name = if line.starts_with('[') {
+            line.split(']')
+                .next()
+                .map(|s| format!("{s}]{}", "]".repeat(line.starts_with("[[") as usize)))
+        } else {
+            line.split('=').next().map(|k| k.trim().to_string())
+        };
+        if let Some(name) = name
+            && !doc.contains(&format!("`{name}`"))
+        {
+            missing.push(name);
+        }
+    }
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "docs/config.md does not name {missing:?}"
+    );
+}
