@@ -46,6 +46,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod files;
+pub mod log_budget;
 pub mod pattern;
 pub mod peer_text;
 pub mod proto;

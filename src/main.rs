@@ -145,17 +145,25 @@ fn init_logs(format: &str) {
         .into_iter()
         .filter_map(|d| d.parse().ok())
         .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    // Third-party crates log within a budget (`log_budget`); ours and the
+    // audit log always pass.
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = filter.and(tagstream::log_budget::filter());
     // Colour only for a person at a terminal: a file or journald would
     // store the escape codes.
     use std::io::IsTerminal as _;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry();
     if format == "json" {
-        builder.json().init();
+        use tracing_subscriber::Layer as _;
+        registry.with(layer.json().with_filter(filter)).init();
     } else {
-        builder.init();
+        use tracing_subscriber::Layer as _;
+        registry.with(layer.with_filter(filter)).init();
     }
 }
 
