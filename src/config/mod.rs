@@ -538,8 +538,27 @@ fn value_errors(text: &str, first: toml::de::Error) -> ConfigError {
         let mut next = None;
         for candidate in ["0", "\"\"", "false", "[]", "{}", "\"1s\"", "0.0", "#"] {
             let tried = replace_value(&text, line, candidate);
-            match deserialize(&tried, &mut Vec::new()) {
-                Ok(_) => return ConfigError::Invalid(sorted(problems)),
+            let mut unknown = Vec::new();
+            match deserialize(&tried, &mut unknown) {
+                Ok(config) => {
+                    // The rest of the file is readable now: its unknown
+                    // keys and range problems are reported too, all at
+                    // once (not those of the lines stood in for).
+                    let mut rest = Problems::default();
+                    for key in unknown {
+                        rest.push(bracketed(&key), "unknown key or section");
+                    }
+                    config.validate(&mut rest);
+                    for mut problem in rest.into_vec() {
+                        problem.line = find_line(&tried, &problem.key);
+                        let stood_in = problem.line.is_some()
+                            && problems.iter().any(|p: &Problem| p.line == problem.line);
+                        if !stood_in {
+                            problems.push(problem);
+                        }
+                    }
+                    return ConfigError::Invalid(sorted(problems));
+                }
                 Err(e) if e.span().is_some_and(|s| line_of(&tried, s.start) == line) => {}
                 Err(e) if e.message().starts_with("missing field") => {}
                 Err(e) => {

@@ -680,3 +680,23 @@ fn the_config_reference_names_every_key_of_the_config_structs() {
         "docs/config.md does not name {missing:?}"
     );
 }
+
+/// Type errors, unknown keys and range problems of one file come in one
+/// report (issue 24: four mistakes took three `check` runs).
+#[test]
+fn type_unknown_key_and_range_problems_are_reported_together() {
+    let text = "[server]\nheartbeat_interval = 5\nmax_pattern_bytes = 0\nlisen = \"x\"\n";
+    let Err(ConfigError::Invalid(list)) = Config::parse(text) else {
+        panic!("not a list of problems")
+    };
+    let got: Vec<(Option<usize>, &str)> = list.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(2), "server.heartbeat_interval"),
+            (Some(3), "server.max_pattern_bytes"),
+            (Some(4), "server.lisen"),
+        ],
+        "{list:?}"
+    );
+}
