@@ -262,7 +262,10 @@ async fn demo(listen: &str) -> anyhow::Result<()> {
         plant.broker
     );
     eprintln!("  web view: http://{listen}/   (open it in a browser)");
-    eprintln!("  stream:   ws://{listen}/api/v1/stream   (try: tagstream tail 'plant/#')");
+    eprintln!(
+        "  stream:   ws://{listen}/api/v1/stream   (try: {} tail 'plant/#')",
+        this_command()
+    );
     eprintln!("  metrics:  http://{listen}/metrics");
     eprintln!(
         "  access:   anonymous clients may read and write every tag (demo only: [auth] anonymous)"
@@ -270,6 +273,21 @@ async fn demo(listen: &str) -> anyhow::Result<()> {
     let result = tagstream::app::run(config).await;
     stop.cancel();
     result
+}
+
+/// How to run this binary again from here: `tagstream` is rarely on PATH
+/// after a `cargo build`, so the banner shows `./target/release/tagstream`
+/// (or wherever it runs from) rather than a command that is not found.
+fn this_command() -> String {
+    let exe = std::env::current_exe().ok();
+    let here = std::env::current_dir().ok();
+    match (exe, here) {
+        (Some(exe), Some(here)) => match exe.strip_prefix(&here) {
+            Ok(rel) => format!("./{}", rel.display()),
+            Err(_) => exe.display().to_string(),
+        },
+        _ => "tagstream".into(),
+    }
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

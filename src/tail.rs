@@ -14,7 +14,9 @@ pub async fn run(mut options: Options, patterns: Vec<String>) -> anyhow::Result<
     if !patterns.is_empty() {
         options.subscribe = patterns;
     }
-    let (_client, mut updates) = Client::start(options);
+    let patterns = options.subscribe.clone();
+    let (client, mut updates) = Client::start(options);
+    let mut checked = false;
     loop {
         let update = tokio::select! {
             u = updates.next() => u,
@@ -53,12 +55,48 @@ pub async fn run(mut options: Options, patterns: Vec<String>) -> anyhow::Result<
                 eprintln!("# {reason}; reconnecting in {delay:?}");
             }
             Update::State(State::Stopped(stop)) => return stopped(stop),
+            Update::State(State::Live { .. }) if !checked => {
+                checked = true;
+                let (client, patterns) = (client.clone(), patterns.clone());
+                tokio::spawn(async move { say_if_nothing_matches(&client, &patterns).await });
+            }
             Update::Paced(granted) if !granted.is_zero() => {
                 eprintln!("# paced: at most one update per {granted:?}");
             }
             Update::State(_) | Update::Catalog(_) | Update::Latency(_) | Update::Paced(_) => {}
         }
     }
+}
+
+/// Pages a Browse reads to decide that a pattern matches nothing: a page
+/// scans a bounded number of names, so a sparse pattern over a large
+/// catalog may need several; past this many tail says nothing.
+const BROWSE_PAGES: usize = 10;
+
+/// Says so when the patterns match no tag the connection may read (a typo,
+/// or a scope that hides them): otherwise tail would wait in silence.
+async fn say_if_nothing_matches(client: &Client, patterns: &[String]) {
+    for pattern in patterns {
+        let (mut after, mut exhausted) = (String::new(), false);
+        for _ in 0..BROWSE_PAGES {
+            match client.browse(pattern, 1, &after).await {
+                Ok(page) if !page.tags.is_empty() => return,
+                Ok(page) if page.next_after.is_empty() => {
+                    exhausted = true;
+                    break;
+                }
+                Ok(page) => after = page.next_after,
+                Err(_) => return,
+            }
+        }
+        if !exhausted {
+            return;
+        }
+    }
+    eprintln!(
+        "# no tag matches {} (or the token may not read it); waiting for one to appear",
+        patterns.join(" ")
+    );
 }
 
 fn stopped(stop: Stop) -> anyhow::Result<()> {

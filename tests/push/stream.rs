@@ -570,3 +570,45 @@ async fn tail_with_an_interval_is_paced() {
     .unwrap();
     server.stop().await;
 }
+
+/// `tagstream tail` with a pattern that matches nothing says so instead of
+/// waiting in silence; one that matches says nothing of the kind.
+#[tokio::test]
+async fn tail_says_when_its_patterns_match_nothing() {
+    use tokio::io::AsyncBufReadExt;
+    let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
+    for (pattern, says) in [("nothing/#", true), ("a/#", false)] {
+        let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+            .args(["tail", "--url", &url(&server), pattern])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
+        // A matching pattern: nothing said within 2 s (it would come at
+        // once after the Welcome); a pattern matching nothing: said
+        // before the deadline.
+        let wait = if says {
+            DEADLINE
+        } else {
+            Duration::from_secs(2)
+        };
+        let said = tokio::time::timeout(wait, async {
+            while let Ok(Some(line)) = err.next_line().await {
+                if line.contains("no tag matches") {
+                    return line;
+                }
+            }
+            String::new()
+        })
+        .await;
+        match (says, said) {
+            (true, Ok(line)) => assert!(line.contains(pattern), "{line}"),
+            (true, Err(_)) => panic!("tail {pattern} never said it matches nothing"),
+            (false, Ok(line)) => assert!(line.is_empty(), "{line}"),
+            (false, Err(_)) => {}
+        }
+    }
+    server.stop().await;
+}
