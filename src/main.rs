@@ -10,7 +10,9 @@ use tagstream::config::Config;
 #[command(
     name = "tagstream",
     version,
-    about = "Industrial telemetry push server"
+    about = "Industrial telemetry push server",
+    after_help = "Logs go to stderr; RUST_LOG filters them (e.g. RUST_LOG=debug, or \
+                  RUST_LOG=info,audit=info for the audit log), --log-format json for machines."
 )]
 struct Cli {
     /// Log format: text or json.
@@ -23,24 +25,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve with the given configuration.
+    #[command(after_help = "Example: tagstream run --config deploy/config.example.toml")]
     Run {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
     },
     /// Serve a simulated plant on 127.0.0.1:8080; needs nothing installed.
+    #[command(after_help = "Example: tagstream demo --listen 127.0.0.1:9090")]
     Demo {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
     /// Validate a configuration and print its tag table.
+    #[command(after_help = "Example: tagstream check --config deploy/config.example.toml")]
     Check {
         /// Configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
     },
     /// Print the live stream of matching tags, one line per update.
+    #[command(after_help = "Example: tagstream tail --interval 1s 'plant/boiler1/#'")]
     Tail {
         #[command(flatten)]
         server: ServerArgs,
@@ -53,6 +59,9 @@ enum Command {
     },
     /// Read registers once from a Modbus TCP device and print every type
     /// and byte order they could mean.
+    #[command(
+        after_help = "Example: tagstream probe --address 127.0.0.1:502 --register 4 --count 2"
+    )]
     Probe {
         /// Device address, host:port (Modbus TCP, or RTU frames with
         /// `--framing rtu`).
@@ -93,6 +102,7 @@ enum Command {
         timeout: std::time::Duration,
     },
     /// Write one setpoint and print the WriteResult.
+    #[command(after_help = "Example: tagstream write plant/boiler1/setpoint -1")]
     Write {
         #[command(flatten)]
         server: ServerArgs,
