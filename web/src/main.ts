@@ -189,8 +189,7 @@ class View {
 
   private onWelcome(w: proto.Welcome): void {
     this.writeScope = w.writeScope;
-    const scope = w.readScope.join(" ");
-    $("principal").textContent = `read ${scope || "-"} · write ${w.writeScope.join(" ") || "none"}`;
+    $("principal").textContent = `may read: ${inWords(w.readScope)} · may write: ${inWords(w.writeScope)}`;
     if (w.resume !== proto.ResumeOutcome.RESUMED) {
       // A new epoch: ids and the table start over.
       for (const row of this.rows.values()) row.tr.remove();
@@ -333,7 +332,7 @@ class View {
     for (const row of this.dirty) {
       const ch = row.change;
       if (!ch) continue;
-      row.value.textContent = formatValue(ch.update.value, ch.info);
+      row.value.textContent = shown(ch);
       row.unit.textContent = ch.info.unit;
       row.status.textContent = statusName(ch.update.status);
       row.status.dataset.quality = quality(ch.update.status);
@@ -390,7 +389,7 @@ class View {
     const range = info.euMin !== 0 || info.euMax !== 0 ? `range ${info.euMin} … ${info.euMax}` : "";
     $("write-range").textContent = `${proto.DataType[info.type]} ${info.unit} ${range}`.trim();
     const input = $<HTMLInputElement>("write-value");
-    input.value = row.change ? formatValue(row.change.update.value, info).replace(/^"|"$/g, "") : "";
+    input.value = row.change ? shown(row.change) : "";
     const result = $("write-result");
     result.textContent = "";
     result.dataset.status = "";
@@ -443,3 +442,15 @@ async function main(): Promise<void> {
 }
 
 void main();
+
+/** A value as the table shows it: text as it is, not quoted as the SDKs print it. */
+function shown(ch: Change): string {
+  const v = ch.update.value;
+  return v?.kind.case === "text" ? v.kind.value : formatValue(v, ch.info);
+}
+
+/** A scope in words: "everything" for `#`, "nothing" for none, else the patterns. */
+function inWords(scope: string[]): string {
+  if (scope.includes("#")) return "everything";
+  return scope.length === 0 ? "nothing" : scope.join(", ");
+}

@@ -70,6 +70,14 @@ test("the web view shows live values, writes to the device, and survives a cut a
     WAIT,
   );
 
+  // Text shows as it is, not quoted; the demo's anonymous principal in words.
+  await page.waitForFunction(
+    () => document.querySelector('tr[data-tag="plant/line1/product"] td.value')?.textContent === "WIDGET-A",
+    null,
+    WAIT,
+  );
+  assert.match(await page.textContent("#principal"), /may read: everything · may write: everything/);
+
   // Pacing: the "slow link" box, then a hidden tab, each ask for one
   // update a second; live again when unticked and shown.
   const paced = (text) =>
@@ -191,6 +199,6 @@ test("a server that needs a token gets a prompt, and the token is sent as the be
   await page.click("#token-ok");
   await page.waitForSelector('#conn[data-state="live"]', WAIT);
   await page.waitForSelector('tr[data-tag="sim/g0/t0"] td.value', WAIT);
-  assert.match(await page.textContent("#principal"), /read sim\/# · write none/);
+  assert.match(await page.textContent("#principal"), /may read: sim\/# · may write: nothing/);
   assert.equal(await page.isVisible("button.write"), false, "no write control without a write scope");
 });
