@@ -3,12 +3,16 @@
 //! at run time, definition changes and a lost source. Sources name their
 //! tags by their own [`TagKey`] and never wait for the engine to answer, so
 //! a full channel slows a source down but can never deadlock discovery.
+//! Beside it, what an input carries: [`TagDef`] (a tag's definition, with
+//! its write checks) and [`Value`] with its wire conversions. A leaf below
+//! the sources and the engine (it imports only `proto` and `status`), so
+//! the arrows run one way: sources → sample ← engine.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::engine::catalog::TagDef;
+use crate::{proto, status};
 
 /// Compact tag id, stable for an epoch; index into the catalog and table.
 pub type TagId = u32;
@@ -153,5 +157,233 @@ mod tests {
     fn an_input_is_no_larger_than_a_sample() {
         // The channel holds up to 65,536 of them under backpressure.
         assert!(std::mem::size_of::<Input>() <= std::mem::size_of::<Sample>() + 8);
+    }
+}
+
+/// Everything known about one tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagDef {
+    /// Wire id (1-based; 0 is never used so a default field is never valid).
+    pub id: TagId,
+    /// `/`-separated name.
+    pub name: String,
+    /// Type after scaling.
+    pub data_type: proto::DataType,
+    /// Engineering unit.
+    pub unit: String,
+    /// Human description.
+    pub description: String,
+    /// Clients may write it.
+    pub writable: bool,
+    /// Write limits (also sent as the EU range).
+    pub min: Option<f64>,
+    /// Write limits (also sent as the EU range).
+    pub max: Option<f64>,
+    /// Source name.
+    pub source: String,
+    /// Absolute deadband in scaled units.
+    pub deadband: f64,
+    /// Never conflate.
+    pub keep_samples: bool,
+    /// The smallest step of the value, for display (a scaled integer
+    /// register's |scale|); 0: not known.
+    pub resolution: f64,
+}
+
+impl TagDef {
+    /// A read-only F64 tag without limits (MQTT tags, benchmarks, tests);
+    /// set other fields with struct update. Its id is assigned by the
+    /// catalog.
+    pub fn read_only(name: impl Into<String>, source: &str) -> Self {
+        TagDef {
+            id: 0,
+            name: name.into(),
+            data_type: proto::DataType::F64,
+            unit: String::new(),
+            description: String::new(),
+            writable: false,
+            min: None,
+            max: None,
+            source: source.into(),
+            deadband: 0.0,
+            keep_samples: false,
+            resolution: 0.0,
+        }
+    }
+
+    /// The wire description.
+    pub fn info(&self) -> proto::TagInfo {
+        proto::TagInfo {
+            id: self.id,
+            name: self.name.clone(),
+            r#type: self.data_type as i32,
+            unit: self.unit.clone(),
+            description: self.description.clone(),
+            writable: self.writable,
+            eu_min: self.min.unwrap_or(0.0),
+            eu_max: self.max.unwrap_or(0.0),
+            source: self.source.clone(),
+            resolution: self.resolution,
+        }
+    }
+
+    /// Checks a client's write value against type and limits (protocol.md
+    /// "Writes", steps 4 and 5) and returns it in the tag's value kind.
+    pub fn convert_for_write(&self, value: &Value) -> Result<Value, (u32, String)> {
+        use proto::DataType as D;
+        let mismatch = |what: &str| {
+            Err((
+                status::BAD_TYPE_MISMATCH,
+                format!("{} is {:?}: {what}", self.name, self.data_type),
+            ))
+        };
+        let converted = match (self.data_type, value) {
+            (D::Bool, Value::Bool(b)) => Value::Bool(*b),
+            (D::Bool, Value::U64(v @ 0..=1)) => Value::Bool(*v == 1),
+            (D::Bool, Value::I64(v @ 0..=1)) => Value::Bool(*v == 1),
+            (D::Bool, _) => return mismatch("expects a bool"),
+            (D::String, Value::Text(t)) => Value::Text(t.clone()),
+            (D::String, _) => return mismatch("expects text"),
+            (D::Bytes, Value::Raw(r)) => Value::Raw(r.clone()),
+            (D::Bytes, _) => return mismatch("expects bytes"),
+            (D::F32 | D::F64, v) => match v {
+                Value::F64(_) | Value::I64(_) | Value::U64(_) => {
+                    Value::F64(v.as_f64().unwrap_or(0.0))
+                }
+                _ => return mismatch("expects a number"),
+            },
+            (kind, v) => {
+                // An integer tag: the value must be that integer exactly,
+                // within the type's range. An f64 (how JavaScript sends
+                // every number) converts only when it is a whole number;
+                // `as` would saturate 1e30 to the type's maximum.
+                let exact: i128 = match v {
+                    Value::U64(v) => i128::from(*v),
+                    Value::I64(v) => i128::from(*v),
+                    // Saturates only far outside every range checked below.
+                    Value::F64(f) if f.is_finite() && f.fract() == 0.0 => *f as i128,
+                    _ => return mismatch("expects an integer"),
+                };
+                let (lo, hi, signed) = integer_range(kind);
+                if !(lo..=hi).contains(&exact) {
+                    return Err((
+                        status::BAD_OUT_OF_RANGE,
+                        format!(
+                            "{} cannot be written to {} ({}: {lo} to {hi})",
+                            value,
+                            self.name,
+                            type_name(kind)
+                        ),
+                    ));
+                }
+                // In range, so these conversions are exact.
+                if signed {
+                    Value::I64(i64::try_from(exact).unwrap_or_default())
+                } else {
+                    Value::U64(u64::try_from(exact).unwrap_or_default())
+                }
+            }
+        };
+        if let Some(x) = converted.as_f64() {
+            // A device never gets an infinity or NaN, nor an f32 tag a
+            // value f32 cannot hold (it would arrive as infinity).
+            let unrepresentable = !x.is_finite()
+                || (self.data_type == proto::DataType::F32 && x.abs() > f64::from(f32::MAX));
+            if unrepresentable {
+                return Err((
+                    status::BAD_OUT_OF_RANGE,
+                    format!(
+                        "{x} cannot be written to {} ({:?})",
+                        self.name, self.data_type
+                    ),
+                ));
+            }
+            let below = self.min.is_some_and(|min| x < min);
+            let above = self.max.is_some_and(|max| x > max);
+            if below || above {
+                let limits = match (self.min, self.max) {
+                    (Some(lo), Some(hi)) => format!("{lo} to {hi}"),
+                    (Some(lo), None) => format!("at least {lo}"),
+                    (_, hi) => format!("at most {}", hi.unwrap_or_default()),
+                };
+                let unit = if self.unit.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {}", self.unit)
+                };
+                return Err((
+                    status::BAD_OUT_OF_RANGE,
+                    format!(
+                        "{x}{unit} is outside the limits of {} ({limits}{unit})",
+                        self.name
+                    ),
+                ));
+            }
+        }
+        Ok(converted)
+    }
+}
+
+impl From<&Value> for proto::Value {
+    fn from(v: &Value) -> Self {
+        use proto::value::Kind;
+        let kind = match v {
+            Value::Bool(b) => Kind::Bool(*b),
+            Value::I64(i) => Kind::I64(*i),
+            Value::U64(u) => Kind::U64(*u),
+            Value::F64(f) => Kind::F64(*f),
+            Value::Text(t) => Kind::Text(t.to_string()),
+            Value::Raw(r) => Kind::Raw(r.clone()),
+        };
+        proto::Value { kind: Some(kind) }
+    }
+}
+
+impl Value {
+    /// The crate value of a wire value, if a kind is set.
+    pub fn from_wire(v: &proto::Value) -> Option<Value> {
+        use proto::value::Kind;
+        Some(match v.kind.as_ref()? {
+            Kind::Bool(b) => Value::Bool(*b),
+            Kind::I64(i) => Value::I64(*i),
+            Kind::U64(u) => Value::U64(*u),
+            Kind::F64(f) => Value::F64(*f),
+            Kind::Text(t) => Value::Text(t.as_str().into()),
+            Kind::Raw(r) => Value::Raw(r.clone()),
+        })
+    }
+}
+
+/// The integers a tag of `kind` holds, and whether it is signed (the
+/// value kind it takes on the wire: protocol.md "Which Value kind").
+fn integer_range(kind: proto::DataType) -> (i128, i128, bool) {
+    use proto::DataType as D;
+    match kind {
+        D::U16 => (0, u16::MAX.into(), false),
+        D::I16 => (i16::MIN.into(), i16::MAX.into(), true),
+        D::U32 => (0, u32::MAX.into(), false),
+        D::I32 => (i32::MIN.into(), i32::MAX.into(), true),
+        D::U64 => (0, u64::MAX.into(), false),
+        _ => (i64::MIN.into(), i64::MAX.into(), true),
+    }
+}
+
+/// A type's name as the config spells it (`u64`), for messages a plant
+/// engineer reads.
+pub fn type_name(kind: proto::DataType) -> &'static str {
+    use proto::DataType as D;
+    match kind {
+        D::Bool => "bool",
+        D::U16 => "u16",
+        D::I16 => "i16",
+        D::U32 => "u32",
+        D::I32 => "i32",
+        D::U64 => "u64",
+        D::I64 => "i64",
+        D::F32 => "f32",
+        D::F64 => "f64",
+        D::String => "string",
+        D::Bytes => "bytes",
+        D::TypeUnspecified => "unspecified",
     }
 }

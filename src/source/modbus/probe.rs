@@ -13,7 +13,6 @@ use tokio_modbus::{Request, Response};
 use super::bus::{Bus, Endpoint};
 use super::codec::decode_registers;
 use super::config::{ModbusTagConfig, Table};
-use crate::config::Config;
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -55,28 +54,21 @@ const SHAPES: &[(&str, &[&str])] = &[
     ("f64", &["ABCDEFGH", "GHEFCDAB", "BADCFEHG", "HGFEDCBA"]),
 ];
 
-/// The tag configurations of every shape, built through the config
-/// loader so they are exactly what a `[[modbus.tags]]` entry would give.
+/// The tag configurations of every shape, read from the TOML a
+/// `[[modbus.tags]]` entry would hold, so they are exactly what one gives.
 fn shapes() -> Result<Vec<(String, ModbusTagConfig)>, ProbeError> {
-    let mut toml = String::from("[[modbus]]\nname = \"probe\"\naddress = \"127.0.0.1:1\"\n");
-    let mut labels = Vec::new();
+    let mut shapes = Vec::new();
     for (kind, orders) in SHAPES {
         for order in *orders {
-            let _ = write!(
-                toml,
-                "[[modbus.tags]]\nname = \"p/{kind}/{order}\"\naddress = 0\ntype = \"{kind}\"\nbyte_order = \"{order}\"\n"
+            let entry = format!(
+                "name = \"p/{kind}/{order}\"\naddress = 0\ntype = \"{kind}\"\nbyte_order = \"{order}\"\n"
             );
-            labels.push(format!("{kind} {order}"));
+            let tag: ModbusTagConfig =
+                toml::from_str(&entry).map_err(|e| ProbeError::Usage(e.to_string()))?;
+            shapes.push((format!("{kind} {order}"), tag));
         }
     }
-    let config = Config::parse(&toml).map_err(|e| ProbeError::Usage(e.to_string()))?;
-    let tags = config
-        .modbus
-        .into_iter()
-        .next()
-        .map(|m| m.tags)
-        .unwrap_or_default();
-    Ok(labels.into_iter().zip(tags).collect())
+    Ok(shapes)
 }
 
 /// Reads the range once.
