@@ -157,6 +157,7 @@ fn init_logs(format: &str) {
         .fold(filter, tracing_subscriber::EnvFilter::add_directive);
     // Third-party crates log within a budget (`log_budget`); ours and the
     // audit log always pass.
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -169,10 +170,8 @@ fn init_logs(format: &str) {
         .with_writer(std::io::stderr);
     let registry = tracing_subscriber::registry();
     if format == "json" {
-        use tracing_subscriber::Layer as _;
         registry.with(layer.json().with_filter(filter)).init();
     } else {
-        use tracing_subscriber::Layer as _;
         registry.with(layer.with_filter(filter)).init();
     }
 }

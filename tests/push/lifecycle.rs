@@ -172,13 +172,7 @@ async fn the_cli_never_logs_a_token_even_at_trace() {
 async fn tail_into_a_closed_pipe_exits_quietly() {
     use tokio::io::AsyncBufReadExt;
     let server = spawn_server("", TAGS).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
-        .args(["tail", "--url", &url(&server), "#"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_tail(&["--url", &url(&server), "#"]);
     // Read one line, then close the pipe as `head -1` would.
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())

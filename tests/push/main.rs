@@ -76,6 +76,19 @@ pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     String::from_utf8_lossy(&buf).to_string()
 }
 
+/// `tagstream tail ARGS...` as a child with stdout and stderr piped,
+/// killed when dropped.
+pub(crate) fn spawn_tail(args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .arg("tail")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 pub(crate) fn upgrade_request(extra: &str) -> String {
     format!(
         "GET /api/v1/stream HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

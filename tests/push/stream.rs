@@ -405,18 +405,11 @@ async fn tail_resumes_across_a_blip_and_learns_a_tag_that_appeared_meanwhile() {
     let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
     let mut relay = Relay::start(server.addr).await;
     set(&server, "a/x", 1.5).await;
-    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
-        .args([
-            "tail",
-            "--url",
-            &format!("ws://{}/api/v1/stream", relay.addr),
-            "a/#",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut tail = spawn_tail(&[
+        "--url",
+        &format!("ws://{}/api/v1/stream", relay.addr),
+        "a/#",
+    ]);
     let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
     let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
     let errors = tokio::spawn(async move {
@@ -537,13 +530,7 @@ async fn tail_with_an_interval_is_paced() {
     use tokio::io::AsyncBufReadExt;
     let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
     set(&server, "a/x", 1.5).await;
-    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
-        .args(["tail", "--interval", "1s", "--url", &url(&server), "a/#"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut tail = spawn_tail(&["--interval", "1s", "--url", &url(&server), "a/#"]);
     let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
     let paced = tokio::time::timeout(DEADLINE, async {
         while let Ok(Some(line)) = err.next_line().await {
@@ -578,13 +565,7 @@ async fn tail_says_when_its_patterns_match_nothing() {
     use tokio::io::AsyncBufReadExt;
     let server = spawn_config(Config::default(), &["a/x", "a/y"]).await;
     for (pattern, says) in [("nothing/#", true), ("a/#", false)] {
-        let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_tagstream"))
-            .args(["tail", "--url", &url(&server), pattern])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+        let mut tail = spawn_tail(&["--url", &url(&server), pattern]);
         let mut err = tokio::io::BufReader::new(tail.stderr.take().unwrap()).lines();
         // A matching pattern: nothing said within 2 s (it would come at
         // once after the Welcome); a pattern matching nothing: said
