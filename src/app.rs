@@ -92,7 +92,11 @@ pub async fn start_with_env(
         .transpose()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let engine = Engine::new(catalog(&config, extra), Box::new(Counter::random()));
+    let engine = Engine::with_history(
+        catalog(&config, extra),
+        Box::new(Counter::random()),
+        config.history.clone(),
+    );
     let shared = engine.shared().clone();
     let (input, rx) = flume::bounded(INPUT_QUEUE);
     tasks.spawn(engine.run(rx, shutdown.clone()));

@@ -160,6 +160,11 @@ mod tests {
     }
 }
 
+/// `true`, for serde defaults (a tag keeps history unless told not to).
+pub fn yes() -> bool {
+    true
+}
+
 /// Everything known about one tag.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TagDef {
@@ -188,6 +193,10 @@ pub struct TagDef {
     /// The smallest step of the value, for display (a scaled integer
     /// register's |scale|); 0: not known.
     pub resolution: f64,
+    /// Recent values are kept (protocol.md History): the tag key
+    /// `history`, true unless set false; the engine turns it off for
+    /// every tag when `[history]` is absent.
+    pub history: bool,
 }
 
 impl TagDef {
@@ -208,6 +217,7 @@ impl TagDef {
             deadband: 0.0,
             keep_samples: false,
             resolution: 0.0,
+            history: true,
         }
     }
 
@@ -224,6 +234,7 @@ impl TagDef {
             eu_max: self.max.unwrap_or(0.0),
             source: self.source.clone(),
             resolution: self.resolution,
+            history: self.history,
         }
     }
 

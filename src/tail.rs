@@ -63,7 +63,11 @@ pub async fn run(mut options: Options, patterns: Vec<String>) -> anyhow::Result<
             Update::Paced(granted) if !granted.is_zero() => {
                 eprintln!("# paced: at most one update per {granted:?}");
             }
-            Update::State(_) | Update::Catalog(_) | Update::Latency(_) | Update::Paced(_) => {}
+            Update::State(_)
+            | Update::Catalog(_)
+            | Update::Latency(_)
+            | Update::Paced(_)
+            | Update::History(_) => {}
         }
     }
 }

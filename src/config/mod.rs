@@ -78,6 +78,9 @@ pub struct Config {
     /// Access control; absent: reads open, writes refused.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Recent values per tag (protocol.md History); absent: none kept.
+    #[serde(default)]
+    pub history: Option<crate::engine::history::HistoryConfig>,
     /// Not built yet: refused.
     #[serde(default)]
     pub cluster: Option<toml::Value>,
@@ -345,6 +348,9 @@ impl Config {
         self.server.validate(p);
         if let Some(auth) = &self.auth {
             auth.validate(p);
+        }
+        if let Some(history) = &self.history {
+            history.validate(p);
         }
         if self.cluster.is_some() {
             p.push("cluster", "this section is not built yet in this version");

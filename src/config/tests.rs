@@ -637,6 +637,7 @@ fn the_config_reference_names_every_key_of_the_config_structs() {
         include_str!("../source/mqtt/config.rs"),
         include_str!("../source/sparkplug/config.rs"),
         include_str!("../source/sim.rs"),
+        include_str!("../engine/history.rs"),
     ];
     let mut missing = Vec::new();
     let mut keys = 0;
@@ -698,5 +699,78 @@ fn type_unknown_key_and_range_problems_are_reported_together() {
             (Some(4), "server.lisen"),
         ],
         "{list:?}"
+    );
+}
+
+#[test]
+fn history_is_off_unless_configured_and_its_keys_are_ranged() {
+    let c = Config::parse("").expect("empty parses");
+    assert!(c.history.is_none());
+    let example =
+        Config::parse(include_str!("../../deploy/config.example.toml")).expect("example parses");
+    let h = example.history.expect("the example keeps history");
+    assert_eq!(h, crate::engine::history::HistoryConfig::default());
+    assert_eq!(h.max_memory.as_u64(), 256 << 20);
+    let text = r#"
+[history]
+window = "0s"
+max_points_per_tag = 0
+max_memory = "1KiB"
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("expected Invalid");
+    };
+    let found: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    for (key, line) in [
+        ("history.window", 3),
+        ("history.max_points_per_tag", 4),
+        ("history.max_memory", 5),
+    ] {
+        assert!(found.contains(&(key, Some(line))), "{key}: {found:?}");
+    }
+    let Err(ConfigError::Invalid(problems)) = Config::parse("[history]\nmax_memory = \"lots\"\n")
+    else {
+        panic!("expected Invalid");
+    };
+    assert_eq!(problems[0].key, "history.max_memory", "{problems:?}");
+}
+
+#[test]
+fn a_tag_key_history_false_leaves_one_tag_out() {
+    let text = r#"
+[history]
+[[mqtt]]
+name = "b"
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.tags]]
+name = "a/kept"
+topic = "a/kept"
+[[mqtt.tags]]
+name = "a/left"
+topic = "a/left"
+history = false
+[[modbus]]
+name = "d"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "m/left"
+address = 1
+history = false
+"#;
+    let c = Config::parse(text).expect("parses");
+    let flags: Vec<(String, bool)> = c
+        .sources()
+        .into_iter()
+        .flat_map(|(_, s)| s.tags())
+        .map(|t| (t.name, t.history))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("m/left".to_string(), false),
+            ("a/kept".to_string(), true),
+            ("a/left".to_string(), false)
+        ]
     );
 }

@@ -65,6 +65,18 @@ impl Catalog {
         catalog
     }
 
+    /// Turns history off for every tag (no `[history]`): `TagInfo.history`
+    /// then says false everywhere.
+    pub fn without_history(mut self) -> Self {
+        for (def, encoded) in self.tags.iter_mut().zip(self.encoded.iter_mut()) {
+            if def.history {
+                def.history = false;
+                *encoded = encode_info(def);
+            }
+        }
+        self
+    }
+
     /// Appends a tag owned by `owner`, appearing at table seq `seq`;
     /// returns its id. The caller checks the name is free.
     pub fn add(&mut self, mut def: TagDef, owner: TagKey, seq: u64) -> TagId {

@@ -14,6 +14,7 @@
 pub mod batch;
 pub mod catalog;
 pub mod feed;
+pub mod history;
 pub mod selection;
 pub mod seq;
 pub mod table;
@@ -55,6 +56,8 @@ pub struct EngineShared {
     pub feed: feed::Feed,
     /// Update bytes published so far.
     published_bytes: AtomicU64,
+    /// Recent values per tag (`[history]`); `None`: not kept.
+    pub history: Option<Arc<history::Store>>,
 }
 
 impl EngineShared {
@@ -129,6 +132,8 @@ struct Work {
     keys: Keys,
     seq: Box<dyn Sequencer>,
     scratch: batch::Builder,
+    /// Recent values (`[history]`), fed every applied change.
+    history: Option<history::Writer>,
     /// The definition log (a name refused, a tag redefined): a source
     /// rebirthing 10 times a second with 10,000 metrics would otherwise
     /// write 100,000 lines a second. Lines past it are counted in the next.
@@ -142,6 +147,40 @@ impl Engine {
     /// An engine over the configured tags (their owners' keys are taken
     /// from the catalog), numbering changes with `seq`.
     pub fn new(catalog: Catalog, seq: Box<dyn Sequencer>) -> Engine {
+        Engine::with_history(catalog, seq, None)
+    }
+
+    /// An engine that keeps recent values per `history` (protocol.md
+    /// History); `None`: none, and every tag says so in its `TagInfo`.
+    pub fn with_history(
+        catalog: Catalog,
+        seq: Box<dyn Sequencer>,
+        history: Option<history::HistoryConfig>,
+    ) -> Engine {
+        let mut history = history.map(history::Writer::new);
+        let catalog = match &mut history {
+            Some(writer) => {
+                let mut catalog = catalog;
+                let mut refused = Vec::new();
+                for def in catalog.iter() {
+                    let on = def.history && writer.admits(None);
+                    writer.define(def.id, on);
+                    if def.history && !on {
+                        refused.push(TagDef {
+                            history: false,
+                            ..def.clone()
+                        });
+                    }
+                }
+                // More configured tags than max_memory holds rings for:
+                // the rest say they keep none.
+                for def in refused {
+                    catalog.redefine(def.id, def, 0);
+                }
+                catalog
+            }
+            None => catalog.without_history(),
+        };
         let mut keys = Keys::default();
         for def in catalog.iter() {
             if let Some(meta) = catalog.meta(def.id) {
@@ -155,6 +194,7 @@ impl Engine {
             selections: Selections::default(),
             feed: feed::Feed::default(),
             published_bytes: AtomicU64::new(0),
+            history: history.as_ref().map(|h| h.store().clone()),
         });
         Engine {
             shared,
@@ -163,6 +203,7 @@ impl Engine {
                 keys,
                 seq,
                 scratch: batch::Builder::default(),
+                history,
                 defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
             },
         }
@@ -201,6 +242,9 @@ impl Engine {
                 }
             }
         }
+        if let Some(history) = &mut work.history {
+            history.sweep(now);
+        }
         let to_seq = table.seq();
         let catalog = table.catalog().clone();
         if catalog.version() != version {
@@ -235,10 +279,19 @@ impl Work {
             && let Some(state) = table.state(id)
         {
             self.scratch.push(id, seq, state);
+            if let Some(history) = &mut self.history {
+                history.record(id, seq, state, now);
+            }
         }
     }
 
-    fn define(&mut self, table: &mut TagTable, key: TagKey, def: TagDef) {
+    fn define(&mut self, table: &mut TagTable, key: TagKey, mut def: TagDef) {
+        let known = match self.keys.get(key) {
+            0 | REFUSED => None,
+            id => Some(id),
+        };
+        def.history &= self.history.as_ref().is_some_and(|h| h.admits(known));
+        let history = def.history;
         match self.keys.get(key) {
             REFUSED => {}
             0 => {
@@ -257,6 +310,9 @@ impl Work {
                 let id = table.add(def, key);
                 tracing::debug!(tag = %shown(&name), id, seq = table.seq(), "tag added");
                 self.keys.set(key, id);
+                if let Some(h) = &mut self.history {
+                    h.define(id, history);
+                }
             }
             id => {
                 let name = def.name.clone();
@@ -264,6 +320,9 @@ impl Work {
                     && let Some(suppressed) = self.defined_log.admit()
                 {
                     tracing::info!(tag = %shown(&name), id, suppressed, "tag redefined");
+                }
+                if let Some(h) = &mut self.history {
+                    h.define(id, history);
                 }
             }
         }

@@ -79,6 +79,12 @@ pub struct Push {
 /// either way).
 pub const HTTP_IN_FLIGHT: usize = 1024;
 /// Peers whose refused handshakes are counted one by one in a second.
+/// History answers made at once: half the cores (at least one), so a
+/// burst of large requests leaves the shard threads the other half.
+fn history_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 const MAX_REFUSING_PEERS: usize = 4096;
 /// Longest wait for an HTTP permit before serving without one.
 const PERMIT_WAIT: Duration = Duration::from_secs(1);
@@ -123,6 +129,7 @@ impl Push {
             max_writes_per_s: config.max_writes_per_s,
             hello_timeout: config.hello_timeout,
             min_publish_interval: config.min_publish_interval,
+            history_slots: tokio::sync::Semaphore::new(history_slots()),
             drain_window: config.drain_window,
             heartbeat,
             metrics: metrics.clone(),

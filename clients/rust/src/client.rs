@@ -184,6 +184,36 @@ pub enum Update {
     /// The server reported an error (the session goes on unless a close
     /// follows).
     ServerError(proto::Error),
+    /// The answer to a [`Client::history`], in its place among the
+    /// changes: the `Changes` after it continue each series.
+    History(History),
+}
+
+/// Recent values of some tags (protocol.md History), as of `seq`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct History {
+    /// The connection's position when the answer was made: each series
+    /// ends with its tag's state there, and later changes continue it.
+    pub seq: u64,
+    /// One per tag the server keeps history of and this principal may
+    /// read; a tag missing here is unknown, hidden or without history.
+    pub series: Vec<Series>,
+}
+
+/// One tag's recent values, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The tag's name.
+    pub name: String,
+    /// Its description (unit, type, resolution).
+    pub info: proto::TagInfo,
+    /// Its changes, in the order the server applied them.
+    pub points: Vec<proto::HistoryPoint>,
+    /// The kept values reach back to the start asked for.
+    pub complete: bool,
+    /// Thinned to `max_points` (first, min, max, last per time bucket and
+    /// every status change).
+    pub decimated: bool,
 }
 
 /// A write that did not get a Good answer from the device's side.
@@ -234,6 +264,10 @@ enum Command {
     Browse(
         proto::Browse,
         oneshot::Sender<Result<proto::BrowseResult, WriteError>>,
+    ),
+    History(
+        proto::HistoryRequest,
+        oneshot::Sender<Result<History, WriteError>>,
     ),
     Subscribe(Vec<String>),
     Unsubscribe(Vec<String>),
@@ -357,6 +391,34 @@ impl Client {
         };
         let (tx, rx) = oneshot::channel();
         self.request(Command::Browse(browse, tx)).await?;
+        self.answer(rx).await
+    }
+
+    /// Recent values of `tags` (names, at most 100) with source times in
+    /// `start..=end` (`None`: as far back as kept / now), at most
+    /// `max_points` per tag (0: the server's cap). The answer also comes
+    /// as [`Update::History`] among the updates, where the changes after
+    /// it continue each series with no gap and no overlap.
+    pub async fn history(
+        &self,
+        tags: &[&str],
+        start: Option<SystemTime>,
+        end: Option<SystemTime>,
+        max_points: u32,
+    ) -> Result<History, WriteError> {
+        let us = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        };
+        let request = proto::HistoryRequest {
+            request_id: 0,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            start_us: us(start),
+            end_us: us(end),
+            max_points,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.request(Command::History(request, tx)).await?;
         self.answer(rx).await
     }
 
@@ -529,6 +591,7 @@ impl Task {
                     None | Some(Command::Close) => return false,
                     Some(Command::Write(_, reply)) => { let _ = reply.send(Err(WriteError::NotConnected)); }
                     Some(Command::Browse(_, reply)) => { let _ = reply.send(Err(WriteError::NotConnected)); }
+                    Some(Command::History(_, reply)) => { let _ = reply.send(Err(WriteError::NotConnected)); }
                     Some(Command::Subscribe(p)) => self.add_patterns(p),
                     Some(Command::Unsubscribe(p)) => self.options.subscribe.retain(|s| !p.contains(s)),
                     Some(Command::Pace(interval)) => self.options.publish_interval = interval,
@@ -548,6 +611,7 @@ impl Task {
     async fn serve(&mut self, mut conn: Connection, attempt: &mut u32) -> Ended {
         let mut writes: Pending<proto::WriteResult> = HashMap::new();
         let mut browses: Pending<proto::BrowseResult> = HashMap::new();
+        let mut histories: Pending<History> = HashMap::new();
         let mut next_id = 1u64;
         let ping_every = self.options.ping_interval;
         let far = Instant::now() + Duration::from_secs(86_400 * 365);
@@ -591,6 +655,11 @@ impl Task {
                         Event::Delta(d) => self.changes(d.updates).await,
                         Event::WriteResult(r) => if let Some(tx) = writes.remove(&r.request_id) { let _ = tx.send(Ok(r)); },
                         Event::BrowseResult(b) => if let Some(tx) = browses.remove(&b.request_id) { let _ = tx.send(Ok(b)); },
+                        Event::HistoryResult(h) => {
+                            let (id, history) = (h.request_id, self.history(h));
+                            let _ = self.updates.send(Update::History(history.clone())).await;
+                            if let Some(tx) = histories.remove(&id) { let _ = tx.send(Ok(history)); }
+                        }
                         Event::Pong(p) => {
                             let rtt = now_us().saturating_sub(p.client_time_us).max(0);
                             let rtt = Duration::from_micros(rtt.unsigned_abs());
@@ -610,7 +679,7 @@ impl Task {
                     let sent = match cmd {
                         None | Some(Command::Close) => { conn.close().await; break Ended::Closed; }
                         Some(Command::Write(mut w, reply)) => {
-                            if in_flight(&mut writes, &mut browses) >= self.options.max_in_flight {
+                            if in_flight(&mut writes, &mut browses, &mut histories) >= self.options.max_in_flight {
                                 let _ = reply.send(Err(WriteError::Busy));
                                 continue;
                             }
@@ -620,7 +689,7 @@ impl Task {
                             conn.send(Out::Write(w)).await
                         }
                         Some(Command::Browse(mut b, reply)) => {
-                            if in_flight(&mut writes, &mut browses) >= self.options.max_in_flight {
+                            if in_flight(&mut writes, &mut browses, &mut histories) >= self.options.max_in_flight {
                                 let _ = reply.send(Err(WriteError::Busy));
                                 continue;
                             }
@@ -628,6 +697,16 @@ impl Task {
                             browses.insert(next_id, reply);
                             next_id += 1;
                             conn.send(Out::Browse(b)).await
+                        }
+                        Some(Command::History(mut h, reply)) => {
+                            if in_flight(&mut writes, &mut browses, &mut histories) >= self.options.max_in_flight {
+                                let _ = reply.send(Err(WriteError::Busy));
+                                continue;
+                            }
+                            h.request_id = next_id;
+                            histories.insert(next_id, reply);
+                            next_id += 1;
+                            conn.send(Out::History(h)).await
                         }
                         Some(Command::Subscribe(p)) => {
                             self.add_patterns(p.clone());
@@ -669,6 +748,9 @@ impl Task {
         for (_, tx) in browses {
             let _ = tx.send(Err(WriteError::ConnectionLost));
         }
+        for (_, tx) in histories {
+            let _ = tx.send(Err(WriteError::ConnectionLost));
+        }
         ended
     }
 
@@ -686,6 +768,27 @@ impl Task {
             Duration::from_micros(expires_at_us.saturating_sub(now_us()).max(0).unsigned_abs());
         let early = self.options.refresh_before.min(left / 2);
         Some(Instant::now() + left.saturating_sub(early))
+    }
+
+    /// A HistoryResult with its tags' names (the mirror checked that each
+    /// id has its Catalog entry).
+    fn history(&self, h: proto::HistoryResult) -> History {
+        let shared = self.lock();
+        let series = h
+            .series
+            .into_iter()
+            .filter_map(|s| {
+                let info = shared.mirror.catalog.get(&s.id)?.clone();
+                Some(Series {
+                    name: info.name.clone(),
+                    info,
+                    points: s.points,
+                    complete: s.complete,
+                    decimated: s.decimated,
+                })
+            })
+            .collect();
+        History { seq: h.seq, series }
     }
 
     async fn changes(&mut self, updates: Vec<proto::TagUpdate>) {
@@ -714,10 +817,12 @@ impl Task {
 fn in_flight(
     writes: &mut Pending<proto::WriteResult>,
     browses: &mut Pending<proto::BrowseResult>,
+    histories: &mut Pending<History>,
 ) -> usize {
     writes.retain(|_, tx| !tx.is_closed());
     browses.retain(|_, tx| !tx.is_closed());
-    writes.len() + browses.len()
+    histories.retain(|_, tx| !tx.is_closed());
+    writes.len() + browses.len() + histories.len()
 }
 
 fn now_us() -> i64 {

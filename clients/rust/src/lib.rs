@@ -40,7 +40,8 @@ pub mod status;
 
 pub use backoff::Backoff;
 pub use client::{
-    Change, Client, Options, State, Stop, Token, Update, Updates, WriteError, WriteOutcome,
+    Change, Client, History, Options, Series, State, Stop, Token, Update, Updates, WriteError,
+    WriteOutcome,
 };
 pub use connection::{ClientError, Connect, Connection, Incoming, tls_config};
 pub use display::format_value;

@@ -34,6 +34,9 @@ pub enum Event {
     Refreshed(proto::Refreshed),
     /// The pacing now in force after a Pace.
     Paced(proto::Paced),
+    /// Recent values at the position: the Deltas that follow continue
+    /// each series.
+    HistoryResult(proto::HistoryResult),
     /// The server closed the connection.
     Closed(Option<CloseFrame>),
 }
@@ -167,6 +170,23 @@ impl Mirror {
             Kind::BrowseResult(b) => Event::BrowseResult(b),
             Kind::Refreshed(r) => Event::Refreshed(r),
             Kind::Paced(p) => Event::Paced(p),
+            Kind::HistoryResult(h) => {
+                // Made at the position (the server brings the connection
+                // current first): one from elsewhere is a lost Delta.
+                if h.seq != self.position {
+                    return Err(Violation::Gap {
+                        expected: self.position,
+                        got: h.seq,
+                    });
+                }
+                if let Some(s) = h.series.iter().find(|s| !self.catalog.contains_key(&s.id)) {
+                    return Err(Violation::Protocol(format!(
+                        "history for id {} before its Catalog entry",
+                        s.id
+                    )));
+                }
+                Event::HistoryResult(h)
+            }
         })
     }
 

@@ -202,6 +202,9 @@ async fn serve<S: Socket>(
             Action::StartWrite(pending) => writes
                 .get_or_insert_with(Box::default)
                 .push(Box::pin(pending.finish())),
+            // Awaited here, before anything else is read or sent: the
+            // session's next Delta continues from the result's seq.
+            Action::History(job) => out.message(Box::pin(job.run(&cx.history_slots)).await),
             Action::End(end) => return end,
         }
         pace(&mut hold, &session, position, interval);

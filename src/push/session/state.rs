@@ -24,6 +24,7 @@ use super::frames::{
     browse_result, catalog_frames, check_pattern, error_frame, merge, snapshot_frames,
     valid_patterns, write_result,
 };
+use super::history::{HISTORY_PER_S, HistoryJob, MAX_HISTORY_TAGS};
 use super::writes::{self, PendingWrite, WriteAllowance, WriteDone};
 use crate::auth::{Auth, Credential, Principal};
 use crate::command::CommandSink;
@@ -92,6 +93,8 @@ pub struct SessionContext {
     pub hello_timeout: std::time::Duration,
     /// The fastest pacing granted (`[server] min_publish_interval`).
     pub min_publish_interval: std::time::Duration,
+    /// History answers made at once in the node ([`HistoryJob::run`]).
+    pub history_slots: tokio::sync::Semaphore,
     /// Shared heartbeat clock: one timer for all sessions, relayed to them
     /// by their shard's hub; it closes at shutdown.
     pub heartbeat: watch::Receiver<u64>,
@@ -178,6 +181,9 @@ pub enum Action {
     Nothing,
     /// Await this write's answer and hand it to `on_write_done`.
     StartWrite(PendingWrite),
+    /// Make this HistoryResult (off the shard thread) and queue it before
+    /// anything else: the Deltas after it continue from its seq.
+    History(Box<HistoryJob>),
     /// End the session.
     End(End),
 }
@@ -222,6 +228,7 @@ pub fn expect_hello(msg: proto::ClientMessage) -> Result<proto::Hello, End> {
 struct Requests {
     writes: WriteAllowance,
     browses: Bucket,
+    histories: Bucket,
     refreshes: Bucket,
     /// Tags added by Subscribes (and one per Subscribe or Unsubscribe).
     subscribed: Bucket,
@@ -472,23 +479,8 @@ impl SessionState {
             }
             Some(Kind::Browse(b)) => self.browse(b, now, out),
             Some(Kind::Ping(p)) => {
-                // Current first: what is ready, then an empty Delta up to
-                // what this session has already accounted for (O(1): no
-                // table walk, so Pings cost nothing to flood).
-                if let Some(first) = self.try_batch()
-                    && let Action::End(end) = self.on_batch(first, out)
-                {
+                if let Err(end) = self.bring_current(out) {
                     return Action::End(end);
-                }
-                // Nothing left for it: every batch pulled is accounted for.
-                if self.try_batch().is_none() {
-                    self.seen = self.seen.max(self.shard.head_seq());
-                }
-                if self.position < self.seen {
-                    let delta = out.delta(self.position);
-                    if delta.close(self.seen, true) {
-                        self.position = self.seen;
-                    }
                 }
                 let pong = proto::Pong {
                     nonce: p.nonce,
@@ -507,10 +499,87 @@ impl SessionState {
                 out.message(proto::server(server_message::Kind::Paced(paced)).to_bytes());
             }
             Some(Kind::Write(w)) => return self.write(w, now, peer, out),
+            Some(Kind::History(h)) => return self.history(h, now, out),
             Some(Kind::Refresh(r)) => return self.refresh(r, now, peer, out),
             None => return Action::End(End::malformed("message has no kind")),
         }
         Action::Nothing
+    }
+
+    /// Brings the connection current (a Pong, a HistoryResult): what is
+    /// ready, then an empty Delta up to what this session has already
+    /// accounted for (O(1): no table walk, so Pings cost nothing to flood).
+    fn bring_current(&mut self, out: &mut Outbox) -> Result<(), End> {
+        if let Some(first) = self.try_batch()
+            && let Action::End(end) = self.on_batch(first, out)
+        {
+            return Err(end);
+        }
+        // Nothing left for it: every batch pulled is accounted for.
+        if self.try_batch().is_none() {
+            self.seen = self.seen.max(self.shard.head_seq());
+        }
+        if self.position < self.seen {
+            let delta = out.delta(self.position);
+            if delta.close(self.seen, true) {
+                self.position = self.seen;
+            }
+        }
+        Ok(())
+    }
+
+    /// A HistoryRequest (protocol.md History): rate and size checked,
+    /// the connection brought current, the tags resolved here (a name
+    /// this principal may not read, unknown or without history is left
+    /// out: the same answer for all three), and the job of reading them
+    /// at the position handed to the driver. Tags the client has no
+    /// Catalog entry for get theirs first.
+    fn history(&mut self, h: proto::HistoryRequest, now: Now, out: &mut Outbox) -> Action {
+        if !self.requests().histories.take(now.at) {
+            let why = format!("more than {HISTORY_PER_S} HistoryRequests per second");
+            out.message(error_frame(ErrorCode::LimitExceeded, why));
+            return Action::Nothing;
+        }
+        if h.tags.len() > MAX_HISTORY_TAGS {
+            let why = format!(
+                "history {}: {} tags; at most {MAX_HISTORY_TAGS} per request",
+                h.request_id,
+                h.tags.len()
+            );
+            out.message(error_frame(ErrorCode::LimitExceeded, why));
+            return Action::Nothing;
+        }
+        if let Err(end) = self.bring_current(out) {
+            return Action::End(end);
+        }
+        let store = self.cx.engine.history.clone();
+        let catalog = self.cx.engine.catalog();
+        let mut ids: Vec<TagId> = Vec::with_capacity(h.tags.len());
+        if store.is_some() {
+            for name in &h.tags {
+                let Some(id) = catalog.id(name) else { continue };
+                let on = catalog.get(id).is_some_and(|d| d.history);
+                if on && self.principal.may_read(name) && !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let unknown: Vec<TagId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| !self.selection.contains(id))
+            .collect();
+        if !unknown.is_empty() {
+            catalog_frames(&catalog, &unknown, out);
+        }
+        let query =
+            crate::engine::history::Query::new(h.start_us, h.end_us, self.position, h.max_points);
+        Action::History(Box::new(HistoryJob {
+            request_id: h.request_id,
+            ids,
+            query,
+            store,
+        }))
     }
 
     fn subscribe(&mut self, patterns: Vec<String>, now: Now, out: &mut Outbox) -> Action {
@@ -730,6 +799,7 @@ impl SessionState {
             Box::new(Requests {
                 writes: WriteAllowance::new(per_s),
                 browses: Bucket::new(2 * BROWSE_PER_S, f64::from(BROWSE_PER_S)),
+                histories: Bucket::new(2 * HISTORY_PER_S, f64::from(HISTORY_PER_S)),
                 refreshes: Bucket::new(5 * REFRESH_PER_S, f64::from(REFRESH_PER_S)),
                 subscribed: Bucket::new(SUBSCRIBED_TAGS_BURST, f64::from(SUBSCRIBED_TAGS_PER_S)),
                 rate_audit: crate::rate::Throttle::once_per(std::time::Duration::from_secs(1)),

@@ -45,6 +45,15 @@ fn harness_with(max_pending_bytes: u64) -> Harness {
 }
 
 fn harness_opts(max_pending_bytes: u64, min_publish_interval: Duration) -> Harness {
+    harness_full(max_pending_bytes, min_publish_interval, None)
+}
+
+/// With `history`, `b/flag` is the one tag with its history off.
+fn harness_full(
+    max_pending_bytes: u64,
+    min_publish_interval: Duration,
+    history: Option<crate::engine::history::HistoryConfig>,
+) -> Harness {
     let catalog = Catalog::new([
         TagDef::read_only("a/x", "s"),
         TagDef {
@@ -57,10 +66,11 @@ fn harness_opts(max_pending_bytes: u64, min_publish_interval: Duration) -> Harne
         TagDef {
             writable: true,
             data_type: proto::DataType::Bool,
+            history: false,
             ..TagDef::read_only("b/flag", "s")
         },
     ]);
-    let engine = Engine::new(catalog, Box::new(Counter::new(EPOCH)));
+    let engine = Engine::with_history(catalog, Box::new(Counter::new(EPOCH)), history);
     let mut sources = LocalSources::default();
     let commands = sources.add(0, Duration::from_secs(1));
     let (clock, heartbeat) = watch::channel(0);
@@ -77,6 +87,7 @@ fn harness_opts(max_pending_bytes: u64, min_publish_interval: Duration) -> Harne
         max_writes_per_s: 10,
         hello_timeout: Duration::from_secs(10),
         min_publish_interval,
+        history_slots: tokio::sync::Semaphore::new(2),
         heartbeat,
         metrics: PushMetrics::new(),
     });
@@ -1024,6 +1035,9 @@ mod access;
 
 /// Pacing: what is granted, and the driver's hold under paused time.
 mod pacing;
+
+/// History: answers at the position, scope, limits.
+mod history;
 
 #[tokio::test(start_paused = true)]
 async fn subscribe_churn_is_limited_by_the_tags_it_sends() {

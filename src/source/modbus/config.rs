@@ -191,6 +191,9 @@ pub struct ModbusTagConfig {
     /// Never conflate this tag.
     #[serde(default)]
     pub keep_samples: bool,
+    /// Keep recent values (protocol.md History; `[history]` on).
+    #[serde(default = "crate::sample::yes")]
+    pub history: bool,
 }
 
 impl ModbusTagConfig {

@@ -70,6 +70,7 @@ impl SourceConfig for ModbusConfig {
                 max: t.max,
                 deadband: t.deadband,
                 keep_samples: t.keep_samples,
+                history: t.history,
                 resolution: resolution(t),
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })

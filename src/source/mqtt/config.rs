@@ -98,6 +98,9 @@ pub struct MqttTagConfig {
     /// Never conflate.
     #[serde(default)]
     pub keep_samples: bool,
+    /// Keep recent values (protocol.md History; `[history]` on).
+    #[serde(default = "crate::sample::yes")]
+    pub history: bool,
     /// Writes publish here (QoS 1; the tag is writable when set).
     #[serde(default)]
     pub write_topic: Option<String>,
@@ -142,6 +145,9 @@ pub struct MqttTopicConfig {
     /// Never conflate.
     #[serde(default)]
     pub keep_samples: bool,
+    /// Keep recent values (protocol.md History; `[history]` on).
+    #[serde(default = "crate::sample::yes")]
+    pub history: bool,
     /// Writes publish here: a template with the same `{N}` fields as the
     /// name (the tags are writable when set).
     #[serde(default)]

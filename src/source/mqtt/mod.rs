@@ -60,6 +60,7 @@ impl SourceConfig for MqttConfig {
                 description: t.description.clone(),
                 deadband: t.deadband,
                 keep_samples: t.keep_samples,
+                history: t.history,
                 writable: t.write_topic.is_some(),
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })
@@ -98,6 +99,7 @@ impl MqttTopicConfig {
             description: self.description.clone(),
             deadband: self.deadband,
             keep_samples: self.keep_samples,
+            history: self.history,
             ..TagDef::read_only(name, source)
         }
     }

@@ -328,7 +328,7 @@ fn a_scope_bypasses_no_limit() {
         match s.on_message(w, now(), PEER, &mut out) {
             Action::StartWrite(_) => statuses.push(status::GOOD),
             Action::Nothing => statuses.extend(results(&mut out).into_iter().map(|(_, st)| st)),
-            Action::End(e) => panic!("{e:?}"),
+            other => panic!("{other:?}"),
         }
     }
     assert!(
