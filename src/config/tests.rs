@@ -756,6 +756,7 @@ address = "127.0.0.1:502"
 [[modbus.tags]]
 name = "m/left"
 address = 1
+type = "u16"
 history = false
 "#;
     let c = Config::parse(text).expect("parses");

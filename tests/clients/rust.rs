@@ -383,3 +383,76 @@ async fn pacing_is_asked_in_the_hello_granted_in_the_welcome_and_changed_with_pa
     );
     client.close().await;
 }
+
+fn f64_value(v: Option<&tagstream::proto::Value>) -> Option<f64> {
+    match v?.kind.as_ref()? {
+        tagstream::proto::value::Kind::F64(f) => Some(*f),
+        _ => None,
+    }
+}
+
+/// History (protocol.md): asked while the engine applies a stream of
+/// changes, the series ends at the answer's seq and the changes after it
+/// continue it: every value set is in the series or after it, none twice,
+/// and the series has every applied change up to its end (not a
+/// conflated stream).
+#[tokio::test]
+async fn history_then_live_without_a_gap_while_changes_race_the_request() {
+    let server = spawn_server("[history]\n", &["t/x", "t/other"]).await;
+    let mut o = Options::new(url(&server));
+    o.subscribe = vec!["t/x".into()];
+    let (client, mut updates) = Client::start(o);
+    until(&mut updates, live(ResumeOutcome::Fresh)).await;
+    const N: u32 = 400;
+    for v in 1..=100 {
+        set(&server, "t/x", f64::from(v)).await;
+    }
+    let writer = async {
+        for v in 101..=N {
+            set(&server, "t/x", f64::from(v)).await;
+            if v % 20 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let (history, ()) = tokio::join!(
+        client.history(&["t/x", "t/other", "no/such"], None, None, 0),
+        writer
+    );
+    let history = history.unwrap();
+    let names: Vec<&str> = history.series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["t/x", "t/other"], "no/such absent");
+    assert!(history.series[1].points.is_empty(), "t/other never changed");
+    // Read the updates in order: the History among the Changes.
+    let seen = until(&mut updates, changed("t/x", f64::from(N))).await;
+    let at = seen
+        .iter()
+        .position(|u| matches!(u, Update::History(h) if *h == history))
+        .expect("the answer comes among the updates too");
+    let series: Vec<f64> = history.series[0]
+        .points
+        .iter()
+        .filter_map(|p| f64_value(p.value.as_ref()))
+        .collect();
+    let last = *series.last().expect("points");
+    let expected: Vec<f64> = (1..=last as u32).map(f64::from).collect();
+    assert_eq!(series, expected, "every applied change up to the answer");
+    assert!(history.series[0].complete && !history.series[0].decimated);
+    let after: Vec<f64> = seen[at..]
+        .iter()
+        .filter_map(|u| match u {
+            Update::Changes(cs) => Some(cs),
+            _ => None,
+        })
+        .flatten()
+        .filter(|c| c.name == "t/x")
+        .filter_map(|c| f64_value(c.update.value.as_ref()))
+        .collect();
+    assert!(
+        after.first().is_none_or(|&first| first > last),
+        "no overlap: {last} then {after:?}"
+    );
+    assert!(after.windows(2).all(|w| w[0] < w[1]), "in order");
+    assert_eq!(after.last().copied().unwrap_or(last), f64::from(N));
+    client.close().await;
+}

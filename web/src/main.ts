@@ -1,15 +1,38 @@
 // The web view at `/`: a tag tree from Browse with a filter, a live table
 // of the subscribed tags (value with unit, status colour and name, source
-// and server time, age, a sparkline since the page opened), the
-// connection's state, position and latency, and a write dialog for the
-// tags the Welcome's write scope allows. Built on the TypeScript SDK; the
+// and server time, age, a sparkline of the last ten minutes filled from
+// the server's history when the page opens and continued live), a trend
+// panel for one tag (click its name), the connection's state, position,
+// latency and Deltas per second, and a write dialog for the tags the
+// Welcome's write scope allows. Built on the TypeScript SDK; the
 // token (when /api/v1/info says one is needed) travels as the `bearer.`
 // subprotocol entry. DOM updates are batched per animation frame.
 
-import { type Change, Client, formatValue, proto, quality, type State, statusName } from "@tagstream/client";
+import {
+  type Change,
+  Client,
+  formatValue,
+  type History,
+  proto,
+  quality,
+  type State,
+  statusName,
+} from "@tagstream/client";
 
 const TOKEN_KEY = "tagstream.token";
-const HISTORY = 120;
+/** What the sparklines and the trend panel show: the server's default history window. */
+const TREND_MS = 10 * 60_000;
+/** Sparkline width in SVG units, and the points asked per tag for it. */
+const SPARK_W = 120;
+const SPARK_POINTS = 240;
+/** Points kept per row (history plus live). */
+const KEEP = 2400;
+/** The trend panel's SVG size, and the points asked for it. */
+const PANEL_W = 800;
+const PANEL_H = 200;
+const PANEL_POINTS = 2000;
+/** HistoryRequests the page sends per second (the server allows 10, 20 at once). */
+const HISTORY_PER_S = 8;
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 
 interface Row {
@@ -22,8 +45,44 @@ interface Row {
   server: HTMLTableCellElement;
   age: HTMLTableCellElement;
   write: HTMLButtonElement;
-  history: number[];
+  /** (source time ms, value), oldest first: history, then live changes. */
+  trend: Array<[number, number]>;
   change?: Change;
+}
+
+/** A change's time on the trend: its source time, else its server time, else now. */
+function when(u: proto.TagUpdate): number {
+  const us = u.sourceTimeUs || u.serverTimeUs;
+  return us > 0n ? Number(us / 1000n) : Date.now();
+}
+
+/**
+ * SVG polyline points of `trend`, `w` × `h`: from its first point (at
+ * most TREND_MS back, at least 30 s) to now, so a trend of a few minutes
+ * fills its box too.
+ */
+function polyline(trend: Array<[number, number]>, w: number, h: number, now: number): string {
+  const shown = trend.filter(([t]) => t >= now - TREND_MS);
+  if (shown.length === 0) return "";
+  const from = Math.min(shown[0][0], now - 30_000);
+  const spanMs = now - from;
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const [, v] of shown) {
+    lo = Math.min(lo, v);
+    hi = Math.max(hi, v);
+  }
+  const span = hi - lo || 1;
+  const y = (v: number) => (h - 1 - ((v - lo) / span) * (h - 2)).toFixed(1);
+  const x = (t: number) => (((t - from) / spanMs) * w).toFixed(1);
+  // A step line: a value holds until the next change, and the last one until now.
+  const out: string[] = [];
+  shown.forEach(([t, v], i) => {
+    if (i > 0) out.push(`${x(t)},${y(shown[i - 1][1])}`);
+    out.push(`${x(t)},${y(v)}`);
+  });
+  out.push(`${w},${y(shown[shown.length - 1][1])}`);
+  return out.join(" ");
 }
 
 /** MQTT-style match: `+` one level, `#` the rest. */
@@ -79,6 +138,13 @@ class View {
   private client: Client | undefined;
   private writeScope: string[] = [];
   private everLive = false;
+  /** Arrival times (ms) of the Deltas of the last 3 s: the page's own rate. */
+  private deltas: number[] = [];
+  /** The tag the trend panel shows, if open. */
+  private panel: string | undefined;
+  /** Tags waiting for their history (asked at most HISTORY_PER_S a second). */
+  private historyQueue: string[] = [];
+  private historyTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     private readonly needsToken: boolean,
@@ -89,6 +155,7 @@ class View {
       this.applyFilter();
     });
     setInterval(() => this.tickAges(), 1000);
+    $<HTMLButtonElement>("trend-close").onclick = () => this.closePanel();
   }
 
   /** 1 s when the "slow link" box is ticked or the tab is hidden, else 0 (every change). */
@@ -122,6 +189,12 @@ class View {
     c.on("welcome", (w) => this.onWelcome(w));
     c.on("catalog", (tags) => this.addNames(tags.map((t) => t.name)));
     c.on("change", (ch) => this.onChange(ch));
+    c.on("history", (h) => this.onHistory(h));
+    c.on("message", (m) => {
+      if (m.kind.case === "delta") this.deltas.push(performance.now());
+      // The snapshot complete: ask for the trends of what it showed.
+      if (m.kind.case === "snapshot" && m.kind.value.last) this.askHistory();
+    });
     c.on("latency", (ms) => {
       $("latency").textContent = `${ms.toFixed(1)} ms`;
     });
@@ -185,6 +258,70 @@ class View {
         break;
     }
     this.updatePosition();
+  }
+
+  /** Asks the history of every tag that keeps one, 100 per request, paced. */
+  private askHistory(): void {
+    const c = this.client;
+    if (!c) return;
+    const names = [...c.mirror.catalog.values()].filter((t) => t.history).map((t) => t.name);
+    this.historyQueue = names.sort();
+    clearTimeout(this.historyTimer);
+    const next = () => {
+      const chunk = this.historyQueue.splice(0, 100);
+      if (chunk.length === 0 || c.state.kind !== "live") return;
+      c.history(chunk, new Date(Date.now() - TREND_MS), undefined, SPARK_POINTS).catch(() => {});
+      this.historyTimer = setTimeout(next, 1000 / HISTORY_PER_S);
+    };
+    next();
+  }
+
+  /**
+   * A history answer replaces what its rows held: it ends at the
+   * connection's position, and the changes dispatched after it continue it.
+   */
+  private onHistory(h: History): void {
+    for (const s of h.series) {
+      const row = this.rows.get(s.name);
+      if (!row) continue;
+      const trend: Array<[number, number]> = [];
+      for (const p of s.points) {
+        const v = numeric(p.value);
+        if (v !== undefined && Number.isFinite(v)) trend.push([Number(p.sourceTimeUs / 1000n), v]);
+      }
+      // A panel's answer has more points than a sparkline's: keep the finer one.
+      if (s.name !== this.panel || trend.length >= row.trend.length) row.trend = trend;
+      row.tr.dataset.historyFrom = trend.length ? String(trend[0][0]) : "";
+      this.dirty.add(row);
+    }
+    if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
+  }
+
+  private openPanel(name: string): void {
+    const row = this.rows.get(name);
+    if (!row || !this.client) return;
+    this.panel = name;
+    $("trend").hidden = false;
+    $("trend-tag").textContent = name;
+    this.drawPanel();
+    this.client.history([name], new Date(Date.now() - TREND_MS), undefined, PANEL_POINTS).catch(() => {});
+  }
+
+  private closePanel(): void {
+    this.panel = undefined;
+    $("trend").hidden = true;
+  }
+
+  private drawPanel(): void {
+    const row = this.panel ? this.rows.get(this.panel) : undefined;
+    if (!row) return;
+    const now = Date.now();
+    $("trend-line").setAttribute("points", polyline(row.trend, PANEL_W, PANEL_H, now));
+    const values = row.trend.filter(([t]) => t >= now - TREND_MS).map(([, v]) => v);
+    const unit = row.change?.info.unit ?? "";
+    $("trend-range").textContent = values.length
+      ? `${Math.min(...values)} … ${Math.max(...values)} ${unit} · ${values.length} points · last 10 min`
+      : "no changes in the last 10 min";
   }
 
   private onWelcome(w: proto.Welcome): void {
@@ -269,8 +406,8 @@ class View {
     row.change = ch;
     const n = numeric(ch.update.value);
     if (n !== undefined && Number.isFinite(n)) {
-      row.history.push(n);
-      if (row.history.length > HISTORY) row.history.shift();
+      row.trend.push([when(ch.update), n]);
+      if (row.trend.length > KEEP) row.trend.splice(0, row.trend.length - KEEP);
     }
     this.dirty.add(row);
     if (!this.frame) this.frame = requestAnimationFrame(() => this.render());
@@ -285,14 +422,17 @@ class View {
       tr.append(td);
       return td;
     };
-    cell("mono").textContent = name;
+    const nameCell = cell("mono tag");
+    nameCell.textContent = name;
+    nameCell.title = "show its trend";
+    nameCell.onclick = () => this.openPanel(name);
     const value = cell("num mono value");
     const unit = cell("muted");
     const status = cell("status");
     const sparkCell = cell();
     const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
     svg.setAttribute("class", "spark");
-    svg.setAttribute("viewBox", `0 0 ${HISTORY} 20`);
+    svg.setAttribute("viewBox", `0 0 ${SPARK_W} 20`);
     svg.setAttribute("preserveAspectRatio", "none");
     const spark = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     svg.append(spark);
@@ -316,7 +456,7 @@ class View {
       server,
       age: ageCell,
       write,
-      history: [],
+      trend: [],
     };
     // Keep the table in name order.
     const tbody = document.querySelector("#tags tbody") as HTMLTableSectionElement;
@@ -342,24 +482,21 @@ class View {
       row.write.hidden = !(ch.info.writable && this.writeScope.some((p) => matches(p, ch.name)));
       this.drawSpark(row);
     }
+    if (this.panel && [...this.dirty].some((r) => r === this.rows.get(this.panel ?? ""))) this.drawPanel();
     this.dirty.clear();
     this.updatePosition();
   }
 
   private drawSpark(row: Row): void {
-    const h = row.history;
-    if (h.length < 2) return;
-    const lo = Math.min(...h);
-    const hi = Math.max(...h);
-    const span = hi - lo || 1;
-    const x0 = HISTORY - h.length;
-    row.spark.setAttribute(
-      "points",
-      h.map((v, i) => `${x0 + i},${(19 - ((v - lo) / span) * 18).toFixed(1)}`).join(" "),
-    );
+    row.spark.setAttribute("points", polyline(row.trend, SPARK_W, 20, Date.now()));
   }
 
   private tickAges(): void {
+    const now = performance.now();
+    this.deltas = this.deltas.filter((t) => t > now - 3000);
+    const rate = $("rate");
+    rate.textContent = `${(this.deltas.length / 3).toFixed(1)} Δ/s`;
+    rate.dataset.rate = String(this.deltas.length / 3);
     for (const row of this.rows.values()) {
       const u = row.change?.update;
       if (u && !row.tr.hidden) row.age.textContent = age(u.sourceTimeUs || u.serverTimeUs);

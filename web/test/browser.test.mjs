@@ -44,6 +44,9 @@ test("the web view shows live values, writes to the device, and survives a cut a
   const page = await browser.newPage({ viewport: { width: 1280, height: 760 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
+  // The demo keeps history: let it gather some before the page opens.
+  await new Promise((r) => setTimeout(r, 3000));
+  const opened = Date.now();
   await page.goto(`http://127.0.0.1:${relay.port}/`);
 
   // Live, with the tree from Browse and the subscribed tags in the table.
@@ -63,6 +66,24 @@ test("the web view shows live values, writes to the device, and survives a cut a
     "data-quality",
   );
   assert.equal(status, "Good");
+  // The trend is full when the page opens: its first point is older than
+  // the page (it came from the server's history, not from live changes).
+  const row = 'tr[data-tag="plant/boiler1/temperature"]';
+  await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.historyFrom, row, WAIT);
+  const from = Number(await page.getAttribute(row, "data-history-from"));
+  assert.ok(from < opened - 1500, `trend starts at ${from}, the page opened at ${opened}`);
+  const spark = await page.getAttribute(`${row} svg.spark polyline`, "points");
+  assert.ok(spark.split(" ").length >= 20, `a full sparkline: ${spark}`);
+  // The trend panel: click the name; the last ten minutes, continued live.
+  await page.click(`${row} td.tag`);
+  await page.waitForFunction(
+    () => /points/.test(document.querySelector("#trend-range")?.textContent ?? ""),
+    null,
+    WAIT,
+  );
+  assert.ok((await page.getAttribute("#trend-line", "points")).length > 0);
+  await page.click("#trend-close");
+
   // Latency from Ping/Pong (every 2 s).
   await page.waitForFunction(
     () => /ms$/.test(document.querySelector("#latency")?.textContent ?? ""),
@@ -91,10 +112,17 @@ test("the web view shows live values, writes to the device, and survives a cut a
       Object.defineProperty(document, "hidden", { value: h, configurable: true });
       document.dispatchEvent(new Event("visibilitychange"));
     }, hidden);
+  // Deltas per second measured in the page: at most about one while
+  // hidden (paced 1 s; the window is 3 s), many again when shown.
+  const rate = () => page.evaluate(() => Number(document.querySelector("#rate")?.dataset.rate));
   await hide(true);
   await paced("paced 1 s");
+  await new Promise((r) => setTimeout(r, 4000));
+  const hidden = await rate();
+  assert.ok(hidden <= 4 / 3, `${hidden} Deltas/s while hidden`);
   await hide(false);
   await paced("");
+  await page.waitForFunction(() => Number(document.querySelector("#rate")?.dataset.rate) > 2, null, WAIT);
 
   // The filter narrows the table.
   await page.fill("#filter", "line1");

@@ -113,7 +113,30 @@ class Paced:
     publish_interval_ms: int
 
 
-Update = StateChanged | Welcomed | CatalogChanged | Changes | Latency | Paced | ServerError
+@dataclass(frozen=True)
+class Series:
+    """One tag's recent values (protocol.md History), oldest first."""
+
+    name: str
+    info: pb.TagInfo
+    points: list[pb.HistoryPoint]
+    complete: bool
+    """The kept values reach back to the start asked for."""
+    decimated: bool
+    """Thinned to max_points (first, min, max, last per time bucket and status changes)."""
+
+
+@dataclass(frozen=True)
+class History:
+    """Recent values as of ``seq``, the connection's position: each series ends
+    with its tag's state there, and the ``Changes`` after this update continue
+    it. A tag missing from ``series`` is unknown, hidden, or keeps no history."""
+
+    seq: int
+    series: list[Series]
+
+
+Update = StateChanged | Welcomed | CatalogChanged | Changes | Latency | Paced | ServerError | History
 
 
 @dataclass(frozen=True)
@@ -203,6 +226,7 @@ class Client:
         self._next_id = 1
         self._writes: dict[int, asyncio.Future[WriteOutcome]] = {}
         self._browses: dict[int, asyncio.Future[pb.BrowseResult]] = {}
+        self._histories: dict[int, asyncio.Future[History]] = {}
         self._subscribe = list(options.subscribe)
         self._welcomed = False
         self._refresh: asyncio.Task[None] | None = None
@@ -272,6 +296,24 @@ class Client:
         msg = pb.ClientMessage(browse=pb.Browse(pattern=pattern, limit=limit, after=after))
         return await self._request(self._browses, msg, msg.browse)
 
+    async def history(
+        self,
+        tags: list[str],
+        start_us: int = 0,
+        end_us: int = 0,
+        max_points: int = 0,
+    ) -> History:
+        """Recent values of ``tags`` (names, at most 100) with source times in
+        ``start_us..end_us`` (µs since the Unix epoch; 0: as far back as kept /
+        now), at most ``max_points`` per tag (0: the server's cap). The answer
+        also comes as a ``History`` update in its place among the updates: a
+        trend that starts from it and appends the ``Changes`` after it has no
+        gap and no overlap."""
+        msg = pb.ClientMessage(
+            history=pb.HistoryRequest(tags=tags, start_us=start_us, end_us=end_us, max_points=max_points)
+        )
+        return await self._request(self._histories, msg, msg.history)
+
     async def pace(self, ms: int) -> None:
         """Asks for at most one Delta per ``ms`` from now on (0: every change),
         on this connection and the next ones; a ``Paced`` update reports what
@@ -294,7 +336,7 @@ class Client:
             # Never queued for later: a setpoint sent minutes late is worse
             # than one refused now.
             raise WriteError("not-connected", "not connected")
-        if len(self._writes) + len(self._browses) >= self.options.max_in_flight:
+        if len(self._writes) + len(self._browses) + len(self._histories) >= self.options.max_in_flight:
             raise WriteError("busy", "too many requests in flight")
         request_id = self._next_id
         self._next_id += 1
@@ -443,7 +485,7 @@ class Client:
                 if t is not None:
                     t.cancel()
             self._refresh = None
-            for pending in (self._writes, self._browses):
+            for pending in (self._writes, self._browses, self._histories):
                 for f in pending.values():
                     if not f.done():
                         f.set_exception(WriteError("connection-lost", "connection lost before the answer"))
@@ -511,6 +553,12 @@ class Client:
             f = self._browses.pop(msg.browse_result.request_id, None)
             if f is not None and not f.done():
                 f.set_result(msg.browse_result)
+        elif kind == "history_result":
+            history = self._history(msg.history_result)
+            await self._emit(history)
+            f = self._histories.pop(msg.history_result.request_id, None)
+            if f is not None and not f.done():
+                f.set_result(history)
         elif kind == "pong":
             self.latency = max(0.0, (_now_us() - msg.pong.client_time_us) / 1e6)
             await self._emit(Latency(self.latency))
@@ -521,6 +569,14 @@ class Client:
             await self._emit(Paced(self.publish_interval_ms))
         elif kind == "error":
             await self._emit(ServerError(msg.error))
+
+    def _history(self, h: pb.HistoryResult) -> History:
+        series = [
+            Series(info.name, info, list(s.points), s.complete, s.decimated)
+            for s in h.series
+            if (info := self.mirror.catalog.get(s.id)) is not None
+        ]
+        return History(h.seq, series)
 
     async def _changes(self, updates, kind: str) -> None:
         if not updates:

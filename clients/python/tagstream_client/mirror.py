@@ -82,6 +82,15 @@ class Mirror:
             # The server is current before each Pong: a position below its
             # seq means a Delta was lost.
             raise GapError(self.position, msg.pong.seq)
+        elif kind == "history_result":
+            # Made at the position (the server brings the connection current
+            # first): one from elsewhere means a Delta was lost.
+            h = msg.history_result
+            if h.seq != self.position:
+                raise GapError(self.position, h.seq)
+            for s in h.series:
+                if s.id not in self.catalog:
+                    raise ProtocolError(f"history for id {s.id} before its Catalog entry")
 
     def _expect(self, start: int) -> None:
         if start != self.position:

@@ -25,9 +25,11 @@ from tagstream_client import (
     Changes,
     Client,
     Connecting,
+    History,
     Live,
     Options,
     Paced,
+    ServerError,
     StateChanged,
     Stopped,
     Update,
@@ -179,6 +181,40 @@ def test_pacing_asked_in_the_hello_granted_in_the_welcome_changed_with_pace():
             assert seen[-1] == Paced(60_000), "the server caps it at 60 s"
             assert c.publish_interval_ms == 60_000
             await c.close()
+
+    run(main())
+
+
+def test_history_then_live_continues_without_a_gap_or_an_overlap():
+    async def main():
+        async with Demo() as demo:
+            c = Client(options(demo.url))
+            c.start()
+            await c.ready()
+            await asyncio.sleep(1.5)  # the demo's boiler changes every 100 ms
+            tag = "plant/boiler1/temperature"
+            # Asked while the updates are read: the answer comes among them.
+            asked = asyncio.create_task(c.history([tag, "plant/no/such"]))
+            seen = await until(c, lambda u: isinstance(u, History))
+            h = await asked
+            assert seen[-1] == h
+            assert [s.name for s in h.series] == [tag], "an unknown tag is absent"
+            series = h.series[0]
+            assert len(series.points) >= 5, f"{len(series.points)} points after 1.5 s"
+            assert series.complete and not series.decimated
+            times = [p.source_time_us for p in series.points]
+            assert times == sorted(times)
+            after = await until(c, changed(tag))
+            first = next(ch for u in after if isinstance(u, Changes) for ch in u.changes if ch.name == tag)
+            assert first.update.source_time_us > times[-1], "the changes after it are newer: no overlap"
+            # More than 100 names: LIMIT_EXCEEDED and the session stays.
+            refused = asyncio.create_task(c.history([f"plant/{i}" for i in range(101)]))
+            errors = await until(c, lambda u: isinstance(u, ServerError))
+            assert errors[-1].error.code == proto.LIMIT_EXCEEDED
+            assert isinstance(c.state, Live)
+            await c.close()
+            with pytest.raises(WriteError):
+                await refused
 
     run(main())
 

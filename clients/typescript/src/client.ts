@@ -14,6 +14,8 @@ import {
   type BrowseResult,
   ClientMessageSchema,
   type Error as ErrorMessage,
+  type HistoryPoint,
+  type HistoryResult,
   type ResumeOutcome,
   type ServerMessage,
   ServerMessageSchema,
@@ -114,6 +116,27 @@ export class WriteError extends Error {
   }
 }
 
+/** One tag's recent values (protocol.md History), oldest first. */
+export interface Series {
+  name: string;
+  info: TagInfo;
+  points: HistoryPoint[];
+  /** The kept values reach back to the start asked for. */
+  complete: boolean;
+  /** Thinned to maxPoints (first, min, max, last per time bucket and status changes). */
+  decimated: boolean;
+}
+
+/**
+ * Recent values as of `seq`, the connection's position: each series ends
+ * with its tag's state there, and the changes after it continue it.
+ */
+export interface History {
+  seq: bigint;
+  /** A tag missing here is unknown, hidden, or keeps no history. */
+  series: Series[];
+}
+
 type Events = {
   state: [State];
   welcome: [Welcome];
@@ -126,6 +149,8 @@ type Events = {
   latency: [number];
   /** The pacing the server granted, ms (Welcome, then each Paced). */
   paced: [number];
+  /** A history answer, in its place among the changes (the changes after it continue it). */
+  history: [History];
   serverError: [ErrorMessage];
   /** Every server message, after the mirror applied it (diagnostics, tests). */
   message: [ServerMessage];
@@ -179,6 +204,7 @@ export class Client {
   private stopped = false;
   private readonly writes = new Map<bigint, Pending<WriteOutcome>>();
   private readonly browses = new Map<bigint, Pending<BrowseResult>>();
+  private readonly histories = new Map<bigint, Pending<History>>();
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
@@ -274,6 +300,22 @@ export class Client {
   }
 
   /**
+   * Recent values of `tags` (names, at most 100) with source times in
+   * `start`..`end` (Dates; undefined: as far back as kept / now), at most
+   * `maxPoints` per tag (0: the server's cap). The answer also comes as
+   * the `history` event, in its place among the `change` events: a trend
+   * that starts from it and appends the changes after it has no gap and
+   * no overlap.
+   */
+  history(tags: string[], start?: Date, end?: Date, maxPoints = 0): Promise<History> {
+    const us = (d?: Date) => (d ? BigInt(d.getTime()) * 1000n : 0n);
+    return this.request(this.histories, (requestId) => ({
+      case: "history",
+      value: { requestId, tags, startUs: us(start), endUs: us(end), maxPoints },
+    }));
+  }
+
+  /**
    * Asks for at most one Delta per `ms` from now on (0: every change), on
    * this connection and the next ones; the `paced` event reports what the
    * server granted.
@@ -313,7 +355,7 @@ export class Client {
         // than one refused now.
         return reject(new WriteError("not-connected", "not connected"));
       }
-      if (this.writes.size + this.browses.size >= this.opts.maxInFlight) {
+      if (this.writes.size + this.browses.size + this.histories.size >= this.opts.maxInFlight) {
         return reject(new WriteError("busy", "too many requests in flight"));
       }
       const id = this.nextId++;
@@ -458,6 +500,17 @@ export class Client {
         }
         break;
       }
+      case "historyResult": {
+        const history = this.toHistory(k.value);
+        this.emit("history", history);
+        const p = this.histories.get(k.value.requestId);
+        if (p) {
+          this.histories.delete(k.value.requestId);
+          clearTimeout(p.timer);
+          p.resolve(history);
+        }
+        break;
+      }
       case "pong": {
         const rtt = Number(nowUs() - k.value.clientTimeUs) / 1000;
         this.latencyMs = Math.max(0, rtt);
@@ -471,6 +524,23 @@ export class Client {
         this.emit("serverError", k.value);
         break;
     }
+  }
+
+  private toHistory(h: HistoryResult): History {
+    const series: Series[] = [];
+    for (const s of h.series) {
+      const info = this.mirror.catalog.get(s.id);
+      if (info) {
+        series.push({
+          name: info.name,
+          info,
+          points: s.points,
+          complete: s.complete,
+          decimated: s.decimated,
+        });
+      }
+    }
+    return { seq: h.seq, series };
   }
 
   private changes(updates: TagUpdate[]): void {
@@ -514,7 +584,7 @@ export class Client {
     this.ws = undefined;
     clearInterval(this.pingTimer);
     clearTimeout(this.refreshTimer);
-    for (const pending of [this.writes, this.browses] as Map<bigint, Pending<unknown>>[]) {
+    for (const pending of [this.writes, this.browses, this.histories] as Map<bigint, Pending<unknown>>[]) {
       for (const p of pending.values()) {
         clearTimeout(p.timer);
         p.reject(new WriteError("connection-lost", "connection lost before the answer"));

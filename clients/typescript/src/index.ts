@@ -5,7 +5,9 @@ export { type Backoff, ceiling, defaultBackoff, delay, serverHint } from "./back
 export {
   type Change,
   Client,
+  type History,
   type Options,
+  type Series,
   type SocketConstructor,
   type SocketLike,
   type State,

@@ -107,6 +107,14 @@ export class Mirror {
         // seq means a Delta was lost.
         if (k.value.seq > this.position) throw new GapError(this.position, k.value.seq);
         return;
+      case "historyResult": {
+        // Made at the position (the server brings the connection current
+        // first): one from elsewhere means a Delta was lost.
+        if (k.value.seq !== this.position) throw new GapError(this.position, k.value.seq);
+        const unknown = k.value.series.find((s) => !this.catalog.has(s.id));
+        if (unknown) throw new ProtocolError(`history for id ${unknown.id} before its Catalog entry`);
+        return;
+      }
       default:
         return;
     }

@@ -136,6 +136,60 @@ test("pacing: asked in the Hello, granted in the Welcome, changed with pace()", 
   c.close();
 });
 
+test("history then live: the trend continues from the answer's seq with no gap and no overlap", async () => {
+  const d = await demo();
+  const c = client(d.url).start();
+  await c.ready();
+  await sleep(1500); // the demo's boiler changes every 100 ms
+  const tag = "plant/boiler1/temperature";
+  // Everything in the order it is dispatched.
+  const order: Array<["history", Client["mirror"]["position"], number] | ["delta", bigint, number]> = [];
+  const offHistory = c.on("history", (h) => {
+    order.push(["history", c.mirror.position, h.series.length]);
+  });
+  const offMessage = c.on("message", (m) => {
+    if (m.kind.case === "delta") order.push(["delta", m.kind.value.fromSeq, m.kind.value.updates.length]);
+  });
+  const h = await c.history([tag, "plant/no/such"], undefined, undefined, 0);
+  await until(c, "change", (ch: { name: string }) => (ch.name === tag ? true : undefined));
+  offHistory();
+  offMessage();
+  assert.deepEqual(
+    h.series.map((s) => s.name),
+    [tag],
+    "an unknown tag is absent",
+  );
+  const series = h.series[0];
+  assert.ok(series.points.length >= 5, `${series.points.length} points after 1.5 s`);
+  assert.ok(series.complete && !series.decimated);
+  const times = series.points.map((p) => p.sourceTimeUs);
+  assert.ok(
+    times.every((t, i) => i === 0 || t >= times[i - 1]),
+    "in time order",
+  );
+  // The mirror was at the answer's seq when it was dispatched, and the
+  // next Delta starts there (the mirror would have reported a gap else).
+  const at = order.findIndex((e) => e[0] === "history");
+  assert.ok(at >= 0, "the history event came");
+  assert.equal(order[at][1], h.seq);
+  const next = order.slice(at + 1).find((e) => e[0] === "delta");
+  assert.ok(next, "a delta followed");
+  assert.equal(next[1], h.seq);
+  // The last point is the tag's state at seq; the first change after it is newer.
+  const state = c.mirror.values.get(series.info.id);
+  assert.ok(state && state.sourceTimeUs > times[times.length - 1]);
+  // Too many names: LIMIT_EXCEEDED, the session stays.
+  const errors: proto.Error[] = [];
+  c.on("serverError", (e) => errors.push(e));
+  const names = Array.from({ length: 101 }, (_, i) => `plant/${i}`);
+  const refused = c.history(names).catch((e: WriteError) => e.code);
+  await until(c, "change", () => (errors.length > 0 ? true : undefined));
+  assert.equal(errors[0].code, proto.ErrorCode.LIMIT_EXCEEDED);
+  assert.equal(c.state.kind, "live");
+  c.close();
+  assert.equal(await refused, "connection-lost");
+});
+
 test("a dropped connection resumes with one delta and no snapshot", async () => {
   const d = await demo();
   const relay = await new Relay(d.port).listen();

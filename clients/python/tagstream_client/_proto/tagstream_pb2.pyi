@@ -61,7 +61,7 @@ LIMIT_EXCEEDED: ErrorCode
 SHUTTING_DOWN: ErrorCode
 
 class ClientMessage(_message.Message):
-    __slots__ = ("hello", "subscribe", "unsubscribe", "write", "ping", "browse", "refresh", "pace")
+    __slots__ = ("hello", "subscribe", "unsubscribe", "write", "ping", "browse", "refresh", "history", "pace")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ClientMessage(_message.Message):
     PING_FIELD_NUMBER: _ClassVar[int]
     BROWSE_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     PACE_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     subscribe: Subscribe
@@ -77,8 +78,23 @@ class ClientMessage(_message.Message):
     ping: Ping
     browse: Browse
     refresh: Refresh
+    history: HistoryRequest
     pace: Pace
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., write: _Optional[_Union[WriteRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., browse: _Optional[_Union[Browse, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., pace: _Optional[_Union[Pace, _Mapping]] = ...) -> None: ...
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., subscribe: _Optional[_Union[Subscribe, _Mapping]] = ..., unsubscribe: _Optional[_Union[Unsubscribe, _Mapping]] = ..., write: _Optional[_Union[WriteRequest, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., browse: _Optional[_Union[Browse, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., history: _Optional[_Union[HistoryRequest, _Mapping]] = ..., pace: _Optional[_Union[Pace, _Mapping]] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("request_id", "tags", "start_us", "end_us", "max_points")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    START_US_FIELD_NUMBER: _ClassVar[int]
+    END_US_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    start_us: int
+    end_us: int
+    max_points: int
+    def __init__(self, request_id: _Optional[int] = ..., tags: _Optional[_Iterable[str]] = ..., start_us: _Optional[int] = ..., end_us: _Optional[int] = ..., max_points: _Optional[int] = ...) -> None: ...
 
 class Pace(_message.Message):
     __slots__ = ("publish_interval_ms",)
@@ -155,7 +171,7 @@ class Browse(_message.Message):
     def __init__(self, pattern: _Optional[str] = ..., request_id: _Optional[int] = ..., limit: _Optional[int] = ..., after: _Optional[str] = ...) -> None: ...
 
 class ServerMessage(_message.Message):
-    __slots__ = ("welcome", "catalog", "snapshot", "delta", "write_result", "pong", "error", "refreshed", "browse_result", "paced")
+    __slots__ = ("welcome", "catalog", "snapshot", "delta", "write_result", "pong", "error", "refreshed", "browse_result", "history_result", "paced")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +181,7 @@ class ServerMessage(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REFRESHED_FIELD_NUMBER: _ClassVar[int]
     BROWSE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_RESULT_FIELD_NUMBER: _ClassVar[int]
     PACED_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     catalog: Catalog
@@ -175,8 +192,41 @@ class ServerMessage(_message.Message):
     error: Error
     refreshed: Refreshed
     browse_result: BrowseResult
+    history_result: HistoryResult
     paced: Paced
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., catalog: _Optional[_Union[Catalog, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., write_result: _Optional[_Union[WriteResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ..., browse_result: _Optional[_Union[BrowseResult, _Mapping]] = ..., paced: _Optional[_Union[Paced, _Mapping]] = ...) -> None: ...
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., catalog: _Optional[_Union[Catalog, _Mapping]] = ..., snapshot: _Optional[_Union[Snapshot, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., write_result: _Optional[_Union[WriteResult, _Mapping]] = ..., pong: _Optional[_Union[Pong, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ..., browse_result: _Optional[_Union[BrowseResult, _Mapping]] = ..., history_result: _Optional[_Union[HistoryResult, _Mapping]] = ..., paced: _Optional[_Union[Paced, _Mapping]] = ...) -> None: ...
+
+class HistoryResult(_message.Message):
+    __slots__ = ("request_id", "seq", "series")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    seq: int
+    series: _containers.RepeatedCompositeFieldContainer[TagHistory]
+    def __init__(self, request_id: _Optional[int] = ..., seq: _Optional[int] = ..., series: _Optional[_Iterable[_Union[TagHistory, _Mapping]]] = ...) -> None: ...
+
+class TagHistory(_message.Message):
+    __slots__ = ("id", "points", "complete", "decimated")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    DECIMATED_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    points: _containers.RepeatedCompositeFieldContainer[HistoryPoint]
+    complete: bool
+    decimated: bool
+    def __init__(self, id: _Optional[int] = ..., points: _Optional[_Iterable[_Union[HistoryPoint, _Mapping]]] = ..., complete: _Optional[bool] = ..., decimated: _Optional[bool] = ...) -> None: ...
+
+class HistoryPoint(_message.Message):
+    __slots__ = ("source_time_us", "value", "status")
+    SOURCE_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    source_time_us: int
+    value: Value
+    status: int
+    def __init__(self, source_time_us: _Optional[int] = ..., value: _Optional[_Union[Value, _Mapping]] = ..., status: _Optional[int] = ...) -> None: ...
 
 class Paced(_message.Message):
     __slots__ = ("publish_interval_ms",)
@@ -223,7 +273,7 @@ class Refreshed(_message.Message):
     def __init__(self, expires_at_us: _Optional[int] = ...) -> None: ...
 
 class TagInfo(_message.Message):
-    __slots__ = ("id", "name", "type", "unit", "description", "writable", "eu_min", "eu_max", "source", "resolution")
+    __slots__ = ("id", "name", "type", "unit", "description", "writable", "eu_min", "eu_max", "source", "resolution", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +284,7 @@ class TagInfo(_message.Message):
     EU_MAX_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     type: DataType
@@ -244,7 +295,8 @@ class TagInfo(_message.Message):
     eu_max: float
     source: str
     resolution: float
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[DataType, str]] = ..., unit: _Optional[str] = ..., description: _Optional[str] = ..., writable: _Optional[bool] = ..., eu_min: _Optional[float] = ..., eu_max: _Optional[float] = ..., source: _Optional[str] = ..., resolution: _Optional[float] = ...) -> None: ...
+    history: bool
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[DataType, str]] = ..., unit: _Optional[str] = ..., description: _Optional[str] = ..., writable: _Optional[bool] = ..., eu_min: _Optional[float] = ..., eu_max: _Optional[float] = ..., source: _Optional[str] = ..., resolution: _Optional[float] = ..., history: _Optional[bool] = ...) -> None: ...
 
 class Catalog(_message.Message):
     __slots__ = ("tags", "last")

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tagstream/v1/tagstream.proto.
  */
 export const file_tagstream_v1_tagstream: GenFile = /*@__PURE__*/
-  fileDesc("Chx0YWdzdHJlYW0vdjEvdGFnc3RyZWFtLnByb3RvEgx0YWdzdHJlYW0udjEi5AIKDUNsaWVudE1lc3NhZ2USJAoFaGVsbG8YASABKAsyEy50YWdzdHJlYW0udjEuSGVsbG9IABIsCglzdWJzY3JpYmUYAiABKAsyFy50YWdzdHJlYW0udjEuU3Vic2NyaWJlSAASMAoLdW5zdWJzY3JpYmUYAyABKAsyGS50YWdzdHJlYW0udjEuVW5zdWJzY3JpYmVIABIrCgV3cml0ZRgEIAEoCzIaLnRhZ3N0cmVhbS52MS5Xcml0ZVJlcXVlc3RIABIiCgRwaW5nGAUgASgLMhIudGFnc3RyZWFtLnYxLlBpbmdIABImCgZicm93c2UYBiABKAsyFC50YWdzdHJlYW0udjEuQnJvd3NlSAASKAoHcmVmcmVzaBgHIAEoCzIVLnRhZ3N0cmVhbS52MS5SZWZyZXNoSAASIgoEcGFjZRgJIAEoCzISLnRhZ3N0cmVhbS52MS5QYWNlSABCBgoEa2luZCIjCgRQYWNlEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYASABKA0iGAoHUmVmcmVzaBINCgV0b2tlbhgBIAEoCSJyCgVIZWxsbxITCgtjbGllbnRfbmFtZRgBIAEoCRIkCgZyZXN1bWUYAiABKAsyFC50YWdzdHJlYW0udjEuUmVzdW1lEhEKCXN1YnNjcmliZRgDIAMoCRIbChNwdWJsaXNoX2ludGVydmFsX21zGAQgASgNIiQKBlJlc3VtZRINCgVlcG9jaBgBIAEoBhILCgNzZXEYAiABKAQiHQoJU3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIh8KC1Vuc3Vic2NyaWJlEhAKCHBhdHRlcm5zGAEgAygJIlMKDFdyaXRlUmVxdWVzdBISCgpyZXF1ZXN0X2lkGAEgASgEEgsKA3RhZxgCIAEoCRIiCgV2YWx1ZRgDIAEoCzITLnRhZ3N0cmVhbS52MS5WYWx1ZSItCgRQaW5nEg0KBW5vbmNlGAEgASgEEhYKDmNsaWVudF90aW1lX3VzGAIgASgDIksKBkJyb3dzZRIPCgdwYXR0ZXJuGAEgASgJEhIKCnJlcXVlc3RfaWQYAiABKAQSDQoFbGltaXQYAyABKA0SDQoFYWZ0ZXIYBCABKAkiwwMKDVNlcnZlck1lc3NhZ2USKAoHd2VsY29tZRgBIAEoCzIVLnRhZ3N0cmVhbS52MS5XZWxjb21lSAASKAoHY2F0YWxvZxgCIAEoCzIVLnRhZ3N0cmVhbS52MS5DYXRhbG9nSAASKgoIc25hcHNob3QYAyABKAsyFi50YWdzdHJlYW0udjEuU25hcHNob3RIABIkCgVkZWx0YRgEIAEoCzITLnRhZ3N0cmVhbS52MS5EZWx0YUgAEjEKDHdyaXRlX3Jlc3VsdBgFIAEoCzIZLnRhZ3N0cmVhbS52MS5Xcml0ZVJlc3VsdEgAEiIKBHBvbmcYBiABKAsyEi50YWdzdHJlYW0udjEuUG9uZ0gAEiQKBWVycm9yGAcgASgLMhMudGFnc3RyZWFtLnYxLkVycm9ySAASLAoJcmVmcmVzaGVkGAggASgLMhcudGFnc3RyZWFtLnYxLlJlZnJlc2hlZEgAEjMKDWJyb3dzZV9yZXN1bHQYCSABKAsyGi50YWdzdHJlYW0udjEuQnJvd3NlUmVzdWx0SAASJAoFcGFjZWQYCyABKAsyEy50YWdzdHJlYW0udjEuUGFjZWRIAEIGCgRraW5kIiQKBVBhY2VkEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYASABKA0iWwoMQnJvd3NlUmVzdWx0EiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxISCgpyZXF1ZXN0X2lkGAIgASgEEhIKCm5leHRfYWZ0ZXIYAyABKAki3gEKB1dlbGNvbWUSEQoJc2VydmVyX2lkGAEgASgJEg0KBWVwb2NoGAIgASgGEgsKA3NlcRgDIAEoBBIUCgxoZWFydGJlYXRfbXMYBCABKA0SKwoGcmVzdW1lGAUgASgOMhsudGFnc3RyZWFtLnYxLlJlc3VtZU91dGNvbWUSEgoKcmVhZF9zY29wZRgGIAMoCRITCgt3cml0ZV9zY29wZRgHIAMoCRIbChN0b2tlbl9leHBpcmVzX2F0X3VzGAggASgDEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYCSABKA0iIgoJUmVmcmVzaGVkEhUKDWV4cGlyZXNfYXRfdXMYASABKAMiwgEKB1RhZ0luZm8SCgoCaWQYASABKA0SDAoEbmFtZRgCIAEoCRIkCgR0eXBlGAMgASgOMhYudGFnc3RyZWFtLnYxLkRhdGFUeXBlEgwKBHVuaXQYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSEAoId3JpdGFibGUYBiABKAgSDgoGZXVfbWluGAcgASgBEg4KBmV1X21heBgIIAEoARIOCgZzb3VyY2UYCSABKAkSEgoKcmVzb2x1dGlvbhgKIAEoASI8CgdDYXRhbG9nEiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxIMCgRsYXN0GAIgASgIIkwKCFNuYXBzaG90EgsKA3NlcRgBIAEoBBIlCgR0YWdzGAIgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZRIMCgRsYXN0GAMgASgIIlMKBURlbHRhEhAKCGZyb21fc2VxGAEgASgEEg4KBnRvX3NlcRgCIAEoBBIoCgd1cGRhdGVzGAMgAygLMhcudGFnc3RyZWFtLnYxLlRhZ1VwZGF0ZSJ7CglUYWdVcGRhdGUSCgoCaWQYASABKA0SIgoFdmFsdWUYAiABKAsyEy50YWdzdHJlYW0udjEuVmFsdWUSDgoGc3RhdHVzGAMgASgNEhYKDnNvdXJjZV90aW1lX3VzGAQgASgDEhYKDnNlcnZlcl90aW1lX3VzGAUgASgDImsKBVZhbHVlEg0KA2Y2NBgBIAEoAUgAEg0KA2k2NBgCIAEoEkgAEg0KA3U2NBgDIAEoBEgAEg4KBGJvb2wYBCABKAhIABIOCgR0ZXh0GAUgASgJSAASDQoDcmF3GAYgASgMSABCBgoEa2luZCJCCgtXcml0ZVJlc3VsdBISCgpyZXF1ZXN0X2lkGAEgASgEEg4KBnN0YXR1cxgCIAEoDRIPCgdtZXNzYWdlGAMgASgJIlIKBFBvbmcSDQoFbm9uY2UYASABKAQSFgoOY2xpZW50X3RpbWVfdXMYAiABKAMSFgoOc2VydmVyX3RpbWVfdXMYAyABKAMSCwoDc2VxGAQgASgEIj8KBUVycm9yEiUKBGNvZGUYASABKA4yFy50YWdzdHJlYW0udjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkqMwoNUmVzdW1lT3V0Y29tZRIJCgVGUkVTSBAAEgsKB1JFU1VNRUQQARIKCgZSRVNZTkMQAiqJAQoIRGF0YVR5cGUSFAoQVFlQRV9VTlNQRUNJRklFRBAAEggKBEJPT0wQARIHCgNVMTYQAhIHCgNJMTYQAxIHCgNVMzIQBBIHCgNJMzIQBRIHCgNVNjQQBhIHCgNJNjQQBxIHCgNGMzIQCBIHCgNGNjQQCRIKCgZTVFJJTkcQChIJCgVCWVRFUxALKpEBCglFcnJvckNvZGUSFQoRRVJST1JfVU5TUEVDSUZJRUQQABINCglNQUxGT1JNRUQQARIWChJVTkVYUEVDVEVEX01FU1NBR0UQAhINCglUT09fTEFSR0UQAxIQCgxVTkFVVEhPUklaRUQQBBISCg5MSU1JVF9FWENFRURFRBAFEhEKDVNIVVRUSU5HX0RPV04QBmIGcHJvdG8z");
+  fileDesc("Chx0YWdzdHJlYW0vdjEvdGFnc3RyZWFtLnByb3RvEgx0YWdzdHJlYW0udjEilQMKDUNsaWVudE1lc3NhZ2USJAoFaGVsbG8YASABKAsyEy50YWdzdHJlYW0udjEuSGVsbG9IABIsCglzdWJzY3JpYmUYAiABKAsyFy50YWdzdHJlYW0udjEuU3Vic2NyaWJlSAASMAoLdW5zdWJzY3JpYmUYAyABKAsyGS50YWdzdHJlYW0udjEuVW5zdWJzY3JpYmVIABIrCgV3cml0ZRgEIAEoCzIaLnRhZ3N0cmVhbS52MS5Xcml0ZVJlcXVlc3RIABIiCgRwaW5nGAUgASgLMhIudGFnc3RyZWFtLnYxLlBpbmdIABImCgZicm93c2UYBiABKAsyFC50YWdzdHJlYW0udjEuQnJvd3NlSAASKAoHcmVmcmVzaBgHIAEoCzIVLnRhZ3N0cmVhbS52MS5SZWZyZXNoSAASLwoHaGlzdG9yeRgIIAEoCzIcLnRhZ3N0cmVhbS52MS5IaXN0b3J5UmVxdWVzdEgAEiIKBHBhY2UYCSABKAsyEi50YWdzdHJlYW0udjEuUGFjZUgAQgYKBGtpbmQiaAoOSGlzdG9yeVJlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoBBIMCgR0YWdzGAIgAygJEhAKCHN0YXJ0X3VzGAMgASgDEg4KBmVuZF91cxgEIAEoAxISCgptYXhfcG9pbnRzGAUgASgNIiMKBFBhY2USGwoTcHVibGlzaF9pbnRlcnZhbF9tcxgBIAEoDSIYCgdSZWZyZXNoEg0KBXRva2VuGAEgASgJInIKBUhlbGxvEhMKC2NsaWVudF9uYW1lGAEgASgJEiQKBnJlc3VtZRgCIAEoCzIULnRhZ3N0cmVhbS52MS5SZXN1bWUSEQoJc3Vic2NyaWJlGAMgAygJEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYBCABKA0iJAoGUmVzdW1lEg0KBWVwb2NoGAEgASgGEgsKA3NlcRgCIAEoBCIdCglTdWJzY3JpYmUSEAoIcGF0dGVybnMYASADKAkiHwoLVW5zdWJzY3JpYmUSEAoIcGF0dGVybnMYASADKAkiUwoMV3JpdGVSZXF1ZXN0EhIKCnJlcXVlc3RfaWQYASABKAQSCwoDdGFnGAIgASgJEiIKBXZhbHVlGAMgASgLMhMudGFnc3RyZWFtLnYxLlZhbHVlIi0KBFBpbmcSDQoFbm9uY2UYASABKAQSFgoOY2xpZW50X3RpbWVfdXMYAiABKAMiSwoGQnJvd3NlEg8KB3BhdHRlcm4YASABKAkSEgoKcmVxdWVzdF9pZBgCIAEoBBINCgVsaW1pdBgDIAEoDRINCgVhZnRlchgEIAEoCSL6AwoNU2VydmVyTWVzc2FnZRIoCgd3ZWxjb21lGAEgASgLMhUudGFnc3RyZWFtLnYxLldlbGNvbWVIABIoCgdjYXRhbG9nGAIgASgLMhUudGFnc3RyZWFtLnYxLkNhdGFsb2dIABIqCghzbmFwc2hvdBgDIAEoCzIWLnRhZ3N0cmVhbS52MS5TbmFwc2hvdEgAEiQKBWRlbHRhGAQgASgLMhMudGFnc3RyZWFtLnYxLkRlbHRhSAASMQoMd3JpdGVfcmVzdWx0GAUgASgLMhkudGFnc3RyZWFtLnYxLldyaXRlUmVzdWx0SAASIgoEcG9uZxgGIAEoCzISLnRhZ3N0cmVhbS52MS5Qb25nSAASJAoFZXJyb3IYByABKAsyEy50YWdzdHJlYW0udjEuRXJyb3JIABIsCglyZWZyZXNoZWQYCCABKAsyFy50YWdzdHJlYW0udjEuUmVmcmVzaGVkSAASMwoNYnJvd3NlX3Jlc3VsdBgJIAEoCzIaLnRhZ3N0cmVhbS52MS5Ccm93c2VSZXN1bHRIABI1Cg5oaXN0b3J5X3Jlc3VsdBgKIAEoCzIbLnRhZ3N0cmVhbS52MS5IaXN0b3J5UmVzdWx0SAASJAoFcGFjZWQYCyABKAsyEy50YWdzdHJlYW0udjEuUGFjZWRIAEIGCgRraW5kIloKDUhpc3RvcnlSZXN1bHQSEgoKcmVxdWVzdF9pZBgBIAEoBBILCgNzZXEYAiABKAQSKAoGc2VyaWVzGAMgAygLMhgudGFnc3RyZWFtLnYxLlRhZ0hpc3RvcnkiaQoKVGFnSGlzdG9yeRIKCgJpZBgBIAEoDRIqCgZwb2ludHMYAiADKAsyGi50YWdzdHJlYW0udjEuSGlzdG9yeVBvaW50EhAKCGNvbXBsZXRlGAMgASgIEhEKCWRlY2ltYXRlZBgEIAEoCCJaCgxIaXN0b3J5UG9pbnQSFgoOc291cmNlX3RpbWVfdXMYASABKAMSIgoFdmFsdWUYAiABKAsyEy50YWdzdHJlYW0udjEuVmFsdWUSDgoGc3RhdHVzGAMgASgNIiQKBVBhY2VkEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYASABKA0iWwoMQnJvd3NlUmVzdWx0EiMKBHRhZ3MYASADKAsyFS50YWdzdHJlYW0udjEuVGFnSW5mbxISCgpyZXF1ZXN0X2lkGAIgASgEEhIKCm5leHRfYWZ0ZXIYAyABKAki3gEKB1dlbGNvbWUSEQoJc2VydmVyX2lkGAEgASgJEg0KBWVwb2NoGAIgASgGEgsKA3NlcRgDIAEoBBIUCgxoZWFydGJlYXRfbXMYBCABKA0SKwoGcmVzdW1lGAUgASgOMhsudGFnc3RyZWFtLnYxLlJlc3VtZU91dGNvbWUSEgoKcmVhZF9zY29wZRgGIAMoCRITCgt3cml0ZV9zY29wZRgHIAMoCRIbChN0b2tlbl9leHBpcmVzX2F0X3VzGAggASgDEhsKE3B1Ymxpc2hfaW50ZXJ2YWxfbXMYCSABKA0iIgoJUmVmcmVzaGVkEhUKDWV4cGlyZXNfYXRfdXMYASABKAMi0wEKB1RhZ0luZm8SCgoCaWQYASABKA0SDAoEbmFtZRgCIAEoCRIkCgR0eXBlGAMgASgOMhYudGFnc3RyZWFtLnYxLkRhdGFUeXBlEgwKBHVuaXQYBCABKAkSEwoLZGVzY3JpcHRpb24YBSABKAkSEAoId3JpdGFibGUYBiABKAgSDgoGZXVfbWluGAcgASgBEg4KBmV1X21heBgIIAEoARIOCgZzb3VyY2UYCSABKAkSEgoKcmVzb2x1dGlvbhgKIAEoARIPCgdoaXN0b3J5GAsgASgIIjwKB0NhdGFsb2cSIwoEdGFncxgBIAMoCzIVLnRhZ3N0cmVhbS52MS5UYWdJbmZvEgwKBGxhc3QYAiABKAgiTAoIU25hcHNob3QSCwoDc2VxGAEgASgEEiUKBHRhZ3MYAiADKAsyFy50YWdzdHJlYW0udjEuVGFnVXBkYXRlEgwKBGxhc3QYAyABKAgiUwoFRGVsdGESEAoIZnJvbV9zZXEYASABKAQSDgoGdG9fc2VxGAIgASgEEigKB3VwZGF0ZXMYAyADKAsyFy50YWdzdHJlYW0udjEuVGFnVXBkYXRlInsKCVRhZ1VwZGF0ZRIKCgJpZBgBIAEoDRIiCgV2YWx1ZRgCIAEoCzITLnRhZ3N0cmVhbS52MS5WYWx1ZRIOCgZzdGF0dXMYAyABKA0SFgoOc291cmNlX3RpbWVfdXMYBCABKAMSFgoOc2VydmVyX3RpbWVfdXMYBSABKAMiawoFVmFsdWUSDQoDZjY0GAEgASgBSAASDQoDaTY0GAIgASgSSAASDQoDdTY0GAMgASgESAASDgoEYm9vbBgEIAEoCEgAEg4KBHRleHQYBSABKAlIABINCgNyYXcYBiABKAxIAEIGCgRraW5kIkIKC1dyaXRlUmVzdWx0EhIKCnJlcXVlc3RfaWQYASABKAQSDgoGc3RhdHVzGAIgASgNEg8KB21lc3NhZ2UYAyABKAkiUgoEUG9uZxINCgVub25jZRgBIAEoBBIWCg5jbGllbnRfdGltZV91cxgCIAEoAxIWCg5zZXJ2ZXJfdGltZV91cxgDIAEoAxILCgNzZXEYBCABKAQiPwoFRXJyb3ISJQoEY29kZRgBIAEoDjIXLnRhZ3N0cmVhbS52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCSozCg1SZXN1bWVPdXRjb21lEgkKBUZSRVNIEAASCwoHUkVTVU1FRBABEgoKBlJFU1lOQxACKokBCghEYXRhVHlwZRIUChBUWVBFX1VOU1BFQ0lGSUVEEAASCAoEQk9PTBABEgcKA1UxNhACEgcKA0kxNhADEgcKA1UzMhAEEgcKA0kzMhAFEgcKA1U2NBAGEgcKA0k2NBAHEgcKA0YzMhAIEgcKA0Y2NBAJEgoKBlNUUklORxAKEgkKBUJZVEVTEAsqkQEKCUVycm9yQ29kZRIVChFFUlJPUl9VTlNQRUNJRklFRBAAEg0KCU1BTEZPUk1FRBABEhYKElVORVhQRUNURURfTUVTU0FHRRACEg0KCVRPT19MQVJHRRADEhAKDFVOQVVUSE9SSVpFRBAEEhIKDkxJTUlUX0VYQ0VFREVEEAUSEQoNU0hVVFRJTkdfRE9XThAGYgZwcm90bzM");
 
 /**
  * @generated from message tagstream.v1.ClientMessage
@@ -69,8 +69,12 @@ export type ClientMessage = Message<"tagstream.v1.ClientMessage"> & {
     case: "refresh";
   } | {
     /**
-     * 8: HistoryRequest (protocol.md "History"), not served yet.
-     *
+     * @generated from field: tagstream.v1.HistoryRequest history = 8;
+     */
+    value: HistoryRequest;
+    case: "history";
+  } | {
+    /**
      * @generated from field: tagstream.v1.Pace pace = 9;
      */
     value: Pace;
@@ -84,6 +88,48 @@ export type ClientMessage = Message<"tagstream.v1.ClientMessage"> & {
  */
 export const ClientMessageSchema: GenMessage<ClientMessage> = /*@__PURE__*/
   messageDesc(file_tagstream_v1_tagstream, 0);
+
+/**
+ * Recent values of the named tags (protocol.md "History"): answered by one
+ * HistoryResult. `tags` are names, not patterns (at most 100); start_us and
+ * end_us bound the source time (0: as far back as kept / now); max_points
+ * per tag (0 or above 5,000: 5,000; below 4: 4).
+ *
+ * @generated from message tagstream.v1.HistoryRequest
+ */
+export type HistoryRequest = Message<"tagstream.v1.HistoryRequest"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: repeated string tags = 2;
+   */
+  tags: string[];
+
+  /**
+   * @generated from field: int64 start_us = 3;
+   */
+  startUs: bigint;
+
+  /**
+   * @generated from field: int64 end_us = 4;
+   */
+  endUs: bigint;
+
+  /**
+   * @generated from field: uint32 max_points = 5;
+   */
+  maxPoints: number;
+};
+
+/**
+ * Describes the message tagstream.v1.HistoryRequest.
+ * Use `create(HistoryRequestSchema)` to create a new message.
+ */
+export const HistoryRequestSchema: GenMessage<HistoryRequest> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 1);
 
 /**
  * Change this connection's pacing mid-session (protocol.md "Pacing"):
@@ -103,7 +149,7 @@ export type Pace = Message<"tagstream.v1.Pace"> & {
  * Use `create(PaceSchema)` to create a new message.
  */
 export const PaceSchema: GenMessage<Pace> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 1);
+  messageDesc(file_tagstream_v1_tagstream, 2);
 
 /**
  * A fresh token for this session (protocol.md "Access"): answered by
@@ -123,7 +169,7 @@ export type Refresh = Message<"tagstream.v1.Refresh"> & {
  * Use `create(RefreshSchema)` to create a new message.
  */
 export const RefreshSchema: GenMessage<Refresh> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 2);
+  messageDesc(file_tagstream_v1_tagstream, 3);
 
 /**
  * Must be the first message of a connection.
@@ -164,7 +210,7 @@ export type Hello = Message<"tagstream.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 3);
+  messageDesc(file_tagstream_v1_tagstream, 4);
 
 /**
  * @generated from message tagstream.v1.Resume
@@ -186,7 +232,7 @@ export type Resume = Message<"tagstream.v1.Resume"> & {
  * Use `create(ResumeSchema)` to create a new message.
  */
 export const ResumeSchema: GenMessage<Resume> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 4);
+  messageDesc(file_tagstream_v1_tagstream, 5);
 
 /**
  * @generated from message tagstream.v1.Subscribe
@@ -203,7 +249,7 @@ export type Subscribe = Message<"tagstream.v1.Subscribe"> & {
  * Use `create(SubscribeSchema)` to create a new message.
  */
 export const SubscribeSchema: GenMessage<Subscribe> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 5);
+  messageDesc(file_tagstream_v1_tagstream, 6);
 
 /**
  * @generated from message tagstream.v1.Unsubscribe
@@ -220,7 +266,7 @@ export type Unsubscribe = Message<"tagstream.v1.Unsubscribe"> & {
  * Use `create(UnsubscribeSchema)` to create a new message.
  */
 export const UnsubscribeSchema: GenMessage<Unsubscribe> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 6);
+  messageDesc(file_tagstream_v1_tagstream, 7);
 
 /**
  * @generated from message tagstream.v1.WriteRequest
@@ -247,7 +293,7 @@ export type WriteRequest = Message<"tagstream.v1.WriteRequest"> & {
  * Use `create(WriteRequestSchema)` to create a new message.
  */
 export const WriteRequestSchema: GenMessage<WriteRequest> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 7);
+  messageDesc(file_tagstream_v1_tagstream, 8);
 
 /**
  * @generated from message tagstream.v1.Ping
@@ -269,7 +315,7 @@ export type Ping = Message<"tagstream.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 8);
+  messageDesc(file_tagstream_v1_tagstream, 9);
 
 /**
  * The tags matching `pattern`, without subscribing: in name order, at most
@@ -306,7 +352,7 @@ export type Browse = Message<"tagstream.v1.Browse"> & {
  * Use `create(BrowseSchema)` to create a new message.
  */
 export const BrowseSchema: GenMessage<Browse> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 9);
+  messageDesc(file_tagstream_v1_tagstream, 10);
 
 /**
  * @generated from message tagstream.v1.ServerMessage
@@ -371,8 +417,12 @@ export type ServerMessage = Message<"tagstream.v1.ServerMessage"> & {
     case: "browseResult";
   } | {
     /**
-     * 10: HistoryResult (protocol.md "History"), not served yet.
-     *
+     * @generated from field: tagstream.v1.HistoryResult history_result = 10;
+     */
+    value: HistoryResult;
+    case: "historyResult";
+  } | {
+    /**
      * @generated from field: tagstream.v1.Paced paced = 11;
      */
     value: Paced;
@@ -385,7 +435,103 @@ export type ServerMessage = Message<"tagstream.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 10);
+  messageDesc(file_tagstream_v1_tagstream, 11);
+
+/**
+ * The answer to a HistoryRequest, made at the connection's position `seq`:
+ * with end_us = 0 each series ends with the tag's state at `seq`, and the
+ * Deltas that follow continue from there. A tag outside the read scope,
+ * unknown, or with history off is absent.
+ *
+ * @generated from message tagstream.v1.HistoryResult
+ */
+export type HistoryResult = Message<"tagstream.v1.HistoryResult"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: repeated tagstream.v1.TagHistory series = 3;
+   */
+  series: TagHistory[];
+};
+
+/**
+ * Describes the message tagstream.v1.HistoryResult.
+ * Use `create(HistoryResultSchema)` to create a new message.
+ */
+export const HistoryResultSchema: GenMessage<HistoryResult> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 12);
+
+/**
+ * One tag's changes in the order they were applied. `complete`: the kept
+ * values reach back to start_us. `decimated`: more points than max_points
+ * were in the window, so each time bucket keeps its first, minimum,
+ * maximum and last point and its status changes.
+ *
+ * @generated from message tagstream.v1.TagHistory
+ */
+export type TagHistory = Message<"tagstream.v1.TagHistory"> & {
+  /**
+   * @generated from field: uint32 id = 1;
+   */
+  id: number;
+
+  /**
+   * @generated from field: repeated tagstream.v1.HistoryPoint points = 2;
+   */
+  points: HistoryPoint[];
+
+  /**
+   * @generated from field: bool complete = 3;
+   */
+  complete: boolean;
+
+  /**
+   * @generated from field: bool decimated = 4;
+   */
+  decimated: boolean;
+};
+
+/**
+ * Describes the message tagstream.v1.TagHistory.
+ * Use `create(TagHistorySchema)` to create a new message.
+ */
+export const TagHistorySchema: GenMessage<TagHistory> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 13);
+
+/**
+ * @generated from message tagstream.v1.HistoryPoint
+ */
+export type HistoryPoint = Message<"tagstream.v1.HistoryPoint"> & {
+  /**
+   * @generated from field: int64 source_time_us = 1;
+   */
+  sourceTimeUs: bigint;
+
+  /**
+   * @generated from field: tagstream.v1.Value value = 2;
+   */
+  value?: Value | undefined;
+
+  /**
+   * @generated from field: uint32 status = 3;
+   */
+  status: number;
+};
+
+/**
+ * Describes the message tagstream.v1.HistoryPoint.
+ * Use `create(HistoryPointSchema)` to create a new message.
+ */
+export const HistoryPointSchema: GenMessage<HistoryPoint> = /*@__PURE__*/
+  messageDesc(file_tagstream_v1_tagstream, 14);
 
 /**
  * The pacing now in force after a Pace (protocol.md "Pacing").
@@ -404,7 +550,7 @@ export type Paced = Message<"tagstream.v1.Paced"> & {
  * Use `create(PacedSchema)` to create a new message.
  */
 export const PacedSchema: GenMessage<Paced> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 11);
+  messageDesc(file_tagstream_v1_tagstream, 15);
 
 /**
  * One page of a Browse. `next_after` is the `after` of the next page; empty
@@ -437,7 +583,7 @@ export type BrowseResult = Message<"tagstream.v1.BrowseResult"> & {
  * Use `create(BrowseResultSchema)` to create a new message.
  */
 export const BrowseResultSchema: GenMessage<BrowseResult> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 12);
+  messageDesc(file_tagstream_v1_tagstream, 16);
 
 /**
  * @generated from message tagstream.v1.Welcome
@@ -502,7 +648,7 @@ export type Welcome = Message<"tagstream.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 13);
+  messageDesc(file_tagstream_v1_tagstream, 17);
 
 /**
  * A Refresh was accepted: the session now ends at this time (0: never).
@@ -521,7 +667,7 @@ export type Refreshed = Message<"tagstream.v1.Refreshed"> & {
  * Use `create(RefreshedSchema)` to create a new message.
  */
 export const RefreshedSchema: GenMessage<Refreshed> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 14);
+  messageDesc(file_tagstream_v1_tagstream, 18);
 
 /**
  * @generated from message tagstream.v1.TagInfo
@@ -582,6 +728,13 @@ export type TagInfo = Message<"tagstream.v1.TagInfo"> & {
    * @generated from field: double resolution = 10;
    */
   resolution: number;
+
+  /**
+   * The server keeps recent values of this tag (protocol.md "History").
+   *
+   * @generated from field: bool history = 11;
+   */
+  history: boolean;
 };
 
 /**
@@ -589,7 +742,7 @@ export type TagInfo = Message<"tagstream.v1.TagInfo"> & {
  * Use `create(TagInfoSchema)` to create a new message.
  */
 export const TagInfoSchema: GenMessage<TagInfo> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 15);
+  messageDesc(file_tagstream_v1_tagstream, 19);
 
 /**
  * @generated from message tagstream.v1.Catalog
@@ -611,7 +764,7 @@ export type Catalog = Message<"tagstream.v1.Catalog"> & {
  * Use `create(CatalogSchema)` to create a new message.
  */
 export const CatalogSchema: GenMessage<Catalog> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 16);
+  messageDesc(file_tagstream_v1_tagstream, 20);
 
 /**
  * @generated from message tagstream.v1.Snapshot
@@ -638,7 +791,7 @@ export type Snapshot = Message<"tagstream.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 17);
+  messageDesc(file_tagstream_v1_tagstream, 21);
 
 /**
  * The latest state of every subscribed tag that changed in (from_seq, to_seq].
@@ -668,7 +821,7 @@ export type Delta = Message<"tagstream.v1.Delta"> & {
  * Use `create(DeltaSchema)` to create a new message.
  */
 export const DeltaSchema: GenMessage<Delta> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 18);
+  messageDesc(file_tagstream_v1_tagstream, 22);
 
 /**
  * @generated from message tagstream.v1.TagUpdate
@@ -709,7 +862,7 @@ export type TagUpdate = Message<"tagstream.v1.TagUpdate"> & {
  * Use `create(TagUpdateSchema)` to create a new message.
  */
 export const TagUpdateSchema: GenMessage<TagUpdate> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 19);
+  messageDesc(file_tagstream_v1_tagstream, 23);
 
 /**
  * @generated from message tagstream.v1.Value
@@ -762,7 +915,7 @@ export type Value = Message<"tagstream.v1.Value"> & {
  * Use `create(ValueSchema)` to create a new message.
  */
 export const ValueSchema: GenMessage<Value> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 20);
+  messageDesc(file_tagstream_v1_tagstream, 24);
 
 /**
  * @generated from message tagstream.v1.WriteResult
@@ -789,7 +942,7 @@ export type WriteResult = Message<"tagstream.v1.WriteResult"> & {
  * Use `create(WriteResultSchema)` to create a new message.
  */
 export const WriteResultSchema: GenMessage<WriteResult> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 21);
+  messageDesc(file_tagstream_v1_tagstream, 25);
 
 /**
  * Before a Pong the server brings the connection current (a Delta,
@@ -826,7 +979,7 @@ export type Pong = Message<"tagstream.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 22);
+  messageDesc(file_tagstream_v1_tagstream, 26);
 
 /**
  * @generated from message tagstream.v1.Error
@@ -848,7 +1001,7 @@ export type Error = Message<"tagstream.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_tagstream_v1_tagstream, 23);
+  messageDesc(file_tagstream_v1_tagstream, 27);
 
 /**
  * @generated from enum tagstream.v1.ResumeOutcome
