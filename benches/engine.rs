@@ -144,5 +144,66 @@ fn fan_out(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, engine, fan_out);
+/// A HistoryResult made as a session's job makes it (read the rings, thin,
+/// encode): 100 tags of `points` each, asked with `max_points`; and the
+/// engine's cost of recording a change.
+fn history(c: &mut Criterion) {
+    use tagstream::engine::history::{HistoryConfig, Query, Writer};
+    use tagstream::engine::table::TagState;
+    use tagstream::push::session::history::HistoryJob;
+    let mut group = c.benchmark_group("history");
+    group.sample_size(20);
+    for (points, max_points) in [(2400usize, 5000u32), (5000, 5000), (5000, 240)] {
+        let mut writer = Writer::new(HistoryConfig {
+            max_points_per_tag: points,
+            max_memory: bytesize::ByteSize::gib(1),
+            ..HistoryConfig::default()
+        });
+        let now = tagstream::sample::now_us();
+        let mut seq = 0;
+        for id in 1..=100u32 {
+            writer.define(id, true);
+            for k in 0..points {
+                seq += 1;
+                let state = TagState {
+                    value: Some(Value::F64((k as f64 / 50.0).sin() * 100.0)),
+                    status: 0,
+                    source_time_us: now - (points - k) as i64 * 100_000,
+                    server_time_us: now,
+                    seq,
+                };
+                writer.record(id, seq, &state, now);
+            }
+        }
+        let job = HistoryJob {
+            request_id: 1,
+            ids: (1..=100).collect(),
+            query: Query::new(0, 0, seq, max_points),
+            store: Some(writer.store().clone()),
+        };
+        group.throughput(Throughput::Elements(100 * points as u64));
+        group.bench_function(format!("answer_100x{points}_max_{max_points}"), |b| {
+            b.iter(|| job.answer());
+        });
+    }
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("record_one_change", |b| {
+        let mut writer = Writer::new(HistoryConfig::default());
+        writer.define(1, true);
+        let mut seq = 0u64;
+        b.iter(|| {
+            seq += 1;
+            let state = TagState {
+                value: Some(Value::F64(seq as f64)),
+                status: 0,
+                source_time_us: seq as i64,
+                server_time_us: 0,
+                seq,
+            };
+            writer.record(1, seq, &state, seq as i64);
+        });
+    });
+}
+
+criterion_group!(benches, engine, fan_out, history);
 criterion_main!(benches);

@@ -59,6 +59,14 @@ struct Args {
     /// e.g. 1s); 0: every change as it comes.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     publish_interval: Duration,
+    /// Presets: history on, with 100 more tags whose rings fill to 5,000
+    /// points before the window (about 100 s).
+    #[arg(long)]
+    history: bool,
+    /// With --history: one more client asks those 100 tags × 5,000 points
+    /// this often (0s: never, for the A of an A/B).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    history_every: Duration,
     /// Presets: this many tags instead of the preset's (0: the preset's).
     #[arg(long, default_value_t = 0)]
     preset_tags: usize,
@@ -119,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
                 heavy: args.heavy,
                 publish_interval_ms: u32::try_from(args.publish_interval.as_millis())
                     .unwrap_or(u32::MAX),
+                history: args.history,
+                history_every: args.history_every,
                 tags: if args.preset_tags > 0 {
                     args.preset_tags
                 } else {

@@ -43,6 +43,14 @@ pub struct Scenario {
     pub heavy: usize,
     /// The pacing every client asks for (protocol.md Pacing); 0: none.
     pub publish_interval_ms: u32,
+    /// History on (protocol.md History), with 100 more tags changing 50
+    /// times a second each (`h/g0/t0..t99`, not subscribed by the
+    /// clients) whose rings fill to 5,000 points before the window.
+    pub history: bool,
+    /// With `history`: one more client asks all 100 `h/` tags × 5,000
+    /// points this often during the window (zero: never, the A of an
+    /// A/B).
+    pub history_every: Duration,
 }
 
 impl Scenario {
@@ -59,6 +67,8 @@ impl Scenario {
             scopes: 1,
             heavy: 0,
             publish_interval_ms: 0,
+            history: false,
+            history_every: Duration::ZERO,
         };
         Some(match name {
             "idle" => s("idle", 10_000, 1_000, 1, 0, false),
@@ -82,6 +92,8 @@ impl Scenario {
             scopes: 1,
             heavy: 0,
             publish_interval_ms: 0,
+            history: false,
+            history_every: Duration::ZERO,
         }
     }
 
@@ -147,10 +159,11 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         scenario.tags, scenario.group, scenario.rate
     );
     let (auth, env) = scoped_tokens(scenario.scopes);
+    let history = if scenario.history { HISTORY_CONFIG } else { "" };
     let server = Server::start_env(
         server_bin,
         "max_connections = 100000",
-        &format!("{sim}{auth}"),
+        &format!("{sim}{history}{auth}"),
         &env,
     )
     .await?;
@@ -232,6 +245,13 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         storm_time = Some(t.elapsed());
     }
 
+    if scenario.history {
+        history_full(&base_url).await?;
+    }
+    let asker = (scenario.history && !scenario.history_every.is_zero()).then(|| {
+        let (url, stop, every) = (base_url.clone(), stop.clone(), scenario.history_every);
+        tokio::spawn(history_asker(url, every, stop))
+    });
     let heavy = (scenario.heavy > 0).then(|| {
         let (url, stop, n) = (base_url.clone(), stop.clone(), scenario.heavy);
         tokio::spawn(heavy_subscriber(url, n, groups, stop))
@@ -263,9 +283,20 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         Some(h) => Some(h.await??),
         None => None,
     };
+    let asked = match asker {
+        Some(h) => Some(h.await??),
+        None => None,
+    };
     server.stop().await;
 
     let mut r = Report::default();
+    if let Some(a) = asked {
+        r.add("history_answers", a.answers as f64, "");
+        r.add("history_points_per_answer", a.points as f64, "");
+        r.add("history_answer_bytes", a.bytes as f64, "B");
+        r.add("history_answer_ms_mean", a.mean_ms, "ms");
+        r.add("history_answer_ms_max", a.max_ms, "ms");
+    }
     if let Some((cycles, ms)) = heavy {
         r.add("heavy_patterns", scenario.heavy as f64, "");
         r.add("heavy_resubscribes", cycles as f64, "");
@@ -308,6 +339,113 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         r.latency(&total.latency);
     }
     Ok(r)
+}
+
+/// `[history]` and the 100 tags its asker reads: 50 changes a second
+/// each, so 5,000 points take 100 s to gather.
+const HISTORY_CONFIG: &str = "\n[history]\nwindow = \"10m\"\nmax_points_per_tag = 5000\nmax_memory = \"1GiB\"\n\n[[sim]]\nname = \"hist\"\ntags = 100\nprefix = \"h\"\ngroup = 100\nrate = 5000\n";
+
+/// The 100 tags of [`HISTORY_CONFIG`].
+fn history_tags() -> Vec<String> {
+    (0..100).map(|i| format!("h/g0/t{i}")).collect()
+}
+
+/// One HistoryRequest of all 100 `h/` tags × 5,000 points: (points, encoded
+/// bytes, time to the answer).
+async fn ask_history(
+    c: &mut tagstream_client::Connection,
+    id: u64,
+) -> anyhow::Result<(usize, usize, Duration)> {
+    use prost::Message as _;
+    use tagstream::proto::{self, client_message::Kind as C};
+    use tagstream_client::Event;
+    let t = Instant::now();
+    c.send(C::History(proto::HistoryRequest {
+        request_id: id,
+        tags: history_tags(),
+        start_us: 0,
+        end_us: 0,
+        max_points: 5000,
+    }))
+    .await?;
+    loop {
+        match c.next_event().await? {
+            Event::HistoryResult(h) if h.request_id == id => {
+                let points = h.series.iter().map(|s| s.points.len()).sum();
+                return Ok((points, h.encoded_len(), t.elapsed()));
+            }
+            Event::Error(e) => anyhow::bail!("history refused: {}", e.message),
+            Event::Closed(f) => anyhow::bail!("history client closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+fn history_hello() -> tagstream::proto::Hello {
+    tagstream::proto::Hello {
+        publish_interval_ms: 0,
+        client_name: "history".into(),
+        resume: None,
+        subscribe: Vec::new(),
+    }
+}
+
+/// Waits until the 100 `h/` tags hold 5,000 points each (at most 5 min).
+async fn history_full(url: &str) -> anyhow::Result<()> {
+    let mut c = tagstream_client::Connection::connect(url, history_hello()).await?;
+    let full = async {
+        for id in 0.. {
+            let (points, _, _) = ask_history(&mut c, id).await?;
+            if points >= 100 * 5000 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(300), full)
+        .await
+        .context("history rings not full within 5 min")?
+}
+
+/// What the history asker measured.
+struct Asked {
+    answers: u64,
+    points: usize,
+    bytes: usize,
+    mean_ms: f64,
+    max_ms: f64,
+}
+
+/// Asks 100 tags × 5,000 points every `every` until `stop`.
+async fn history_asker(
+    url: String,
+    every: Duration,
+    stop: CancellationToken,
+) -> anyhow::Result<Asked> {
+    let mut c = tagstream_client::Connection::connect(&url, history_hello()).await?;
+    let mut a = Asked {
+        answers: 0,
+        points: 0,
+        bytes: 0,
+        mean_ms: 0.0,
+        max_ms: 0.0,
+    };
+    let mut spent = Duration::ZERO;
+    let mut tick = tokio::time::interval(every);
+    while !stop.is_cancelled() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        let (points, bytes, took) = ask_history(&mut c, a.answers).await?;
+        a.answers += 1;
+        (a.points, a.bytes) = (points, bytes);
+        spent += took;
+        a.max_ms = a.max_ms.max(took.as_secs_f64() * 1e3);
+    }
+    a.mean_ms = spent.as_secs_f64() * 1e3 / a.answers.max(1) as f64;
+    Ok(a)
 }
 
 /// The `heavy` client: `n` patterns (ten matching whole groups, the rest

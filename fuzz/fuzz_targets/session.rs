@@ -62,6 +62,7 @@ fn check(out: &mut Outbox, position: &mut u64) {
         match msg.kind {
             Some(Kind::Welcome(w)) => *position = w.seq,
             Some(Kind::Snapshot(s)) => assert_eq!(s.seq, *position, "snapshot off position"),
+            Some(Kind::HistoryResult(h)) => assert_eq!(h.seq, *position, "history off position"),
             Some(Kind::Delta(d)) => {
                 assert_eq!(d.from_seq, *position, "delta gap");
                 assert!(d.to_seq >= d.from_seq);
@@ -78,7 +79,11 @@ fuzz_target!(|input: &[u8]| {
         writable: n.ends_with("flag") || n == "a/y",
         ..TagDef::read_only(n, "s")
     }));
-    let mut engine = Engine::new(catalog, Box::new(Counter::new(7)));
+    let history = tagstream::engine::history::HistoryConfig {
+        max_points_per_tag: 16,
+        ..Default::default()
+    };
+    let mut engine = Engine::with_history(catalog, Box::new(Counter::new(7)), Some(history));
     let mut sources = LocalSources::default();
     let commands = sources.add(0, Duration::from_millis(100));
     let (_clock, heartbeat) = tokio::sync::watch::channel(0);
@@ -95,6 +100,7 @@ fuzz_target!(|input: &[u8]| {
         drain_window: Duration::from_secs(1),
         hello_timeout: Duration::from_secs(1),
         min_publish_interval: Duration::ZERO,
+        history_slots: tokio::sync::Semaphore::new(1),
         heartbeat,
         metrics: PushMetrics::new(),
     });
@@ -144,6 +150,15 @@ fuzz_target!(|input: &[u8]| {
             3 => s.on_tick(&mut out),
             4 => s.on_ping(),
             _ => s.on_expiry(now, PEER),
+        };
+        // A history answer is made at once here (the driver makes it off
+        // the thread, before anything else is sent).
+        let action = match action {
+            Action::History(job) => {
+                out.message(job.answer());
+                Action::Nothing
+            }
+            other => other,
         };
         // Writes are handed to the source: drop them (the owner went away).
         while commands.try_recv().is_ok() {}
