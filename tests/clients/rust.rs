@@ -369,12 +369,35 @@ async fn pacing_is_asked_in_the_hello_granted_in_the_welcome_and_changed_with_pa
     let server = spawn_server(&config(&dev, ""), &[]).await;
     let mut o = options(url(&server));
     o.publish_interval = Duration::from_secs(1);
+    // No Pings: each Pong brings the connection current (a Delta) first.
+    o.ping_interval = Duration::ZERO;
     let (client, mut updates) = Client::start(o);
     let seen = until(&mut updates, |u| matches!(u, Update::Paced(_))).await;
     assert!(
         matches!(seen.last(), Some(Update::Paced(d)) if *d == Duration::from_secs(1)),
         "{seen:?}"
     );
+    // Honoured: the device is polled every 50 ms and changes each time;
+    // the batches come once a second (after the Snapshot's).
+    until(&mut updates, |u| matches!(u, Update::Changes(_))).await;
+    let changing = async {
+        for v in 0..64u16 {
+            dev.registers().holding[0] = 100 + v;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let counting = async {
+        let mut batches = 0;
+        let _ = tokio::time::timeout(Duration::from_millis(3200), async {
+            while let Some(u) = updates.next().await {
+                batches += usize::from(matches!(u, Update::Changes(_)));
+            }
+        })
+        .await;
+        batches
+    };
+    let ((), batches) = tokio::join!(changing, counting);
+    assert!((2..=4).contains(&batches), "{batches} batches in 3.2 s paced at 1 s");
     client.pace(Duration::from_secs(120)).await.unwrap();
     let seen = until(&mut updates, |u| matches!(u, Update::Paced(_))).await;
     assert!(

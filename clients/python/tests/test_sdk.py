@@ -172,10 +172,18 @@ def test_start_then_ready_then_write():
 def test_pacing_asked_in_the_hello_granted_in_the_welcome_changed_with_pace():
     async def main():
         async with Demo() as demo:
-            c = Client(options(demo.url, publish_interval_ms=1000))
+            # No Pings: each Pong brings the connection current (a Delta) first.
+            c = Client(options(demo.url, publish_interval_ms=1000, ping_interval=0))
             c.start()
             await c.ready()
             assert c.publish_interval_ms == 1000
+            # Honoured: the boiler changes every 100 ms, the Deltas come once a second.
+            deltas = 0
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3.2):
+                    async for u in c.updates():
+                        deltas += isinstance(u, Changes) and u.kind == "delta"
+            assert 2 <= deltas <= 4, f"{deltas} Deltas in 3.2 s paced at 1 s"
             await c.pace(120_000)
             seen = await until(c, lambda u: isinstance(u, Paced) and u.publish_interval_ms != 1000)
             assert seen[-1] == Paced(60_000), "the server caps it at 60 s"

@@ -121,9 +121,18 @@ test("start, await ready(), then write: the write is not refused as not connecte
 
 test("pacing: asked in the Hello, granted in the Welcome, changed with pace()", async () => {
   const d = await demo();
-  const c = client(d.url, { publishIntervalMs: 1000 }).start();
+  // No Pings: each Pong brings the connection current (a Delta) first.
+  const c = client(d.url, { publishIntervalMs: 1000, pingIntervalMs: 0 }).start();
   await c.ready();
   assert.equal(c.publishIntervalMs, 1000);
+  // Honoured: the boiler changes every 100 ms, the Deltas come once a second.
+  let deltas = 0;
+  const off = c.on("message", (m) => {
+    if (m.kind.case === "delta") deltas++;
+  });
+  await sleep(3200);
+  off();
+  assert.ok(deltas >= 2 && deltas <= 4, `${deltas} Deltas in 3.2 s paced at 1 s`);
   const paced = new Promise<number>((resolve) => {
     const off = c.on("paced", (ms) => {
       off();
