@@ -342,8 +342,10 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
 }
 
 /// `[history]` and the 100 tags its asker reads: 50 changes a second
-/// each, so 5,000 points take 100 s to gather.
-const HISTORY_CONFIG: &str = "\n[history]\nwindow = \"10m\"\nmax_points_per_tag = 5000\nmax_memory = \"1GiB\"\n\n[[sim]]\nname = \"hist\"\ntags = 100\nprefix = \"h\"\ngroup = 100\nrate = 5000\n";
+/// each, so 5,000 points take 100 s to gather. Every preset tag keeps
+/// history too (`room`'s 10,000 change twice a second): `max_memory`
+/// leaves each ring its 5,000 points.
+const HISTORY_CONFIG: &str = "\n[history]\nwindow = \"10m\"\nmax_points_per_tag = 5000\nmax_memory = \"4GiB\"\n\n[[sim]]\nname = \"hist\"\ntags = 100\nprefix = \"h\"\ngroup = 100\nrate = 5000\n";
 
 /// The 100 tags of [`HISTORY_CONFIG`].
 fn history_tags() -> Vec<String> {
@@ -390,22 +392,21 @@ fn history_hello() -> tagstream::proto::Hello {
     }
 }
 
-/// Waits until the 100 `h/` tags hold 5,000 points each (at most 5 min).
+/// Waits until the 100 `h/` tags hold 5,000 points each, or 150 s (a
+/// loaded engine fills them slower: the asker then reads what is there,
+/// and the report says how many points an answer held).
 async fn history_full(url: &str) -> anyhow::Result<()> {
     let mut c = tagstream_client::Connection::connect(url, history_hello()).await?;
-    let full = async {
-        for id in 0.. {
-            let (points, _, _) = ask_history(&mut c, id).await?;
-            if points >= 100 * 5000 {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
+    let until = Instant::now() + Duration::from_secs(150);
+    for id in 0.. {
+        let (points, _, _) = ask_history(&mut c, id).await?;
+        if points >= 100 * 5000 || Instant::now() >= until {
+            tracing::info!(points, "history rings before the window");
+            break;
         }
-        Ok::<(), anyhow::Error>(())
-    };
-    tokio::time::timeout(Duration::from_secs(300), full)
-        .await
-        .context("history rings not full within 5 min")?
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    Ok(())
 }
 
 /// What the history asker measured.

@@ -475,6 +475,12 @@ pub fn decimate(points: &[(i64, Option<f64>, u32)], max_points: usize) -> Vec<us
         .collect()
 }
 
+/// Ring `id` of `chunks`.
+fn ring_in(chunks: &[Arc<[Mutex<Ring>]>], id: TagId) -> Option<&Mutex<Ring>> {
+    let index = (id as usize).checked_sub(1)?;
+    chunks.get(index / CHUNK)?.get(index % CHUNK)
+}
+
 /// The engine's side: records each applied change and keeps the rings
 /// within their bounds. Engine task only; the counters are its own.
 #[derive(Debug)]
@@ -490,8 +496,10 @@ pub struct Writer {
     limit: usize,
     /// Next ring the sweep looks at.
     sweep: usize,
-    /// Tags (ids) covered by the chunks.
-    covered: usize,
+    /// The chunks, as the store has them: the writer is the only one
+    /// that adds any, so it reads its own copy (no `ArcSwap` load and
+    /// reference count per change).
+    chunks: Vec<Arc<[Mutex<Ring>]>>,
     /// The limit last reported (metrics, log).
     reported_limit: usize,
 }
@@ -523,7 +531,7 @@ impl Writer {
             bytes: 0,
             limit,
             sweep: 0,
-            covered: 0,
+            chunks: Vec::new(),
             reported_limit: limit,
         }
     }
@@ -560,11 +568,8 @@ impl Writer {
     /// rings shrink to one point each before the cap is refused.
     pub fn admits(&self, id: Option<TagId>) -> bool {
         let on = id
-            .and_then(|id| {
-                let chunk = self.store.ring(id)?;
-                Some(lock(chunk.get((id as usize - 1) % CHUNK)?).on)
-            })
-            .unwrap_or(false);
+            .and_then(|id| ring_in(&self.chunks, id))
+            .is_some_and(|ring| lock(ring).on);
         let room = (self.on + 1) * (RING_BYTES + POINT_BYTES) <= self.budget();
         if !on && !room {
             metrics::counter!("tagstream_history_tags_refused_total").increment(1);
@@ -577,17 +582,12 @@ impl Writer {
         let Some(index) = (id as usize).checked_sub(1) else {
             return;
         };
-        while self.covered <= index {
+        while self.chunks.len() * CHUNK <= index {
             let chunk: Arc<[Mutex<Ring>]> = (0..CHUNK).map(|_| Mutex::default()).collect();
-            let mut chunks = Vec::clone(&self.store.chunks.load());
-            chunks.push(chunk);
-            self.store.chunks.store(Arc::new(chunks));
-            self.covered += CHUNK;
+            self.chunks.push(chunk);
+            self.store.chunks.store(Arc::new(self.chunks.clone()));
         }
-        let Some(chunk) = self.store.ring(id) else {
-            return;
-        };
-        let Some(ring) = chunk.get(index % CHUNK) else {
+        let Some(ring) = ring_in(&self.chunks, id) else {
             return;
         };
         let mut ring = lock(ring);
@@ -618,26 +618,23 @@ impl Writer {
 
     /// Records one applied change of `id` (its state after the change).
     pub fn record(&mut self, id: TagId, seq: u64, state: &TagState, now_us: i64) {
-        let Some(chunk) = self.store.ring(id) else {
+        let (cutoff, budget, limit) = (self.cutoff(now_us), self.budget(), self.limit);
+        let Some(ring) = ring_in(&self.chunks, id) else {
             return;
         };
-        let Some(ring) = chunk.get((id as usize - 1) % CHUNK) else {
-            return;
-        };
-        let cutoff = self.cutoff(now_us);
         let mut ring = lock(ring);
         if !ring.on {
             return;
         }
         let before = ring.footprint();
-        ring.push(seq, state, self.limit);
-        let mut cut = ring.trim(self.limit, cutoff);
+        ring.push(seq, state, limit);
+        let mut cut = ring.trim(limit, cutoff);
         // Over the cap (texts, or rings not yet swept down to a lower
         // limit): this ring gives back until the total fits or it holds
         // only this change.
         let others = self.bytes - before;
-        if others + ring.footprint() > self.budget() {
-            while others + ring.used() > self.budget() && ring.points.len() > 1 {
+        if others + ring.footprint() > budget {
+            while others + ring.used() > budget && ring.points.len() > 1 {
                 ring.pop();
                 cut += 1;
             }
@@ -662,7 +659,7 @@ impl Writer {
     /// window, so a limit lowered by new tags reaches every ring and a
     /// tag that stopped changing lets its old points go.
     pub fn sweep(&mut self, now_us: i64) {
-        if self.covered == 0 {
+        if self.chunks.is_empty() {
             return;
         }
         let n = if self.bytes > self.budget() {
@@ -676,7 +673,8 @@ impl Writer {
 
     /// Trims the next `n` rings to the limit and `cutoff_us`.
     fn trim_next(&mut self, n: usize, cutoff: i64) {
-        let chunks = self.store.chunks.load_full();
+        let (limit, budget) = (self.limit, self.budget());
+        let chunks = &self.chunks;
         let rings = chunks.len() * CHUNK;
         let mut cut = 0;
         for _ in 0..n.min(rings) {
@@ -690,8 +688,8 @@ impl Writer {
                 continue;
             }
             let before = ring.footprint();
-            cut += ring.trim(self.limit, cutoff);
-            if self.bytes > self.budget() {
+            cut += ring.trim(limit, cutoff);
+            if self.bytes > budget {
                 // Over the cap, spare capacity goes too.
                 ring.points.shrink_to_fit();
             }

@@ -397,7 +397,10 @@ async fn pacing_is_asked_in_the_hello_granted_in_the_welcome_and_changed_with_pa
         batches
     };
     let ((), batches) = tokio::join!(changing, counting);
-    assert!((2..=4).contains(&batches), "{batches} batches in 3.2 s paced at 1 s");
+    assert!(
+        (2..=4).contains(&batches),
+        "{batches} batches in 3.2 s paced at 1 s"
+    );
     client.pace(Duration::from_secs(120)).await.unwrap();
     let seen = until(&mut updates, |u| matches!(u, Update::Paced(_))).await;
     assert!(
