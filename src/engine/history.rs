@@ -319,19 +319,13 @@ impl Store {
         &self.config
     }
 
-    fn ring(&self, id: TagId) -> Option<Arc<[Mutex<Ring>]>> {
-        let index = (id as usize).checked_sub(1)?;
-        self.chunks.load().get(index / CHUNK).cloned()
-    }
-
     /// One tag's series for `q`, or `None` if it keeps no history. The
     /// ring is locked while its points in range are copied; the
     /// decimation runs after.
     pub fn read(&self, id: TagId, q: &Query) -> Option<Series> {
-        let chunk = self.ring(id)?;
-        let index = (id as usize - 1) % CHUNK;
+        let chunks = self.chunks.load();
         let (copied, complete) = {
-            let ring = lock(chunk.get(index)?);
+            let ring = lock(ring_in(&chunks, id)?);
             if !ring.on {
                 return None;
             }
