@@ -557,6 +557,11 @@ impl SessionState {
         let mut ids: Vec<TagId> = Vec::with_capacity(h.tags.len());
         if store.is_some() {
             for name in &h.tags {
+                // No tag has a longer name: not looked up (the same
+                // answer as unknown), so a huge name costs no hashing.
+                if name.len() > crate::config::MAX_TAG_NAME_BYTES {
+                    continue;
+                }
                 let Some(id) = catalog.id(name) else { continue };
                 let on = catalog.get(id).is_some_and(|d| d.history);
                 if on && self.principal.may_read(name) && !ids.contains(&id) {

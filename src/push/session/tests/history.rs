@@ -109,7 +109,8 @@ fn hidden_unknown_and_history_off_tags_are_absent_alike() {
     };
     let mut s = h.open_as(p, hello(&["a/#"], None), &mut out);
     kinds(&mut out);
-    let tags = ["a/x", "b/z", "no/such", "b/flag", "a/x"];
+    let huge = format!("a/{}", "x".repeat(64 * 1024));
+    let tags = ["a/x", "b/z", "no/such", "b/flag", "a/x", huge.as_str()];
     let r = result(&job(s.on_message(
         request(1, &tags, 0),
         now(),
@@ -119,7 +120,7 @@ fn hidden_unknown_and_history_off_tags_are_absent_alike() {
     assert_eq!(
         r.series.iter().map(|t| t.id).collect::<Vec<_>>(),
         [1],
-        "b/z hidden, no/such unknown, b/flag without history, a/x once"
+        "b/z hidden, no/such unknown, b/flag without history, a/x once, a 64 KiB name absent"
     );
     // No Catalog entry for what it may not see either.
     assert!(kinds(&mut out).is_empty());
