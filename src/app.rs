@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::command::LocalSources;
 use crate::config::Config;
 use crate::engine::catalog::{Catalog, TagDef};
@@ -32,7 +33,10 @@ pub struct Running {
     pub push: Arc<Push>,
     /// The engine's read side (catalog, table, epoch).
     pub engine: Arc<EngineShared>,
-    /// The engine's input, for in-process tags (`start_with`'s extras).
+    /// The engine the sources feed (none on a gateway: it has no sources).
+    pub sources: Option<Arc<EngineShared>>,
+    /// The sources' engine's input, for in-process tags (`start_with`'s
+    /// extras).
     pub input: flume::Sender<Input>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -41,7 +45,7 @@ pub struct Running {
 impl Running {
     /// The key of a tag by name, to feed it through `input`.
     pub fn key(&self, name: &str) -> Option<TagKey> {
-        let catalog = self.engine.catalog();
+        let catalog = self.sources.as_ref()?.catalog();
         Some(catalog.meta(catalog.id(name)?)?.owner)
     }
 
@@ -92,18 +96,34 @@ pub async fn start_with_env(
         .transpose()?;
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let engine = Engine::with_history(
-        catalog(&config, extra),
-        Box::new(Counter::random()),
-        config.history.clone(),
-    );
-    let shared = engine.shared().clone();
+    let mut config = config;
+    let cluster = match &config.cluster {
+        Some(c) => Some(Cluster::join(c, &config.server.node_id(), env).await?),
+        None => None,
+    };
+    let publishes = cluster.as_ref().is_none_or(|c| c.config.role.publishes());
+    // The engine the sources feed (a single node's only one, an edge's).
+    let local = publishes.then(|| {
+        Engine::with_history(
+            catalog(&config, extra),
+            Box::new(Counter::random()),
+            config.history.clone(),
+        )
+    });
+    let local_shared = local.as_ref().map(|e| e.shared().clone());
     let (input, rx) = flume::bounded(INPUT_QUEUE);
-    tasks.spawn(engine.run(rx, shutdown.clone()));
+    if let Some(engine) = local {
+        tasks.spawn(engine.run(rx, shutdown.clone()));
+    }
 
     let mut commands = LocalSources::default();
     let node_id = config.server.node_id();
-    for (id, (_, source)) in config.sources().into_iter().enumerate() {
+    let sources = if publishes {
+        config.sources()
+    } else {
+        Vec::new()
+    };
+    for (id, (_, source)) in sources.into_iter().enumerate() {
         let id = SourceId::try_from(id).context("too many sources")?;
         let queue = commands.add(id, source.write_operation());
         let (name, node_id, input) = (source.name().to_string(), node_id.clone(), input.clone());
@@ -121,7 +141,40 @@ pub async fn start_with_env(
         tasks.spawn(crate::source::supervise(source, context));
     }
 
+    // What clients are served from: the local engine, or a gateway's
+    // engine that follows the stream.
+    let shared = match &cluster {
+        None => local_shared.clone(),
+        Some(c) => {
+            if let Some(local) = &local_shared {
+                let edge = crate::cluster::edge::Edge::new(
+                    c.link.clone(),
+                    c.stream.clone(),
+                    local.clone(),
+                    c.edge_id.clone(),
+                );
+                tasks.spawn(edge.run(shutdown.clone()));
+            }
+            if c.config.role.serves() {
+                config.server.resume_wait = c.config.resume_wait;
+                Some(c.gateway(&config, &tasks, &shutdown).await)
+            } else {
+                local_shared.clone()
+            }
+        }
+    }
+    .context("no engine to serve")?;
+
     log_unwritable(&auth, &shared);
+    // A gateway's tags are owned by edges, not by this process's sources
+    // (with role "all" its owner keys mean nothing here): its writes go
+    // nowhere until they are routed to the owning edge.
+    let serves_stream = cluster.as_ref().is_some_and(|c| c.config.role.serves());
+    let commands = if serves_stream {
+        LocalSources::default()
+    } else {
+        commands
+    };
     let push = Push::new(
         config.server.clone(),
         shared.clone(),
@@ -142,6 +195,7 @@ pub async fn start_with_env(
         addr,
         push,
         engine: shared,
+        sources: local_shared,
         input,
         shutdown,
         tasks,

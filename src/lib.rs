@@ -41,6 +41,7 @@
 pub mod app;
 pub mod auth;
 pub mod check;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod demo;

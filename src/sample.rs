@@ -129,6 +129,9 @@ pub enum Input {
         /// every slot of the channel is as large as the largest input.
         def: Box<TagDef>,
     },
+    /// A message of the cluster's stream, on a gateway: it carries its own
+    /// seq and ids (protocol.md "Cluster"). Boxed as `Define` is.
+    Replicated(Box<crate::engine::Replicated>),
     /// The source lost its device or broker: each of its tags turns
     /// `status` (those never read: `unread`), keeping its last value.
     SourceDown {

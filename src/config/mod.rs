@@ -81,9 +81,9 @@ pub struct Config {
     /// Recent values per tag (protocol.md History); absent: none kept.
     #[serde(default)]
     pub history: Option<crate::engine::history::HistoryConfig>,
-    /// Not built yet: refused.
+    /// Scale-out on NATS JetStream; absent: a single node.
     #[serde(default)]
-    pub cluster: Option<toml::Value>,
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// `[server]`.
@@ -143,6 +143,10 @@ pub struct ServerConfig {
     /// cores to other work on the host (the engine and the sources run
     /// beside them).
     pub push_threads: usize,
+    /// Not a key of `[server]`: `[cluster] resume_wait` on a gateway (a
+    /// Resume past the applied seq waits this long); zero on one node.
+    #[serde(skip)]
+    pub resume_wait: Duration,
 }
 
 impl Default for ServerConfig {
@@ -166,6 +170,7 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(10),
             server_id: String::new(),
             push_threads: 0,
+            resume_wait: Duration::ZERO,
         }
     }
 }
@@ -352,8 +357,14 @@ impl Config {
         if let Some(history) = &self.history {
             history.validate(p);
         }
-        if self.cluster.is_some() {
-            p.push("cluster", "this section is not built yet in this version");
+        if let Some(cluster) = &self.cluster {
+            cluster.validate(p);
+            if cluster.role == crate::cluster::Role::Gateway && !self.sources().is_empty() {
+                p.push(
+                    "cluster.role",
+                    "a gateway polls no sources: remove them, or use role = \"all\" or \"edge\"",
+                );
+            }
         }
         // Configured tag name -> its source, for the duplicate and the
         // topic-map checks.

@@ -363,9 +363,51 @@ fn sim_sources_are_validated_with_the_others() {
 }
 
 #[test]
-fn unbuilt_sections_are_refused_not_ignored() {
-    let err = Config::parse("[cluster]\nrole = \"all\"\n").expect_err("cluster refused");
-    assert!(err.to_string().contains("cluster"));
+fn cluster_keys_are_checked_and_a_gateway_has_no_sources() {
+    let c = Config::parse("[cluster]\nrole = \"gateway\"\n").expect("a gateway");
+    let cluster = c.cluster.expect("cluster");
+    assert_eq!(cluster.role, crate::cluster::Role::Gateway);
+    assert_eq!(cluster.stream, "TAGSTREAM");
+    let text = r#"
+[cluster]
+nats_url = "http://x, nats://"
+role = "gateway"
+stream = "a.b"
+edge_id = "e 1"
+replicas = 9
+nats_token_env = "T"
+nats_user = "u"
+edge_timeout = "1ms"
+resume_wait = "2m"
+spool_limit = 99999999999
+
+[[sim]]
+name = "s"
+tags = 1
+"#;
+    let Err(ConfigError::Invalid(problems)) = Config::parse(text) else {
+        panic!("refused")
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "cluster.nats_url",
+        "cluster.stream",
+        "cluster.edge_id",
+        "cluster.replicas",
+        "cluster.nats_creds",
+        "cluster.nats_user",
+        "cluster.edge_timeout",
+        "cluster.resume_wait",
+        "cluster.spool_limit",
+        "cluster.role",
+    ] {
+        assert!(keys.contains(&key), "{key} not in {keys:?}");
+    }
+    assert_eq!(
+        keys.iter().filter(|k| **k == "cluster.nats_url").count(),
+        2,
+        "each bad URL: {keys:?}"
+    );
 }
 
 #[test]
@@ -638,6 +680,7 @@ fn the_config_reference_names_every_key_of_the_config_structs() {
         include_str!("../source/sparkplug/config.rs"),
         include_str!("../source/sim.rs"),
         include_str!("../engine/history.rs"),
+        include_str!("../cluster/config.rs"),
     ];
     let mut missing = Vec::new();
     let mut keys = 0;

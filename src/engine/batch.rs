@@ -100,6 +100,11 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// No change pushed since the last `finish`.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Encodes one change.
     pub fn push(&mut self, id: TagId, seq: u64, state: &TagState) {
         let start = self.buf.len() as u32;

@@ -95,6 +95,25 @@ impl Catalog {
         id
     }
 
+    /// Takes the next id for nothing (a cluster gateway's slot for a name
+    /// claimed twice, or an id it never saw claimed): every gateway holds
+    /// the same ids, and this one is never selected, looked up or sent.
+    pub fn add_hidden(&mut self, seq: u64) -> TagId {
+        let id = self.tags.len() as TagId + 1;
+        self.encoded.push(Bytes::new());
+        self.meta.push(TagMeta {
+            owner: TagKey::default(),
+            appeared_seq: seq,
+            defined_seq: seq,
+            revision: self.version,
+        });
+        self.tags.push(TagDef {
+            id,
+            ..TagDef::read_only("", "")
+        });
+        id
+    }
+
     /// Replaces the definition of tag `id` (same name, same id) at table
     /// seq `seq`. Returns false if nothing changed or the id is unknown.
     pub fn redefine(&mut self, id: TagId, mut def: TagDef, seq: u64) -> bool {
@@ -154,13 +173,17 @@ impl Catalog {
         self.tags.is_empty()
     }
 
-    /// The tag with this id.
+    /// The tag with this id (none for a hidden id: its name is empty, and
+    /// every real name has a level).
     pub fn get(&self, id: TagId) -> Option<&TagDef> {
-        self.tags.get((id as usize).checked_sub(1)?)
+        self.tags
+            .get((id as usize).checked_sub(1)?)
+            .filter(|d| !d.name.is_empty())
     }
 
     /// Owner and history of the tag with this id.
     pub fn meta(&self, id: TagId) -> Option<&TagMeta> {
+        self.get(id)?;
         self.meta.get((id as usize).checked_sub(1)?)
     }
 
@@ -222,9 +245,9 @@ impl Catalog {
             .map(|(name, &id)| (name.as_str(), id))
     }
 
-    /// All tags.
+    /// All tags (not the hidden ids).
     pub fn iter(&self) -> impl Iterator<Item = &TagDef> {
-        self.tags.iter()
+        self.tags.iter().filter(|d| !d.name.is_empty())
     }
 
     /// The tag's `TagInfo` encoded as field 1 (`Catalog.tags`).

@@ -43,6 +43,58 @@ pub const MAX_BATCH: usize = 1024;
 /// past this a session catches up from the table instead.
 pub const BATCH_RING: usize = feed::RING_BATCHES;
 
+/// One message of a cluster's stream as a gateway's engine applies it: the
+/// stream's seq is the seq, the edge's id claim is the id, and the edge
+/// already applied deadband and scaling. A seq at or before the table's
+/// is a message already applied (a consumer recreated after a gap) and
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replicated {
+    /// `id` claimed for a tag: the next id. A name another id holds, or an
+    /// id past the next, takes hidden ids, the same on every gateway.
+    Claim {
+        /// Stream seq.
+        seq: u64,
+        /// The claimed id.
+        id: TagId,
+        /// Its definition.
+        def: TagDef,
+    },
+    /// A known tag's new definition.
+    Define {
+        /// Stream seq.
+        seq: u64,
+        /// The tag.
+        id: TagId,
+        /// Its definition (name ignored: names never change).
+        def: TagDef,
+    },
+    /// A change the owning edge applied; `state.seq` is the stream seq.
+    Update {
+        /// The tag.
+        id: TagId,
+        /// Its state.
+        state: table::TagState,
+    },
+    /// A message that changes no tag: the position moves.
+    Skip {
+        /// Stream seq.
+        seq: u64,
+    },
+}
+
+impl Replicated {
+    /// The message's stream seq.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Replicated::Claim { seq, .. }
+            | Replicated::Define { seq, .. }
+            | Replicated::Skip { seq } => *seq,
+            Replicated::Update { state, .. } => state.seq,
+        }
+    }
+}
+
 /// What sessions read: the table's latest snapshot, the epoch, interned
 /// selections and the feed of published batches.
 #[derive(Debug)]
@@ -228,6 +280,7 @@ impl Engine {
                     work.change(table, id, sample, now);
                 }
                 Input::Define { key, def } => work.define(table, key, *def),
+                Input::Replicated(message) => work.replicate(table, *message, now),
                 Input::SourceDown {
                     source,
                     status,
@@ -256,7 +309,9 @@ impl Engine {
         // The snapshot first, then the batch: whoever reads a batch finds
         // a table at least as new.
         self.shared.table.store(Arc::new(self.table.clone()));
-        if to_seq == from_seq {
+        // A gateway's position may move without a change (a claim, a
+        // message of no tag): the table says so, no batch is needed.
+        if to_seq == from_seq || self.work.scratch.is_empty() {
             return None;
         }
         let end = self.shared.published_bytes.load(Ordering::Relaxed);
@@ -282,6 +337,70 @@ impl Work {
             if let Some(history) = &mut self.history {
                 history.record(id, seq, state, now);
             }
+        }
+    }
+
+    fn replicate(&mut self, table: &mut TagTable, message: Replicated, now: i64) {
+        let seq = message.seq();
+        if seq <= table.seq() {
+            return;
+        }
+        match message {
+            Replicated::Claim { id, def, .. } => {
+                table.advance(seq);
+                while (table.catalog().len() as TagId) + 1 < id {
+                    let hole = table.add_hidden();
+                    tracing::warn!(id = hole, "cluster: an id was never claimed: held empty");
+                }
+                if (table.catalog().len() as TagId) + 1 != id {
+                    return;
+                }
+                if table.catalog().id(&def.name).is_some() || def.name.is_empty() {
+                    table.add_hidden();
+                    if let Some(suppressed) = self.defined_log.admit() {
+                        tracing::warn!(tag = %shown(&def.name), id, suppressed, "cluster: a name claimed twice: the later id is held empty");
+                    }
+                    return;
+                }
+                let mut def = def;
+                def.history &= self.history.as_ref().is_some_and(|h| h.admits(None));
+                let history = def.history;
+                let added = table.add(def, TagKey::default());
+                if let Some(h) = &mut self.history {
+                    h.define(added, history);
+                }
+            }
+            Replicated::Define { id, mut def, .. } => {
+                table.advance(seq);
+                if table.catalog().get(id).is_none() {
+                    return;
+                }
+                def.history &= self.history.as_ref().is_some_and(|h| h.admits(Some(id)));
+                let history = def.history;
+                table.redefine(id, def);
+                if let Some(h) = &mut self.history {
+                    h.define(id, history);
+                }
+            }
+            Replicated::Update { id, mut state } => {
+                state.server_time_us = if state.server_time_us == 0 {
+                    now
+                } else {
+                    state.server_time_us
+                };
+                if table.put(id, state) {
+                    if let Some(state) = table.state(id) {
+                        self.scratch.push(id, seq, state);
+                        if let Some(history) = &mut self.history {
+                            history.record(id, seq, state, now);
+                        }
+                    }
+                } else {
+                    table.advance(seq);
+                    metrics::counter!("tagstream_samples_dropped_total").increment(1);
+                }
+            }
+            Replicated::Skip { .. } => table.advance(seq),
         }
     }
 

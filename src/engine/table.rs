@@ -105,6 +105,40 @@ impl TagTable {
         id
     }
 
+    /// Takes the next id for nothing ([`Catalog::add_hidden`]).
+    pub fn add_hidden(&mut self) -> TagId {
+        let seq = self.seq;
+        let id = Arc::make_mut(&mut self.catalog).add_hidden(seq);
+        self.push_waiting();
+        id
+    }
+
+    /// Moves the table to `seq` without a change (a cluster gateway: a
+    /// stream message that changed no tag still moves the position, so
+    /// every gateway's position means the same). Never backwards.
+    pub fn advance(&mut self, seq: u64) {
+        self.seq = self.seq.max(seq);
+    }
+
+    /// Sets a tag's state as another node applied it, at `state.seq` (a
+    /// cluster gateway: no deadband, no comparison, the seq is the
+    /// stream's). False for an unknown or hidden id.
+    pub fn put(&mut self, id: TagId, state: TagState) -> bool {
+        if self.catalog.get(id).is_none() {
+            return false;
+        }
+        let seq = state.seq;
+        let Some(slot) = (id as usize)
+            .checked_sub(1)
+            .and_then(|index| self.state_mut(index))
+        else {
+            return false;
+        };
+        *slot = state;
+        self.seq = self.seq.max(seq);
+        true
+    }
+
     /// Replaces a tag's definition; true if anything changed.
     pub fn redefine(&mut self, id: TagId, def: TagDef) -> bool {
         // Checked first: `make_mut` copies the catalog a session holds.

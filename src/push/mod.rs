@@ -131,6 +131,7 @@ impl Push {
             min_publish_interval: config.min_publish_interval,
             history_slots: tokio::sync::Semaphore::new(history_slots()),
             drain_window: config.drain_window,
+            resume_wait: config.resume_wait,
             heartbeat,
             metrics: metrics.clone(),
         });

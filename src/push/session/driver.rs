@@ -155,6 +155,24 @@ fn classify(item: Option<Result<Message, WsError>>) -> Result<Read, End> {
     }
 }
 
+/// A Resume in this epoch past the table's seq: on a cluster gateway, a
+/// seq another gateway has applied and this one not yet. Waits for it
+/// (polling: rare, and bounded by `resume_wait`); then `on_hello` answers
+/// RESUMED, or RESYNC if it never came.
+async fn await_resume_seq(cx: Arc<SessionContext>, hello: proto::Hello) -> proto::Hello {
+    let Some(resume) = &hello.resume else {
+        return hello;
+    };
+    if cx.resume_wait.is_zero() || resume.epoch != cx.engine.epoch {
+        return hello;
+    }
+    let deadline = tokio::time::Instant::now() + cx.resume_wait;
+    while cx.engine.table().seq() < resume.seq && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    hello
+}
+
 async fn serve<S: Socket>(
     ws: &mut S,
     cx: Arc<SessionContext>,
@@ -162,6 +180,9 @@ async fn serve<S: Socket>(
     peer: &SocketAddr,
     hello: proto::Hello,
 ) -> End {
+    // Boxed, and holding the Hello meanwhile: its timer and the Hello
+    // would otherwise sit in every idle session's future.
+    let hello = Box::pin(await_resume_seq(cx.clone(), hello)).await;
     let mut out = Outbox::default();
     let mut session = match SessionState::on_hello(cx.clone(), principal, hello, &mut out) {
         Ok(session) => session,

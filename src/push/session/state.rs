@@ -95,6 +95,9 @@ pub struct SessionContext {
     pub min_publish_interval: std::time::Duration,
     /// History answers made at once in the node ([`HistoryJob::run`]).
     pub history_slots: tokio::sync::Semaphore,
+    /// How long a Resume past the table's seq waits for it (a cluster
+    /// gateway still applying the stream); zero on a single node.
+    pub resume_wait: std::time::Duration,
     /// Shared heartbeat clock: one timer for all sessions, relayed to them
     /// by their shard's hub; it closes at shutdown.
     pub heartbeat: watch::Receiver<u64>,

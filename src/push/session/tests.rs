@@ -88,6 +88,7 @@ fn harness_full(
         hello_timeout: Duration::from_secs(10),
         min_publish_interval,
         history_slots: tokio::sync::Semaphore::new(2),
+        resume_wait: Duration::ZERO,
         heartbeat,
         metrics: PushMetrics::new(),
     });

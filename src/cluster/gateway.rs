@@ -1,0 +1,169 @@
+//! The gateway's follower: one ordered consumer on the whole stream (never
+//! one per client), whose messages become the gateway engine's inputs with
+//! their stream seqs. It starts from the last message of every subject
+//! (each tag's claim, definition and latest state) and then follows live;
+//! the async-nats ordered consumer recreates itself after a gap from the
+//! last sequence it delivered.
+//!
+//! "Caught up" is decided against the stream's last sequence read at the
+//! start, never `num_pending` (which can reach 0 and rise again).
+//!
+//! Receives: stream messages. Emits: `Input::Replicated` to the engine and
+//! the caught-up signal.
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{self, ClusterDef, Kind, Subjects};
+use crate::engine::Replicated;
+use crate::engine::table::TagState;
+use crate::sample::{Input, Value};
+
+/// What one stream message means to a gateway's engine.
+pub fn replicated(subjects: &Subjects, subject: &str, seq: u64, payload: &[u8]) -> Replicated {
+    let skip = Replicated::Skip { seq };
+    match subjects.kind(subject) {
+        Kind::Claim(id) => match ClusterDef::decode(payload) {
+            Ok(def) => Replicated::Claim {
+                seq,
+                id,
+                def: def.to_def(),
+            },
+            Err(_) => skip,
+        },
+        Kind::Define(id) => match ClusterDef::decode(payload) {
+            Ok(def) => Replicated::Define {
+                seq,
+                id,
+                def: def.to_def(),
+            },
+            Err(_) => skip,
+        },
+        Kind::Value(id) => match wire::decode_update(payload) {
+            Some(update) => Replicated::Update {
+                id,
+                state: TagState {
+                    value: update.value.as_ref().and_then(Value::from_wire),
+                    status: update.status,
+                    source_time_us: update.source_time_us,
+                    server_time_us: update.server_time_us,
+                    seq,
+                },
+            },
+            None => skip,
+        },
+        Kind::Other => skip,
+    }
+}
+
+/// Follows the stream into `input` until shutdown; `caught_up` turns true
+/// once the stream's last sequence at the start is applied.
+pub async fn follow(
+    subjects: Subjects,
+    mut stream: stream::Stream,
+    input: flume::Sender<Input>,
+    caught_up: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    let mut next: Option<u64> = None;
+    loop {
+        let target = match stream.info().await {
+            Ok(info) => info.state.last_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: stream info");
+                if wait(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if target == 0 || next.is_some_and(|n| n > target) {
+            caught_up.send_replace(true);
+        }
+        let deliver_policy = match next {
+            None => consumer::DeliverPolicy::LastPerSubject,
+            Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        };
+        let messages = match stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subjects.all(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(consumer) => consumer.messages().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot follow the stream");
+                if wait(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot follow the stream");
+                if wait(&shutdown, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff = std::time::Duration::from_millis(100);
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                () = shutdown.cancelled() => return,
+            };
+            let message = match message {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "cluster: stream consumer");
+                    continue;
+                }
+                None => break,
+            };
+            let Some(seq) = sequence(&message) else {
+                continue;
+            };
+            let r = replicated(&subjects, &message.subject, seq, &message.payload);
+            if input
+                .send_async(Input::Replicated(Box::new(r)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            next = Some(seq + 1);
+            if seq >= target && !*caught_up.borrow() {
+                tracing::info!(seq, "cluster: gateway caught up with the stream");
+                caught_up.send_replace(true);
+            }
+        }
+        tracing::warn!("cluster: stream consumer ended; following again");
+        if wait(&shutdown, &mut backoff).await {
+            return;
+        }
+    }
+}
+
+fn sequence(message: &jetstream::Message) -> Option<u64> {
+    message.info().ok().map(|i| i.stream_sequence)
+}
+
+/// Sleeps a backoff with jitter (doubling up to 5 s); true at shutdown.
+async fn wait(shutdown: &CancellationToken, backoff: &mut std::time::Duration) -> bool {
+    let jitter = std::time::Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
+    let stop = tokio::select! {
+        () = tokio::time::sleep(*backoff + jitter) => false,
+        () = shutdown.cancelled() => true,
+    };
+    *backoff = (*backoff * 2).min(std::time::Duration::from_secs(5));
+    stop
+}

@@ -1,0 +1,186 @@
+//! The NATS link of one node: connects with the configured credentials
+//! (secrets read here, from the environment or files, never logged),
+//! reports its state (`up`, for `/readyz` and the gateway's stale marks),
+//! and finds or creates the stream, whose identity is the epoch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use super::config::ClusterConfig;
+use super::wire::{self, Subjects};
+
+/// Why a node could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A secret the config names is not there.
+    #[error("cluster: {0}")]
+    Secret(String),
+    /// NATS refused or could not be reached.
+    #[error("cluster: cannot connect to NATS at {url}: {reason}")]
+    Connect {
+        /// The configured URLs.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// JetStream refused the stream.
+    #[error("cluster: stream {stream}: {reason}")]
+    Stream {
+        /// Its name.
+        stream: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A connected node.
+#[derive(Clone)]
+pub struct Link {
+    /// The NATS client (core requests: writes, liveness).
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+    /// The stream's subjects.
+    pub subjects: Subjects,
+    /// Connected to NATS now.
+    up: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("stream", &self.subjects.stream())
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+/// How long a connect or a JetStream request may take before it is an
+/// error (and retried).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Link {
+    /// Connects (retrying until NATS answers the first time, then
+    /// reconnecting by itself) with the config's credentials.
+    pub async fn connect(
+        config: &ClusterConfig,
+        name: &str,
+        env: &crate::auth::Env,
+    ) -> Result<Link, LinkError> {
+        let up = Arc::new(AtomicBool::new(false));
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .retry_on_initial_connect()
+            .max_reconnects(None::<usize>);
+        let secret = |var: &str| {
+            env(var)
+                .ok_or_else(|| LinkError::Secret(format!("environment variable {var} is not set")))
+        };
+        if let Some(var) = &config.nats_token_env {
+            options = options.token(secret(var)?);
+        }
+        if let (Some(user), Some(var)) = (&config.nats_user, &config.nats_password_env) {
+            options = options.user_and_password(user.clone(), secret(var)?);
+        }
+        if let Some(path) = &config.nats_creds {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| LinkError::Secret(format!("cannot read nats_creds {path:?}: {e}")))?;
+        }
+        if let Some(ca) = &config.nats_ca {
+            if !std::path::Path::new(ca).is_file() {
+                return Err(LinkError::Secret(format!("nats_ca {ca:?} is not a file")));
+            }
+            options = options.add_root_certificates(ca.into()).require_tls(true);
+        }
+        let flag = up.clone();
+        options = options.event_callback(move |event| {
+            let flag = flag.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        flag.store(true, Ordering::Release);
+                        tracing::info!("cluster: connected to NATS");
+                    }
+                    async_nats::Event::Disconnected => {
+                        flag.store(false, Ordering::Release);
+                        tracing::warn!("cluster: NATS link down; reconnecting");
+                    }
+                    other => tracing::debug!(event = %other, "cluster: NATS event"),
+                }
+            }
+        });
+        let urls: Vec<async_nats::ServerAddr> = config
+            .nats_url
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e: std::io::Error| LinkError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
+        let client = async_nats::connect_with_options(urls, options)
+            .await
+            .map_err(|e| LinkError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
+        // The callback may not have run yet for the first connection.
+        if client.connection_state() == async_nats::connection::State::Connected {
+            up.store(true, Ordering::Release);
+        }
+        let js = jetstream::new(client.clone());
+        Ok(Link {
+            client,
+            js,
+            subjects: Subjects::new(&config.stream),
+            up,
+        })
+    }
+
+    /// Connected to NATS now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// The stream, created if absent (last message per subject, file
+    /// storage, `replicas`), and its epoch.
+    pub async fn stream(&self, replicas: usize) -> Result<(stream::Stream, u64), LinkError> {
+        let name = self.subjects.stream().to_string();
+        let failed = |reason: String| LinkError::Stream {
+            stream: name.clone(),
+            reason,
+        };
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![self.subjects.all()],
+            max_messages_per_subject: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        };
+        let mut stream = self
+            .js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| failed(e.to_string()))?;
+        if info.config.max_messages_per_subject != 1 {
+            return Err(failed(format!(
+                "it exists with max_msgs_per_subject {}, not 1: not a tagstream stream",
+                info.config.max_messages_per_subject
+            )));
+        }
+        let epoch = wire::epoch(&name, info.created.unix_timestamp_nanos());
+        Ok((stream, epoch))
+    }
+}
