@@ -101,6 +101,7 @@ fuzz_target!(|input: &[u8]| {
         hello_timeout: Duration::from_secs(1),
         min_publish_interval: Duration::ZERO,
         history_slots: tokio::sync::Semaphore::new(1),
+        resume_wait: std::time::Duration::ZERO,
         heartbeat,
         metrics: PushMetrics::new(),
     });
