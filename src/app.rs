@@ -183,6 +183,14 @@ pub async fn start_with_env(
         tls,
         shutdown.clone(),
     );
+    if let Some(c) = &cluster {
+        let link = c.link.clone();
+        let _ = push.node.set(crate::push::NodeRole {
+            ready: Box::new(move || link.is_up()),
+            not_ready: "NATS link down\n",
+            serves_clients: c.config.role.serves(),
+        });
+    }
     let serving = push.clone();
     tasks.spawn(async move {
         if let Err(e) = push::serve(listener, serving).await {

@@ -123,6 +123,23 @@ impl Edge {
         loop {
             match self.round().await {
                 Ok(()) => backoff = Duration::from_millis(100),
+                Err(_) if !self.link.is_up() => {
+                    // Wait for the link (the client reconnects by itself),
+                    // then a jitter, so edges do not all return at once.
+                    self.from_table = true;
+                    while !self.link.is_up() {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                            () = shutdown.cancelled() => return,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
+                    tracing::info!(
+                        from = self.position,
+                        "cluster: NATS back; the edge publishes what changed meanwhile"
+                    );
+                    continue;
+                }
                 Err(e) => {
                     metrics::counter!("tagstream_cluster_publish_errors_total").increment(1);
                     tracing::warn!(error = %e, retry_in = ?backoff, "cluster: edge publish failed");
@@ -146,6 +163,11 @@ impl Edge {
 
     /// One pass: definitions first, then every change past the position.
     async fn round(&mut self) -> Result<(), PublishError> {
+        // Nothing is handed to a client that is reconnecting: it would
+        // buffer the messages and send them later, beside the retry.
+        if !self.link.is_up() {
+            return Err(PublishError::Publish("NATS link down".into()));
+        }
         if self.claims_rx.is_none() {
             self.read_claims().await?;
         }

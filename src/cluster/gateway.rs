@@ -17,6 +17,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::link::Link;
 use super::wire::{self, ClusterDef, Kind, Subjects};
 use crate::engine::Replicated;
 use crate::engine::table::TagState;
@@ -62,12 +63,14 @@ pub fn replicated(subjects: &Subjects, subject: &str, seq: u64, payload: &[u8]) 
 /// Follows the stream into `input` until shutdown; `caught_up` turns true
 /// once the stream's last sequence at the start is applied.
 pub async fn follow(
-    subjects: Subjects,
+    link: Link,
     mut stream: stream::Stream,
     input: flume::Sender<Input>,
-    caught_up: watch::Sender<bool>,
+    caught_up: watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
 ) {
+    let subjects = link.subjects.clone();
+    let mut reconnects = link.reconnects();
     let mut backoff = std::time::Duration::from_millis(100);
     let mut next: Option<u64> = None;
     loop {
@@ -81,8 +84,8 @@ pub async fn follow(
                 continue;
             }
         };
-        if target == 0 || next.is_some_and(|n| n > target) {
-            caught_up.send_replace(true);
+        if caught_up.borrow().is_none() && (target == 0 || next.is_some_and(|n| n > target)) {
+            caught_up.send_replace(Some(target));
         }
         let deliver_policy = match next {
             None => consumer::DeliverPolicy::LastPerSubject,
@@ -92,6 +95,10 @@ pub async fn follow(
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects.all(),
                 deliver_policy,
+                // Pull requests expire (and heartbeats come) this often:
+                // a consumer lost with a restarted server is noticed in
+                // seconds, not in the default 30.
+                max_expires: std::time::Duration::from_secs(2),
                 ..Default::default()
             })
             .await
@@ -116,9 +123,13 @@ pub async fn follow(
             }
         };
         backoff = std::time::Duration::from_millis(100);
+        reconnects.borrow_and_update();
         loop {
             let message = tokio::select! {
                 m = messages.next() => m,
+                // A new connection: the consumer may have died with the
+                // server; follow again from the next seq.
+                _ = reconnects.changed() => break,
                 () = shutdown.cancelled() => return,
             };
             let message = match message {
@@ -141,12 +152,11 @@ pub async fn follow(
                 return;
             }
             next = Some(seq + 1);
-            if seq >= target && !*caught_up.borrow() {
-                tracing::info!(seq, "cluster: gateway caught up with the stream");
-                caught_up.send_replace(true);
+            if seq >= target && caught_up.borrow().is_none() {
+                caught_up.send_replace(Some(seq));
             }
         }
-        tracing::warn!("cluster: stream consumer ended; following again");
+        tracing::info!(next = ?next, "cluster: following the stream again");
         if wait(&shutdown, &mut backoff).await {
             return;
         }

@@ -47,6 +47,9 @@ pub struct Link {
     pub subjects: Subjects,
     /// Connected to NATS now.
     up: Arc<AtomicBool>,
+    /// Connections made so far: a consumer made before the last one may
+    /// be gone with the server that held it.
+    connects: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -71,6 +74,7 @@ impl Link {
         env: &crate::auth::Env,
     ) -> Result<Link, LinkError> {
         let up = Arc::new(AtomicBool::new(false));
+        let connects = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(REQUEST_TIMEOUT)
@@ -99,17 +103,20 @@ impl Link {
             }
             options = options.add_root_certificates(ca.into()).require_tls(true);
         }
-        let flag = up.clone();
+        let (flag, counter) = (up.clone(), connects.clone());
         options = options.event_callback(move |event| {
-            let flag = flag.clone();
+            let (flag, counter) = (flag.clone(), counter.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         flag.store(true, Ordering::Release);
+                        counter.send_modify(|n| *n += 1);
+                        metrics::gauge!("tagstream_cluster_link_up").set(1.0);
                         tracing::info!("cluster: connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
                         flag.store(false, Ordering::Release);
+                        metrics::gauge!("tagstream_cluster_link_up").set(0.0);
                         tracing::warn!("cluster: NATS link down; reconnecting");
                     }
                     other => tracing::debug!(event = %other, "cluster: NATS event"),
@@ -141,7 +148,13 @@ impl Link {
             js,
             subjects: Subjects::new(&config.stream),
             up,
+            connects,
         })
+    }
+
+    /// A receiver of the connection count (it moves on each reconnect).
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connects.subscribe()
     }
 
     /// Connected to NATS now.

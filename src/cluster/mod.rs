@@ -74,16 +74,26 @@ impl Cluster {
         let shared = engine.shared().clone();
         let (input, rx) = flume::bounded(crate::app::INPUT_QUEUE);
         tasks.spawn(engine.run(rx, shutdown.clone()));
-        let (caught_up, mut ready) = tokio::sync::watch::channel(false);
+        let (caught_up, mut ready) = tokio::sync::watch::channel(None);
         tasks.spawn(gateway::follow(
-            self.link.subjects.clone(),
+            self.link.clone(),
             self.stream.clone(),
             input,
             caught_up,
             shutdown.clone(),
         ));
         let started = std::time::Instant::now();
-        let _ = ready.wait_for(|&up| up).await;
+        // The follower has handed the engine the stream's last message as
+        // of the start; then the engine has applied it.
+        let target = ready
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|t| *t)
+            .unwrap_or(0);
+        while shared.table().seq() < target {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         tracing::info!(
             tags = shared.catalog().len(),
             seq = shared.table().seq(),

@@ -99,7 +99,10 @@ fn route(
         "/readyz" if push.is_full_or_draining() => {
             text(StatusCode::SERVICE_UNAVAILABLE, "full or draining\n")
         }
-        "/readyz" => text(StatusCode::OK, "ready\n"),
+        "/readyz" => match push.node_not_ready() {
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            None => text(StatusCode::OK, "ready\n"),
+        },
         "/api/v1/info" => info(&push),
         "/metrics" => {
             let body = crate::telemetry::prometheus()
@@ -112,6 +115,10 @@ fn route(
             );
             r
         }
+        path if path == push.config.path && !push.serves_clients() => text(
+            StatusCode::NOT_FOUND,
+            "a cluster edge serves no client stream: connect to a gateway\n",
+        ),
         path if path == push.config.path => match upgrade(req, peer, &push, &tracker, permit) {
             Ok(response) => response,
             Err(refusal) => refuse(&push, peer, refusal),

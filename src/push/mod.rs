@@ -66,6 +66,19 @@ pub struct Push {
     pub pending: Arc<Pending>,
     /// wss on this listener, when `[server] tls` is set.
     pub tls: Option<tls::Tls>,
+    /// What a cluster node adds (unset: a single node).
+    pub node: std::sync::OnceLock<NodeRole>,
+}
+
+/// A cluster node's part in the HTTP answers: `/readyz` follows its NATS
+/// link, and an edge serves no client stream (protocol.md "Cluster").
+pub struct NodeRole {
+    /// Ready now (false: `/readyz` says why).
+    pub ready: Box<dyn Fn() -> bool + Send + Sync>,
+    /// What `/readyz` says when not ready.
+    pub not_ready: &'static str,
+    /// The stream path serves clients (false on an edge).
+    pub serves_clients: bool,
 }
 
 /// HTTP exchanges (handshakes included) served at once; accepted
@@ -149,7 +162,19 @@ impl Push {
             http_in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT)),
             pending,
             tls,
+            node: std::sync::OnceLock::new(),
         })
+    }
+
+    /// `/readyz`'s reason to say no, from the node's role.
+    pub fn node_not_ready(&self) -> Option<&'static str> {
+        let node = self.node.get()?;
+        (!(node.ready)()).then_some(node.not_ready)
+    }
+
+    /// False on a cluster edge: it serves no client stream.
+    pub fn serves_clients(&self) -> bool {
+        self.node.get().is_none_or(|n| n.serves_clients)
     }
 
     /// SIGHUP: new handshakes get the certificate and key as the files

@@ -7,6 +7,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod outage;
 mod resume;
 
 use std::process::{Child, Command, Stdio};
@@ -19,7 +20,8 @@ use tagstream::app::Running;
 pub struct Nats {
     child: Child,
     pub port: u16,
-    _dir: Scratch,
+    program: std::path::PathBuf,
+    dir: Scratch,
 }
 
 impl Nats {
@@ -28,20 +30,20 @@ impl Nats {
         let program = require("nats-server")?;
         let dir = Scratch::new("nats");
         let port = tagstream_testkit::free_port().unwrap();
-        let child = Command::new(program)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.dir())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
+        let child = spawn(&program, port, &dir);
         let nats = Nats {
             child,
             port,
-            _dir: dir,
+            program,
+            dir,
         };
+        nats.listening().await;
+        Some(nats)
+    }
+
+    async fn listening(&self) {
         let deadline = tokio::time::Instant::now() + DEADLINE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
             .is_err()
         {
@@ -51,12 +53,33 @@ impl Nats {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Some(nats)
+    }
+
+    /// Kills the server (every link drops; its store stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.program, self.port, &self.dir);
+        self.listening().await;
     }
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
+}
+
+fn spawn(program: &std::path::Path, port: u16, dir: &Scratch) -> Child {
+    Command::new(program)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
 }
 
 impl Drop for Nats {
