@@ -140,6 +140,7 @@ pub async fn start_with_env(
         };
         tasks.spawn(crate::source::supervise(source, context));
     }
+    let commands = Arc::new(commands);
 
     // What clients are served from: the local engine, or a gateway's
     // engine that follows the stream.
@@ -153,6 +154,14 @@ pub async fn start_with_env(
                     local.clone(),
                     c.edge_id.clone(),
                 );
+                tasks.spawn(crate::cluster::writes::serve(
+                    c.link.clone(),
+                    c.edge_id.clone(),
+                    local.clone(),
+                    commands.clone(),
+                    edge.local_ids(),
+                    shutdown.clone(),
+                ));
                 tasks.spawn(edge.run(shutdown.clone()));
             }
             if c.config.role.serves() {
@@ -167,18 +176,18 @@ pub async fn start_with_env(
 
     log_unwritable(&auth, &shared);
     // A gateway's tags are owned by edges, not by this process's sources
-    // (with role "all" its owner keys mean nothing here): its writes go
-    // nowhere until they are routed to the owning edge.
-    let serves_stream = cluster.as_ref().is_some_and(|c| c.config.role.serves());
-    let commands = if serves_stream {
-        LocalSources::default()
-    } else {
-        commands
+    // (with role "all" too): its writes go to the owning edge.
+    let commands: Arc<dyn crate::command::CommandSink> = match &cluster {
+        Some(c) if c.config.role.serves() => Arc::new(crate::cluster::writes::GatewayWrites::new(
+            c.link.clone(),
+            c.edges.clone(),
+        )),
+        _ => commands,
     };
     let push = Push::new(
         config.server.clone(),
         shared.clone(),
-        Arc::new(commands),
+        commands,
         auth,
         tls,
         shutdown.clone(),

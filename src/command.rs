@@ -174,14 +174,16 @@ const ANSWER_SLACK: Duration = Duration::from_millis(200);
 
 /// Where sessions send writes.
 pub trait CommandSink: Send + Sync {
-    /// Queues a write for the owner of `tag`, received at `received`, or
-    /// says why not. Never waits.
+    /// Queues a write for the owner of `tag`, received at `received` from
+    /// `from` on behalf of principal `subject` (a remote owner writes its
+    /// own audit line with them), or says why not. Never waits.
     fn submit(
         &self,
         tag: TagKey,
         value: Value,
         received: Instant,
         from: SocketAddr,
+        subject: &str,
     ) -> Result<Submitted, WriteFailure>;
 }
 
@@ -253,6 +255,23 @@ impl CommandSink for LocalSources {
         value: Value,
         received: Instant,
         from: SocketAddr,
+        _subject: &str,
+    ) -> Result<Submitted, WriteFailure> {
+        self.submit_within(tag, value, received, from, None)
+    }
+}
+
+impl LocalSources {
+    /// [`CommandSink::submit`], answered by `cap` at the latest (a write a
+    /// cluster gateway routed here: the gateway answers BadTimeout then,
+    /// so the device write must have started before it).
+    pub fn submit_within(
+        &self,
+        tag: TagKey,
+        value: Value,
+        received: Instant,
+        from: SocketAddr,
+        cap: Option<Instant>,
     ) -> Result<Submitted, WriteFailure> {
         let Some(queue) = self.queues.get(usize::from(tag.source)) else {
             return Err((status::BAD_NOT_WRITABLE, "no source writes this tag".into()));
@@ -265,7 +284,15 @@ impl CommandSink for LocalSources {
                 "device write queue full".into(),
             ));
         }
-        let (start_by, answer_by) = deadlines(received, queued_ahead, queue.operation);
+        let (mut start_by, mut answer_by) = deadlines(received, queued_ahead, queue.operation);
+        if let Some(cap) = cap.filter(|&cap| cap < answer_by) {
+            answer_by = cap;
+            start_by = start_by.min(
+                cap.checked_sub(queue.operation + ANSWER_SLACK)
+                    .unwrap_or(received)
+                    .max(received),
+            );
+        }
         let (reply, rx) = oneshot::channel();
         let cmd = WriteCommand {
             tag,
@@ -315,6 +342,31 @@ mod tests {
     }
 
     #[test]
+    fn a_routed_write_is_answered_and_started_within_the_gateways_cap() {
+        let mut sources = LocalSources::default();
+        let rx = sources.add(0, Duration::from_secs(1));
+        let t0 = Instant::now();
+        let tag = TagKey::default();
+        let from = SocketAddr::from(([10, 0, 0, 1], 1));
+        let cap = t0 + Duration::from_secs(2);
+        let s = sources
+            .submit_within(tag, Value::U64(1), t0, from, Some(cap))
+            .unwrap();
+        assert_eq!(s.answer_by, cap);
+        let cmd = rx.try_recv().unwrap();
+        assert!(
+            cmd.start_by <= cap - Duration::from_secs(1),
+            "one operation before the cap"
+        );
+        // A cap later than its own budget changes nothing.
+        let far = t0 + Duration::from_secs(3600);
+        let s = sources
+            .submit_within(tag, Value::U64(1), t0, from, Some(far))
+            .unwrap();
+        assert_eq!(s.answer_by, deadlines(t0, 1, Duration::from_secs(1)).1);
+    }
+
+    #[test]
     fn writes_are_served_round_robin_across_connections() {
         let mut sources = LocalSources::default();
         let rx = sources.add(0, Duration::from_secs(1));
@@ -329,10 +381,12 @@ mod tests {
         for conn in 1..=4u16 {
             for i in 0..8 {
                 let v = Value::U64(u64::from(conn) * 100 + i);
-                replies.push(sources.submit(tag, v, t0, peer(conn)).unwrap());
+                replies.push(sources.submit(tag, v, t0, peer(conn), "t").unwrap());
             }
         }
-        let op = sources.submit(tag, Value::U64(999), t0, peer(9)).unwrap();
+        let op = sources
+            .submit(tag, Value::U64(999), t0, peer(9), "t")
+            .unwrap();
         let mut fair = FairWrites::default();
         rx.try_iter().for_each(|c| fair.push(c));
         let order: Vec<Value> = std::iter::from_fn(|| fair.pop()).map(|c| c.value).collect();
@@ -346,15 +400,21 @@ mod tests {
         // source refuses rather than queues.
         drop((replies, op));
         for _ in 0..WRITE_QUEUE {
-            std::mem::forget(sources.submit(tag, Value::U64(1), t0, peer(1)).unwrap());
+            std::mem::forget(
+                sources
+                    .submit(tag, Value::U64(1), t0, peer(1), "t")
+                    .unwrap(),
+            );
         }
         let held: Vec<WriteCommand> = rx.try_iter().collect();
         assert_eq!(held.len(), WRITE_QUEUE);
-        let full = sources.submit(tag, Value::U64(1), t0, peer(2)).unwrap_err();
+        let full = sources
+            .submit(tag, Value::U64(1), t0, peer(2), "t")
+            .unwrap_err();
         assert_eq!(full.0, status::BAD_TOO_MANY_OPERATIONS);
         drop(held);
         assert!(
-            sources.submit(tag, Value::U64(1), t0, peer(2)).is_ok(),
+            sources.submit(tag, Value::U64(1), t0, peer(2), "t").is_ok(),
             "released on drop"
         );
     }

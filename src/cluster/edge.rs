@@ -82,6 +82,8 @@ pub struct Edge {
     claims_rx: Option<flume::Receiver<(Kind, ClusterDef)>>,
     /// Local id -> cluster id (0: none yet).
     ids: Vec<TagId>,
+    /// Cluster id -> local id, for the writes gateways route here.
+    local_ids: super::writes::LocalIds,
     /// Catalog version whose definitions are published.
     catalog_version: u64,
     /// Local seq up to which every change is acknowledged.
@@ -109,11 +111,17 @@ impl Edge {
             claims: Claims::default(),
             claims_rx: None,
             ids: Vec::new(),
+            local_ids: Default::default(),
             catalog_version: u64::MAX,
             position: 0,
             next_batch: 0,
             from_table: true,
         }
+    }
+
+    /// Cluster id -> local id of this edge's tags (kept current).
+    pub fn local_ids(&self) -> super::writes::LocalIds {
+        self.local_ids.clone()
     }
 
     /// Publishes until shutdown, retrying with backoff after a failure.
@@ -367,7 +375,16 @@ impl Edge {
             let wanted = ClusterDef::of(def, &self.edge_id);
             match self.ids[local] {
                 REFUSED => {}
-                0 => self.ids[local] = self.claim(wanted).await?,
+                0 => {
+                    let cid = self.claim(wanted).await?;
+                    self.ids[local] = cid;
+                    if cid != REFUSED {
+                        self.local_ids
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(cid, def.id);
+                    }
+                }
                 cid => {
                     if self.claims.defs.get(&cid) != Some(&wanted) {
                         self.define(cid, wanted).await?;

@@ -21,16 +21,60 @@ use super::link::Link;
 use super::wire::{self, ClusterDef, Kind, Subjects};
 use crate::engine::Replicated;
 use crate::engine::table::TagState;
-use crate::sample::{Input, Value};
+use crate::sample::{Input, SourceId, TagKey, Value};
+
+/// The edges a gateway has seen claim tags, numbered in the order seen:
+/// a tag's owner key is `{source: its edge's number, local: its id}`, so
+/// a write finds the edge to send it to.
+#[derive(Debug, Default)]
+pub struct Edges(std::sync::RwLock<Vec<String>>);
+
+impl Edges {
+    /// The number of edge `name`, given one if new (`None` past 65,535
+    /// edges).
+    pub fn number(&self, name: &str) -> Option<SourceId> {
+        let mut edges = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(i) = edges.iter().position(|e| e == name) {
+            return SourceId::try_from(i).ok();
+        }
+        let i = SourceId::try_from(edges.len())
+            .ok()
+            .filter(|&i| i < SourceId::MAX)?;
+        edges.push(name.to_string());
+        Some(i)
+    }
+
+    /// The edge with number `i`.
+    pub fn name(&self, i: SourceId) -> Option<String> {
+        let edges = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        edges.get(usize::from(i)).cloned()
+    }
+}
 
 /// What one stream message means to a gateway's engine.
-pub fn replicated(subjects: &Subjects, subject: &str, seq: u64, payload: &[u8]) -> Replicated {
+pub fn replicated(
+    subjects: &Subjects,
+    edges: &Edges,
+    subject: &str,
+    seq: u64,
+    payload: &[u8],
+) -> Replicated {
     let skip = Replicated::Skip { seq };
     match subjects.kind(subject) {
         Kind::Claim(id) => match ClusterDef::decode(payload) {
             Ok(def) => Replicated::Claim {
                 seq,
                 id,
+                owner: TagKey {
+                    source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
+                    local: id,
+                },
                 def: def.to_def(),
             },
             Err(_) => skip,
@@ -64,6 +108,7 @@ pub fn replicated(subjects: &Subjects, subject: &str, seq: u64, payload: &[u8]) 
 /// once the stream's last sequence at the start is applied.
 pub async fn follow(
     link: Link,
+    edges: std::sync::Arc<Edges>,
     mut stream: stream::Stream,
     input: flume::Sender<Input>,
     caught_up: watch::Sender<Option<u64>>,
@@ -143,7 +188,7 @@ pub async fn follow(
             let Some(seq) = sequence(&message) else {
                 continue;
             };
-            let r = replicated(&subjects, &message.subject, seq, &message.payload);
+            let r = replicated(&subjects, &edges, &message.subject, seq, &message.payload);
             if input
                 .send_async(Input::Replicated(Box::new(r)))
                 .await

@@ -17,6 +17,7 @@ pub mod edge;
 pub mod gateway;
 pub mod link;
 pub mod wire;
+pub mod writes;
 
 pub use config::{ClusterConfig, Role};
 pub use link::{Link, LinkError};
@@ -33,6 +34,8 @@ pub struct Cluster {
     pub epoch: u64,
     /// This node's edge id.
     pub edge_id: String,
+    /// A gateway's numbering of the edges (owner keys of their tags).
+    pub edges: std::sync::Arc<gateway::Edges>,
 }
 
 impl Cluster {
@@ -55,6 +58,7 @@ impl Cluster {
             stream,
             epoch,
             edge_id,
+            edges: Default::default(),
         })
     }
 
@@ -77,6 +81,7 @@ impl Cluster {
         let (caught_up, mut ready) = tokio::sync::watch::channel(None);
         tasks.spawn(gateway::follow(
             self.link.clone(),
+            self.edges.clone(),
             self.stream.clone(),
             input,
             caught_up,

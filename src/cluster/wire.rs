@@ -103,6 +103,40 @@ impl ClusterDef {
     }
 }
 
+/// A write a gateway routes to the owning edge (NATS request/reply on
+/// [`Subjects::write`], outside the stream): checked by the gateway, its
+/// principal and peer carried for the edge's audit line.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterWrite {
+    /// The tag's cluster id.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// The value, converted by the gateway to the tag's kind.
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<proto::Value>,
+    /// The principal's subject.
+    #[prost(string, tag = "3")]
+    pub subject: String,
+    /// The client's address.
+    #[prost(string, tag = "4")]
+    pub peer: String,
+    /// Time left before the gateway answers BadTimeout, ms: the edge
+    /// answers within it and starts the device write before it ends.
+    #[prost(uint64, tag = "5")]
+    pub budget_ms: u64,
+}
+
+/// The edge's answer to a [`ClusterWrite`].
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterWriteResult {
+    /// OPC UA status (0: the device acknowledged).
+    #[prost(uint32, tag = "1")]
+    pub status: u32,
+    /// What the acknowledgement means, or why it failed.
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
 /// What one stream message is, by its subject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -158,6 +192,11 @@ impl Subjects {
     /// A change of `id`.
     pub fn value(&self, id: TagId) -> String {
         format!("{}.v.{id}", self.stream)
+    }
+
+    /// Where writes to edge `edge` go (core NATS, not the stream).
+    pub fn write(&self, edge: &str) -> String {
+        format!("{}_write.{edge}", self.stream)
     }
 
     /// What a stream message's subject says it is.

@@ -59,6 +59,8 @@ pub enum Replicated {
         id: TagId,
         /// Its definition.
         def: TagDef,
+        /// Where its writes go (the gateway's key for the owning edge).
+        owner: TagKey,
     },
     /// A known tag's new definition.
     Define {
@@ -346,7 +348,7 @@ impl Work {
             return;
         }
         match message {
-            Replicated::Claim { id, def, .. } => {
+            Replicated::Claim { id, def, owner, .. } => {
                 table.advance(seq);
                 while (table.catalog().len() as TagId) + 1 < id {
                     let hole = table.add_hidden();
@@ -365,7 +367,7 @@ impl Work {
                 let mut def = def;
                 def.history &= self.history.as_ref().is_some_and(|h| h.admits(None));
                 let history = def.history;
-                let added = table.add(def, TagKey::default());
+                let added = table.add(def, owner);
                 if let Some(h) = &mut self.history {
                     h.define(added, history);
                 }

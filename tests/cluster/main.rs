@@ -9,6 +9,7 @@ mod common;
 
 mod outage;
 mod resume;
+mod writes;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,6 +93,18 @@ impl Drop for Nats {
 /// A node of `role` on stream `stream`; edges carry `tags` as synthetic
 /// tags fed through `set`.
 pub async fn node(nats: &Nats, role: &str, id: &str, stream: &str, tags: &[&str]) -> Running {
+    node_with(nats, role, id, stream, tags, "").await
+}
+
+/// [`node`] with more TOML after `[cluster]` (sources, `[auth]`).
+pub async fn node_with(
+    nats: &Nats,
+    role: &str,
+    id: &str,
+    stream: &str,
+    tags: &[&str],
+    extra: &str,
+) -> Running {
     let toml = format!(
         r#"
 [server]
@@ -103,6 +116,8 @@ nats_url = "{url}"
 role = "{role}"
 stream = "{stream}"
 resume_wait = "5s"
+
+{extra}
 "#,
         url = nats.url()
     );

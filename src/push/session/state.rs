@@ -907,7 +907,8 @@ impl SessionState {
             out.message(write_result(request_id, status, message));
             return Action::Nothing;
         }
-        match self.cx.commands.submit(tag, value, now.at, peer) {
+        let subject = &self.principal.subject;
+        match self.cx.commands.submit(tag, value, now.at, peer, subject) {
             Ok(submitted) => Action::StartWrite(PendingWrite {
                 request_id,
                 source: tag.source,

@@ -123,7 +123,7 @@ struct WriteRoute {
 }
 
 /// What a Good answer to an MQTT write means (protocol.md "Writes").
-const PUBLISHED: &str =
+pub const PUBLISHED: &str =
     "published; the broker acknowledged (PUBACK), the tag's next value confirms";
 
 /// Writes published at QoS 1 and not yet acknowledged. rumqttc numbers
