@@ -163,6 +163,12 @@ pub async fn start_with_env(
                     shutdown.clone(),
                 ));
                 tasks.spawn(edge.run(shutdown.clone()));
+                tasks.spawn(crate::cluster::liveness::beat(
+                    c.link.clone(),
+                    c.edge_id.clone(),
+                    c.config.edge_timeout,
+                    shutdown.clone(),
+                ));
             }
             if c.config.role.serves() {
                 config.server.resume_wait = c.config.resume_wait;

@@ -132,6 +132,9 @@ pub enum Input {
     /// A message of the cluster's stream, on a gateway: it carries its own
     /// seq and ids (protocol.md "Cluster"). Boxed as `Define` is.
     Replicated(Box<crate::engine::Replicated>),
+    /// A cluster gateway's own statement about the tags it follows (cut
+    /// off, an edge silent, and back): statuses without a seq.
+    Local(crate::engine::Local),
     /// The source lost its device or broker: each of its tags turns
     /// `status` (those never read: `unread`), keeping its last value.
     SourceDown {

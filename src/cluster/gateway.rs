@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::link::Link;
 use super::wire::{self, ClusterDef, Kind, Subjects};
-use crate::engine::Replicated;
 use crate::engine::table::TagState;
+use crate::engine::{Local, Replicated};
 use crate::sample::{Input, SourceId, TagKey, Value};
 
 /// The edges a gateway has seen claim tags, numbered in the order seen:
@@ -45,6 +45,29 @@ impl Edges {
             .filter(|&i| i < SourceId::MAX)?;
         edges.push(name.to_string());
         Some(i)
+    }
+
+    /// The number of a known edge.
+    pub fn find(&self, name: &str) -> Option<SourceId> {
+        let edges = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = edges.iter().position(|e| e == name)?;
+        SourceId::try_from(i).ok()
+    }
+
+    /// How many edges are numbered.
+    pub fn len(&self) -> usize {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// No edge numbered yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The edge with number `i`.
@@ -104,8 +127,10 @@ pub fn replicated(
     }
 }
 
-/// Follows the stream into `input` until shutdown; `caught_up` turns true
-/// once the stream's last sequence at the start is applied.
+/// Follows the stream into `input` until shutdown; `caught_up` holds the
+/// seq it first caught up to (the stream's last sequence at its start).
+/// While the link is down every tag shows Uncertain ([`Local::LinkLost`]);
+/// once caught up again, the stream's statuses ([`Local::LinkBack`]).
 pub async fn follow(
     link: Link,
     edges: std::sync::Arc<Edges>,
@@ -116,9 +141,28 @@ pub async fn follow(
 ) {
     let subjects = link.subjects.clone();
     let mut reconnects = link.reconnects();
+    let mut up = link.watch_up();
     let mut backoff = std::time::Duration::from_millis(100);
     let mut next: Option<u64> = None;
+    let mut lost = false;
+    let send = |i: Input| input.send_async(i);
     loop {
+        if !*up.borrow_and_update() {
+            if next.is_some() && !lost {
+                lost = true;
+                if send(Input::Local(Local::LinkLost)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = up.wait_for(|u| *u) => {}
+                () = shutdown.cancelled() => return,
+            }
+            // Many gateways come back at once: spread their consumers.
+            if wait(&shutdown, &mut std::time::Duration::from_millis(50)).await {
+                return;
+            }
+        }
         let target = match stream.info().await {
             Ok(info) => info.state.last_sequence,
             Err(e) => {
@@ -129,14 +173,23 @@ pub async fn follow(
                 continue;
             }
         };
-        if caught_up.borrow().is_none() && (target == 0 || next.is_some_and(|n| n > target)) {
-            caught_up.send_replace(Some(target));
+        let current = next.is_none_or(|n| n > target);
+        if current {
+            if caught_up.borrow().is_none() {
+                caught_up.send_replace(Some(target));
+            }
+            if lost {
+                lost = false;
+                if send(Input::Local(Local::LinkBack)).await.is_err() {
+                    return;
+                }
+            }
         }
         let deliver_policy = match next {
             None => consumer::DeliverPolicy::LastPerSubject,
             Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
         };
-        let messages = match stream
+        let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject: subjects.all(),
                 deliver_policy,
@@ -146,16 +199,10 @@ pub async fn follow(
                 max_expires: std::time::Duration::from_secs(2),
                 ..Default::default()
             })
-            .await
-        {
-            Ok(consumer) => consumer.messages().await,
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: cannot follow the stream");
-                if wait(&shutdown, &mut backoff).await {
-                    return;
-                }
-                continue;
-            }
+            .await;
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
             Ok(m) => m,
@@ -175,6 +222,12 @@ pub async fn follow(
                 // A new connection: the consumer may have died with the
                 // server; follow again from the next seq.
                 _ = reconnects.changed() => break,
+                changed = up.changed() => {
+                    if changed.is_err() || !*up.borrow() {
+                        break;
+                    }
+                    continue;
+                }
                 () = shutdown.cancelled() => return,
             };
             let message = match message {
@@ -189,22 +242,24 @@ pub async fn follow(
                 continue;
             };
             let r = replicated(&subjects, &edges, &message.subject, seq, &message.payload);
-            if input
-                .send_async(Input::Replicated(Box::new(r)))
-                .await
-                .is_err()
-            {
+            if send(Input::Replicated(Box::new(r))).await.is_err() {
                 return;
             }
             next = Some(seq + 1);
-            if seq >= target && caught_up.borrow().is_none() {
-                caught_up.send_replace(Some(seq));
+            if seq >= target {
+                if caught_up.borrow().is_none() {
+                    caught_up.send_replace(Some(seq));
+                }
+                if lost {
+                    lost = false;
+                    tracing::info!(seq, "cluster: gateway caught up with the stream again");
+                    if send(Input::Local(Local::LinkBack)).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
         tracing::info!(next = ?next, "cluster: following the stream again");
-        if wait(&shutdown, &mut backoff).await {
-            return;
-        }
     }
 }
 

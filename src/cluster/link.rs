@@ -50,6 +50,8 @@ pub struct Link {
     /// Connections made so far: a consumer made before the last one may
     /// be gone with the server that held it.
     connects: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Connected now, for those that wait for a change.
+    state: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -75,6 +77,7 @@ impl Link {
     ) -> Result<Link, LinkError> {
         let up = Arc::new(AtomicBool::new(false));
         let connects = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let state = Arc::new(tokio::sync::watch::Sender::new(false));
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(REQUEST_TIMEOUT)
@@ -103,19 +106,21 @@ impl Link {
             }
             options = options.add_root_certificates(ca.into()).require_tls(true);
         }
-        let (flag, counter) = (up.clone(), connects.clone());
+        let (flag, counter, watch) = (up.clone(), connects.clone(), state.clone());
         options = options.event_callback(move |event| {
-            let (flag, counter) = (flag.clone(), counter.clone());
+            let (flag, counter, watch) = (flag.clone(), counter.clone(), watch.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         flag.store(true, Ordering::Release);
+                        watch.send_replace(true);
                         counter.send_modify(|n| *n += 1);
                         metrics::gauge!("tagstream_cluster_link_up").set(1.0);
                         tracing::info!("cluster: connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
                         flag.store(false, Ordering::Release);
+                        watch.send_replace(false);
                         metrics::gauge!("tagstream_cluster_link_up").set(0.0);
                         tracing::warn!("cluster: NATS link down; reconnecting");
                     }
@@ -141,6 +146,7 @@ impl Link {
         // The callback may not have run yet for the first connection.
         if client.connection_state() == async_nats::connection::State::Connected {
             up.store(true, Ordering::Release);
+            state.send_replace(true);
         }
         let js = jetstream::new(client.clone());
         Ok(Link {
@@ -149,12 +155,18 @@ impl Link {
             subjects: Subjects::new(&config.stream),
             up,
             connects,
+            state,
         })
     }
 
     /// A receiver of the connection count (it moves on each reconnect).
     pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
         self.connects.subscribe()
+    }
+
+    /// A receiver of the link's state (true: connected).
+    pub fn watch_up(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.state.subscribe()
     }
 
     /// Connected to NATS now.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod edge;
 pub mod gateway;
 pub mod link;
+pub mod liveness;
 pub mod wire;
 pub mod writes;
 
@@ -79,6 +80,13 @@ impl Cluster {
         let (input, rx) = flume::bounded(crate::app::INPUT_QUEUE);
         tasks.spawn(engine.run(rx, shutdown.clone()));
         let (caught_up, mut ready) = tokio::sync::watch::channel(None);
+        tasks.spawn(liveness::judge(
+            self.link.clone(),
+            self.edges.clone(),
+            self.config.edge_timeout,
+            input.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(gateway::follow(
             self.link.clone(),
             self.edges.clone(),

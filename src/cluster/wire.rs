@@ -199,6 +199,23 @@ impl Subjects {
         format!("{}_write.{edge}", self.stream)
     }
 
+    /// Edge `edge`'s heartbeat (core NATS, not the stream).
+    pub fn live(&self, edge: &str) -> String {
+        format!("{}_live.{edge}", self.stream)
+    }
+
+    /// Every edge's heartbeat.
+    pub fn live_all(&self) -> String {
+        format!("{}_live.*", self.stream)
+    }
+
+    /// The edge a heartbeat subject names.
+    pub fn live_edge<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        subject
+            .strip_prefix(self.stream.as_str())?
+            .strip_prefix("_live.")
+    }
+
     /// What a stream message's subject says it is.
     pub fn kind(&self, subject: &str) -> Kind {
         let Some(rest) = subject

@@ -85,6 +85,51 @@ pub enum Replicated {
     },
 }
 
+/// What a cluster gateway states by itself about the tags it follows
+/// (protocol.md "Cluster"): no stream message says it, so it takes no seq
+/// and travels in a batch that does not move the position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// This gateway lost the stream: every tag with a value turns
+    /// UncertainLastUsableValue, keeping it.
+    LinkLost,
+    /// It has caught up again: each tag shows what the stream says.
+    LinkBack,
+    /// Edge number `n` (owner keys' `source`) has not been heard for
+    /// `edge_timeout`: its tags with a value turn BadCommunicationError.
+    EdgeDown(SourceId),
+    /// Edge `n` is heard again: its tags show what the stream says.
+    EdgeUp(SourceId),
+}
+
+/// The entry seq of a local status in a batch: after any position, so
+/// every session at or before the batch's seq takes it.
+pub const LOCAL_SEQ: u64 = u64::MAX;
+
+/// The statuses a gateway shows instead of the stream's, and why.
+#[derive(Debug, Default)]
+struct LocalMarks {
+    link_lost: bool,
+    edges_down: std::collections::HashSet<SourceId>,
+    /// The stream's status of each tag shown otherwise.
+    saved: std::collections::HashMap<TagId, u32>,
+}
+
+impl LocalMarks {
+    /// What tag `id` of edge `owner` shows, given the stream's status.
+    fn shown(&self, owner: SourceId, stream: u32, read: bool) -> u32 {
+        if !read {
+            stream
+        } else if self.link_lost {
+            crate::status::UNCERTAIN_LAST_USABLE_VALUE
+        } else if self.edges_down.contains(&owner) {
+            crate::status::BAD_COMMUNICATION_ERROR
+        } else {
+            stream
+        }
+    }
+}
+
 impl Replicated {
     /// The message's stream seq.
     pub fn seq(&self) -> u64 {
@@ -188,6 +233,8 @@ struct Work {
     scratch: batch::Builder,
     /// Recent values (`[history]`), fed every applied change.
     history: Option<history::Writer>,
+    /// Statuses a cluster gateway shows by itself.
+    local: LocalMarks,
     /// The definition log (a name refused, a tag redefined): a source
     /// rebirthing 10 times a second with 10,000 metrics would otherwise
     /// write 100,000 lines a second. Lines past it are counted in the next.
@@ -258,6 +305,7 @@ impl Engine {
                 seq,
                 scratch: batch::Builder::default(),
                 history,
+                local: LocalMarks::default(),
                 defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
             },
         }
@@ -283,6 +331,7 @@ impl Engine {
                 }
                 Input::Define { key, def } => work.define(table, key, *def),
                 Input::Replicated(message) => work.replicate(table, *message, now),
+                Input::Local(event) => work.local(table, event),
                 Input::SourceDown {
                     source,
                     status,
@@ -305,15 +354,16 @@ impl Engine {
         if catalog.version() != version {
             metrics::gauge!("tagstream_tags").set(catalog.len() as f64);
         }
-        if to_seq == from_seq && catalog.version() == version {
+        if to_seq == from_seq && catalog.version() == version && self.work.scratch.is_empty() {
             return None;
         }
         // The snapshot first, then the batch: whoever reads a batch finds
         // a table at least as new.
         self.shared.table.store(Arc::new(self.table.clone()));
         // A gateway's position may move without a change (a claim, a
-        // message of no tag): the table says so, no batch is needed.
-        if to_seq == from_seq || self.work.scratch.is_empty() {
+        // message of no tag): the table says so, no batch is needed. Its
+        // own statuses make a batch that does not move it.
+        if self.work.scratch.is_empty() {
             return None;
         }
         let end = self.shared.published_bytes.load(Ordering::Relaxed);
@@ -340,6 +390,62 @@ impl Work {
                 history.record(id, seq, state, now);
             }
         }
+    }
+
+    /// A gateway's own statement about some tags: each whose shown status
+    /// changes goes out at [`LOCAL_SEQ`], its seq unchanged.
+    fn local(&mut self, table: &mut TagTable, event: Local) {
+        let marks = &mut self.local;
+        let owner_filter = match event {
+            Local::LinkLost => {
+                marks.link_lost = true;
+                None
+            }
+            Local::LinkBack => {
+                marks.link_lost = false;
+                None
+            }
+            Local::EdgeDown(n) => {
+                marks.edges_down.insert(n);
+                Some(n)
+            }
+            Local::EdgeUp(n) => {
+                marks.edges_down.remove(&n);
+                Some(n)
+            }
+        };
+        let catalog = table.catalog().clone();
+        let ids: Vec<(TagId, SourceId)> = (1..=catalog.len() as TagId)
+            .filter_map(|id| Some((id, catalog.meta(id)?.owner.source)))
+            .filter(|(_, owner)| owner_filter.is_none_or(|n| n == *owner))
+            .collect();
+        let mut changed = 0;
+        for (id, owner) in ids {
+            let Some(state) = table.state(id) else {
+                continue;
+            };
+            let stream = marks.saved.get(&id).copied().unwrap_or(state.status);
+            let shown = marks.shown(owner, stream, state.value.is_some());
+            if shown == state.status {
+                continue;
+            }
+            if shown == stream {
+                marks.saved.remove(&id);
+            } else {
+                marks.saved.entry(id).or_insert(state.status);
+            }
+            if table.set_local_status(id, shown)
+                && let Some(state) = table.state(id)
+            {
+                self.scratch.push(id, LOCAL_SEQ, state);
+                changed += 1;
+            }
+        }
+        tracing::info!(
+            ?event,
+            tags = changed,
+            "cluster: statuses this gateway shows by itself"
+        );
     }
 
     fn replicate(&mut self, table: &mut TagTable, message: Replicated, now: i64) {
@@ -390,6 +496,8 @@ impl Work {
                 } else {
                     state.server_time_us
                 };
+                // The stream's word replaces this gateway's own.
+                self.local.saved.remove(&id);
                 if table.put(id, state) {
                     if let Some(state) = table.state(id) {
                         self.scratch.push(id, seq, state);
@@ -635,5 +743,130 @@ mod tests {
             table.state(2).map(|s| s.status),
             Some(status::BAD_NO_COMMUNICATION)
         );
+    }
+
+    fn claim(seq: u64, id: TagId, name: &str, edge: SourceId) -> Input {
+        Input::Replicated(Box::new(Replicated::Claim {
+            seq,
+            id,
+            def: TagDef::read_only(name, "e"),
+            owner: TagKey {
+                source: edge,
+                local: id,
+            },
+        }))
+    }
+
+    fn update(seq: u64, id: TagId, v: f64) -> Input {
+        Input::Replicated(Box::new(Replicated::Update {
+            id,
+            state: table::TagState {
+                value: Some(Value::F64(v)),
+                status: status::GOOD,
+                source_time_us: 5,
+                server_time_us: 6,
+                seq,
+            },
+        }))
+    }
+
+    #[test]
+    fn a_gateway_takes_ids_and_seqs_from_the_stream() {
+        let mut e = Engine::new(Catalog::default(), Box::new(seq::Counter::new(9)));
+        e.apply([claim(3, 1, "g/a", 0), claim(4, 2, "g/b", 1)]);
+        // A name claimed twice keeps its first id; the second is held
+        // empty, and an id past the next leaves a hole held empty too.
+        e.apply([claim(5, 3, "g/a", 1), claim(8, 5, "g/c", 0)]);
+        let catalog = e.shared().catalog();
+        assert_eq!(catalog.len(), 5);
+        assert_eq!(
+            (catalog.id("g/a"), catalog.id("g/b"), catalog.id("g/c")),
+            (Some(1), Some(2), Some(5))
+        );
+        assert!(
+            catalog.get(3).is_none() && catalog.get(4).is_none(),
+            "hidden"
+        );
+        assert_eq!(catalog.iter().count(), 3);
+        assert_eq!(e.shared().table().seq(), 8, "claims move the position");
+        let batch = e.apply([update(10, 2, 1.5)]).expect("a change");
+        assert_eq!((batch.from_seq, batch.to_seq), (8, 10));
+        assert_eq!(
+            batch
+                .entries
+                .iter()
+                .map(|x| (x.id, x.seq))
+                .collect::<Vec<_>>(),
+            [(2, 10)]
+        );
+        // A message at or before the position (a consumer recreated) and
+        // an update of a hidden id change nothing.
+        assert!(e.apply([update(9, 1, 7.0), update(10, 2, 7.0)]).is_none());
+        assert!(e.apply([update(11, 3, 7.0)]).is_none());
+        assert_eq!(e.shared().table().seq(), 11);
+        assert_eq!(
+            e.shared().table().state(2).and_then(|s| s.value.clone()),
+            Some(Value::F64(1.5))
+        );
+    }
+
+    #[test]
+    fn a_gateways_own_statuses_take_no_seq_and_the_stream_overrides_them() {
+        let mut e = Engine::new(Catalog::default(), Box::new(seq::Counter::new(9)));
+        e.apply([
+            claim(1, 1, "g/a", 0),
+            claim(2, 2, "g/b", 1),
+            claim(3, 3, "g/u", 1),
+        ]);
+        e.apply([update(4, 1, 1.0), update(5, 2, 2.0)]);
+        let batch = e
+            .apply([Input::Local(Local::EdgeDown(1))])
+            .expect("a batch");
+        assert_eq!(
+            (batch.from_seq, batch.to_seq),
+            (5, 5),
+            "the seq does not move"
+        );
+        assert_eq!(
+            batch
+                .entries
+                .iter()
+                .map(|x| (x.id, x.seq))
+                .collect::<Vec<_>>(),
+            [(2, LOCAL_SEQ)],
+            "edge 1's read tag only (g/u was never read)"
+        );
+        let table = e.shared().table();
+        let b = table.state(2).expect("b");
+        assert_eq!((b.status, b.seq), (status::BAD_COMMUNICATION_ERROR, 5));
+        let everything = e.shared().selections.get(
+            &Arc::from(["#".to_string()]),
+            vec!["#".into()],
+            None,
+            &table.catalog().clone(),
+        );
+        let caught: Vec<TagId> = table
+            .changed_since(5, &everything)
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(caught, [2], "a catch-up at the position includes it");
+        drop(table);
+        // Cut off on top: Uncertain everywhere; back: each its own again.
+        e.apply([Input::Local(Local::LinkLost)]).expect("a batch");
+        assert!(
+            [1, 2]
+                .iter()
+                .all(|&id| e.shared().table().state(id).map(|s| s.status)
+                    == Some(status::UNCERTAIN_LAST_USABLE_VALUE))
+        );
+        e.apply([Input::Local(Local::LinkBack)]).expect("a batch");
+        let shown = |e: &Engine, id| e.shared().table().state(id).map(|s| s.status);
+        assert_eq!(shown(&e, 1), Some(status::GOOD));
+        assert_eq!(shown(&e, 2), Some(status::BAD_COMMUNICATION_ERROR));
+        // The stream's word replaces the gateway's; the edge returning
+        // restores nothing more.
+        e.apply([update(6, 2, 3.0)]);
+        assert_eq!(shown(&e, 2), Some(status::GOOD));
+        assert!(e.apply([Input::Local(Local::EdgeUp(1))]).is_none());
     }
 }

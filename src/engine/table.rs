@@ -43,6 +43,14 @@ pub struct TagTable {
     seq: u64,
     catalog: Arc<Catalog>,
     pages: Vec<Arc<Vec<TagState>>>,
+    /// Tags whose shown status this node set itself (a cluster gateway:
+    /// cut off, an edge silent) or restored since their last stream
+    /// message. Such a change takes no seq, so a catch-up by seq would
+    /// miss it: catch-ups include these. Empty on a single node.
+    local: Arc<std::collections::HashSet<TagId>>,
+    /// Bumped by every local status change (catch-ups shared between
+    /// sessions are keyed by it as well as by seq).
+    local_version: u64,
 }
 
 fn waiting() -> TagState {
@@ -62,6 +70,8 @@ impl TagTable {
             seq,
             catalog,
             pages: Vec::new(),
+            local: Arc::default(),
+            local_version: 0,
         };
         for _ in 0..table.catalog.len() {
             table.push_waiting();
@@ -136,7 +146,36 @@ impl TagTable {
         };
         *slot = state;
         self.seq = self.seq.max(seq);
+        if self.local.contains(&id) {
+            Arc::make_mut(&mut self.local).remove(&id);
+        }
         true
+    }
+
+    /// Shows `status` for tag `id` without a seq (a cluster gateway's own
+    /// statement: cut off, edge silent, or the stream's status restored);
+    /// false if unknown or already so.
+    pub fn set_local_status(&mut self, id: TagId, status: u32) -> bool {
+        if self.state(id).is_none_or(|s| s.status == status) {
+            return false;
+        }
+        let Some(state) = (id as usize)
+            .checked_sub(1)
+            .and_then(|index| self.state_mut(index))
+        else {
+            return false;
+        };
+        state.status = status;
+        self.local_version += 1;
+        if !self.local.contains(&id) {
+            Arc::make_mut(&mut self.local).insert(id);
+        }
+        true
+    }
+
+    /// Bumped by every [`TagTable::set_local_status`].
+    pub fn local_version(&self) -> u64 {
+        self.local_version
     }
 
     /// Replaces a tag's definition; true if anything changed.
@@ -200,7 +239,8 @@ impl TagTable {
         Some(next)
     }
 
-    /// Selected tags that changed after `seq`, in id order: the catch-up
+    /// Selected tags that changed after `seq` (and those whose status this
+    /// node set itself, see `local`), in id order: the catch-up
     /// query behind resume and slow consumers. Walks the selection, not the
     /// table: a resume of 100 tags out of 10,000 reads 100 states.
     pub fn changed_since<'a>(
@@ -208,9 +248,11 @@ impl TagTable {
         seq: u64,
         selection: &'a Selection,
     ) -> impl Iterator<Item = (TagId, &'a TagState)> + 'a {
+        let local = (!self.local.is_empty()).then_some(&self.local);
         selection.ids().filter_map(move |id| {
             let state = self.state(id)?;
-            (state.seq > seq).then_some((id, state))
+            let changed = state.seq > seq || local.is_some_and(|l| l.contains(&id));
+            changed.then_some((id, state))
         })
     }
 }

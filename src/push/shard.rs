@@ -118,9 +118,9 @@ struct Inner {
     head_seq: u64,
     followed: HashMap<usize, Followed>,
     /// Shared catch-ups: (selection, position) -> (body, updates), valid
-    /// for table seq `catch_up_seq`.
+    /// for table seq and local version `catch_up_seq`.
     catch_ups: HashMap<(usize, u64), (Arc<Selection>, Bytes, u64)>,
-    catch_up_seq: u64,
+    catch_up_seq: (u64, u64),
     next_id: u64,
     /// Heartbeat periods passed (relayed by the hub to every session).
     tick: u64,
@@ -533,8 +533,9 @@ impl Shard {
     ) -> Option<u64> {
         let (body, updates) = {
             let mut inner = self.lock();
-            if inner.catch_up_seq != table.seq() {
-                inner.catch_up_seq = table.seq();
+            let at = (table.seq(), table.local_version());
+            if inner.catch_up_seq != at {
+                inner.catch_up_seq = at;
                 inner.catch_ups.clear();
             }
             let k = (key(selection), position);

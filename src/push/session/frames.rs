@@ -95,7 +95,11 @@ pub fn merge(
     let mut updates = 0;
     for item in items {
         let b = &item.batch;
-        if b.to_seq <= to_seq {
+        // Behind the position: seen already. A batch that does not move
+        // the seq (a cluster gateway's own statuses) at the position is
+        // not.
+        let local_here = b.from_seq == b.to_seq && b.to_seq == to_seq;
+        if b.to_seq <= to_seq && !local_here {
             continue;
         }
         // The shared part holds for any position before the batch; one
