@@ -153,6 +153,7 @@ pub async fn start_with_env(
                     c.stream.clone(),
                     local.clone(),
                     c.edge_id.clone(),
+                    &c.config,
                 );
                 tasks.spawn(crate::cluster::writes::serve(
                     c.link.clone(),

@@ -10,9 +10,11 @@
 //! stream, each change with a message id (edge, local epoch, local seq) so
 //! a retry after a lost acknowledgement stores nothing twice.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::{self, consumer, context, stream};
 use bytes::Bytes;
@@ -93,6 +95,24 @@ pub struct Edge {
     /// Publish from the table (latest state per tag) rather than from the
     /// batches: after a failure or when the ring has moved on.
     from_table: bool,
+    /// Samples of keep_samples tags kept while NATS is away, oldest first.
+    spool: VecDeque<Spooled>,
+    /// Most samples the spool holds (`spool_limit`).
+    spool_limit: usize,
+    /// Next feed index the spool reads while NATS is away.
+    spool_next: u64,
+    /// A tag not published for this long is published again.
+    silence: Duration,
+    /// When each local tag was last published.
+    published_at: Vec<Option<Instant>>,
+}
+
+/// One spooled sample: a keep_samples tag's change, encoded once.
+#[derive(Debug)]
+struct Spooled {
+    id: TagId,
+    seq: u64,
+    update: Bytes,
 }
 
 impl Edge {
@@ -102,6 +122,7 @@ impl Edge {
         stream: stream::Stream,
         engine: Arc<EngineShared>,
         edge_id: String,
+        config: &super::ClusterConfig,
     ) -> Self {
         Edge {
             link,
@@ -116,6 +137,11 @@ impl Edge {
             position: 0,
             next_batch: 0,
             from_table: true,
+            spool: VecDeque::new(),
+            spool_limit: config.spool_limit,
+            spool_next: 0,
+            silence: config.max_silence,
+            published_at: Vec::new(),
         }
     }
 
@@ -128,19 +154,29 @@ impl Edge {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut watch = self.engine.feed.watch();
         let mut backoff = Duration::from_millis(100);
+        let mut silence = tokio::time::interval((self.silence / 4).max(Duration::from_millis(250)));
+        silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match self.round().await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(_) if !self.link.is_up() => {
                     // Wait for the link (the client reconnects by itself),
                     // then a jitter, so edges do not all return at once.
-                    self.from_table = true;
+                    // Meanwhile the samples of keep_samples tags go to the
+                    // spool as the engine publishes them.
+                    if !self.from_table {
+                        self.from_table = true;
+                        self.spool_next = self.next_batch;
+                    }
                     while !self.link.is_up() {
+                        self.spool_drain();
                         tokio::select! {
+                            _ = watch.changed() => {}
                             () = tokio::time::sleep(Duration::from_millis(100)) => {}
                             () = shutdown.cancelled() => return,
                         }
                     }
+                    self.spool_drain();
                     tokio::time::sleep(Duration::from_millis(fastrand::u64(0..500))).await;
                     tracing::info!(
                         from = self.position,
@@ -151,7 +187,11 @@ impl Edge {
                 Err(e) => {
                     metrics::counter!("tagstream_cluster_publish_errors_total").increment(1);
                     tracing::warn!(error = %e, retry_in = ?backoff, "cluster: edge publish failed");
-                    self.from_table = true;
+                    if !self.from_table {
+                        self.from_table = true;
+                        self.spool_next = self.next_batch;
+                    }
+                    self.spool_drain();
                     let jitter =
                         Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
                     tokio::select! {
@@ -164,9 +204,80 @@ impl Edge {
             }
             tokio::select! {
                 changed = watch.changed() => if changed.is_err() { return },
+                _ = silence.tick() => {
+                    if let Err(e) = self.republish_silent().await {
+                        tracing::debug!(error = %e, "cluster: republishing silent tags");
+                    }
+                }
                 () = shutdown.cancelled() => return,
             }
         }
+    }
+
+    /// Moves the samples of keep_samples tags from the engine's batches
+    /// into the spool (NATS away), dropping the oldest past the limit.
+    fn spool_drain(&mut self) {
+        let pulled = self.engine.feed.pull(self.spool_next);
+        if pulled.first > self.spool_next && self.spool_next > 0 {
+            tracing::warn!("cluster: the engine's batches moved on before the spool read them: samples lost");
+        }
+        let catalog = self.engine.catalog();
+        let mut dropped = 0u64;
+        for batch in &pulled.batches {
+            for entry in &batch.entries {
+                let keep = catalog.get(entry.id).is_some_and(|d| d.keep_samples);
+                if !keep || entry.seq <= self.position {
+                    continue;
+                }
+                let Some(update) = super::wire::update_of_entry(batch.entry_bytes(entry)) else {
+                    continue;
+                };
+                self.spool.push_back(Spooled {
+                    id: entry.id,
+                    seq: entry.seq,
+                    update: Bytes::copy_from_slice(update),
+                });
+                while self.spool.len() > self.spool_limit {
+                    self.spool.pop_front();
+                    dropped += 1;
+                }
+            }
+        }
+        if dropped > 0 {
+            metrics::counter!("tagstream_cluster_spool_dropped_total").increment(dropped);
+        }
+        metrics::gauge!("tagstream_cluster_spool_samples").set(self.spool.len() as f64);
+        self.spool_next = pulled.first + pulled.batches.len() as u64;
+    }
+
+    /// Publishes again the tags not published for `max_silence` (their
+    /// state unchanged), so the stream keeps no message older than that
+    /// and stays dense (a sparse last-value stream is slow to read).
+    async fn republish_silent(&mut self) -> Result<(), PublishError> {
+        if !self.link.is_up() || self.from_table {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let table = self.engine.table().clone();
+        let silent: Vec<TagId> = (1..=table.catalog().len() as TagId)
+            .filter(|&id| {
+                let at = self.published_at.get(id as usize).copied().flatten();
+                at.is_some_and(|at| now.duration_since(at) >= self.silence)
+            })
+            .collect();
+        let mut acks = Vec::new();
+        for id in silent {
+            let Some(state) = table.state(id) else {
+                continue;
+            };
+            if let Some(ack) = self.send(id, None, encode(id, state)).await? {
+                acks.push(ack);
+            }
+            if acks.len() >= PIPELINE {
+                await_acks(std::mem::take(&mut acks)).await?;
+            }
+        }
+        await_acks(acks).await
     }
 
     /// One pass: definitions first, then every change past the position.
@@ -211,7 +322,7 @@ impl Edge {
                     continue;
                 };
                 if let Some(ack) = self
-                    .send(entry.id, entry.seq, Bytes::copy_from_slice(update))
+                    .send(entry.id, Some(entry.seq), Bytes::copy_from_slice(update))
                     .await?
                 {
                     acks.push(ack);
@@ -228,33 +339,34 @@ impl Edge {
         Ok(())
     }
 
-    /// The latest state of every tag that changed past the position, one
-    /// message per tag in the order of their last change: what an edge
-    /// owes the stream after an outage, bounded by its tag count.
+    /// What an edge owes the stream after an outage, bounded by its tag
+    /// count and the spool: the latest state of every tag that changed
+    /// past the position (one message per tag) and every spooled sample
+    /// of the keep_samples tags, all in the order of their seqs.
     async fn publish_table(
         &mut self,
         table: &crate::engine::table::TagTable,
     ) -> Result<(), PublishError> {
-        let mut changed: Vec<(u64, TagId)> = (1..=table.catalog().len() as TagId)
+        let catalog = table.catalog();
+        let spooled: std::collections::HashSet<(TagId, u64)> =
+            self.spool.iter().map(|s| (s.id, s.seq)).collect();
+        let mut owed: Vec<(u64, TagId, Bytes)> = (1..=catalog.len() as TagId)
             .filter_map(|id| {
                 let state = table.state(id)?;
-                (state.seq > self.position).then_some((state.seq, id))
+                let spooled = spooled.contains(&(id, state.seq));
+                (state.seq > self.position && !spooled).then(|| (state.seq, id, encode(id, state)))
             })
             .collect();
-        changed.sort_unstable();
+        owed.extend(
+            std::mem::take(&mut self.spool)
+                .into_iter()
+                .filter(|s| s.seq > self.position)
+                .map(|s| (s.seq, s.id, s.update)),
+        );
+        owed.sort_unstable_by_key(|(seq, id, _)| (*seq, *id));
         let mut acks = Vec::new();
-        for (seq, id) in changed {
-            let Some(state) = table.state(id) else {
-                continue;
-            };
-            let update = crate::proto::TagUpdate {
-                id,
-                value: state.value.as_ref().map(crate::proto::Value::from),
-                status: state.status,
-                source_time_us: state.source_time_us,
-                server_time_us: state.server_time_us,
-            };
-            if let Some(ack) = self.send(id, seq, update.encode_to_vec().into()).await? {
+        for (seq, id, update) in owed {
+            if let Some(ack) = self.send(id, Some(seq), update).await? {
                 acks.push(ack);
             }
             if acks.len() >= PIPELINE {
@@ -270,24 +382,33 @@ impl Edge {
             );
         }
         self.position = self.position.max(table.seq());
+        metrics::gauge!("tagstream_cluster_spool_samples").set(0.0);
         Ok(())
     }
 
     /// Publishes one change of local tag `id` (none for a tag without a
     /// cluster id: refused, or its claim failed and is retried first).
     async fn send(
-        &self,
+        &mut self,
         id: TagId,
-        seq: u64,
+        seq: Option<u64>,
         payload: Bytes,
     ) -> Result<Option<context::PublishAckFuture>, PublishError> {
         let cid = self.ids.get(id as usize).copied().unwrap_or(0);
         if cid == 0 || cid == REFUSED {
             return Ok(None);
         }
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(payload)
-            .message_id(format!("{}.{}.{seq}", self.edge_id, self.engine.epoch));
+        if self.published_at.len() <= id as usize {
+            self.published_at.resize(id as usize + 1, None);
+        }
+        self.published_at[id as usize] = Some(Instant::now());
+        let mut publish = jetstream::message::PublishMessage::build().payload(payload);
+        // A change's id (this edge, its epoch, the change's seq): a retry
+        // after a lost acknowledgement is stored once. A republished
+        // state has none: storing it twice is harmless.
+        if let Some(seq) = seq {
+            publish = publish.message_id(format!("{}.{}.{seq}", self.edge_id, self.engine.epoch));
+        }
         let ack = self
             .link
             .js
@@ -455,6 +576,19 @@ impl Edge {
         self.claims.defs.insert(cid, def);
         Ok(())
     }
+}
+
+/// A tag's state as a bare `TagUpdate` message.
+fn encode(id: TagId, state: &crate::engine::table::TagState) -> Bytes {
+    crate::proto::TagUpdate {
+        id,
+        value: state.value.as_ref().map(crate::proto::Value::from),
+        status: state.status,
+        source_time_us: state.source_time_us,
+        server_time_us: state.server_time_us,
+    }
+    .encode_to_vec()
+    .into()
 }
 
 async fn await_acks(acks: Vec<context::PublishAckFuture>) -> Result<(), PublishError> {
