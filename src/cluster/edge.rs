@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use async_nats::jetstream::{self, consumer, context, stream};
+use async_nats::jetstream::{self, context, stream};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
-use super::link::{Link, REQUEST_TIMEOUT};
+use super::link::Link;
 use super::wire::{ClusterDef, Kind};
 use crate::engine::EngineShared;
 use crate::sample::TagId;
@@ -48,26 +48,57 @@ pub enum PublishError {
 /// What the edge knows of the stream's claims and definitions.
 #[derive(Debug, Default)]
 struct Claims {
-    /// Name -> (first id claimed for it, its edge).
+    /// Name -> (lowest id claimed for it, its edge): gateways keep a
+    /// name's lowest id, whatever order they read the claims in.
     by_name: HashMap<String, (TagId, String)>,
     /// Id -> the definition the stream holds for it last.
     defs: HashMap<TagId, ClusterDef>,
+    /// Id -> where its claim and latest definition are in the stream,
+    /// for republishing them.
+    seqs: HashMap<TagId, Placed>,
     /// Highest id claimed.
     max: TagId,
 }
 
+/// Stream seqs of a tag's claim and latest definition (0: none), and
+/// when this edge last learned of either.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    claim: u64,
+    def: u64,
+    at: Instant,
+}
+
+impl Default for Placed {
+    fn default() -> Self {
+        Placed {
+            claim: 0,
+            def: 0,
+            at: Instant::now(),
+        }
+    }
+}
+
 impl Claims {
-    fn observe(&mut self, kind: Kind, def: ClusterDef) {
+    fn observe(&mut self, kind: Kind, def: ClusterDef, seq: u64) {
         match kind {
             Kind::Claim(id) => {
                 self.max = self.max.max(id);
-                self.by_name
+                let entry = self
+                    .by_name
                     .entry(def.name.clone())
                     .or_insert((id, def.edge.clone()));
-                self.defs.insert(id, def);
+                if id < entry.0 {
+                    *entry = (id, def.edge.clone());
+                }
+                self.defs.entry(id).or_insert(def);
+                let placed = self.seqs.entry(id).or_default();
+                (placed.claim, placed.at) = (seq, Instant::now());
             }
             Kind::Define(id) => {
                 self.defs.insert(id, def);
+                let placed = self.seqs.entry(id).or_default();
+                (placed.def, placed.at) = (seq, Instant::now());
             }
             _ => {}
         }
@@ -81,7 +112,7 @@ pub struct Edge {
     engine: Arc<EngineShared>,
     edge_id: String,
     claims: Claims,
-    claims_rx: Option<flume::Receiver<(Kind, ClusterDef)>>,
+    claims_rx: Option<flume::Receiver<(Kind, ClusterDef, u64)>>,
     /// Local id -> cluster id (0: none yet).
     ids: Vec<TagId>,
     /// Cluster id -> local id, for the writes gateways route here.
@@ -205,7 +236,11 @@ impl Edge {
             tokio::select! {
                 changed = watch.changed() => if changed.is_err() { return },
                 _ = silence.tick() => {
-                    if let Err(e) = self.republish_silent().await {
+                    let moved = match self.republish_silent().await {
+                        Ok(()) => self.republish_claims().await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = moved {
                         tracing::debug!(error = %e, "cluster: republishing silent tags");
                     }
                 }
@@ -219,7 +254,9 @@ impl Edge {
     fn spool_drain(&mut self) {
         let pulled = self.engine.feed.pull(self.spool_next);
         if pulled.first > self.spool_next && self.spool_next > 0 {
-            tracing::warn!("cluster: the engine's batches moved on before the spool read them: samples lost");
+            tracing::warn!(
+                "cluster: the engine's batches moved on before the spool read them: samples lost"
+            );
         }
         let catalog = self.engine.catalog();
         let mut dropped = 0u64;
@@ -229,13 +266,10 @@ impl Edge {
                 if !keep || entry.seq <= self.position {
                     continue;
                 }
-                let Some(update) = super::wire::update_of_entry(batch.entry_bytes(entry)) else {
-                    continue;
-                };
                 self.spool.push_back(Spooled {
                     id: entry.id,
                     seq: entry.seq,
-                    update: Bytes::copy_from_slice(update),
+                    update: batch.entry_slice(entry),
                 });
                 while self.spool.len() > self.spool_limit {
                     self.spool.pop_front();
@@ -318,13 +352,9 @@ impl Edge {
                 if entry.seq <= self.position {
                     continue;
                 }
-                let Some(update) = super::wire::update_of_entry(batch.entry_bytes(entry)) else {
-                    continue;
-                };
-                if let Some(ack) = self
-                    .send(entry.id, Some(entry.seq), Bytes::copy_from_slice(update))
-                    .await?
-                {
+                // The engine's encoding, shared: a one-sample ClusterValue.
+                let update = batch.entry_slice(entry);
+                if let Some(ack) = self.send(entry.id, Some(entry.seq), update).await? {
                     acks.push(ack);
                 }
                 if acks.len() >= PIPELINE {
@@ -357,11 +387,20 @@ impl Edge {
                 (state.seq > self.position && !spooled).then(|| (state.seq, id, encode(id, state)))
             })
             .collect();
+        // A keep_samples tag's spooled samples go as one message (the
+        // stream keeps one per subject), at the seq of its last one.
+        let mut samples: HashMap<TagId, (u64, Vec<u8>)> = HashMap::new();
+        for s in std::mem::take(&mut self.spool) {
+            if s.seq > self.position {
+                let (seq, bytes) = samples.entry(s.id).or_default();
+                *seq = s.seq;
+                bytes.extend_from_slice(&s.update);
+            }
+        }
         owed.extend(
-            std::mem::take(&mut self.spool)
+            samples
                 .into_iter()
-                .filter(|s| s.seq > self.position)
-                .map(|s| (s.seq, s.id, s.update)),
+                .map(|(id, (seq, bytes))| (seq, id, Bytes::from(bytes))),
         );
         owed.sort_unstable_by_key(|(seq, id, _)| (*seq, *id));
         let mut acks = Vec::new();
@@ -421,41 +460,19 @@ impl Edge {
     /// Reads every claim and definition the stream holds, then keeps
     /// following them (another edge's claims move the next free id).
     async fn read_claims(&mut self) -> Result<(), PublishError> {
-        let failed = |e: String| PublishError::Claims(e);
         let subjects = &self.link.subjects;
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: vec![subjects.claims(), format!("{}.d.>", subjects.stream())],
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
-        let mut messages = consumer
-            .messages()
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        let subjects = subjects.clone();
-        let decode = move |m: &jetstream::Message| -> Option<(Kind, ClusterDef)> {
-            let kind = subjects.kind(&m.subject);
-            let def = ClusterDef::decode(m.payload.as_ref()).ok()?;
-            Some((kind, def))
-        };
+        let filters = vec![subjects.claims(), format!("{}.d.>", subjects.stream())];
         // The claims that existed when the consumer was made: all of them
         // before this edge claims anything (its own, before a restart, are
         // among them).
-        for _ in 0..pending {
-            let message = tokio::time::timeout(REQUEST_TIMEOUT * 2, messages.next())
-                .await
-                .map_err(|_| failed("timed out".into()))?
-                .ok_or_else(|| failed("ended".into()))?
-                .map_err(|e| failed(e.to_string()))?;
-            if let Some((kind, def)) = decode(&message) {
-                self.claims.observe(kind, def);
-            }
+        let (known, mut messages) = super::gateway::read_last(&self.stream, subjects, filters)
+            .await
+            .map_err(PublishError::Claims)?;
+        for (kind, def, seq) in known {
+            self.claims.observe(kind, def, seq);
         }
+        let subjects = subjects.clone();
+        let decode = move |m: &jetstream::Message| super::gateway::decode_def(&subjects, m);
         let (tx, rx) = flume::unbounded();
         tokio::spawn(async move {
             while let Some(message) = messages.next().await {
@@ -477,8 +494,8 @@ impl Edge {
 
     fn drain_claims(&mut self) {
         if let Some(rx) = &self.claims_rx {
-            for (kind, def) in rx.try_iter() {
-                self.claims.observe(kind, def);
+            for (kind, def, seq) in rx.try_iter() {
+                self.claims.observe(kind, def, seq);
             }
         }
     }
@@ -543,8 +560,8 @@ impl Edge {
                 .map_err(|e| PublishError::Publish(e.to_string()))?
                 .await;
             match result {
-                Ok(_) => {
-                    self.claims.observe(Kind::Claim(id), def);
+                Ok(ack) => {
+                    self.claims.observe(Kind::Claim(id), def, ack.sequence);
                     return Ok(id);
                 }
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
@@ -555,7 +572,7 @@ impl Edge {
                         .await
                         .map_err(|e| PublishError::Claims(e.to_string()))?;
                     if let Ok(other) = ClusterDef::decode(m.payload.as_ref()) {
-                        self.claims.observe(Kind::Claim(id), other);
+                        self.claims.observe(Kind::Claim(id), other, m.sequence);
                     } else {
                         self.claims.max = self.claims.max.max(id);
                     }
@@ -566,29 +583,95 @@ impl Edge {
     }
 
     async fn define(&mut self, cid: TagId, def: ClusterDef) -> Result<(), PublishError> {
-        self.link
+        let ack = self
+            .link
             .js
             .publish(self.link.subjects.define(cid), def.encode_to_vec().into())
             .await
             .map_err(|e| PublishError::Publish(e.to_string()))?
             .await
             .map_err(|e| PublishError::Publish(e.to_string()))?;
-        self.claims.defs.insert(cid, def);
+        self.claims.observe(Kind::Define(cid), def, ack.sequence);
         Ok(())
+    }
+
+    /// Moves this edge's claims and definitions older than `max_silence`
+    /// to the stream's end (same content; a claim only if it is still the
+    /// one the stream holds): a message never superseded would pin the
+    /// stream's first sequence, and every later superseded message would
+    /// stay an interior delete.
+    async fn republish_claims(&mut self) -> Result<(), PublishError> {
+        let now = Instant::now();
+        let mine: Vec<(TagId, Placed)> = self
+            .claims
+            .seqs
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.at) >= self.silence)
+            .filter(|(id, _)| {
+                self.claims
+                    .defs
+                    .get(id)
+                    .is_some_and(|d| d.edge == self.edge_id)
+            })
+            .map(|(id, p)| (*id, *p))
+            .collect();
+        for (id, placed) in mine {
+            if placed.claim > 0 {
+                let Some(def) = self.claim_of(id).await? else {
+                    continue;
+                };
+                let publish = jetstream::message::PublishMessage::build()
+                    .payload(def.encode_to_vec().into())
+                    .expected_last_subject_sequence(placed.claim);
+                let sent = self
+                    .link
+                    .js
+                    .send_publish(self.link.subjects.claim(id), publish)
+                    .await
+                    .map_err(|e| PublishError::Publish(e.to_string()))?
+                    .await;
+                let seq = match sent {
+                    Ok(ack) => ack.sequence,
+                    // Moved meanwhile: learn where.
+                    Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
+                        self.stream
+                            .direct_get_last_for_subject(self.link.subjects.claim(id))
+                            .await
+                            .map_err(|e| PublishError::Claims(e.to_string()))?
+                            .sequence
+                    }
+                    Err(e) => return Err(PublishError::Publish(e.to_string())),
+                };
+                let p = self.claims.seqs.entry(id).or_default();
+                (p.claim, p.at) = (seq, Instant::now());
+            }
+            if placed.def > 0
+                && let Some(def) = self.claims.defs.get(&id).cloned()
+            {
+                self.define(id, def).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The claim's content as first made (the name and edge a claim holds
+    /// never change; its definition is in `S.d` once redefined).
+    async fn claim_of(&self, id: TagId) -> Result<Option<ClusterDef>, PublishError> {
+        let m = self
+            .stream
+            .direct_get_last_for_subject(self.link.subjects.claim(id))
+            .await
+            .map_err(|e| PublishError::Claims(e.to_string()))?;
+        Ok(ClusterDef::decode(m.payload.as_ref()).ok())
     }
 }
 
-/// A tag's state as a bare `TagUpdate` message.
+/// A tag's state as a one-sample `ClusterValue`, encoded as the engine
+/// encodes a batch entry.
 fn encode(id: TagId, state: &crate::engine::table::TagState) -> Bytes {
-    crate::proto::TagUpdate {
-        id,
-        value: state.value.as_ref().map(crate::proto::Value::from),
-        status: state.status,
-        source_time_us: state.source_time_us,
-        server_time_us: state.server_time_us,
-    }
-    .encode_to_vec()
-    .into()
+    let mut buf = bytes::BytesMut::new();
+    crate::engine::batch::encode_update(3, id, state, &mut buf);
+    buf.freeze()
 }
 
 async fn await_acks(acks: Vec<context::PublishAckFuture>) -> Result<(), PublishError> {

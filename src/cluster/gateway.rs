@@ -21,7 +21,7 @@ use super::link::Link;
 use super::wire::{self, ClusterDef, Kind, Subjects};
 use crate::engine::table::TagState;
 use crate::engine::{Local, Replicated};
-use crate::sample::{Input, SourceId, TagKey, Value};
+use crate::sample::{Input, SourceId, TagId, TagKey, Value};
 
 /// The edges a gateway has seen claim tags, numbered in the order seen:
 /// a tag's owner key is `{source: its edge's number, local: its id}`, so
@@ -110,21 +110,65 @@ pub fn replicated(
             },
             Err(_) => skip,
         },
-        Kind::Value(id) => match wire::decode_update(payload) {
-            Some(update) => Replicated::Update {
+        Kind::Value(id) => match wire::decode_value(payload) {
+            Some(samples) => Replicated::Update {
                 id,
-                state: TagState {
-                    value: update.value.as_ref().and_then(Value::from_wire),
-                    status: update.status,
-                    source_time_us: update.source_time_us,
-                    server_time_us: update.server_time_us,
-                    seq,
-                },
+                seq,
+                samples: samples
+                    .into_iter()
+                    .map(|update| TagState {
+                        value: update.value.as_ref().and_then(Value::from_wire),
+                        status: update.status,
+                        source_time_us: update.source_time_us,
+                        server_time_us: update.server_time_us,
+                        seq,
+                    })
+                    .collect(),
             },
             None => skip,
         },
         Kind::Other => skip,
     }
+}
+
+/// A claim or definition message: what it is, its content, its seq.
+pub fn decode_def(subjects: &Subjects, m: &jetstream::Message) -> Option<(Kind, ClusterDef, u64)> {
+    let kind = subjects.kind(&m.subject);
+    let def = ClusterDef::decode(m.payload.as_ref()).ok()?;
+    let seq = m.info().ok()?.stream_sequence;
+    Some((kind, def, seq))
+}
+
+/// The last message of each subject `filters` match, as many as a fresh
+/// consumer counted when it was made (later ones follow on the returned
+/// consumer): claims and definitions, read before anything else.
+pub async fn read_last(
+    stream: &stream::Stream,
+    subjects: &Subjects,
+    filters: Vec<String>,
+) -> Result<(Vec<(Kind, ClusterDef, u64)>, consumer::pull::Ordered), String> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let pending = consumer.cached_info().num_pending;
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut read = Vec::with_capacity(usize::try_from(pending).unwrap_or(0).min(1 << 20));
+    for _ in 0..pending {
+        let message = tokio::time::timeout(super::link::REQUEST_TIMEOUT * 2, messages.next())
+            .await
+            .map_err(|_| "timed out reading claims".to_string())?
+            .ok_or_else(|| "the claims consumer ended".to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some(def) = decode_def(subjects, &message) {
+            read.push(def);
+        }
+    }
+    Ok((read, messages))
 }
 
 /// Follows the stream into `input` until shutdown; `caught_up` holds the
@@ -182,6 +226,42 @@ pub async fn follow(
                 lost = false;
                 if send(Input::Local(Local::LinkBack)).await.is_err() {
                     return;
+                }
+            }
+        }
+        if next.is_none() {
+            // Every claim first, in id order: a claim moved to the
+            // stream's end (republished) would otherwise come after
+            // higher ids, and ids are taken in order.
+            match read_last(&stream, &subjects, vec![subjects.claims()]).await {
+                Ok((mut claims, _)) => {
+                    claims.sort_unstable_by_key(|(kind, _, _)| match kind {
+                        Kind::Claim(id) => *id,
+                        _ => TagId::MAX,
+                    });
+                    for (kind, def, seq) in claims {
+                        let Kind::Claim(id) = kind else { continue };
+                        let owner = TagKey {
+                            source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
+                            local: id,
+                        };
+                        let claim = Replicated::Claim {
+                            seq,
+                            id,
+                            def: def.to_def(),
+                            owner,
+                        };
+                        if send(Input::Replicated(Box::new(claim))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: cannot read the claims");
+                    if wait(&shutdown, &mut backoff).await {
+                        return;
+                    }
+                    continue;
                 }
             }
         }

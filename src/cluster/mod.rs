@@ -104,7 +104,7 @@ impl Cluster {
             .ok()
             .and_then(|t| *t)
             .unwrap_or(0);
-        while shared.table().seq() < target {
+        while shared.stream_seq() < target {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         tracing::info!(

@@ -258,17 +258,23 @@ pub fn epoch(stream: &str, created_unix_ns: i128) -> u64 {
     h.max(1)
 }
 
-/// One `Delta.updates` entry of a batch (field key, length, message) as
-/// the bare `TagUpdate` message it holds.
-pub fn update_of_entry(entry: &[u8]) -> Option<&[u8]> {
-    let mut rest = entry.get(1..)?;
-    let len = prost::encoding::decode_varint(&mut rest).ok()?;
-    rest.get(..usize::try_from(len).ok()?)
+/// What `S.v.<id>` holds: one change, or the spooled samples of a
+/// keep_samples tag in order (the stream keeps one message per subject,
+/// so samples published one by one while a gateway was not reading would
+/// be lost). Its field number is `Delta.updates`' (3): a batch entry as
+/// the engine encoded it is this message with one sample, published as
+/// is, and samples concatenated are this message with several.
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterValue {
+    /// The changes, oldest first (their `id` unused: the subject says).
+    #[prost(message, repeated, tag = "3")]
+    pub samples: Vec<proto::TagUpdate>,
 }
 
-/// A `TagUpdate` message, decoded.
-pub fn decode_update(payload: &[u8]) -> Option<proto::TagUpdate> {
-    proto::TagUpdate::decode(payload).ok()
+/// A `S.v.<id>` payload, decoded (`None`: malformed or empty).
+pub fn decode_value(payload: &[u8]) -> Option<Vec<proto::TagUpdate>> {
+    let value = ClusterValue::decode(payload).ok()?;
+    (!value.samples.is_empty()).then_some(value.samples)
 }
 
 #[cfg(test)]
@@ -302,18 +308,34 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_entry_unwraps_to_its_update() {
-        let update = proto::TagUpdate {
-            id: 3,
-            status: 5,
-            ..Default::default()
+    fn batch_entries_are_values_of_one_sample_and_concatenated_of_several() {
+        let state = |v: f64| crate::engine::table::TagState {
+            value: Some(crate::sample::Value::F64(v)),
+            status: 0,
+            source_time_us: 1,
+            server_time_us: 2,
+            seq: 9,
         };
-        let mut entry = Vec::new();
-        prost::encoding::message::encode(2, &update, &mut entry);
-        let inner = update_of_entry(&entry).expect("an entry");
-        assert_eq!(decode_update(inner), Some(update));
-        assert_eq!(update_of_entry(&[]), None);
-        assert_eq!(update_of_entry(&[0x12, 9, 1]), None, "short");
+        let mut b = crate::engine::batch::Builder::default();
+        b.push(4, 9, &state(1.0));
+        b.push(4, 10, &state(2.0));
+        let catalog = crate::engine::catalog::Catalog::new([TagDef {
+            keep_samples: true,
+            ..TagDef::read_only("a/b", "s")
+        }]);
+        let batch = b.finish(8, 10, &catalog, 0);
+        let one = batch.entry_slice(&batch.entries[0]);
+        let samples = decode_value(&one).expect("one sample");
+        assert_eq!(samples.len(), 1);
+        let both = [one, batch.entry_slice(&batch.entries[1])].concat();
+        let samples = decode_value(&both).expect("two samples");
+        assert_eq!(samples.len(), 2);
+        assert_eq!(
+            samples[1].value,
+            Some(proto::Value::from(&crate::sample::Value::F64(2.0)))
+        );
+        assert_eq!(decode_value(&[]), None, "no sample");
+        assert_eq!(decode_value(&[0x1a, 9, 1]), None, "short");
     }
 
     #[test]

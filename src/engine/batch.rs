@@ -54,6 +54,12 @@ pub struct Part {
 }
 
 impl Batch {
+    /// One entry's bytes, shared (no copy).
+    pub fn entry_slice(&self, e: &Entry) -> Bytes {
+        self.bytes
+            .slice(e.start as usize..(e.start + e.len) as usize)
+    }
+
     /// The encoded bytes of one entry.
     pub fn entry_bytes(&self, e: &Entry) -> &[u8] {
         &self.bytes[e.start as usize..(e.start + e.len) as usize]

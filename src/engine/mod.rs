@@ -71,12 +71,16 @@ pub enum Replicated {
         /// Its definition (name ignored: names never change).
         def: TagDef,
     },
-    /// A change the owning edge applied; `state.seq` is the stream seq.
+    /// A change the owning edge applied, or the samples of a keep_samples
+    /// tag it spooled (oldest first), all at one stream seq.
     Update {
         /// The tag.
         id: TagId,
-        /// Its state.
-        state: table::TagState,
+        /// Stream seq.
+        seq: u64,
+        /// Its states, the last the current one; each `seq` is the
+        /// message's.
+        samples: Vec<table::TagState>,
     },
     /// A message that changes no tag: the position moves.
     Skip {
@@ -137,7 +141,7 @@ impl Replicated {
             Replicated::Claim { seq, .. }
             | Replicated::Define { seq, .. }
             | Replicated::Skip { seq } => *seq,
-            Replicated::Update { state, .. } => state.seq,
+            Replicated::Update { seq, .. } => *seq,
         }
     }
 }
@@ -157,6 +161,9 @@ pub struct EngineShared {
     published_bytes: AtomicU64,
     /// Recent values per tag (`[history]`); `None`: not kept.
     pub history: Option<Arc<history::Store>>,
+    /// A cluster gateway: the last stream seq applied, whatever the
+    /// message (the position moves only with changes).
+    stream_seq: AtomicU64,
 }
 
 impl EngineShared {
@@ -170,6 +177,12 @@ impl EngineShared {
     /// The current catalog (ids are never reused within an epoch).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.table().catalog().clone()
+    }
+
+    /// A cluster gateway: the last stream seq its engine has applied
+    /// (claims and definitions included); 0 on a single node.
+    pub fn stream_seq(&self) -> u64 {
+        self.stream_seq.load(Ordering::Acquire)
     }
 
     /// Total update bytes published.
@@ -235,6 +248,8 @@ struct Work {
     history: Option<history::Writer>,
     /// Statuses a cluster gateway shows by itself.
     local: LocalMarks,
+    /// The last stream seq a gateway has applied (any message).
+    stream_seq: u64,
     /// The definition log (a name refused, a tag redefined): a source
     /// rebirthing 10 times a second with 10,000 metrics would otherwise
     /// write 100,000 lines a second. Lines past it are counted in the next.
@@ -296,6 +311,7 @@ impl Engine {
             feed: feed::Feed::default(),
             published_bytes: AtomicU64::new(0),
             history: history.as_ref().map(|h| h.store().clone()),
+            stream_seq: AtomicU64::new(0),
         });
         Engine {
             shared,
@@ -306,6 +322,7 @@ impl Engine {
                 scratch: batch::Builder::default(),
                 history,
                 local: LocalMarks::default(),
+                stream_seq: 0,
                 defined_log: Throttle::new(DEFINED_LOG_BURST, 2.0),
             },
         }
@@ -319,6 +336,16 @@ impl Engine {
     /// Applies one batch of inputs and publishes it; returns the batch if
     /// any tag changed. The async task below is a thin loop around this.
     pub fn apply(&mut self, inputs: impl IntoIterator<Item = Input>) -> Option<Arc<Batch>> {
+        let batch = self.apply_batch(inputs);
+        // After the table: whoever sees the stream seq finds a table that
+        // applied it.
+        self.shared
+            .stream_seq
+            .fetch_max(self.work.stream_seq, Ordering::Release);
+        batch
+    }
+
+    fn apply_batch(&mut self, inputs: impl IntoIterator<Item = Input>) -> Option<Arc<Batch>> {
         let now = now_us();
         let (table, work) = (&mut self.table, &mut self.work);
         let from_seq = table.seq();
@@ -450,12 +477,13 @@ impl Work {
 
     fn replicate(&mut self, table: &mut TagTable, message: Replicated, now: i64) {
         let seq = message.seq();
-        if seq <= table.seq() {
-            return;
-        }
+        self.stream_seq = self.stream_seq.max(seq);
+        // Only a change moves the position: claims and definitions are
+        // applied by id whatever their seq (a known id or an unchanged
+        // definition changes nothing), since an edge republishes them
+        // (a gateway loads every claim, in id order, before the rest).
         match message {
             Replicated::Claim { id, def, owner, .. } => {
-                table.advance(seq);
                 while (table.catalog().len() as TagId) + 1 < id {
                     let hole = table.add_hidden();
                     tracing::warn!(id = hole, "cluster: an id was never claimed: held empty");
@@ -473,44 +501,47 @@ impl Work {
                 let mut def = def;
                 def.history &= self.history.as_ref().is_some_and(|h| h.admits(None));
                 let history = def.history;
-                let added = table.add(def, owner);
+                let added = table.add_at(def, owner, seq);
                 if let Some(h) = &mut self.history {
                     h.define(added, history);
                 }
             }
             Replicated::Define { id, mut def, .. } => {
-                table.advance(seq);
                 if table.catalog().get(id).is_none() {
                     return;
                 }
                 def.history &= self.history.as_ref().is_some_and(|h| h.admits(Some(id)));
                 let history = def.history;
-                table.redefine(id, def);
+                table.redefine_at(id, def, seq);
                 if let Some(h) = &mut self.history {
                     h.define(id, history);
                 }
             }
-            Replicated::Update { id, mut state } => {
-                state.server_time_us = if state.server_time_us == 0 {
-                    now
-                } else {
-                    state.server_time_us
-                };
+            Replicated::Update { id, samples, .. } => {
+                // Applied already (a consumer recreated after a gap).
+                if seq <= table.seq() {
+                    return;
+                }
                 // The stream's word replaces this gateway's own.
                 self.local.saved.remove(&id);
-                if table.put(id, state) {
+                for mut state in samples {
+                    if state.server_time_us == 0 {
+                        state.server_time_us = now;
+                    }
+                    state.seq = seq;
+                    if !table.put(id, state) {
+                        metrics::counter!("tagstream_samples_dropped_total").increment(1);
+                        break;
+                    }
                     if let Some(state) = table.state(id) {
                         self.scratch.push(id, seq, state);
                         if let Some(history) = &mut self.history {
                             history.record(id, seq, state, now);
                         }
                     }
-                } else {
-                    table.advance(seq);
-                    metrics::counter!("tagstream_samples_dropped_total").increment(1);
                 }
             }
-            Replicated::Skip { .. } => table.advance(seq),
+            Replicated::Skip { .. } => {}
         }
     }
 
@@ -760,13 +791,14 @@ mod tests {
     fn update(seq: u64, id: TagId, v: f64) -> Input {
         Input::Replicated(Box::new(Replicated::Update {
             id,
-            state: table::TagState {
+            seq,
+            samples: vec![table::TagState {
                 value: Some(Value::F64(v)),
                 status: status::GOOD,
                 source_time_us: 5,
                 server_time_us: 6,
                 seq,
-            },
+            }],
         }))
     }
 
@@ -788,9 +820,19 @@ mod tests {
             "hidden"
         );
         assert_eq!(catalog.iter().count(), 3);
-        assert_eq!(e.shared().table().seq(), 8, "claims move the position");
+        assert_eq!(
+            e.shared().table().seq(),
+            0,
+            "only changes move the position"
+        );
+        assert_eq!(e.shared().stream_seq(), 8);
+        assert_eq!(
+            catalog.meta(5).map(|m| m.defined_seq),
+            Some(8),
+            "appeared at its claim"
+        );
         let batch = e.apply([update(10, 2, 1.5)]).expect("a change");
-        assert_eq!((batch.from_seq, batch.to_seq), (8, 10));
+        assert_eq!((batch.from_seq, batch.to_seq), (0, 10));
         assert_eq!(
             batch
                 .entries
@@ -799,11 +841,15 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(2, 10)]
         );
-        // A message at or before the position (a consumer recreated) and
-        // an update of a hidden id change nothing.
+        // A change at or before the position (a consumer recreated) and
+        // one of a hidden id change nothing; a claim again changes nothing.
         assert!(e.apply([update(9, 1, 7.0), update(10, 2, 7.0)]).is_none());
-        assert!(e.apply([update(11, 3, 7.0)]).is_none());
-        assert_eq!(e.shared().table().seq(), 11);
+        assert!(
+            e.apply([update(11, 3, 7.0), claim(12, 1, "g/a", 0)])
+                .is_none()
+        );
+        assert_eq!(e.shared().table().seq(), 10);
+        assert_eq!(e.shared().stream_seq(), 12);
         assert_eq!(
             e.shared().table().state(2).and_then(|s| s.value.clone()),
             Some(Value::F64(1.5))

@@ -115,6 +115,23 @@ impl TagTable {
         id
     }
 
+    /// Adds a tag that appeared at `seq` (a cluster gateway: its claim's
+    /// stream seq), without moving the table's seq.
+    pub fn add_at(&mut self, def: TagDef, owner: TagKey, seq: u64) -> TagId {
+        let id = Arc::make_mut(&mut self.catalog).add(def, owner, seq);
+        self.push_waiting();
+        id
+    }
+
+    /// Replaces a tag's definition as of `seq` (a cluster gateway's
+    /// definition message), without moving the table's seq.
+    pub fn redefine_at(&mut self, id: TagId, def: TagDef, seq: u64) -> bool {
+        if !self.catalog.would_change(id, &def) {
+            return false;
+        }
+        Arc::make_mut(&mut self.catalog).redefine(id, def, seq)
+    }
+
     /// Takes the next id for nothing ([`Catalog::add_hidden`]).
     pub fn add_hidden(&mut self) -> TagId {
         let seq = self.seq;

@@ -93,3 +93,136 @@ async fn an_edge_serves_no_client_stream() {
     assert_eq!(status, Some(404), "an edge refuses the stream path");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_tags_and_their_claims_move_forward_and_a_late_gateway_still_agrees_on_ids() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let quick = "max_silence = \"1s\"";
+    let edge = crate::node_with(&nats, "edge", "edges", "O3", TAGS, quick).await;
+    for name in TAGS {
+        set(&edge, name, 3.0).await;
+    }
+    let early = crate::node_with(&nats, "gateway", "gwe", "O3", &[], quick).await;
+    tokio::time::timeout(DEADLINE, async {
+        while early.engine.catalog().len() < TAGS.len() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the early gateway knows the tags");
+    let written = last_seq(&nats, "O3").await;
+    // Nothing changes; after max_silence every message (claims and
+    // values) has moved past what was written.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let mut s = js.get_stream("O3").await.unwrap();
+            let state = s.info().await.unwrap().state.clone();
+            if state.first_sequence > written {
+                assert_eq!(
+                    state.messages,
+                    2 * TAGS.len() as u64,
+                    "a claim and a value per tag"
+                );
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the stream stays dense");
+    // Claims moved in any order: a gateway started now takes the same ids.
+    let late = crate::node_with(&nats, "gateway", "gwl", "O3", &[], quick).await;
+    for name in TAGS {
+        let id = early.engine.catalog().id(name);
+        assert!(id.is_some());
+        assert_eq!(late.engine.catalog().id(name), id, "{name}");
+        let (a, b) = (early.engine.table(), late.engine.table());
+        let (sa, sb) = (a.state(id.unwrap()).unwrap(), b.state(id.unwrap()).unwrap());
+        assert_eq!(sa.value, sb.value);
+    }
+    for s in [edge, early, late] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_spools_the_samples_of_keep_samples_tags_up_to_its_limit() {
+    let Some(mut nats) = Nats::start().await else {
+        return;
+    };
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nserver_id = \"spooler\"\n\n[cluster]\nnats_url = \"{}\"\nrole = \"edge\"\nstream = \"O4\"\nspool_limit = 5\n",
+        nats.url()
+    );
+    let config = tagstream::config::Config::parse(&toml).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tags = vec![
+        tagstream::engine::catalog::TagDef {
+            keep_samples: true,
+            ..synthetic_tag("k/samples")
+        },
+        synthetic_tag("k/latest"),
+    ];
+    let edge = tagstream::app::start_with(config, listener, tags)
+        .await
+        .unwrap();
+    set(&edge, "k/samples", 0.0).await;
+    set(&edge, "k/latest", 0.0).await;
+    let gw = crate::node(&nats, "gateway", "gw", "O4", &[]).await;
+    let mut c = connect_synced(&gw, &["k/#"]).await;
+    until_state(&mut c, |c| {
+        f64_of(c, "k/samples") == Some(0.0) && f64_of(c, "k/latest") == Some(0.0)
+    })
+    .await;
+    until_readyz(&edge, 200).await;
+    let before = last_seq(&nats, "O4").await;
+
+    nats.stop();
+    until_readyz(&edge, 503).await;
+    for v in 1..=20 {
+        set(&edge, "k/samples", f64::from(v)).await;
+        set(&edge, "k/latest", f64::from(v)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    nats.restart().await;
+
+    // The five newest samples, in order, and the other tag's latest.
+    let id = gw.engine.catalog().id("k/samples").unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while f64_of(&c, "k/samples") != Some(20.0) || f64_of(&c, "k/latest") != Some(20.0) {
+            if let tagstream_client::Event::Delta(d) = c.next_event().await.unwrap()
+                && d.from_seq < d.to_seq
+            {
+                // (The gateway's own Uncertain and back, which do not move
+                // the seq, carry no new sample.)
+                let fresh = d.updates.iter().filter(|u| u.id == id && u.status == 0);
+                seen.extend(
+                    fresh.filter_map(|u| match u.value.as_ref()?.kind.as_ref()? {
+                        tagstream::proto::value::Kind::F64(v) => Some(*v),
+                        _ => None,
+                    }),
+                );
+            }
+        }
+    })
+    .await
+    .expect("both tags arrive");
+    assert_eq!(
+        last_seq(&nats, "O4").await - before,
+        2,
+        "one message per tag: the 5 samples together, and the latest state"
+    );
+    assert_eq!(
+        seen,
+        [16.0, 17.0, 18.0, 19.0, 20.0],
+        "the spool keeps the newest"
+    );
+    for s in [edge, gw] {
+        s.stop().await;
+    }
+}
