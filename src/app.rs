@@ -33,6 +33,9 @@ pub struct Running {
     pub push: Arc<Push>,
     /// The engine's read side (catalog, table, epoch).
     pub engine: Arc<EngineShared>,
+    /// Set when a cluster node must stop (its stream was created again):
+    /// `run` then stops and fails, and the service manager restarts it.
+    pub fatal: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// The engine the sources feed (none on a gateway: it has no sources).
     pub sources: Option<Arc<EngineShared>>,
     /// The sources' engine's input, for in-process tags (`start_with`'s
@@ -148,13 +151,7 @@ pub async fn start_with_env(
         None => local_shared.clone(),
         Some(c) => {
             if let Some(local) = &local_shared {
-                let edge = crate::cluster::edge::Edge::new(
-                    c.link.clone(),
-                    c.stream.clone(),
-                    local.clone(),
-                    c.edge_id.clone(),
-                    &c.config,
-                );
+                let edge = crate::cluster::edge::Edge::new(c, local.clone());
                 tasks.spawn(crate::cluster::writes::serve(
                     c.link.clone(),
                     c.edge_id.clone(),
@@ -220,6 +217,7 @@ pub async fn start_with_env(
         push,
         engine: shared,
         sources: local_shared,
+        fatal: cluster.as_ref().map(|c| c.fatal.watch()),
         input,
         shutdown,
         tasks,
@@ -290,10 +288,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             push.reload_tls();
         }
     });
-    wait_for_signal().await;
+    let mut fatal = running.fatal.clone();
+    let reason = tokio::select! {
+        () = wait_for_signal() => None,
+        reason = async {
+            match &mut fatal {
+                Some(f) => f.wait_for(Option::is_some).await.ok().and_then(|r| r.clone()),
+                None => std::future::pending().await,
+            }
+        } => reason,
+    };
     tracing::info!("shutting down");
     running.stop().await;
-    Ok(())
+    match reason {
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(()),
+    }
 }
 
 /// Raises the open-file limit as far as the hard limit allows and warns

@@ -136,6 +136,8 @@ pub struct Edge {
     silence: Duration,
     /// When each local tag was last published.
     published_at: Vec<Option<Instant>>,
+    /// The stream's replicas and epoch, and where to say it changed.
+    epoch: (usize, u64, super::Fatal),
 }
 
 /// One spooled sample: a keep_samples tag's change, encoded once.
@@ -148,13 +150,13 @@ struct Spooled {
 
 impl Edge {
     /// A publisher for `engine` on `link`'s stream, as edge `edge_id`.
-    pub fn new(
-        link: Link,
-        stream: stream::Stream,
-        engine: Arc<EngineShared>,
-        edge_id: String,
-        config: &super::ClusterConfig,
-    ) -> Self {
+    pub fn new(cluster: &super::Cluster, engine: Arc<EngineShared>) -> Self {
+        let config = &cluster.config;
+        let (link, stream, edge_id) = (
+            cluster.link.clone(),
+            cluster.stream.clone(),
+            cluster.edge_id.clone(),
+        );
         Edge {
             link,
             stream,
@@ -173,6 +175,7 @@ impl Edge {
             spool_next: 0,
             silence: config.max_silence,
             published_at: Vec::new(),
+            epoch: (config.replicas, cluster.epoch, cluster.fatal.clone()),
         }
     }
 
@@ -218,6 +221,13 @@ impl Edge {
                 Err(e) => {
                     metrics::counter!("tagstream_cluster_publish_errors_total").increment(1);
                     tracing::warn!(error = %e, retry_in = ?backoff, "cluster: edge publish failed");
+                    // The stream deleted (and made again)? Then a new
+                    // epoch: this node restarts.
+                    let (replicas, epoch, fatal) = &self.epoch;
+                    super::check_epoch(&self.link, *replicas, *epoch, fatal).await;
+                    if fatal.watch().borrow().is_some() {
+                        return;
+                    }
                     if !self.from_table {
                         self.from_table = true;
                         self.spool_next = self.next_batch;

@@ -171,6 +171,9 @@ pub async fn read_last(
     Ok((read, messages))
 }
 
+/// How often a gateway checks that its stream is still the one it follows.
+const STREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Follows the stream into `input` until shutdown; `caught_up` holds the
 /// seq it first caught up to (the stream's last sequence at its start).
 /// While the link is down every tag shows Uncertain ([`Local::LinkLost`]);
@@ -179,6 +182,7 @@ pub async fn follow(
     link: Link,
     edges: std::sync::Arc<Edges>,
     mut stream: stream::Stream,
+    (replicas, epoch, fatal): (usize, u64, super::Fatal),
     input: flume::Sender<Input>,
     caught_up: watch::Sender<Option<u64>>,
     shutdown: CancellationToken,
@@ -208,9 +212,22 @@ pub async fn follow(
             }
         }
         let target = match stream.info().await {
+            Ok(info)
+                if super::wire::epoch(subjects.stream(), info.created.unix_timestamp_nanos())
+                    != epoch =>
+            {
+                super::check_epoch(&link, replicas, epoch, &fatal).await;
+                return;
+            }
             Ok(info) => info.state.last_sequence,
             Err(e) => {
+                // Deleted? Then it is made again, in a new epoch.
                 tracing::warn!(error = %e, "cluster: stream info");
+                if super::check_epoch(&link, replicas, epoch, &fatal).await
+                    && fatal.watch().borrow().is_some()
+                {
+                    return;
+                }
                 if wait(&shutdown, &mut backoff).await {
                     return;
                 }
@@ -296,9 +313,22 @@ pub async fn follow(
         };
         backoff = std::time::Duration::from_millis(100);
         reconnects.borrow_and_update();
+        // A deleted stream takes its consumer along, and the ordered
+        // consumer retries quietly: look at the stream now and then.
+        let mut check = tokio::time::interval(STREAM_CHECK);
+        check.reset();
         loop {
             let message = tokio::select! {
                 m = messages.next() => m,
+                _ = check.tick() => {
+                    let same = stream.info().await.is_ok_and(|info| {
+                        super::wire::epoch(subjects.stream(), info.created.unix_timestamp_nanos()) == epoch
+                    });
+                    if same {
+                        continue;
+                    }
+                    break;
+                }
                 // A new connection: the consumer may have died with the
                 // server; follow again from the next seq.
                 _ = reconnects.changed() => break,
@@ -313,8 +343,10 @@ pub async fn follow(
             let message = match message {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
+                    // Follow again from the next seq, after checking the
+                    // stream is still there and the same.
                     tracing::debug!(error = %e, "cluster: stream consumer");
-                    continue;
+                    break;
                 }
                 None => break,
             };

@@ -37,6 +37,59 @@ pub struct Cluster {
     pub edge_id: String,
     /// A gateway's numbering of the edges (owner keys of their tags).
     pub edges: std::sync::Arc<gateway::Edges>,
+    /// Set when this node cannot go on in its epoch (the stream was
+    /// deleted and created again): `app::run` stops and exits non-zero,
+    /// and the service manager starts it again in the new epoch.
+    pub fatal: Fatal,
+}
+
+/// Why a node must stop: once set, the node stops.
+#[derive(Debug, Clone)]
+pub struct Fatal(std::sync::Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for Fatal {
+    fn default() -> Self {
+        Fatal(std::sync::Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl Fatal {
+    /// Says why the node must stop (the first reason wins).
+    pub fn raise(&self, why: String) {
+        self.0.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            tracing::error!(reason = %why, "cluster: this node must restart");
+            *r = Some(why);
+            true
+        });
+    }
+
+    /// A receiver of the reason.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.0.subscribe()
+    }
+}
+
+/// Checks that the stream is still the one of `epoch`: gone, it is
+/// created again (same config); of another epoch, `fatal` is raised.
+/// Returns false if it could not tell (NATS unreachable).
+pub async fn check_epoch(link: &Link, replicas: usize, epoch: u64, fatal: &Fatal) -> bool {
+    match link.stream(replicas).await {
+        Ok((_, now)) if now == epoch => true,
+        Ok((_, now)) => {
+            fatal.raise(format!(
+                "stream {} was deleted and created again (epoch {epoch} is now {now}): clients resync after the restart",
+                link.subjects.stream()
+            ));
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cluster: cannot check the stream");
+            false
+        }
+    }
 }
 
 impl Cluster {
@@ -60,6 +113,7 @@ impl Cluster {
             epoch,
             edge_id,
             edges: Default::default(),
+            fatal: Fatal::default(),
         })
     }
 
@@ -91,6 +145,7 @@ impl Cluster {
             self.link.clone(),
             self.edges.clone(),
             self.stream.clone(),
+            (self.config.replicas, self.epoch, self.fatal.clone()),
             input,
             caught_up,
             shutdown.clone(),

@@ -226,3 +226,55 @@ async fn an_edge_spools_the_samples_of_keep_samples_tags_up_to_its_limit() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_created_again_is_a_new_epoch_and_nodes_restart() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let edge = crate::node(&nats, "edge", "edgee", "O5", TAGS).await;
+    set(&edge, "o/a", 1.0).await;
+    let gw = crate::node(&nats, "gateway", "gw", "O5", &[]).await;
+    let mut c = connect_synced(&gw, &["o/#"]).await;
+    until_state(&mut c, |c| f64_of(c, "o/a") == Some(1.0)).await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.delete_stream("O5").await.unwrap();
+    // The edge's next publish fails, it makes the stream again: a new
+    // epoch, which neither node can serve in. Both stop (run() exits
+    // non-zero and the service manager restarts them).
+    set(&edge, "o/a", 2.0).await;
+    for node in [&edge, &gw] {
+        let mut fatal = node.fatal.clone().expect("a cluster node");
+        let why = tokio::time::timeout(DEADLINE, fatal.wait_for(Option::is_some))
+            .await
+            .expect("the node sees the new epoch")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(why.contains("created again"), "{why}");
+    }
+    // Restarted, the gateway is in the new epoch: a client of the old one
+    // resyncs.
+    let epoch = gw.engine.epoch;
+    let resume = c.resume();
+    for s in [edge, gw] {
+        s.stop().await;
+    }
+    let edge = crate::node(&nats, "edge", "edgee", "O5", TAGS).await;
+    set(&edge, "o/a", 3.0).await;
+    let gw = crate::node(&nats, "gateway", "gw", "O5", &[]).await;
+    assert_ne!(gw.engine.epoch, epoch);
+    let mut h = hello(&["o/#"]);
+    h.resume = Some(resume);
+    let mut c = tagstream_client::Connection::connect(&url(&gw), h)
+        .await
+        .unwrap();
+    let tagstream_client::Event::Welcome(w) = next(&mut c).await else {
+        panic!("welcome")
+    };
+    assert_eq!(w.resume(), tagstream::proto::ResumeOutcome::Resync);
+    for s in [edge, gw] {
+        s.stop().await;
+    }
+}
