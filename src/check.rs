@@ -1,6 +1,6 @@
 //! `tagstream check`'s second half: every environment variable and file a
 //! configuration names (static token and HS256 secrets, JWT keys, the TLS
-//! certificate, key and CA), each looked up or opened and parsed, all
+//! certificate, key and CA, the NATS credentials and CA), each looked up or opened and parsed, all
 //! reported at once, so a config that `check` calls OK also starts. (The
 //! broker keys' variables and CA files are checked with the rest of the
 //! file, by `Config` itself.) Receives a
@@ -45,6 +45,9 @@ pub fn needs(config: &Config, env: &auth::Env) -> Vec<Need> {
                 problem: Some(e.to_string()),
             });
         }
+    }
+    if let Some(cluster) = &config.cluster {
+        out.extend(crate::cluster::config::needs(cluster, env));
     }
     out
 }

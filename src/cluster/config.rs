@@ -185,3 +185,60 @@ impl ClusterConfig {
         }
     }
 }
+
+/// Every secret and file `[cluster]` names, each looked up or opened (never
+/// echoed): `check` reports them with the rest.
+pub fn needs(config: &ClusterConfig, env: &crate::auth::Env) -> Vec<crate::auth::Need> {
+    use crate::auth::Need;
+    let mut out = Vec::new();
+    let vars = [
+        ("cluster.nats_token_env", &config.nats_token_env),
+        ("cluster.nats_password_env", &config.nats_password_env),
+    ];
+    for (key, var) in vars {
+        let Some(var) = var else { continue };
+        out.push(Need {
+            key: key.into(),
+            what: format!("env {var}"),
+            problem: env(var)
+                .filter(|v| !v.is_empty())
+                .is_none()
+                .then(|| "not set (or empty)".into()),
+        });
+    }
+    let files = [
+        ("cluster.nats_creds", &config.nats_creds),
+        ("cluster.nats_ca", &config.nats_ca),
+    ];
+    for (key, path) in files {
+        let Some(path) = path else { continue };
+        out.push(Need {
+            key: key.into(),
+            what: format!("file {path}"),
+            problem: crate::files::read_bounded(path).err(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_names_the_nats_secrets_and_files_without_echoing_them() {
+        let config = ClusterConfig {
+            nats_token_env: Some("TS_NATS".into()),
+            nats_ca: Some("/nonexistent/ca.pem".into()),
+            ..ClusterConfig::default()
+        };
+        let env = |v: &str| (v == "TS_NATS").then(|| "s3cret".to_string());
+        let needs = needs(&config, &env);
+        assert_eq!(needs.len(), 2);
+        assert_eq!(needs[0].problem, None);
+        assert!(needs[1].problem.is_some());
+        assert!(!format!("{needs:?}").contains("s3cret"));
+        let none = |_: &str| None;
+        assert!(super::needs(&config, &none)[0].problem.is_some());
+    }
+}

@@ -68,8 +68,10 @@ impl std::fmt::Debug for Link {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Link {
-    /// Connects (retrying until NATS answers the first time, then
-    /// reconnecting by itself) with the config's credentials.
+    /// Connects with the config's credentials, then reconnects by itself.
+    /// The first connection must succeed: a node that cannot reach NATS
+    /// or is refused (a wrong token) does not start, with NATS's reason,
+    /// rather than wait without saying why (its service manager retries).
     pub async fn connect(
         config: &ClusterConfig,
         name: &str,
@@ -82,7 +84,6 @@ impl Link {
             .name(name)
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .retry_on_initial_connect()
             .max_reconnects(None::<usize>);
         let secret = |var: &str| {
             env(var)
