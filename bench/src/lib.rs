@@ -8,8 +8,10 @@
 //! - [`latency`]: one change on a real device or broker -> client decode.
 //! - [`idle`]: RSS per idle connection of a `tagstream demo`.
 //! - [`peers`]: Mosquitto, NATS and tagstream side by side.
+//! - [`cluster`]: an edge and two gateways on a real nats-server.
 //! - [`lean`]: the allocation-free subscriber; [`server`]: the child.
 
+pub mod cluster;
 pub mod idle;
 pub mod latency;
 pub mod lean;

