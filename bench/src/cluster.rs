@@ -91,23 +91,56 @@ async fn synced(url: &str, tags: usize) -> anyhow::Result<Connection> {
 pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyhow::Result<Report> {
     let nats = Nats::start().await?;
     let sim = format!("[[sim]]\nname = \"sim\"\ntags = {tags}\nrate = {rate}\n");
+    let claiming = Instant::now();
     let edge = Server::start(bin, &cluster(&nats, "edge", "edge1"), &sim).await?;
-    // Every tag claimed and published before the gateways start.
-    tokio::time::sleep(Duration::from_secs(2) + Duration::from_millis(tags as u64 / 20)).await;
+    // Every tag claimed before the gateways start (tags a sim has not
+    // changed yet have no value to publish).
+    let js = async_nats::jetstream::new(
+        async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await?,
+    );
+    loop {
+        let claimed = match js.get_stream("BENCH").await {
+            Ok(s) => s
+                .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: "BENCH.id.>".into(),
+                    deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_or(0, |c| c.cached_info().num_pending),
+            Err(_) => 0,
+        };
+        if claimed >= tags as u64 {
+            break;
+        }
+        anyhow::ensure!(
+            claiming.elapsed() < Duration::from_secs(300),
+            "the edge never claimed every tag"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let claimed = claiming.elapsed();
     let mut report = Report::default();
+    report.add(
+        "edge_start_to_all_claimed",
+        claimed.as_secs_f64() * 1e3,
+        "ms",
+    );
     report.add("tags", tags as f64, "");
     report.add("rate", rate as f64, "changes/s");
 
+    // A gateway's start alone; then the other; then the measured client.
     let started = Instant::now();
     let a = Server::start(bin, &cluster(&nats, "gateway", "gwa"), "").await?;
-    let mut client = synced(&a.url, tags).await?;
+    drop(synced(&a.url, tags).await?);
     report.add(
         "gateway_start_to_snapshot",
         started.elapsed().as_secs_f64() * 1e3,
         "ms",
     );
     let b = Server::start(bin, &cluster(&nats, "gateway", "gwb"), "").await?;
-    let _ = synced(&b.url, tags).await?;
+    drop(synced(&b.url, tags).await?);
+    let mut client = synced(&a.url, tags).await?;
 
     // Change latency at the client of A over the window.
     let cpu = |pid: &str| cpu_seconds(pid);

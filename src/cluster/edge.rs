@@ -27,6 +27,9 @@ use super::wire::{ClusterDef, Kind};
 use crate::engine::EngineShared;
 use crate::sample::TagId;
 
+/// Ids claimed at once (pipelined).
+const CLAIM_BATCH: usize = 512;
+
 /// Changes published before their acknowledgements are awaited.
 const PIPELINE: usize = 4096;
 
@@ -515,6 +518,8 @@ impl Edge {
         &mut self,
         catalog: &crate::engine::catalog::Catalog,
     ) -> Result<(), PublishError> {
+        let mut new: Vec<(TagId, ClusterDef)> = Vec::new();
+        self.drain_claims();
         for def in catalog.iter() {
             let local = def.id as usize;
             if self.ids.len() <= local {
@@ -523,16 +528,10 @@ impl Edge {
             let wanted = ClusterDef::of(def, &self.edge_id);
             match self.ids[local] {
                 REFUSED => {}
-                0 => {
-                    let cid = self.claim(wanted).await?;
-                    self.ids[local] = cid;
-                    if cid != REFUSED {
-                        self.local_ids
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(cid, def.id);
-                    }
-                }
+                0 => match self.known(&wanted) {
+                    Some(cid) => self.assign(def.id, cid, wanted).await?,
+                    None => new.push((def.id, wanted)),
+                },
                 cid => {
                     if self.claims.defs.get(&cid) != Some(&wanted) {
                         self.define(cid, wanted).await?;
@@ -540,56 +539,110 @@ impl Edge {
                 }
             }
         }
+        while !new.is_empty() {
+            new = self.claim_batch(new).await?;
+        }
         Ok(())
     }
 
-    /// The cluster id of a tag: its earlier claim, or the next free id.
-    async fn claim(&mut self, def: ClusterDef) -> Result<TagId, PublishError> {
-        loop {
-            self.drain_claims();
-            if let Some((cid, edge)) = self.claims.by_name.get(&def.name).cloned() {
-                if edge != self.edge_id {
-                    tracing::warn!(tag = %crate::peer_text::shown(&def.name), owner = %edge, "cluster: tag name held by another edge: not published");
-                    metrics::counter!("tagstream_tags_refused_total", "source" => def.source.clone()).increment(1);
-                    return Ok(REFUSED);
-                }
-                if self.claims.defs.get(&cid) != Some(&def) {
-                    self.define(cid, def).await?;
-                }
-                return Ok(cid);
-            }
-            let id = self.claims.max + 1;
+    /// The id the stream already holds for this tag's name (its own claim
+    /// before a restart, or another edge's: then [`REFUSED`]).
+    fn known(&self, def: &ClusterDef) -> Option<TagId> {
+        let (cid, edge) = self.claims.by_name.get(&def.name)?;
+        if *edge != self.edge_id {
+            tracing::warn!(tag = %crate::peer_text::shown(&def.name), owner = %edge, "cluster: tag name held by another edge: not published");
+            metrics::counter!("tagstream_tags_refused_total", "source" => def.source.clone())
+                .increment(1);
+            return Some(REFUSED);
+        }
+        Some(*cid)
+    }
+
+    /// Local tag `local` is cluster id `cid` (or refused); its definition
+    /// is published if the stream holds another.
+    async fn assign(
+        &mut self,
+        local: TagId,
+        cid: TagId,
+        def: ClusterDef,
+    ) -> Result<(), PublishError> {
+        self.ids[local as usize] = cid;
+        if cid == REFUSED {
+            return Ok(());
+        }
+        self.local_ids
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(cid, local);
+        if self.claims.defs.get(&cid) != Some(&def) {
+            self.define(cid, def).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims the next free ids for new tags, many at once (each claim is
+    /// a publish that succeeds only on an empty subject, so pipelining
+    /// them keeps every id claimed once). Returns the tags whose id
+    /// another node took meanwhile, to claim again.
+    async fn claim_batch(
+        &mut self,
+        mut new: Vec<(TagId, ClusterDef)>,
+    ) -> Result<Vec<(TagId, ClusterDef)>, PublishError> {
+        let rest = new.split_off(new.len().min(CLAIM_BATCH));
+        let first = self.claims.max + 1;
+        let mut acks = Vec::with_capacity(new.len());
+        for (i, (_, def)) in new.iter().enumerate() {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(def.encode_to_vec().into())
                 .expected_last_subject_sequence(0);
-            let result = self
+            let ack = self
                 .link
                 .js
-                .send_publish(self.link.subjects.claim(id), publish)
+                .send_publish(self.link.subjects.claim(first + i as TagId), publish)
                 .await
-                .map_err(|e| PublishError::Publish(e.to_string()))?
-                .await;
-            match result {
+                .map_err(|e| PublishError::Publish(e.to_string()))?;
+            acks.push(ack);
+        }
+        let mut again = Vec::new();
+        for (i, ((local, def), ack)) in new.into_iter().zip(acks).enumerate() {
+            let id = first + i as TagId;
+            match ack.await {
                 Ok(ack) => {
-                    self.claims.observe(Kind::Claim(id), def, ack.sequence);
-                    return Ok(id);
+                    self.claims
+                        .observe(Kind::Claim(id), def.clone(), ack.sequence);
+                    self.ids[local as usize] = id;
+                    self.local_ids
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(id, local);
                 }
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
-                    // Someone claimed it first: learn that claim, try the next.
+                    // Someone claimed it first: learn that claim; this
+                    // tag tries a later id.
                     let m = self
                         .stream
                         .direct_get_last_for_subject(self.link.subjects.claim(id))
                         .await
                         .map_err(|e| PublishError::Claims(e.to_string()))?;
-                    if let Ok(other) = ClusterDef::decode(m.payload.as_ref()) {
-                        self.claims.observe(Kind::Claim(id), other, m.sequence);
-                    } else {
-                        self.claims.max = self.claims.max.max(id);
+                    match ClusterDef::decode(m.payload.as_ref()) {
+                        Ok(other) => self.claims.observe(Kind::Claim(id), other, m.sequence),
+                        Err(_) => self.claims.max = self.claims.max.max(id),
                     }
+                    again.push((local, def));
                 }
                 Err(e) => return Err(PublishError::Publish(e.to_string())),
             }
         }
+        // A name another node claimed meanwhile is that node's (or ours,
+        // from before a restart).
+        let mut retry = Vec::new();
+        for (local, def) in again.into_iter().chain(rest) {
+            match self.known(&def) {
+                Some(cid) => self.assign(local, cid, def).await?,
+                None => retry.push((local, def)),
+            }
+        }
+        Ok(retry)
     }
 
     async fn define(&mut self, cid: TagId, def: ClusterDef) -> Result<(), PublishError> {
