@@ -69,3 +69,62 @@ async fn a_token_from_the_environment_joins_and_a_wrong_one_is_refused_at_start(
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_nats_with_the_configured_ca_and_refused_without_it() {
+    let Some(program) = require("nats-server") else {
+        return;
+    };
+    let dir = Scratch::new("nats-tls");
+    let pki = Pki::new(dir.dir(), "nats");
+    let port = tagstream_testkit::free_port().unwrap();
+    let conf = dir.path("nats.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ntls {{ cert_file: {:?}, key_file: {:?} }}\n",
+            dir.path("js").display().to_string(),
+            pki.cert.display().to_string(),
+            pki.key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(program)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let toml = |ca: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nnats_url = \"tls://localhost:{port}\"\nrole = \"all\"\nstream = \"T1\"\n{ca}"
+        )
+    };
+    let trusted = toml(&format!("nats_ca = {:?}\n", pki.ca.display().to_string()));
+    let server = spawn_server(&trusted, &["t/y"]).await;
+    set(&server, "t/y", 8.0).await;
+    let mut c = connect_synced(&server, &["t/#"]).await;
+    until_state(&mut c, |c| f64_of(c, "t/y") == Some(8.0)).await;
+    server.stop().await;
+
+    // Without the CA the server's certificate is not trusted: no start.
+    let config = tagstream::config::Config::parse(&toml("")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(
+        DEADLINE,
+        tagstream::app::start_with(config, listener, Vec::new()),
+    )
+    .await
+    .expect("refused promptly");
+    let why = started.err().expect("refused").to_string();
+    assert!(why.contains("cannot connect to NATS"), "{why}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
