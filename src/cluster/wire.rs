@@ -317,8 +317,8 @@ mod tests {
             seq: 9,
         };
         let mut b = crate::engine::batch::Builder::default();
-        b.push(4, 9, &state(1.0));
-        b.push(4, 10, &state(2.0));
+        b.push(1, 9, &state(1.0));
+        b.push(1, 10, &state(2.0));
         let catalog = crate::engine::catalog::Catalog::new([TagDef {
             keep_samples: true,
             ..TagDef::read_only("a/b", "s")
