@@ -160,6 +160,21 @@ pub struct Submitted {
     pub answer_by: Instant,
 }
 
+/// Waits for an owner's answer until `deadline`: the status and message
+/// of the write's one `WriteResult`. Dropping the receiver at the deadline
+/// tells the owner not to write late.
+pub async fn answer(reply: oneshot::Receiver<WriteReply>, deadline: Instant) -> WriteFailure {
+    match tokio::time::timeout_at(deadline, reply).await {
+        Ok(Ok(Ok(meaning))) => (status::GOOD, meaning.to_string()),
+        Ok(Ok(Err(failure))) => failure,
+        Ok(Err(_)) => (status::BAD_COMMUNICATION_ERROR, "source stopped".into()),
+        Err(_) => (
+            status::BAD_TIMEOUT,
+            "no acknowledgement from the device".into(),
+        ),
+    }
+}
+
 /// Writes queued per source; a full queue answers BadTooManyOperations
 /// instead of stalling the session.
 pub const WRITE_QUEUE: usize = 64;

@@ -250,13 +250,5 @@ async fn run(
         Ok(s) => s,
         Err(failure) => return failure,
     };
-    match tokio::time::timeout_at(submitted.answer_by, submitted.reply).await {
-        Ok(Ok(Ok(meaning))) => (status::GOOD, meaning.to_string()),
-        Ok(Ok(Err(failure))) => failure,
-        Ok(Err(_)) => (status::BAD_COMMUNICATION_ERROR, "source stopped".into()),
-        Err(_) => (
-            status::BAD_TIMEOUT,
-            "no acknowledgement from the device".into(),
-        ),
-    }
+    crate::command::answer(submitted.reply, submitted.answer_by).await
 }

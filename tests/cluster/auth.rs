@@ -1,39 +1,16 @@
 //! The NATS link's credentials: a token from the environment, refused
 //! with NATS's reason when wrong, never logged.
 
-use std::process::{Command, Stdio};
-
+use crate::Nats;
 use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_the_environment_joins_and_a_wrong_one_is_refused_at_start() {
-    let Some(program) = require("nats-server") else {
+    let Some(nats) = Nats::start_with(|_, _| vec!["--auth".into(), "s3cret-token".into()]).await
+    else {
         return;
     };
-    let dir = Scratch::new("nats-auth");
-    let port = tagstream_testkit::free_port().unwrap();
-    let mut child = Command::new(program)
-        .args([
-            "-js",
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--auth",
-            "s3cret-token",
-            "-sd",
-        ])
-        .arg(dir.dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let port = nats.port;
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nnats_url = \"nats://127.0.0.1:{port}\"\nrole = \"all\"\nstream = \"A1\"\nnats_token_env = \"TS_NATS_TOKEN\"\n"
     );
@@ -66,42 +43,32 @@ async fn a_token_from_the_environment_joins_and_a_wrong_one_is_refused_at_start(
         assert!(why.to_lowercase().contains(expected), "{why}");
         assert!(!why.contains("wrong"), "the token is not echoed: {why}");
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_nats_with_the_configured_ca_and_refused_without_it() {
-    let Some(program) = require("nats-server") else {
+    let mut pki = None;
+    let Some(nats) = Nats::start_with(|port, dir| {
+        let p = Pki::new(dir.dir(), "nats");
+        let conf = dir.path("nats.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ntls {{ cert_file: {:?}, key_file: {:?} }}\n",
+                dir.path("js").display().to_string(),
+                p.cert.display().to_string(),
+                p.key.display().to_string()
+            ),
+        )
+        .unwrap();
+        pki = Some(p);
+        vec!["-c".into(), conf.display().to_string()]
+    })
+    .await
+    else {
         return;
     };
-    let dir = Scratch::new("nats-tls");
-    let pki = Pki::new(dir.dir(), "nats");
-    let port = tagstream_testkit::free_port().unwrap();
-    let conf = dir.path("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: {:?} }}\ntls {{ cert_file: {:?}, key_file: {:?} }}\n",
-            dir.path("js").display().to_string(),
-            pki.cert.display().to_string(),
-            pki.key.display().to_string()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(program)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (pki, port) = (pki.expect("made"), nats.port);
     let toml = |ca: &str| {
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\n\n[cluster]\nnats_url = \"tls://localhost:{port}\"\nrole = \"all\"\nstream = \"T1\"\n{ca}"
@@ -125,6 +92,4 @@ async fn tls_to_nats_with_the_configured_ca_and_refused_without_it() {
     .expect("refused promptly");
     let why = started.err().expect("refused").to_string();
     assert!(why.contains("cannot connect to NATS"), "{why}");
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -25,20 +25,29 @@ pub struct Nats {
     pub port: u16,
     program: std::path::PathBuf,
     dir: Scratch,
+    args: Vec<String>,
 }
 
 impl Nats {
     /// Starts one on a free port, or `None` after a loud SKIPPED.
     pub async fn start() -> Option<Nats> {
+        Nats::start_with(|_, _| Vec::new()).await
+    }
+
+    /// Starts one with more arguments, made from its port and directory
+    /// (`-c FILE` replaces the command-line listener and store).
+    pub async fn start_with(args: impl FnOnce(u16, &Scratch) -> Vec<String>) -> Option<Nats> {
         let program = require("nats-server")?;
         let dir = Scratch::new("nats");
         let port = tagstream_testkit::free_port().unwrap();
-        let child = spawn(&program, port, &dir);
+        let args = args(port, &dir);
+        let child = spawn(&program, port, &dir, &args);
         let nats = Nats {
             child,
             port,
             program,
             dir,
+            args,
         };
         nats.listening().await;
         Some(nats)
@@ -66,7 +75,7 @@ impl Nats {
 
     /// Starts it again on the same port with the same store.
     pub async fn restart(&mut self) {
-        self.child = spawn(&self.program, self.port, &self.dir);
+        self.child = spawn(&self.program, self.port, &self.dir, &self.args);
         self.listening().await;
     }
 
@@ -75,10 +84,17 @@ impl Nats {
     }
 }
 
-fn spawn(program: &std::path::Path, port: u16, dir: &Scratch) -> Child {
-    Command::new(program)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.dir())
+fn spawn(program: &std::path::Path, port: u16, dir: &Scratch, args: &[String]) -> Child {
+    let mut command = Command::new(program);
+    if args.first().is_some_and(|a| a == "-c") {
+        command.args(args);
+    } else {
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(dir.dir())
+            .args(args);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -208,15 +208,7 @@ impl PendingWrite {
     /// Waits for the answer or the deadline. Dropping the reply receiver
     /// at the deadline tells the owner not to write late.
     pub async fn finish(self) -> WriteDone {
-        let (status, message) = match tokio::time::timeout_at(self.deadline, self.reply).await {
-            Ok(Ok(Ok(meaning))) => (status::GOOD, meaning.to_string()),
-            Ok(Ok(Err(failure))) => failure,
-            Ok(Err(_)) => (status::BAD_COMMUNICATION_ERROR, "source stopped".into()),
-            Err(_) => (
-                status::BAD_TIMEOUT,
-                "no acknowledgement from the device".into(),
-            ),
-        };
+        let (status, message) = crate::command::answer(self.reply, self.deadline).await;
         WriteDone {
             request_id: self.request_id,
             source: self.source,
