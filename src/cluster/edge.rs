@@ -190,6 +190,7 @@ impl Edge {
     /// Publishes until shutdown, retrying with backoff after a failure.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut watch = self.engine.feed.watch();
+        let mut catalog = self.engine.catalog_watch();
         let mut backoff = Duration::from_millis(100);
         let mut silence = tokio::time::interval((self.silence / 4).max(Duration::from_millis(250)));
         silence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -248,6 +249,8 @@ impl Edge {
             }
             tokio::select! {
                 changed = watch.changed() => if changed.is_err() { return },
+                // A tag found or redefined with no change after it.
+                changed = catalog.changed() => if changed.is_err() { return },
                 _ = silence.tick() => {
                     let moved = match self.republish_silent().await {
                         Ok(()) => self.republish_claims().await,

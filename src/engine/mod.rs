@@ -164,6 +164,9 @@ pub struct EngineShared {
     /// A cluster gateway: the last stream seq applied, whatever the
     /// message (the position moves only with changes).
     stream_seq: AtomicU64,
+    /// The catalog's version, for a cluster edge that publishes
+    /// definitions even when no change follows them.
+    catalog_signal: tokio::sync::watch::Sender<u64>,
 }
 
 impl EngineShared {
@@ -177,6 +180,12 @@ impl EngineShared {
     /// The current catalog (ids are never reused within an epoch).
     pub fn catalog(&self) -> Arc<Catalog> {
         self.table().catalog().clone()
+    }
+
+    /// A receiver of the catalog's version (it moves when tags appear or
+    /// are redefined).
+    pub fn catalog_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.catalog_signal.subscribe()
     }
 
     /// A cluster gateway: the last stream seq its engine has applied
@@ -312,6 +321,7 @@ impl Engine {
             published_bytes: AtomicU64::new(0),
             history: history.as_ref().map(|h| h.store().clone()),
             stream_seq: AtomicU64::new(0),
+            catalog_signal: tokio::sync::watch::Sender::new(0),
         });
         Engine {
             shared,
@@ -387,6 +397,9 @@ impl Engine {
         // The snapshot first, then the batch: whoever reads a batch finds
         // a table at least as new.
         self.shared.table.store(Arc::new(self.table.clone()));
+        if catalog.version() != version {
+            self.shared.catalog_signal.send_replace(catalog.version());
+        }
         // A gateway's position may move without a change (a claim, a
         // message of no tag): the table says so, no batch is needed. Its
         // own statuses make a batch that does not move it.

@@ -93,3 +93,54 @@ async fn a_client_resumes_on_another_gateway_with_one_delta() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redefinition_on_the_edge_reaches_the_gateways_clients() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let edge = node(&nats, "edge", "edger", "R2", TAGS).await;
+    set(&edge, "line/a", 1.0).await;
+    let gw = node(&nats, "gateway", "gw", "R2", &[]).await;
+    let mut c = connect_synced(&gw, &["line/#"]).await;
+    until_state(&mut c, |c| f64_of(c, "line/a") == Some(1.0)).await;
+    assert_eq!(c.mirror.info("line/a").map(|i| i.unit.as_str()), Some("u"));
+    // A source redefines the tag (a Sparkplug rebirth with another unit).
+    let key = edge.key("line/a").unwrap();
+    let def = tagstream::engine::catalog::TagDef {
+        unit: "bar".into(),
+        ..synthetic_tag("line/a")
+    };
+    edge.input
+        .send_async(tagstream::sample::Input::Define {
+            key,
+            def: Box::new(def),
+        })
+        .await
+        .unwrap();
+    // The gateway has it with no change after it (its clients get the
+    // entry again before the next Delta, as on a single node).
+    let id = gw.engine.catalog().id("line/a");
+    tokio::time::timeout(DEADLINE, async {
+        while gw
+            .engine
+            .catalog()
+            .get(id.unwrap())
+            .map(|d| d.unit.as_str())
+            != Some("bar")
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the definition reaches the gateway");
+    set(&edge, "line/a", 2.0).await;
+    until_state(&mut c, |c| {
+        f64_of(c, "line/a") == Some(2.0) && c.mirror.info("line/a").is_some_and(|i| i.unit == "bar")
+    })
+    .await;
+    assert_eq!(gw.engine.catalog().id("line/a"), id, "the same id");
+    for s in [edge, gw] {
+        s.stop().await;
+    }
+}
