@@ -123,6 +123,19 @@ pub async fn node_with(
     tags: &[&str],
     extra: &str,
 ) -> Running {
+    node_at(&nats.url(), role, id, stream, tags, extra).await
+}
+
+/// [`node_with`] reaching NATS at `url` (a relay in front of it, which a
+/// test cuts to cut this node alone).
+pub async fn node_at(
+    url: &str,
+    role: &str,
+    id: &str,
+    stream: &str,
+    tags: &[&str],
+    extra: &str,
+) -> Running {
     let toml = format!(
         r#"
 [server]
@@ -136,8 +149,7 @@ stream = "{stream}"
 resume_wait = "5s"
 
 {extra}
-"#,
-        url = nats.url()
+"#
     );
     spawn_server(&toml, tags).await
 }

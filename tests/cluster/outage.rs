@@ -42,39 +42,72 @@ async fn last_seq(nats: &Nats, stream: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_edge_back_from_an_outage_publishes_each_changed_tag_once() {
-    let Some(mut nats) = Nats::start().await else {
+async fn an_edge_whose_uplink_is_cut_turns_bad_then_publishes_each_changed_tag_once() {
+    let Some(nats) = Nats::start().await else {
         return;
     };
-    let edge = node(&nats, "edge", "edge1", "O1", TAGS).await;
+    // The edge reaches NATS through a relay: cutting it cuts the edge
+    // alone; the gateway stays connected.
+    let target = ([127, 0, 0, 1], nats.port).into();
+    let mut uplink = Relay::start(target).await;
+    let url = format!("nats://{}", uplink.addr);
+    let quick = "edge_timeout = \"400ms\"";
+    let edge = crate::node_at(&url, "edge", "edge1", "O1", TAGS, quick).await;
     for name in TAGS {
         set(&edge, name, 1.0).await;
     }
-    let gw = node(&nats, "gateway", "gw", "O1", &[]).await;
+    let gw = crate::node_with(&nats, "gateway", "gw", "O1", &[], quick).await;
     let mut c = connect_synced(&gw, &["o/#"]).await;
     until_state(&mut c, |c| TAGS.iter().all(|t| f64_of(c, t) == Some(1.0))).await;
     until_readyz(&edge, 200).await;
     let before = last_seq(&nats, "O1").await;
 
-    nats.stop();
+    uplink.stop();
     until_readyz(&edge, 503).await;
+    // Silent for the gateway: Bad, values kept.
+    let bad = tagstream::status::BAD_COMMUNICATION_ERROR;
+    until_state(&mut c, |c| {
+        TAGS.iter()
+            .all(|t| c.value(t).is_some_and(|u| u.status == bad))
+    })
+    .await;
+    assert!(TAGS.iter().all(|t| f64_of(&c, t) == Some(1.0)));
     // The edge keeps polling: 50 changes of o/a, one of o/b, none of o/c.
     for v in 2..=51 {
         set(&edge, "o/a", f64::from(v)).await;
     }
     set(&edge, "o/b", 7.0).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    nats.restart().await;
+    let stamped = |name: &str| {
+        let sources = edge.sources.as_ref().unwrap();
+        let table = sources.table();
+        table
+            .state(table.catalog().id(name).unwrap())
+            .unwrap()
+            .source_time_us
+    };
+    let (a_time, b_time) = (stamped("o/a"), stamped("o/b"));
+    uplink.restart();
 
     until_state(&mut c, |c| {
-        f64_of(c, "o/a") == Some(51.0) && f64_of(c, "o/b") == Some(7.0)
+        f64_of(c, "o/a") == Some(51.0)
+            && f64_of(c, "o/b") == Some(7.0)
+            && TAGS
+                .iter()
+                .all(|t| c.value(t).is_some_and(|u| u.status == 0))
     })
     .await;
     assert_eq!(f64_of(&c, "o/c"), Some(1.0));
+    let times = |name| c.value(name).map(|u| u.source_time_us);
+    assert_eq!(
+        (times("o/a"), times("o/b")),
+        (Some(a_time), Some(b_time)),
+        "their own source times"
+    );
     assert_eq!(
         last_seq(&nats, "O1").await - before,
         2,
-        "one message per changed tag, not one per sample"
+        "one message per changed tag, not one per sample, nothing twice"
     );
     until_readyz(&edge, 200).await;
     for s in [edge, gw] {

@@ -144,3 +144,47 @@ async fn a_redefinition_on_the_edge_reaches_the_gateways_clients() {
         s.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_past_what_a_gateway_applied_waits_for_it() {
+    let Some(nats) = Nats::start().await else {
+        return;
+    };
+    let edge = node(&nats, "edge", "edgew", "R3", TAGS).await;
+    set(&edge, "line/a", 1.0).await;
+    let a = node(&nats, "gateway", "gwa", "R3", &[]).await;
+    // B reaches NATS through a relay, cut while A moves on.
+    let mut link = Relay::start(([127, 0, 0, 1], nats.port).into()).await;
+    let b = crate::node_at(
+        &format!("nats://{}", link.addr),
+        "gateway",
+        "gwb",
+        "R3",
+        &[],
+        "",
+    )
+    .await;
+    let mut c = connect_synced(&a, &["line/#"]).await;
+    until_state(&mut c, |c| f64_of(c, "line/a") == Some(1.0)).await;
+    link.stop();
+    for v in 2..=20 {
+        set(&edge, "line/a", f64::from(v)).await;
+    }
+    until_state(&mut c, |c| f64_of(c, "line/a") == Some(20.0)).await;
+    let resume = c.resume();
+    assert!(b.engine.table().seq() < resume.seq, "B has not applied it");
+    // B comes back; the client is there first: B waits for the seq
+    // (resume_wait 5 s) rather than answering RESYNC.
+    link.restart();
+    let mut h = hello(&["line/#"]);
+    h.resume = Some(resume);
+    let mut r = Connection::connect(&url(&b), h).await.unwrap();
+    let Event::Welcome(w) = next(&mut r).await else {
+        panic!("welcome")
+    };
+    assert_eq!(w.resume(), ResumeOutcome::Resumed, "waited, then resumed");
+    assert!(b.engine.table().seq() >= resume.seq);
+    for s in [edge, a, b] {
+        s.stop().await;
+    }
+}
