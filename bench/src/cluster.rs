@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tagstream::proto;
 use tagstream_client::{Connection, Event};
-use tagstream_testkit::{Scratch, cpu_seconds, find_program, free_port};
+use tagstream_testkit::{Scratch, cpu_seconds, find_program, free_port, rss_bytes};
 
 use crate::server::{Server, wait_port};
 use crate::{Report, histogram};
@@ -88,7 +88,13 @@ async fn synced(url: &str, tags: usize) -> anyhow::Result<Connection> {
 }
 
 /// Runs the measurement.
-pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyhow::Result<Report> {
+pub async fn run(
+    bin: &Path,
+    tags: usize,
+    rate: u64,
+    duration: Duration,
+    warm: Duration,
+) -> anyhow::Result<Report> {
     let nats = Nats::start().await?;
     let sim = format!("[[sim]]\nname = \"sim\"\ntags = {tags}\nrate = {rate}\n");
     let claiming = Instant::now();
@@ -128,6 +134,14 @@ pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyh
     );
     report.add("tags", tags as f64, "");
     report.add("rate", rate as f64, "changes/s");
+    // The stream ages before the gateways start (a cold start after many
+    // updates).
+    tokio::time::sleep(warm).await;
+    report.add(
+        "warm_updates",
+        (warm.as_secs_f64() * rate as f64).round(),
+        "",
+    );
 
     // A gateway's start alone; then the other; then the measured client.
     let started = Instant::now();
@@ -168,6 +182,13 @@ pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyh
     {
         report.add(&format!("cpu_{name}"), (a - b) / secs, "cores");
     }
+    for (name, pid) in [
+        ("edge", &edge.pid),
+        ("gateway", &a.pid),
+        ("nats", &nats.pid()),
+    ] {
+        report.add(&format!("rss_{name}"), rss_bytes(pid) / 1_048_576.0, "MiB");
+    }
 
     // The client leaves A; after a while away it resumes on B.
     let mirror = client.into_mirror();
@@ -199,5 +220,33 @@ pub async fn run(bin: &Path, tags: usize, rate: u64, duration: Duration) -> anyh
     for s in [edge, a, b] {
         s.stop().await;
     }
+
+    // The same source on a single node, for comparison.
+    let single = Server::start(bin, "", &sim).await?;
+    let mut client = synced(&single.url, 0).await?;
+    let mut h = histogram();
+    let window = Instant::now();
+    while window.elapsed() < duration {
+        let e = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+        if let Event::Delta(d) = e {
+            let now = tagstream::sample::now_us();
+            for u in &d.updates {
+                let _ = h.record(u64::try_from(now - u.source_time_us).unwrap_or(0).max(1));
+            }
+        }
+    }
+    for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
+        report.add(
+            &format!("single_node_latency_{name}"),
+            h.value_at_quantile(q) as f64 / 1000.0,
+            "ms",
+        );
+    }
+    report.add(
+        "rss_single_node",
+        rss_bytes(&single.pid) / 1_048_576.0,
+        "MiB",
+    );
+    single.stop().await;
     Ok(report)
 }

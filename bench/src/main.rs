@@ -85,6 +85,10 @@ struct Args {
     /// Pin this generator to these CPUs (e.g. `2-7`).
     #[arg(long)]
     generator_cpus: Option<String>,
+    /// `cluster`: how long the edge publishes before the gateways start
+    /// (a cold start after `--rate` × this many updates).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    warm: Duration,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -142,7 +146,8 @@ async fn main() -> anyhow::Result<()> {
         "modbus" => latency::modbus(&bin, args.poll, args.duration).await?,
         "mqtt" => latency::mqtt(&bin, args.duration).await?,
         "cluster" => {
-            tagstream_bench::cluster::run(&bin, args.tags, args.rate, args.duration).await?
+            tagstream_bench::cluster::run(&bin, args.tags, args.rate, args.duration, args.warm)
+                .await?
         }
         "idle" => idle::run(&bin, args.clients).await?,
         "peers" => {
