@@ -132,6 +132,8 @@ pub enum Input {
     /// A message of the cluster's stream, on a gateway: it carries its own
     /// seq and ids (protocol.md "Cluster"). Boxed as `Define` is.
     Replicated(Box<crate::engine::Replicated>),
+    /// Many at once, applied in one batch (a gateway's claims at start).
+    ReplicatedMany(Vec<crate::engine::Replicated>),
     /// A cluster gateway's own statement about the tags it follows (cut
     /// off, an edge silent, and back): statuses without a seq.
     Local(crate::engine::Local),

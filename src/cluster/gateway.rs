@@ -256,21 +256,27 @@ pub async fn follow(
                         Kind::Claim(id) => *id,
                         _ => TagId::MAX,
                     });
-                    for (kind, def, seq) in claims {
-                        let Kind::Claim(id) = kind else { continue };
-                        let owner = TagKey {
-                            source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
-                            local: id,
-                        };
-                        let claim = Replicated::Claim {
-                            seq,
-                            id,
-                            def: def.to_def(),
-                            owner,
-                        };
-                        if send(Input::Replicated(Box::new(claim))).await.is_err() {
-                            return;
-                        }
+                    // All in one input: one engine batch, so the catalog is
+                    // copied once, not once per batch of 1,024 as sessions
+                    // hold the previous one.
+                    let all: Vec<Replicated> = claims
+                        .into_iter()
+                        .filter_map(|(kind, def, seq)| {
+                            let Kind::Claim(id) = kind else { return None };
+                            let owner = TagKey {
+                                source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
+                                local: id,
+                            };
+                            Some(Replicated::Claim {
+                                seq,
+                                id,
+                                def: def.to_def(),
+                                owner,
+                            })
+                        })
+                        .collect();
+                    if send(Input::ReplicatedMany(all)).await.is_err() {
+                        return;
                     }
                 }
                 Err(e) => {

@@ -368,6 +368,11 @@ impl Engine {
                 }
                 Input::Define { key, def } => work.define(table, key, *def),
                 Input::Replicated(message) => work.replicate(table, *message, now),
+                Input::ReplicatedMany(messages) => {
+                    for message in messages {
+                        work.replicate(table, message, now);
+                    }
+                }
                 Input::Local(event) => work.local(table, event),
                 Input::SourceDown {
                     source,
