@@ -51,16 +51,31 @@ pub enum PublishError {
 /// What the edge knows of the stream's claims and definitions.
 #[derive(Debug, Default)]
 struct Claims {
+    /// This edge's id.
+    me: String,
     /// Name -> (lowest id claimed for it, its edge): gateways keep a
-    /// name's lowest id, whatever order they read the claims in.
-    by_name: HashMap<String, (TagId, String)>,
-    /// Id -> the definition the stream holds for it last.
-    defs: HashMap<TagId, ClusterDef>,
+    /// name's lowest id, whatever order they read the claims in. Edge
+    /// names are shared, not copied per tag.
+    by_name: HashMap<String, (TagId, Arc<str>)>,
+    /// The edges seen, interned.
+    edges: HashMap<String, Arc<str>>,
+    /// Id -> a digest of the definition the stream holds for it last
+    /// (this edge's tags: whether to publish a definition again).
+    defs: HashMap<TagId, u64>,
     /// Id -> where its claim and latest definition are in the stream,
-    /// for republishing them.
+    /// for republishing them (this edge's tags).
     seqs: HashMap<TagId, Placed>,
     /// Highest id claimed.
     max: TagId,
+}
+
+/// A definition's digest (its encoding, hashed): the edge compares what
+/// it would publish with what the stream holds without keeping a copy.
+fn digest(def: &ClusterDef) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    def.encode_to_vec().hash(&mut h);
+    h.finish()
 }
 
 /// Stream seqs of a tag's claim and latest definition (0: none), and
@@ -84,22 +99,33 @@ impl Default for Placed {
 
 impl Claims {
     fn observe(&mut self, kind: Kind, def: ClusterDef, seq: u64) {
+        let mine = def.edge == self.me;
         match kind {
             Kind::Claim(id) => {
                 self.max = self.max.max(id);
+                let edge = match self.edges.get(&def.edge) {
+                    Some(e) => e.clone(),
+                    None => {
+                        let e: Arc<str> = Arc::from(def.edge.as_str());
+                        self.edges.insert(def.edge.clone(), e.clone());
+                        e
+                    }
+                };
                 let entry = self
                     .by_name
                     .entry(def.name.clone())
-                    .or_insert((id, def.edge.clone()));
+                    .or_insert((id, edge.clone()));
                 if id < entry.0 {
-                    *entry = (id, def.edge.clone());
+                    *entry = (id, edge);
                 }
-                self.defs.entry(id).or_insert(def);
-                let placed = self.seqs.entry(id).or_default();
-                (placed.claim, placed.at) = (seq, Instant::now());
+                if mine {
+                    self.defs.entry(id).or_insert_with(|| digest(&def));
+                    let placed = self.seqs.entry(id).or_default();
+                    (placed.claim, placed.at) = (seq, Instant::now());
+                }
             }
-            Kind::Define(id) => {
-                self.defs.insert(id, def);
+            Kind::Define(id) if mine => {
+                self.defs.insert(id, digest(&def));
                 let placed = self.seqs.entry(id).or_default();
                 (placed.def, placed.at) = (seq, Instant::now());
             }
@@ -165,7 +191,10 @@ impl Edge {
             stream,
             engine,
             edge_id,
-            claims: Claims::default(),
+            claims: Claims {
+                me: cluster.edge_id.clone(),
+                ..Claims::default()
+            },
             claims_rx: None,
             ids: Vec::new(),
             local_ids: Default::default(),
@@ -536,7 +565,7 @@ impl Edge {
                     None => new.push((def.id, wanted)),
                 },
                 cid => {
-                    if self.claims.defs.get(&cid) != Some(&wanted) {
+                    if self.claims.defs.get(&cid) != Some(&digest(&wanted)) {
                         self.define(cid, wanted).await?;
                     }
                 }
@@ -552,7 +581,7 @@ impl Edge {
     /// before a restart, or another edge's: then [`REFUSED`]).
     fn known(&self, def: &ClusterDef) -> Option<TagId> {
         let (cid, edge) = self.claims.by_name.get(&def.name)?;
-        if *edge != self.edge_id {
+        if **edge != *self.edge_id {
             tracing::warn!(tag = %crate::peer_text::shown(&def.name), owner = %edge, "cluster: tag name held by another edge: not published");
             metrics::counter!("tagstream_tags_refused_total", "source" => def.source.clone())
                 .increment(1);
@@ -577,7 +606,7 @@ impl Edge {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(cid, local);
-        if self.claims.defs.get(&cid) != Some(&def) {
+        if self.claims.defs.get(&cid) != Some(&digest(&def)) {
             self.define(cid, def).await?;
         }
         Ok(())
@@ -673,12 +702,6 @@ impl Edge {
             .seqs
             .iter()
             .filter(|(_, p)| now.duration_since(p.at) >= self.silence)
-            .filter(|(id, _)| {
-                self.claims
-                    .defs
-                    .get(id)
-                    .is_some_and(|d| d.edge == self.edge_id)
-            })
             .map(|(id, p)| (*id, *p))
             .collect();
         for (id, placed) in mine {
@@ -711,8 +734,19 @@ impl Edge {
                 let p = self.claims.seqs.entry(id).or_default();
                 (p.claim, p.at) = (seq, Instant::now());
             }
+            // The definition as this edge has it (what it published last).
+            let local = self
+                .local_ids
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .copied();
+            let def = local.and_then(|l| {
+                let catalog = self.engine.catalog();
+                catalog.get(l).map(|d| ClusterDef::of(d, &self.edge_id))
+            });
             if placed.def > 0
-                && let Some(def) = self.claims.defs.get(&id).cloned()
+                && let Some(def) = def
             {
                 self.define(id, def).await?;
             }
