@@ -27,6 +27,41 @@ fn example_config_parses() {
 }
 
 #[test]
+fn cluster_examples_parse_and_check_names_their_secrets() {
+    use crate::cluster::Role;
+    let edge = Config::parse(include_str!("../../deploy/cluster-edge.toml")).expect("edge parses");
+    let gateway =
+        Config::parse(include_str!("../../deploy/cluster-gateway.toml")).expect("gateway parses");
+    let (e, g) = (
+        edge.cluster.as_ref().unwrap(),
+        gateway.cluster.as_ref().unwrap(),
+    );
+    assert_eq!((e.role, g.role), (Role::Edge, Role::Gateway));
+    assert_eq!(e.stream, g.stream, "one stream");
+    assert_eq!(edge.modbus.len(), 1);
+    assert!(gateway.sources().is_empty());
+    let none = |_: &str| None;
+    let keys = |c: &Config| -> Vec<String> {
+        crate::check::needs(c, &none)
+            .into_iter()
+            .map(|n| n.key)
+            .collect()
+    };
+    assert_eq!(keys(&edge), ["cluster.nats_creds", "cluster.nats_ca"]);
+    let gateway_keys = keys(&gateway);
+    for key in [
+        "auth.tokens[0].token_env",
+        "cluster.nats_password_env",
+        "cluster.nats_ca",
+    ] {
+        assert!(
+            gateway_keys.iter().any(|k| k == key),
+            "{key} in {gateway_keys:?}"
+        );
+    }
+}
+
+#[test]
 fn modbus_values_are_validated_with_their_keys() {
     let text = r#"
 [[modbus]]
