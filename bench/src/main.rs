@@ -85,6 +85,10 @@ struct Args {
     /// Pin this generator to these CPUs (e.g. `2-7`).
     #[arg(long)]
     generator_cpus: Option<String>,
+    /// Presets on a cluster: the sim on an edge, the clients on a gateway;
+    /// `storm` kills that gateway and every client resumes on a second.
+    #[arg(long)]
+    cluster: bool,
     /// `cluster`: how long the edge publishes before the gateways start
     /// (a cold start after `--rate` × this many updates).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -134,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or(u32::MAX),
                 history: args.history,
                 history_every: args.history_every,
+                cluster: args.cluster,
                 tags: if args.preset_tags > 0 {
                     args.preset_tags
                 } else {

@@ -51,6 +51,10 @@ pub struct Scenario {
     /// points this often during the window (zero: never, the A of an
     /// A/B).
     pub history_every: Duration,
+    /// On NATS JetStream (protocol.md "Cluster"): the sim on an edge, the
+    /// clients on gateway A; with `storm`, A is killed and every client
+    /// resumes on gateway B.
+    pub cluster: bool,
 }
 
 impl Scenario {
@@ -69,6 +73,7 @@ impl Scenario {
             publish_interval_ms: 0,
             history: false,
             history_every: Duration::ZERO,
+            cluster: false,
         };
         Some(match name {
             "idle" => s("idle", 10_000, 1_000, 1, 0, false),
@@ -94,6 +99,7 @@ impl Scenario {
             publish_interval_ms: 0,
             history: false,
             history_every: Duration::ZERO,
+            cluster: false,
         }
     }
 
@@ -160,14 +166,36 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
     );
     let (auth, env) = scoped_tokens(scenario.scopes);
     let history = if scenario.history { HISTORY_CONFIG } else { "" };
-    let server = Server::start_env(
-        server_bin,
-        "max_connections = 100000",
-        &format!("{sim}{history}{auth}"),
-        &env,
-    )
-    .await?;
-    let (pid, base_url) = (server.pid.clone(), server.url.clone());
+    // On a cluster: the sim on an edge, the clients on gateway A, B for
+    // the storm's survivor.
+    let mut nodes = None;
+    let mut server = if scenario.cluster {
+        let nats = crate::cluster::Nats::start().await?;
+        let edge =
+            Server::start(server_bin, &crate::cluster::node(&nats, "edge", "e1"), &sim).await?;
+        crate::cluster::wait_claimed(&nats, scenario.tags).await?;
+        let gateway = |id| {
+            format!(
+                "max_connections = 100000\n{}",
+                crate::cluster::node(&nats, "gateway", id)
+            )
+        };
+        let extra = format!("{history}{auth}");
+        let a = Server::start_env(server_bin, &gateway("ga"), &extra, &env).await?;
+        let b = Server::start_env(server_bin, &gateway("gb"), &extra, &env).await?;
+        nodes = Some((nats, edge, b));
+        a
+    } else {
+        Server::start_env(
+            server_bin,
+            "max_connections = 100000",
+            &format!("{sim}{history}{auth}"),
+            &env,
+        )
+        .await?
+    };
+    let failover_url = nodes.as_ref().map(|(_, _, b)| b.url.clone());
+    let (mut pid, base_url) = (server.pid.clone(), server.url.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss_bytes(&pid);
 
@@ -180,13 +208,16 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
     let mut tasks = Vec::with_capacity(scenario.clients);
     for k in 0..scenario.clients {
         let patterns = vec![format!("b/g{}/#", k % groups)];
-        let url = match env.get(k % scenario.scopes.max(1)) {
-            Some((_, token)) => format!("{base_url}?access_token={token}"),
-            None => base_url.clone(),
+        let with_token = |base: &str| match env.get(k % scenario.scopes.max(1)) {
+            Some((_, token)) => format!("{base}?access_token={token}"),
+            None => base.to_string(),
         };
+        let url = with_token(&base_url);
+        let resume_url = with_token(failover_url.as_deref().unwrap_or(&base_url));
         let (stop, drop_all) = (stop.clone(), drop_all.clone());
         let all_synced = all_synced.clone();
         let (synced, resumed, storm) = (synced.clone(), resumed.clone(), scenario.storm);
+        let failover = failover_url.is_some();
         let source = source_address(k, scenario.clients);
         let paced = scenario.publish_interval_ms;
         tasks.push(tokio::spawn(async move {
@@ -202,10 +233,18 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
             lean.run(&mut tally, &all_synced).await?;
             tally.restart();
             if storm {
-                lean.run(&mut tally, &drop_all).await?;
+                // Until the drop; on a cluster the gateway may die first
+                // (its connections reset): that is the storm too.
+                let lost = lean.run(&mut tally, &drop_all).await;
+                if lost.is_err() && failover {
+                    drop_all.cancelled().await;
+                } else {
+                    lost?;
+                }
                 let resume = lean.resume();
                 drop(lean);
-                lean = Lean::connect_from(&url, &patterns, Some(resume), source, paced).await?;
+                lean =
+                    Lean::connect_from(&resume_url, &patterns, Some(resume), source, paced).await?;
                 if lean.sync(&mut tally).await? {
                     resumed.add_permits(1);
                 }
@@ -237,6 +276,12 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
     if scenario.storm {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let t = Instant::now();
+        if let Some((_, _, b)) = &nodes {
+            // Gateway A dies; its clients resume on B, which serves the
+            // window.
+            server.kill().await;
+            pid = b.pid.clone();
+        }
         drop_all.cancel();
         tokio::time::timeout(Duration::from_secs(60), resumed.acquire_many(n))
             .await
@@ -288,6 +333,10 @@ pub async fn run(scenario: &Scenario, server_bin: &Path) -> anyhow::Result<Repor
         None => None,
     };
     server.stop().await;
+    if let Some((_nats, edge, b)) = nodes {
+        b.stop().await;
+        edge.stop().await;
+    }
 
     let mut r = Report::default();
     if let Some(a) = asked {

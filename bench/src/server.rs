@@ -141,4 +141,9 @@ impl Server {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// Kills it and keeps the handle (a node that dies mid-run).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
 }

@@ -33,8 +33,8 @@ fn cluster_examples_parse_and_check_names_their_secrets() {
     let gateway =
         Config::parse(include_str!("../../deploy/cluster-gateway.toml")).expect("gateway parses");
     let (e, g) = (
-        edge.cluster.as_ref().unwrap(),
-        gateway.cluster.as_ref().unwrap(),
+        edge.cluster.as_ref().expect("[cluster]"),
+        gateway.cluster.as_ref().expect("[cluster]"),
     );
     assert_eq!((e.role, g.role), (Role::Edge, Role::Gateway));
     assert_eq!(e.stream, g.stream, "one stream");
