@@ -307,6 +307,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
+    if let Some(c) = config
+        .cluster
+        .as_ref()
+        .filter(|c| c.role == tagstream::cluster::Role::Gateway)
+    {
+        println!(
+            "role gateway: no sources; the tags and their ids come from stream {:?} on {}",
+            c.stream, c.nats_url
+        );
+    }
     let catalog = tagstream::app::catalog(&config, Vec::new());
     println!(
         "{:>5}  {:<40} {:<8} {:<8} {:<5} source",
