@@ -642,23 +642,14 @@ impl Edge {
                 Ok(ack) => {
                     self.claims
                         .observe(Kind::Claim(id), def.clone(), ack.sequence);
-                    self.ids[local as usize] = id;
-                    self.local_ids
-                        .write()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(id, local);
+                    self.assign(local, id, def).await?;
                 }
                 Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
                     // Someone claimed it first: learn that claim; this
                     // tag tries a later id.
-                    let m = self
-                        .stream
-                        .direct_get_last_for_subject(self.link.subjects.claim(id))
-                        .await
-                        .map_err(|e| PublishError::Claims(e.to_string()))?;
-                    match ClusterDef::decode(m.payload.as_ref()) {
-                        Ok(other) => self.claims.observe(Kind::Claim(id), other, m.sequence),
-                        Err(_) => self.claims.max = self.claims.max.max(id),
+                    match self.claim_of(id).await? {
+                        (Some(other), seq) => self.claims.observe(Kind::Claim(id), other, seq),
+                        (None, _) => self.claims.max = self.claims.max.max(id),
                     }
                     again.push((local, def));
                 }
@@ -706,7 +697,7 @@ impl Edge {
             .collect();
         for (id, placed) in mine {
             if placed.claim > 0 {
-                let Some(def) = self.claim_of(id).await? else {
+                let (Some(def), _) = self.claim_of(id).await? else {
                     continue;
                 };
                 let publish = jetstream::message::PublishMessage::build()
@@ -723,16 +714,15 @@ impl Edge {
                     Ok(ack) => ack.sequence,
                     // Moved meanwhile: learn where.
                     Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
-                        self.stream
-                            .direct_get_last_for_subject(self.link.subjects.claim(id))
-                            .await
-                            .map_err(|e| PublishError::Claims(e.to_string()))?
-                            .sequence
+                        self.claim_of(id).await?.1
                     }
                     Err(e) => return Err(PublishError::Publish(e.to_string())),
                 };
                 let p = self.claims.seqs.entry(id).or_default();
                 (p.claim, p.at) = (seq, Instant::now());
+            }
+            if placed.def == 0 {
+                continue;
             }
             // The definition as this edge has it (what it published last).
             let local = self
@@ -745,24 +735,23 @@ impl Edge {
                 let catalog = self.engine.catalog();
                 catalog.get(l).map(|d| ClusterDef::of(d, &self.edge_id))
             });
-            if placed.def > 0
-                && let Some(def) = def
-            {
+            if let Some(def) = def {
                 self.define(id, def).await?;
             }
         }
         Ok(())
     }
 
-    /// The claim's content as first made (the name and edge a claim holds
-    /// never change; its definition is in `S.d` once redefined).
-    async fn claim_of(&self, id: TagId) -> Result<Option<ClusterDef>, PublishError> {
+    /// The claim of `id` as the stream holds it: its content as first
+    /// made (a claim's name and edge never change; its definition is in
+    /// `S.d` once redefined; `None` if it does not decode) and its seq.
+    async fn claim_of(&self, id: TagId) -> Result<(Option<ClusterDef>, u64), PublishError> {
         let m = self
             .stream
             .direct_get_last_for_subject(self.link.subjects.claim(id))
             .await
             .map_err(|e| PublishError::Claims(e.to_string()))?;
-        Ok(ClusterDef::decode(m.payload.as_ref()).ok())
+        Ok((ClusterDef::decode(m.payload.as_ref()).ok(), m.sequence))
     }
 }
 

@@ -80,6 +80,20 @@ impl Edges {
     }
 }
 
+/// Id `id` claimed for `def` at `seq`: its owner key names the claiming
+/// edge (where its writes go) and the id.
+fn claim(edges: &Edges, id: TagId, def: &ClusterDef, seq: u64) -> Replicated {
+    Replicated::Claim {
+        seq,
+        id,
+        owner: TagKey {
+            source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
+            local: id,
+        },
+        def: def.to_def(),
+    }
+}
+
 /// What one stream message means to a gateway's engine.
 pub fn replicated(
     subjects: &Subjects,
@@ -91,15 +105,7 @@ pub fn replicated(
     let skip = Replicated::Skip { seq };
     match subjects.kind(subject) {
         Kind::Claim(id) => match ClusterDef::decode(payload) {
-            Ok(def) => Replicated::Claim {
-                seq,
-                id,
-                owner: TagKey {
-                    source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
-                    local: id,
-                },
-                def: def.to_def(),
-            },
+            Ok(def) => claim(edges, id, &def, seq),
             Err(_) => skip,
         },
         Kind::Define(id) => match ClusterDef::decode(payload) {
@@ -212,10 +218,7 @@ pub async fn follow(
             }
         }
         let target = match stream.info().await {
-            Ok(info)
-                if super::wire::epoch(subjects.stream(), info.created.unix_timestamp_nanos())
-                    != epoch =>
-            {
+            Ok(info) if super::link::epoch_of(info) != epoch => {
                 super::check_epoch(&link, replicas, epoch, &fatal).await;
                 return;
             }
@@ -261,18 +264,9 @@ pub async fn follow(
                     // hold the previous one.
                     let all: Vec<Replicated> = claims
                         .into_iter()
-                        .filter_map(|(kind, def, seq)| {
-                            let Kind::Claim(id) = kind else { return None };
-                            let owner = TagKey {
-                                source: edges.number(&def.edge).unwrap_or(SourceId::MAX),
-                                local: id,
-                            };
-                            Some(Replicated::Claim {
-                                seq,
-                                id,
-                                def: def.to_def(),
-                                owner,
-                            })
+                        .filter_map(|(kind, def, seq)| match kind {
+                            Kind::Claim(id) => Some(claim(&edges, id, &def, seq)),
+                            _ => None,
                         })
                         .collect();
                     if send(Input::ReplicatedMany(all)).await.is_err() {
@@ -327,9 +321,10 @@ pub async fn follow(
             let message = tokio::select! {
                 m = messages.next() => m,
                 _ = check.tick() => {
-                    let same = stream.info().await.is_ok_and(|info| {
-                        super::wire::epoch(subjects.stream(), info.created.unix_timestamp_nanos()) == epoch
-                    });
+                    let same = stream
+                        .info()
+                        .await
+                        .is_ok_and(|info| super::link::epoch_of(info) == epoch);
                     if same {
                         continue;
                     }

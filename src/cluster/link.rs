@@ -4,7 +4,6 @@
 //! and finds or creates the stream, whose identity is the epoch.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -45,12 +44,10 @@ pub struct Link {
     pub js: jetstream::Context,
     /// The stream's subjects.
     pub subjects: Subjects,
-    /// Connected to NATS now.
-    up: Arc<AtomicBool>,
     /// Connections made so far: a consumer made before the last one may
     /// be gone with the server that held it.
     connects: Arc<tokio::sync::watch::Sender<u64>>,
-    /// Connected now, for those that wait for a change.
+    /// Connected to NATS now (read by `is_up`, awaited by `watch_up`).
     state: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
@@ -77,7 +74,6 @@ impl Link {
         name: &str,
         env: &crate::auth::Env,
     ) -> Result<Link, LinkError> {
-        let up = Arc::new(AtomicBool::new(false));
         let connects = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let state = Arc::new(tokio::sync::watch::Sender::new(false));
         let mut options = async_nats::ConnectOptions::new()
@@ -107,20 +103,18 @@ impl Link {
             }
             options = options.add_root_certificates(ca.into()).require_tls(true);
         }
-        let (flag, counter, watch) = (up.clone(), connects.clone(), state.clone());
+        let (counter, watch) = (connects.clone(), state.clone());
         options = options.event_callback(move |event| {
-            let (flag, counter, watch) = (flag.clone(), counter.clone(), watch.clone());
+            let (counter, watch) = (counter.clone(), watch.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
-                        flag.store(true, Ordering::Release);
                         watch.send_replace(true);
                         counter.send_modify(|n| *n += 1);
                         metrics::gauge!("tagstream_cluster_link_up").set(1.0);
                         tracing::info!("cluster: connected to NATS");
                     }
                     async_nats::Event::Disconnected => {
-                        flag.store(false, Ordering::Release);
                         watch.send_replace(false);
                         metrics::gauge!("tagstream_cluster_link_up").set(0.0);
                         tracing::warn!("cluster: NATS link down; reconnecting");
@@ -146,7 +140,6 @@ impl Link {
             })?;
         // The callback may not have run yet for the first connection.
         if client.connection_state() == async_nats::connection::State::Connected {
-            up.store(true, Ordering::Release);
             state.send_replace(true);
         }
         let js = jetstream::new(client.clone());
@@ -154,7 +147,6 @@ impl Link {
             client,
             js,
             subjects: Subjects::new(&config.stream),
-            up,
             connects,
             state,
         })
@@ -172,7 +164,7 @@ impl Link {
 
     /// Connected to NATS now.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        *self.state.borrow()
     }
 
     /// The stream, created if absent (last message per subject, file
@@ -206,7 +198,12 @@ impl Link {
                 info.config.max_messages_per_subject
             )));
         }
-        let epoch = wire::epoch(&name, info.created.unix_timestamp_nanos());
+        let epoch = epoch_of(info);
         Ok((stream, epoch))
     }
+}
+
+/// The epoch of the stream `info` describes (its name and creation time).
+pub fn epoch_of(info: &stream::Info) -> u64 {
+    wire::epoch(&info.config.name, info.created.unix_timestamp_nanos())
 }

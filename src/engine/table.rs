@@ -140,13 +140,6 @@ impl TagTable {
         id
     }
 
-    /// Moves the table to `seq` without a change (a cluster gateway: a
-    /// stream message that changed no tag still moves the position, so
-    /// every gateway's position means the same). Never backwards.
-    pub fn advance(&mut self, seq: u64) {
-        self.seq = self.seq.max(seq);
-    }
-
     /// Sets a tag's state as another node applied it, at `state.seq` (a
     /// cluster gateway: no deadband, no comparison, the seq is the
     /// stream's). False for an unknown or hidden id.
