@@ -157,8 +157,8 @@ fn classify(item: Option<Result<Message, WsError>>) -> Result<Read, End> {
 
 /// A Resume in this epoch past the table's seq: on a cluster gateway, a
 /// seq another gateway has applied and this one not yet. Waits for it
-/// (polling: rare, and bounded by `resume_wait`); then `on_hello` answers
-/// RESUMED, or RESYNC if it never came.
+/// (at most `resume_wait`); then `on_hello` answers RESUMED, or RESYNC if
+/// it never came.
 async fn await_resume_seq(cx: Arc<SessionContext>, hello: proto::Hello) -> proto::Hello {
     let Some(resume) = &hello.resume else {
         return hello;
@@ -166,10 +166,17 @@ async fn await_resume_seq(cx: Arc<SessionContext>, hello: proto::Hello) -> proto
     if cx.resume_wait.is_zero() || resume.epoch != cx.engine.epoch {
         return hello;
     }
-    let deadline = tokio::time::Instant::now() + cx.resume_wait;
-    while cx.engine.table().seq() < resume.seq && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // The table's seq moves only with a change, and each change comes in a
+    // published batch: wake on those, not on a timer.
+    let mut published = cx.engine.feed.watch();
+    let reached = async {
+        while cx.engine.table().seq() < resume.seq {
+            if published.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(cx.resume_wait, reached).await;
     hello
 }
 
