@@ -90,6 +90,28 @@ async fn synced(url: &str, tags: usize) -> anyhow::Result<Connection> {
     }
 }
 
+/// Reads a client's Deltas for `duration`: the source stamp → decode
+/// latency of each update (µs), and how many came.
+async fn watch(
+    client: &mut Connection,
+    duration: Duration,
+) -> anyhow::Result<(hdrhistogram::Histogram<u64>, u64)> {
+    let mut h = histogram();
+    let mut updates = 0u64;
+    let window = Instant::now();
+    while window.elapsed() < duration {
+        let e = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
+        if let Event::Delta(d) = e {
+            let now = tagstream::sample::now_us();
+            for u in &d.updates {
+                updates += 1;
+                let _ = h.record(u64::try_from(now - u.source_time_us).unwrap_or(0).max(1));
+            }
+        }
+    }
+    Ok((h, updates))
+}
+
 /// Waits until the edge has claimed `tags` ids.
 pub async fn wait_claimed(nats: &Nats, tags: usize) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -168,19 +190,8 @@ pub async fn run(
     // Change latency at the client of A over the window.
     let cpu = |pid: &str| cpu_seconds(pid);
     let before = [cpu(&edge.pid), cpu(&a.pid), cpu(&nats.pid())];
-    let mut h = histogram();
-    let mut updates = 0u64;
     let window = Instant::now();
-    while window.elapsed() < duration {
-        let e = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
-        if let Event::Delta(d) = e {
-            let now = tagstream::sample::now_us();
-            for u in &d.updates {
-                updates += 1;
-                let _ = h.record(u64::try_from(now - u.source_time_us).unwrap_or(0).max(1));
-            }
-        }
-    }
+    let (h, updates) = watch(&mut client, duration).await?;
     let secs = window.elapsed().as_secs_f64();
     let after = [cpu(&edge.pid), cpu(&a.pid), cpu(&nats.pid())];
     report.add("delivered", updates as f64 / secs, "updates/s");
@@ -233,17 +244,7 @@ pub async fn run(
     // The same source on a single node, for comparison.
     let single = Server::start(bin, "", &sim).await?;
     let mut client = synced(&single.url, 0).await?;
-    let mut h = histogram();
-    let window = Instant::now();
-    while window.elapsed() < duration {
-        let e = tokio::time::timeout(Duration::from_secs(5), client.next_event()).await??;
-        if let Event::Delta(d) = e {
-            let now = tagstream::sample::now_us();
-            for u in &d.updates {
-                let _ = h.record(u64::try_from(now - u.source_time_us).unwrap_or(0).max(1));
-            }
-        }
-    }
+    let (h, _) = watch(&mut client, duration).await?;
     for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p99.9", 0.999)] {
         report.add(
             &format!("single_node_latency_{name}"),
