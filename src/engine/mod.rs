@@ -106,6 +106,35 @@ pub enum Local {
     EdgeUp(SourceId),
 }
 
+/// Most ids a cluster gateway holds: a claim past it is ignored, the same
+/// on every gateway (ids are claimed in order), so a rogue claim of id
+/// 4,000,000,000 cannot make a gateway hold 4 billion empty slots.
+pub const MAX_CLUSTER_TAGS: TagId = 1_000_000;
+
+/// Longest unit, description or source name a gateway takes from a
+/// definition on the stream (the name has its own rule).
+pub const MAX_REPLICATED_TEXT: usize = 1024;
+
+/// Whether a definition from the stream may enter a gateway's catalog:
+/// a tag name as any source's must be, bounded texts. Whoever can publish
+/// to the stream controls it, so it is checked as a peer's input.
+fn replicated_def_fits(def: &TagDef) -> Result<(), String> {
+    crate::validate::check_tag_name(&def.name)?;
+    for (what, text) in [
+        ("unit", &def.unit),
+        ("description", &def.description),
+        ("source", &def.source),
+    ] {
+        if text.len() > MAX_REPLICATED_TEXT {
+            return Err(format!(
+                "its {what} is {} bytes, more than {MAX_REPLICATED_TEXT}",
+                text.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The entry seq of a local status in a batch: after any position, so
 /// every session at or before the batch's seq takes it.
 pub const LOCAL_SEQ: u64 = u64::MAX;
@@ -502,6 +531,17 @@ impl Work {
         // (a gateway loads every claim, in id order, before the rest).
         match message {
             Replicated::Claim { id, def, owner, .. } => {
+                if id > MAX_CLUSTER_TAGS {
+                    if let Some(suppressed) = self.defined_log.admit() {
+                        tracing::warn!(
+                            id,
+                            max = MAX_CLUSTER_TAGS,
+                            suppressed,
+                            "cluster: a claim past the most ids a gateway holds: ignored"
+                        );
+                    }
+                    return;
+                }
                 while (table.catalog().len() as TagId) + 1 < id {
                     let hole = table.add_hidden();
                     tracing::warn!(id = hole, "cluster: an id was never claimed: held empty");
@@ -509,7 +549,18 @@ impl Work {
                 if (table.catalog().len() as TagId) + 1 != id {
                     return;
                 }
-                if table.catalog().id(&def.name).is_some() || def.name.is_empty() {
+                if let Err(why) = replicated_def_fits(&def) {
+                    table.add_hidden();
+                    if let Some(suppressed) = self.defined_log.admit() {
+                        tracing::warn!(
+                            id,
+                            suppressed,
+                            "cluster: a claim refused, its id held empty: {why}"
+                        );
+                    }
+                    return;
+                }
+                if table.catalog().id(&def.name).is_some() {
                     table.add_hidden();
                     if let Some(suppressed) = self.defined_log.admit() {
                         tracing::warn!(tag = %shown(&def.name), id, suppressed, "cluster: a name claimed twice: the later id is held empty");
@@ -526,6 +577,12 @@ impl Work {
             }
             Replicated::Define { id, mut def, .. } => {
                 if table.catalog().get(id).is_none() {
+                    return;
+                }
+                if let Err(why) = replicated_def_fits(&def) {
+                    if let Some(suppressed) = self.defined_log.admit() {
+                        tracing::warn!(id, suppressed, "cluster: a definition refused: {why}");
+                    }
                     return;
                 }
                 def.history &= self.history.as_ref().is_some_and(|h| h.admits(Some(id)));
@@ -932,5 +989,37 @@ mod tests {
         e.apply([update(6, 2, 3.0)]);
         assert_eq!(shown(&e, 2), Some(status::GOOD));
         assert!(e.apply([Input::Local(Local::EdgeUp(1))]).is_none());
+    }
+
+    #[test]
+    fn a_gateway_bounds_what_the_stream_claims() {
+        let mut e = Engine::new(Catalog::default(), Box::new(seq::Counter::new(9)));
+        // An id far past the bound allocates nothing.
+        e.apply([claim(1, 4_000_000_000, "g/far", 0)]);
+        assert_eq!(e.shared().catalog().len(), 0);
+        // A 64 KiB name or description: the id is held empty, the same on
+        // every gateway, and never selected or sent.
+        let long = "n".repeat(65_536);
+        e.apply([claim(2, 1, &long, 0), claim(3, 2, "g/ok", 0)]);
+        let catalog = e.shared().catalog();
+        assert_eq!(catalog.len(), 2);
+        assert!(catalog.get(1).is_none(), "hidden");
+        assert_eq!(catalog.id("g/ok"), Some(2));
+        let oversized = TagDef {
+            description: "d".repeat(65_536),
+            ..TagDef::read_only("g/ok", "e")
+        };
+        e.apply([Input::Replicated(Box::new(Replicated::Define {
+            seq: 4,
+            id: 2,
+            def: oversized,
+        }))]);
+        assert!(
+            e.shared()
+                .catalog()
+                .get(2)
+                .is_some_and(|d| d.description.is_empty()),
+            "the oversized definition is refused"
+        );
     }
 }
