@@ -449,8 +449,17 @@ async fn history_then_live_without_a_gap_while_changes_race_the_request() {
     let names: Vec<&str> = history.series.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["t/x", "t/other"], "no/such absent");
     assert!(history.series[1].points.is_empty(), "t/other never changed");
-    // Read the updates in order: the History among the Changes.
-    let seen = until(&mut updates, changed("t/x", f64::from(N))).await;
+    // Read the updates in order, the History among the Changes, until both
+    // it and the last change came (on a loaded machine every change may
+    // be applied, and sent, before the request is answered).
+    let (mut last_seen, mut answer_seen, mut last_change) =
+        (false, false, changed("t/x", f64::from(N)));
+    let seen = until(&mut updates, |u| {
+        last_seen |= last_change(u);
+        answer_seen |= matches!(u, Update::History(_));
+        last_seen && answer_seen
+    })
+    .await;
     let at = seen
         .iter()
         .position(|u| matches!(u, Update::History(h) if *h == history))
