@@ -118,8 +118,12 @@ enum Command {
 /// Where a client command connects, and how.
 #[derive(clap::Args)]
 struct ServerArgs {
-    /// Server stream URL.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/api/v1/stream")]
+    /// Server stream URL (or TAGSTREAM_URL: set it once for a shell).
+    #[arg(
+        long,
+        env = "TAGSTREAM_URL",
+        default_value = "ws://127.0.0.1:8080/api/v1/stream"
+    )]
     url: String,
     /// Bearer token (or TAGSTREAM_TOKEN: keeps it out of `ps`).
     #[arg(long, env = "TAGSTREAM_TOKEN", hide_env_values = true)]

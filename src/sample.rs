@@ -168,6 +168,10 @@ mod tests {
     }
 }
 
+/// The most display decimals a tag may ask for (an f64 carries about 15
+/// significant digits; more would print binary noise).
+pub const MAX_DECIMALS: u8 = 12;
+
 /// `true`, for serde defaults (a tag keeps history unless told not to).
 pub fn yes() -> bool {
     true
@@ -201,6 +205,9 @@ pub struct TagDef {
     /// The smallest step of the value, for display (a scaled integer
     /// register's |scale|); 0: not known.
     pub resolution: f64,
+    /// Digits after the decimal point a person reads (the tag key
+    /// `decimals`, at most [`MAX_DECIMALS`]); `None`: the clients' own rule.
+    pub decimals: Option<u8>,
     /// Recent values are kept (protocol.md History): the tag key
     /// `history`, true unless set false; the engine turns it off for
     /// every tag when `[history]` is absent.
@@ -225,6 +232,7 @@ impl TagDef {
             deadband: 0.0,
             keep_samples: false,
             resolution: 0.0,
+            decimals: None,
             history: true,
         }
     }
@@ -243,6 +251,7 @@ impl TagDef {
             source: self.source.clone(),
             resolution: self.resolution,
             history: self.history,
+            decimals: self.decimals.map(u32::from),
         }
     }
 

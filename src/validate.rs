@@ -60,6 +60,15 @@ impl Problems {
         }
     }
 
+    /// Records a problem unless a tag's display `decimals` is within
+    /// 0..=[`MAX_DECIMALS`](crate::sample::MAX_DECIMALS).
+    pub fn decimals(&mut self, key: impl Into<String>, value: Option<u8>) {
+        let max = crate::sample::MAX_DECIMALS;
+        if value.is_some_and(|d| d > max) {
+            self.push(key, format!("must be between 0 and {max}"));
+        }
+    }
+
     /// The problems, in order.
     pub fn into_vec(self) -> Vec<Problem> {
         self.0

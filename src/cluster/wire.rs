@@ -61,6 +61,9 @@ pub struct ClusterDef {
     /// Keeps history (where the gateway keeps any).
     #[prost(bool, tag = "12")]
     pub history: bool,
+    /// Display decimals (the tag key `decimals`).
+    #[prost(uint32, optional, tag = "13")]
+    pub decimals: Option<u32>,
 }
 
 impl ClusterDef {
@@ -79,6 +82,7 @@ impl ClusterDef {
             resolution: def.resolution,
             keep_samples: def.keep_samples,
             history: def.history,
+            decimals: def.decimals.map(u32::from),
         }
     }
 
@@ -99,6 +103,11 @@ impl ClusterDef {
             keep_samples: self.keep_samples,
             resolution: self.resolution,
             history: self.history,
+            // More than a display can use is a peer's mistake: dropped.
+            decimals: self
+                .decimals
+                .and_then(|d| u8::try_from(d).ok())
+                .filter(|&d| d <= crate::sample::MAX_DECIMALS),
         }
     }
 }
@@ -345,6 +354,7 @@ mod tests {
             min: Some(0.0),
             max: None,
             unit: "bar".into(),
+            decimals: Some(2),
             ..TagDef::read_only("a/b", "m1")
         };
         let back = ClusterDef::decode(ClusterDef::of(&def, "e1").encode_to_vec().as_slice())
@@ -354,8 +364,14 @@ mod tests {
             back,
             TagDef {
                 deadband: 0.0,
-                ..def
+                ..def.clone()
             }
         );
+        // Decimals past what a display can use are a peer's mistake: dropped.
+        let wild = ClusterDef {
+            decimals: Some(300),
+            ..ClusterDef::of(&def, "e1")
+        };
+        assert_eq!(wild.to_def().decimals, None);
     }
 }

@@ -853,3 +853,70 @@ history = false
         ]
     );
 }
+
+#[test]
+fn decimals_reach_the_tag_info_and_are_ranged() {
+    let text = r#"
+[[mqtt]]
+name = "b"
+url = "mqtt://127.0.0.1:1883"
+[[mqtt.tags]]
+name = "a/two"
+topic = "a/two"
+decimals = 2
+[[mqtt.topics]]
+filter = "m/+"
+name = "m/{1}"
+decimals = 0
+[[modbus]]
+name = "d"
+address = "127.0.0.1:502"
+[[modbus.tags]]
+name = "d/plain"
+address = 1
+type = "f32"
+[[modbus.tags]]
+name = "d/one"
+address = 3
+type = "f32"
+decimals = 1
+"#;
+    let c = Config::parse(text).expect("parses");
+    let sources = c.sources();
+    let decimals: Vec<(String, Option<u32>)> = sources
+        .iter()
+        .flat_map(|(_, s)| s.tags())
+        .map(|t| (t.name.clone(), t.info().decimals))
+        .collect();
+    assert_eq!(
+        decimals,
+        [
+            ("d/plain".to_string(), None),
+            ("d/one".to_string(), Some(1)),
+            ("a/two".to_string(), Some(2)),
+        ]
+    );
+    let maps: Vec<Option<u8>> = sources
+        .iter()
+        .flat_map(|(_, s)| s.discovered())
+        .map(|d| d.def.decimals)
+        .collect();
+    assert_eq!(maps, [Some(0)]);
+
+    // 13 and up would print binary noise: refused with the key, all at once.
+    let bad = text
+        .replace("decimals = 2", "decimals = 13")
+        .replace("decimals = 0", "decimals = 40")
+        .replace("decimals = 1", "decimals = -1");
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&bad) else {
+        panic!("out-of-range decimals accepted");
+    };
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    for key in [
+        "mqtt[0].tags[0].decimals",
+        "mqtt[0].topics[0].decimals",
+        "modbus[0].tags[1].decimals",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {problems:?}");
+    }
+}

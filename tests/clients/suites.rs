@@ -70,7 +70,9 @@ fn typescript_sdk_and_the_web_view_in_chromium() {
 
 /// The TypeScript SDK installed the way a user installs it, outside the
 /// repository: from a packed tarball and from a path (its `prepare`
-/// builds `dist`), then imported as the README shows. Offline-first: the
+/// builds `dist`), then imported as the README shows; in the tarball's
+/// project (with `ws`, as the README's snippet imports it) the README's
+/// quick start runs against a demo. Offline-first: the
 /// dependencies come from the cache `npm ci` filled. In the same test as
 /// the suite, because both build `clients/typescript/dist`.
 fn installs_as_a_user_installs_it() {
@@ -109,6 +111,7 @@ fn installs_as_a_user_installs_it() {
                 "--no-audit",
                 "--no-fund",
                 from.to_str().unwrap(),
+                "ws@8",
             ],
         );
         let out = Command::new("node")
@@ -122,6 +125,9 @@ fn installs_as_a_user_installs_it() {
             "{name}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if name == "tarball" {
+            crate::readme::typescript_quick_start(&project);
+        }
     }
 }
 

@@ -593,3 +593,49 @@ async fn tail_says_when_its_patterns_match_nothing() {
     }
     server.stop().await;
 }
+
+/// A tag's `decimals` travels in its TagInfo and `tagstream tail` prints
+/// by it (issue 24 item 12): `85.2` for the tag that asks for one
+/// decimal, the full value for the one that does not.
+#[tokio::test]
+async fn tail_prints_a_tag_at_its_decimals() {
+    use tokio::io::AsyncBufReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tags = vec![
+        tagstream::sample::TagDef {
+            decimals: Some(1),
+            ..synthetic_tag("a/x")
+        },
+        synthetic_tag("a/y"),
+    ];
+    let server = tagstream::app::start_with(Config::default(), listener, tags)
+        .await
+        .expect("server starts");
+    set(&server, "a/x", 85.211_945).await;
+    set(&server, "a/y", 85.211_945).await;
+    let c = connect_synced(&server, &["a/#"]).await;
+    let info = c.mirror.info("a/x").expect("a/x in the catalog").clone();
+    assert_eq!(info.decimals, Some(1));
+    assert_eq!(c.mirror.info("a/y").map(|i| i.decimals), Some(None));
+    c.close().await;
+
+    let mut tail = spawn_tail(&["--url", &url(&server), "a/#"]);
+    let mut out = tokio::io::BufReader::new(tail.stdout.take().unwrap()).lines();
+    let (mut x, mut y) = (None, None);
+    tokio::time::timeout(DEADLINE, async {
+        while x.is_none() || y.is_none() {
+            let line = out.next_line().await.unwrap().expect("tail running");
+            if line.contains("a/x") {
+                x = Some(line);
+            } else if line.contains("a/y") {
+                y = Some(line);
+            }
+        }
+    })
+    .await
+    .expect("tail printed both tags");
+    let (x, y) = (x.unwrap_or_default(), y.unwrap_or_default());
+    assert!(x.contains(" 85.2 ") && !x.contains("85.21"), "{x}");
+    assert!(y.contains("85.211945"), "{y}");
+    server.stop().await;
+}

@@ -2,8 +2,9 @@
 // of the subscribed tags (value with unit, status colour and name, source
 // and server time, age, a sparkline of the last ten minutes filled from
 // the server's history when the page opens and continued live), a trend
-// panel for one tag (click its name), the connection's state, position,
-// latency and Deltas per second, and a write dialog for the tags the
+// panel for one tag (click its name), the connection's state, latency and
+// Deltas per second, a details panel (server, epoch, seq, heartbeat), and a
+// write dialog for the tags the
 // Welcome's write scope allows. Built on the TypeScript SDK; the
 // token (when /api/v1/info says one is needed) travels as the `bearer.`
 // subprotocol entry. DOM updates are batched per animation frame.
@@ -318,14 +319,17 @@ class View {
     const now = Date.now();
     $("trend-line").setAttribute("points", polyline(row.trend, PANEL_W, PANEL_H, now));
     const values = row.trend.filter(([t]) => t >= now - TREND_MS).map(([, v]) => v);
-    const unit = row.change?.info.unit ?? "";
+    const info = row.change?.info;
+    const num = (v: number) => formatValue({ kind: { case: "f64", value: v } } as proto.Value, info);
     $("trend-range").textContent = values.length
-      ? `${Math.min(...values)} … ${Math.max(...values)} ${unit} · ${values.length} points · last 10 min`
+      ? `${num(Math.min(...values))} … ${num(Math.max(...values))} ${info?.unit ?? ""} · ${values.length} points · last 10 min`
       : "no changes in the last 10 min";
   }
 
   private onWelcome(w: proto.Welcome): void {
     this.writeScope = w.writeScope;
+    $("server-id").textContent = w.serverId;
+    $("heartbeat").textContent = `${w.heartbeatMs / 1000} s`;
     $("principal").textContent = `may read: ${inWords(w.readScope)} · may write: ${inWords(w.writeScope)}`;
     if (w.resume !== proto.ResumeOutcome.RESUMED) {
       // A new epoch: ids and the table start over.
@@ -375,10 +379,19 @@ class View {
       const parts = n.split("/");
       for (let i = 1; i <= parts.length; i++) prefixes.add(parts.slice(0, i).join("/"));
     }
-    const items = [...prefixes].sort().filter((p) => !this.filter || p.includes(this.filter));
+    // A match keeps its parent path, so `temp` shows where each
+    // temperature sits; a parent shown only for that is muted.
+    const matched = [...prefixes].filter((p) => !this.filter || p.includes(this.filter));
+    const shown = new Set<string>();
+    for (const p of matched) {
+      const parts = p.split("/");
+      for (let i = 1; i <= parts.length; i++) shown.add(parts.slice(0, i).join("/"));
+    }
+    const hits = new Set(matched);
     tree.replaceChildren(
-      ...items.map((p) => {
+      ...[...shown].sort().map((p) => {
         const li = document.createElement("li");
+        if (!hits.has(p)) li.classList.add("context");
         const depth = p.split("/").length - 1;
         li.textContent = p.split("/").pop() ?? p;
         li.title = p;
@@ -438,7 +451,7 @@ class View {
     svg.append(spark);
     sparkCell.append(svg);
     const source = cell("mono muted");
-    const server = cell("mono muted");
+    const server = cell("mono muted server");
     const ageCell = cell("num muted age");
     const write = document.createElement("button");
     write.textContent = "write…";
@@ -505,8 +518,9 @@ class View {
 
   private updatePosition(): void {
     const m = this.client?.mirror;
-    if (m?.epoch)
-      $("position").textContent = `epoch ${m.epoch.toString(16).padStart(16, "0")} · seq ${m.position}`;
+    if (!m?.epoch) return;
+    $("epoch").textContent = m.epoch.toString(16).padStart(16, "0");
+    $("position").textContent = String(m.position);
   }
 
   private log(line: string): void {

@@ -98,6 +98,23 @@ test("the web view shows live values, writes to the device, and survives a cut a
     WAIT,
   );
   assert.match(await page.textContent("#principal"), /may read: everything · may write: everything/);
+  // The tag's `decimals` (1 in the demo) decides the digits, not f32's shortest form.
+  assert.match(await page.textContent(temp), /^-?\d+\.\d$/);
+  // Epoch and seq live in a details panel, closed at first.
+  assert.equal(await page.isVisible("#position"), false, "seq out of the header");
+  await page.click("#details summary");
+  assert.match(await page.textContent("#epoch"), /^[0-9a-f]{16}$/);
+  assert.match(await page.textContent("#position"), /^\d+$/);
+  assert.match(await page.textContent("#heartbeat"), /^\d+(\.\d+)? s$/);
+  await page.click("#details summary");
+  // A filter keeps each match's parent path (muted), so a match shows where it sits.
+  await page.fill("#filter", "temperature");
+  await page.waitForSelector('#tree li[data-path="plant/boiler1/temperature"]:not(.context)', WAIT);
+  for (const parent of ["plant", "plant/boiler1"]) {
+    assert.ok(await page.isVisible(`#tree li.context[data-path="${parent}"]`), `${parent} kept`);
+  }
+  assert.equal(await page.isVisible('#tree li[data-path="plant/line1"]'), false, "no match under line1");
+  await page.fill("#filter", "");
 
   // Pacing: the "slow link" box, then a hidden tab, each ask for one
   // update a second; live again when unticked and shown.

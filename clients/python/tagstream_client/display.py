@@ -1,7 +1,11 @@
 """Values as a person reads them, by the same rules as the Rust SDK's
-``display``: an F32 tag at f32's shortest form (56.1767, not the f64
-widening 56.176700592041016), a scaled tag rounded to the decimals its
-resolution implies (scale 0.1: 55.9, not 55.900000000000006)."""
+``display``: a tag with ``decimals`` (its TagInfo) at that many digits
+after the point (85.2, not 85.21194), else a scaled tag rounded to the
+decimals its resolution implies (scale 0.1: 55.9, not 55.900000000000006),
+else an F32 tag at f32's shortest form (56.1767, not the f64 widening
+56.176700592041016). Rounding is half to even on the exact value, a
+rounded zero has no sign, and the non-finite print as NaN, inf, -inf.
+Integers print whole. clients/format-vectors.txt checks all three SDKs."""
 
 from __future__ import annotations
 
@@ -27,8 +31,14 @@ def _f32(v: float) -> float:
     return struct.unpack("<f", struct.pack("<f", v))[0]
 
 
+MAX_DECIMALS = 12
+"""The most decimals a tag may ask for (more would print binary noise)."""
+
+
 def plain(x: float) -> str:
     """A number as the other SDKs print it: `70`, not `70.0` or `7e+01`."""
+    if math.isnan(x):
+        return "NaN"
     if math.isfinite(x) and x == int(x) and abs(x) < 1e15:
         return str(int(x))
     return repr(x)
@@ -46,6 +56,16 @@ def shortest_f32(v: float) -> str:
     return plain(f)
 
 
+def fixed(x: float, d: int) -> str:
+    """`x` with `d` digits after the point, half to even on its exact value."""
+    if not math.isfinite(x):
+        return plain(x)
+    text = f"{x:.{d}f}"
+    if text.startswith("-") and set(text[1:]) <= {"0", "."}:
+        return text[1:]
+    return text
+
+
 def format_value(value: pb.Value | None, info: pb.TagInfo | None = None) -> str:
     """Formats one value for a tag (info may be unknown)."""
     kind = value.WhichOneof("kind") if value is not None else None
@@ -55,9 +75,9 @@ def format_value(value: pb.Value | None, info: pb.TagInfo | None = None) -> str:
     if kind == "f64":
         if info is None:
             return plain(v)
-        d = decimals(info.resolution)
+        d = min(info.decimals, MAX_DECIMALS) if info.HasField("decimals") else decimals(info.resolution)
         if d is not None:
-            return f"{v:.{d}f}"
+            return fixed(v, d)
         if info.type == pb.F32:
             return shortest_f32(v)
         return plain(v)

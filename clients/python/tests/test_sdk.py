@@ -299,8 +299,10 @@ def test_the_shared_display_vectors():
     for line in path.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        kind, resolution, value, text = line.split()
+        kind, resolution, places, value, text = line.split()
         info = proto.TagInfo(type=getattr(proto, kind), resolution=float(resolution))
+        if places != "-":
+            info.decimals = int(places)
         assert format_value(proto.Value(f64=float(value)), info) == text, line
 
 

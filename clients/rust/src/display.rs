@@ -1,8 +1,12 @@
-//! Values as a person reads them: an F32 tag at f32's shortest form
-//! (`56.1767`, not the f64 widening `56.17669677734375`), a scaled tag
-//! rounded to the decimals its resolution implies (scale 0.1: `55.9`, not
-//! `55.900000000000006`). The TypeScript and Python SDKs and the web view
-//! follow the same rules.
+//! Values as a person reads them: a tag with `decimals` (its `TagInfo`)
+//! at that many digits after the point (`85.2`, not `85.21194`), else a
+//! scaled tag rounded to the decimals its resolution implies (scale 0.1:
+//! `55.9`, not `55.900000000000006`), else an F32 tag at f32's shortest
+//! form (`56.1767`, not the f64 widening `56.17669677734375`). Rounding is
+//! half to even on the exact value, a rounded zero has no sign, and the
+//! non-finite print as `NaN`, `inf`, `-inf`. Integers print whole. The
+//! TypeScript and Python SDKs and the web view follow the same rules,
+//! checked by the same vectors (`clients/format-vectors.txt`).
 
 use crate::proto::{self, DataType, value::Kind};
 
@@ -41,8 +45,12 @@ fn format_number(f: f64, info: Option<&proto::TagInfo>) -> String {
     let Some(info) = info else {
         return f.to_string();
     };
-    if let Some(d) = decimals(info.resolution) {
-        return format!("{f:.d$}");
+    let fixed = info
+        .decimals
+        .map(|d| d.min(12) as usize)
+        .or_else(|| decimals(info.resolution));
+    if let Some(d) = fixed {
+        return fixed_point(f, d);
     }
     if info.r#type() == DataType::F32 {
         // The value was an f32 widened to f64: narrowing is exact, and
@@ -50,6 +58,19 @@ fn format_number(f: f64, info: Option<&proto::TagInfo>) -> String {
         return (f as f32).to_string();
     }
     f.to_string()
+}
+
+/// `f` with `d` digits after the point, rounded half to even on its exact
+/// value (what `format!` does), without the sign of a rounded zero.
+fn fixed_point(f: f64, d: usize) -> String {
+    if !f.is_finite() {
+        return f.to_string();
+    }
+    let text = format!("{f:.d$}");
+    match text.strip_prefix('-') {
+        Some(unsigned) if unsigned.bytes().all(|b| b == b'0' || b == b'.') => unsigned.to_string(),
+        _ => text,
+    }
 }
 
 #[cfg(test)]
@@ -62,6 +83,13 @@ mod tests {
             r#type: ty as i32,
             resolution,
             ..Default::default()
+        }
+    }
+
+    fn with_decimals(ty: DataType, resolution: f64, decimals: Option<u32>) -> proto::TagInfo {
+        proto::TagInfo {
+            decimals,
+            ..info(ty, resolution)
         }
     }
 
@@ -78,10 +106,12 @@ mod tests {
             } else {
                 DataType::F64
             };
-            let value: f64 = cols[2].parse().unwrap();
+            let decimals = cols[2].parse().ok();
+            let value: f64 = cols[3].parse().unwrap();
             let value = proto::Value::from(value);
-            let text = format_value(Some(&value), Some(&info(ty, cols[1].parse().unwrap())));
-            assert_eq!(text, cols[3], "{line}");
+            let info = with_decimals(ty, cols[1].parse().unwrap(), decimals);
+            let text = format_value(Some(&value), Some(&info));
+            assert_eq!(text, cols[4], "{line}");
         }
     }
 

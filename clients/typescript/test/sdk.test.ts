@@ -280,7 +280,8 @@ test("values print as people read them", () => {
   const f32 = Math.fround(56.1767);
   assert.equal(String(f32), "56.176700592041016");
   assert.equal(shortestF32(f32), "56.1767");
-  const info = (type: proto.DataType, resolution: number) => ({ type, resolution }) as proto.TagInfo;
+  const info = (type: proto.DataType, resolution: number, decimals?: number) =>
+    ({ type, resolution, decimals }) as proto.TagInfo;
   const v = (x: number) => ({ kind: { case: "f64", value: x } }) as proto.Value;
   assert.equal(formatValue(v(559 * 0.1), info(proto.DataType.F64, 0.1)), "55.9");
   assert.equal(formatValue(v(f32), info(proto.DataType.F32, 0)), "56.1767");
@@ -289,9 +290,11 @@ test("values print as people read them", () => {
   const vectors = readFileSync(new URL("../../../format-vectors.txt", import.meta.url), "utf8");
   for (const line of vectors.split("\n")) {
     if (!line.trim() || line.startsWith("#")) continue;
-    const [kind, resolution, value, text] = line.trim().split(/\s+/);
+    const [kind, resolution, places, value, text] = line.trim().split(/\s+/);
     const type = kind === "F32" ? proto.DataType.F32 : proto.DataType.F64;
-    assert.equal(formatValue(v(Number(value)), info(type, Number(resolution))), text, line);
+    const number = value === "inf" ? Infinity : value === "-inf" ? -Infinity : Number(value);
+    const d = places === "-" ? undefined : Number(places);
+    assert.equal(formatValue(v(number), info(type, Number(resolution), d)), text, line);
   }
 });
 

@@ -194,6 +194,9 @@ pub struct ModbusTagConfig {
     /// Keep recent values (protocol.md History; `[history]` on).
     #[serde(default = "crate::sample::yes")]
     pub history: bool,
+    /// Digits after the decimal point a person reads (0 to 12).
+    #[serde(default)]
+    pub decimals: Option<u8>,
 }
 
 impl ModbusTagConfig {
@@ -391,6 +394,7 @@ impl ModbusTagConfig {
         if !(self.deadband >= 0.0 && self.deadband.is_finite()) {
             p.push(format!("{key}.deadband"), "must be a finite number >= 0");
         }
+        p.decimals(format!("{key}.decimals"), self.decimals);
         if let (Some(min), Some(max)) = (self.min, self.max)
             && min > max
         {

@@ -72,6 +72,7 @@ impl SourceConfig for ModbusConfig {
                 keep_samples: t.keep_samples,
                 history: t.history,
                 resolution: resolution(t),
+                decimals: t.decimals,
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })
             .collect()

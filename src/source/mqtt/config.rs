@@ -101,6 +101,9 @@ pub struct MqttTagConfig {
     /// Keep recent values (protocol.md History; `[history]` on).
     #[serde(default = "crate::sample::yes")]
     pub history: bool,
+    /// Digits after the decimal point a person reads (0 to 12).
+    #[serde(default)]
+    pub decimals: Option<u8>,
     /// Writes publish here (QoS 1; the tag is writable when set).
     #[serde(default)]
     pub write_topic: Option<String>,
@@ -148,6 +151,9 @@ pub struct MqttTopicConfig {
     /// Keep recent values (protocol.md History; `[history]` on).
     #[serde(default = "crate::sample::yes")]
     pub history: bool,
+    /// Digits after the decimal point a person reads (0 to 12).
+    #[serde(default)]
+    pub decimals: Option<u8>,
     /// Writes publish here: a template with the same `{N}` fields as the
     /// name (the tags are writable when set).
     #[serde(default)]
@@ -241,6 +247,7 @@ impl MqttConfig {
                 p,
             );
             check_common(&k, &t.payload(), t.qos, t.deadband, p);
+            p.decimals(format!("{k}.decimals"), t.decimals);
         }
         for (j, t) in self.topics.iter().enumerate() {
             let k = format!("{key}.topics[{j}]");
@@ -282,6 +289,7 @@ impl MqttConfig {
                 p,
             );
             check_common(&k, &t.payload(), t.qos, t.deadband, p);
+            p.decimals(format!("{k}.decimals"), t.decimals);
         }
     }
 }

@@ -61,6 +61,7 @@ impl SourceConfig for MqttConfig {
                 deadband: t.deadband,
                 keep_samples: t.keep_samples,
                 history: t.history,
+                decimals: t.decimals,
                 writable: t.write_topic.is_some(),
                 ..TagDef::read_only(t.name.clone(), &self.name)
             })
@@ -100,6 +101,7 @@ impl MqttTopicConfig {
             deadband: self.deadband,
             keep_samples: self.keep_samples,
             history: self.history,
+            decimals: self.decimals,
             ..TagDef::read_only(name, source)
         }
     }

@@ -273,7 +273,7 @@ class Refreshed(_message.Message):
     def __init__(self, expires_at_us: _Optional[int] = ...) -> None: ...
 
 class TagInfo(_message.Message):
-    __slots__ = ("id", "name", "type", "unit", "description", "writable", "eu_min", "eu_max", "source", "resolution", "history")
+    __slots__ = ("id", "name", "type", "unit", "description", "writable", "eu_min", "eu_max", "source", "resolution", "history", "decimals")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +285,7 @@ class TagInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    DECIMALS_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     type: DataType
@@ -296,7 +297,8 @@ class TagInfo(_message.Message):
     source: str
     resolution: float
     history: bool
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[DataType, str]] = ..., unit: _Optional[str] = ..., description: _Optional[str] = ..., writable: _Optional[bool] = ..., eu_min: _Optional[float] = ..., eu_max: _Optional[float] = ..., source: _Optional[str] = ..., resolution: _Optional[float] = ..., history: _Optional[bool] = ...) -> None: ...
+    decimals: int
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., type: _Optional[_Union[DataType, str]] = ..., unit: _Optional[str] = ..., description: _Optional[str] = ..., writable: _Optional[bool] = ..., eu_min: _Optional[float] = ..., eu_max: _Optional[float] = ..., source: _Optional[str] = ..., resolution: _Optional[float] = ..., history: _Optional[bool] = ..., decimals: _Optional[int] = ...) -> None: ...
 
 class Catalog(_message.Message):
     __slots__ = ("tags", "last")
