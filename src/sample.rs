@@ -4,7 +4,9 @@
 //! tags by their own [`TagKey`] and never wait for the engine to answer, so
 //! a full channel slows a source down but can never deadlock discovery.
 //! Beside it, what an input carries: [`TagDef`] (a tag's definition, with
-//! its write checks) and [`Value`] with its wire conversions. A leaf below
+//! its write checks), [`Value`] with its wire conversions, and what a
+//! cluster gateway's engine takes from the stream ([`Replicated`], with
+//! [`TagState`]) or states itself ([`Local`]). A leaf below
 //! the sources and the engine (it imports only `proto` and `status`), so
 //! the arrows run one way: sources → sample ← engine.
 
@@ -131,12 +133,12 @@ pub enum Input {
     },
     /// A message of the cluster's stream, on a gateway: it carries its own
     /// seq and ids (protocol.md "Cluster"). Boxed as `Define` is.
-    Replicated(Box<crate::engine::Replicated>),
+    Replicated(Box<Replicated>),
     /// Many at once, applied in one batch (a gateway's claims at start).
-    ReplicatedMany(Vec<crate::engine::Replicated>),
+    ReplicatedMany(Vec<Replicated>),
     /// A cluster gateway's own statement about the tags it follows (cut
     /// off, an edge silent, and back): statuses without a seq.
-    Local(crate::engine::Local),
+    Local(Local),
     /// The source lost its device or broker: each of its tags turns
     /// `status` (those never read: `unread`), keeping its last value.
     SourceDown {
@@ -155,17 +157,6 @@ pub fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_input_is_no_larger_than_a_sample() {
-        // The channel holds up to 65,536 of them under backpressure.
-        assert!(std::mem::size_of::<Input>() <= std::mem::size_of::<Sample>() + 8);
-    }
 }
 
 /// The most display decimals a tag may ask for (an f64 carries about 15
@@ -413,5 +404,94 @@ pub fn type_name(kind: proto::DataType) -> &'static str {
         D::String => "string",
         D::Bytes => "bytes",
         D::TypeUnspecified => "unspecified",
+    }
+}
+
+/// The state of one tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagState {
+    /// Last value; `None` only if never read.
+    pub value: Option<Value>,
+    /// OPC UA status.
+    pub status: u32,
+    /// Source timestamp of the last change, µs.
+    pub source_time_us: i64,
+    /// Server timestamp of the last change, µs.
+    pub server_time_us: i64,
+    /// Seq of the last change (0: never changed in this epoch).
+    pub seq: u64,
+}
+
+/// One message of a cluster's stream as a gateway's engine applies it: the
+/// stream's seq is the seq, the edge's id claim is the id, and the edge
+/// already applied deadband and scaling. A seq at or before the table's
+/// is a message already applied (a consumer recreated after a gap) and
+/// changes nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replicated {
+    /// `id` claimed for a tag: the next id. A name another id holds, or an
+    /// id past the next, takes hidden ids, the same on every gateway.
+    Claim {
+        /// Stream seq.
+        seq: u64,
+        /// The claimed id.
+        id: TagId,
+        /// Its definition.
+        def: TagDef,
+        /// Where its writes go (the gateway's key for the owning edge).
+        owner: TagKey,
+    },
+    /// A known tag's new definition.
+    Define {
+        /// Stream seq.
+        seq: u64,
+        /// The tag.
+        id: TagId,
+        /// Its definition (name ignored: names never change).
+        def: TagDef,
+    },
+    /// A change the owning edge applied, or the samples of a keep_samples
+    /// tag it spooled (oldest first), all at one stream seq.
+    Update {
+        /// The tag.
+        id: TagId,
+        /// Stream seq.
+        seq: u64,
+        /// Its states, the last the current one; each `seq` is the
+        /// message's.
+        samples: Vec<TagState>,
+    },
+    /// A message that changes no tag: the position moves.
+    Skip {
+        /// Stream seq.
+        seq: u64,
+    },
+}
+
+/// What a cluster gateway states by itself about the tags it follows
+/// (protocol.md "Cluster"): no stream message says it, so it takes no seq
+/// and travels in a batch that does not move the position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// This gateway lost the stream: every tag with a value turns
+    /// UncertainLastUsableValue, keeping it.
+    LinkLost,
+    /// It has caught up again: each tag shows what the stream says.
+    LinkBack,
+    /// Edge number `n` (owner keys' `source`) has not been heard for
+    /// `edge_timeout`: its tags with a value turn BadCommunicationError.
+    EdgeDown(SourceId),
+    /// Edge `n` is heard again: its tags show what the stream says.
+    EdgeUp(SourceId),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_is_no_larger_than_a_sample() {
+        // The channel holds up to 65,536 of them under backpressure.
+        assert!(std::mem::size_of::<Input>() <= std::mem::size_of::<Sample>() + 8);
     }
 }

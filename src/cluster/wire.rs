@@ -16,8 +16,8 @@
 
 use prost::Message;
 
-use crate::engine::catalog::TagDef;
 use crate::proto;
+use crate::sample::TagDef;
 use crate::sample::TagId;
 
 /// A tag's definition as edges publish it: `TagDef` with its owner edge

@@ -193,8 +193,8 @@ pub fn encode_update(field: u32, id: TagId, state: &TagState, buf: &mut BytesMut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
+    use crate::sample::TagDef;
     use crate::sample::Value;
     use prost::Message;
 

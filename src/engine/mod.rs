@@ -43,68 +43,7 @@ pub const MAX_BATCH: usize = 1024;
 /// past this a session catches up from the table instead.
 pub const BATCH_RING: usize = feed::RING_BATCHES;
 
-/// One message of a cluster's stream as a gateway's engine applies it: the
-/// stream's seq is the seq, the edge's id claim is the id, and the edge
-/// already applied deadband and scaling. A seq at or before the table's
-/// is a message already applied (a consumer recreated after a gap) and
-/// changes nothing.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Replicated {
-    /// `id` claimed for a tag: the next id. A name another id holds, or an
-    /// id past the next, takes hidden ids, the same on every gateway.
-    Claim {
-        /// Stream seq.
-        seq: u64,
-        /// The claimed id.
-        id: TagId,
-        /// Its definition.
-        def: TagDef,
-        /// Where its writes go (the gateway's key for the owning edge).
-        owner: TagKey,
-    },
-    /// A known tag's new definition.
-    Define {
-        /// Stream seq.
-        seq: u64,
-        /// The tag.
-        id: TagId,
-        /// Its definition (name ignored: names never change).
-        def: TagDef,
-    },
-    /// A change the owning edge applied, or the samples of a keep_samples
-    /// tag it spooled (oldest first), all at one stream seq.
-    Update {
-        /// The tag.
-        id: TagId,
-        /// Stream seq.
-        seq: u64,
-        /// Its states, the last the current one; each `seq` is the
-        /// message's.
-        samples: Vec<table::TagState>,
-    },
-    /// A message that changes no tag: the position moves.
-    Skip {
-        /// Stream seq.
-        seq: u64,
-    },
-}
-
-/// What a cluster gateway states by itself about the tags it follows
-/// (protocol.md "Cluster"): no stream message says it, so it takes no seq
-/// and travels in a batch that does not move the position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
-    /// This gateway lost the stream: every tag with a value turns
-    /// UncertainLastUsableValue, keeping it.
-    LinkLost,
-    /// It has caught up again: each tag shows what the stream says.
-    LinkBack,
-    /// Edge number `n` (owner keys' `source`) has not been heard for
-    /// `edge_timeout`: its tags with a value turn BadCommunicationError.
-    EdgeDown(SourceId),
-    /// Edge `n` is heard again: its tags show what the stream says.
-    EdgeUp(SourceId),
-}
+pub use crate::sample::{Local, Replicated};
 
 /// Most ids a cluster gateway holds: a claim past it is ignored, the same
 /// on every gateway (ids are claimed in order), so a rogue claim of id

@@ -367,7 +367,7 @@ impl Selections {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::catalog::TagDef;
+    use crate::sample::TagDef;
 
     fn all() -> Arc<[String]> {
         crate::auth::scope(vec!["#".into()])

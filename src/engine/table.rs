@@ -13,23 +13,10 @@ use std::sync::Arc;
 use super::catalog::{Catalog, TagDef};
 use super::selection::Selection;
 use super::seq::Sequencer;
-use crate::sample::{Sample, TagId, TagKey, Value};
+use crate::sample::{Sample, TagId, TagKey};
 use crate::status;
 
-/// The state of one tag.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TagState {
-    /// Last value; `None` only if never read.
-    pub value: Option<Value>,
-    /// OPC UA status.
-    pub status: u32,
-    /// Source timestamp of the last change, µs.
-    pub source_time_us: i64,
-    /// Server timestamp of the last change, µs.
-    pub server_time_us: i64,
-    /// Seq of the last change (0: never changed in this epoch).
-    pub seq: u64,
-}
+pub use crate::sample::TagState;
 
 /// Tag states per page: a batch that changes 10 tags of 100,000 copies at
 /// most 10 pages of this many (measured on `wall` and `room`: see
@@ -270,9 +257,9 @@ impl TagTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
     use crate::engine::seq::Counter;
+    use crate::sample::{TagDef, Value};
 
     fn def(name: &str, deadband: f64) -> TagDef {
         TagDef {

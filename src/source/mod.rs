@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::command::WriteCommand;
-use crate::engine::catalog::TagDef;
+use crate::sample::TagDef;
 use crate::sample::{Input, Sample, SourceId, TagKey, Value};
 use crate::validate::Problems;
 

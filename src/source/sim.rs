@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{SourceConfig, SourceContext, SourceTask};
-use crate::engine::catalog::TagDef;
+use crate::sample::TagDef;
 use crate::sample::{Sample, Value, now_us};
 use crate::validate::Problems;
 

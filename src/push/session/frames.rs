@@ -197,10 +197,10 @@ mod tests {
     use super::*;
     use crate::engine::Batch;
     use crate::engine::batch::Builder;
-    use crate::engine::catalog::TagDef;
     use crate::engine::selection::Selections;
     use crate::engine::table::TagState;
     use crate::proto::server_message::Kind;
+    use crate::sample::TagDef;
     use crate::sample::Value;
     use prost::Message as _;
     use std::sync::Arc;

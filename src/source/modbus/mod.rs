@@ -31,8 +31,8 @@ use plan::ReadGroup;
 
 use super::{Backoff, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::{WriteCommand, WriteFailure};
-use crate::engine::catalog::TagDef;
 use crate::proto;
+use crate::sample::TagDef;
 use crate::sample::Value;
 use crate::status;
 use crate::validate::Problems;

@@ -31,10 +31,10 @@ use payload::PayloadSpec;
 
 use super::{Discovery, EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
-use crate::engine::catalog::TagDef;
 use crate::pattern;
 use crate::peer_text::shown;
 use crate::rate::Throttle;
+use crate::sample::TagDef;
 use crate::sample::{Sample, now_us};
 use crate::status;
 use crate::validate::Problems;

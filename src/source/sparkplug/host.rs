@@ -20,8 +20,8 @@ use prost::Message;
 
 use super::config::SparkplugConfig;
 use super::payload::{self, BD_SEQ, Kind, Metric, MetricValue, pb};
-use crate::engine::catalog::TagDef;
 use crate::proto::DataType;
+use crate::sample::TagDef;
 use crate::sample::{Sample, SourceId, TagKey, now_us};
 use crate::status;
 

@@ -28,8 +28,8 @@ use host::{Action, Host};
 
 use super::{EngineGone, SourceConfig, SourceContext, SourceTask};
 use crate::command::WriteCommand;
-use crate::engine::catalog::TagDef;
 use crate::rate::Throttle;
+use crate::sample::TagDef;
 use crate::status;
 use crate::validate::Problems;
 
