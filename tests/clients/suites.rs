@@ -43,11 +43,13 @@ fn run(dir: &Path, program: &str, args: &[&str]) {
 }
 
 fn node_ready() -> bool {
-    present("`npm` is installed", find_program("npm").is_some())
-        && present(
-            "the npm workspace is installed (`npm ci` at the repository root)",
-            root().join("node_modules/@bufbuild/protobuf").is_dir(),
-        )
+    present(
+        "`npm` is installed (apt-get install nodejs npm, then npm ci at the root)",
+        find_program("npm").is_some(),
+    ) && present(
+        "the npm workspace is installed (`npm ci` at the repository root)",
+        root().join("node_modules/@bufbuild/protobuf").is_dir(),
+    )
 }
 
 /// One test for both: the web view's test uses the SDK's build and
@@ -134,7 +136,10 @@ fn installs_as_a_user_installs_it() {
 #[test]
 fn python_sdk() {
     let python = find_program("python3");
-    if !present("`python3` is installed", python.is_some()) {
+    if !present(
+        "`python3` is installed (apt-get install python3)",
+        python.is_some(),
+    ) {
         return;
     }
     let probe = Command::new("python3")
