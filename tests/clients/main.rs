@@ -11,3 +11,26 @@ mod common;
 mod readme;
 mod rust;
 mod suites;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository's root.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs a command to success, or panics with its output; its stdout and
+/// stderr, for a caller that reads them.
+fn run(command: &mut Command) -> String {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{command:?}: {}\n{text}", out.status);
+    text
+}

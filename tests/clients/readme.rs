@@ -11,20 +11,18 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use tagstream_testkit::{Scratch, find_program, free_port, present};
 
+use crate::{root, run};
+
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The demo's address as the README writes it.
 const README_ADDR: &str = "127.0.0.1:8080";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// A `tagstream demo` child on a free port, killed on drop.
 pub(crate) struct Demo {
@@ -385,20 +383,6 @@ fn the_readme_rust_quick_start_as_a_path_dependency() {
     assert!(outcome.contains("Good"), "{outcome}");
     let (status, err) = lines.finish();
     assert!(status.success(), "{status}\n{err}");
-}
-
-/// Runs a command to success, or panics with its output.
-pub(crate) fn run(command: &mut Command) {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {

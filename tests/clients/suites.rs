@@ -5,33 +5,21 @@
 //! machine without them each prints SKIPPED, and fails under
 //! TAGSTREAM_REQUIRE_ALL=1.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use tagstream_testkit::{find_program, present};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::root;
 
 /// Runs `program args` in `dir` with TAGSTREAM_BIN set; fails with its
 /// output unless it succeeds.
 fn run(dir: &Path, program: &str, args: &[&str]) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .env("TAGSTREAM_BIN", env!("CARGO_BIN_EXE_tagstream"))
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {}:\n{text}",
-        dir.display()
+    let text = crate::run(
+        Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("TAGSTREAM_BIN", env!("CARGO_BIN_EXE_tagstream")),
     );
     // The suite's own summary, for the log.
     for line in text

@@ -86,6 +86,12 @@ function polyline(trend: Array<[number, number]>, w: number, h: number, now: num
   return out.join(" ");
 }
 
+/** A path and each of its parents: `a/b/c` -> `a`, `a/b`, `a/b/c`. */
+function pathsOf(name: string): string[] {
+  const parts = name.split("/");
+  return parts.map((_, i) => parts.slice(0, i + 1).join("/"));
+}
+
 /** MQTT-style match: `+` one level, `#` the rest. */
 export function matches(pattern: string, name: string): boolean {
   const p = pattern.split("/");
@@ -374,19 +380,11 @@ class View {
 
   private renderTree(): void {
     const tree = $("tree");
-    const prefixes = new Set<string>();
-    for (const n of this.names) {
-      const parts = n.split("/");
-      for (let i = 1; i <= parts.length; i++) prefixes.add(parts.slice(0, i).join("/"));
-    }
+    const prefixes = new Set(this.names.flatMap(pathsOf));
     // A match keeps its parent path, so `temp` shows where each
     // temperature sits; a parent shown only for that is muted.
     const matched = [...prefixes].filter((p) => !this.filter || p.includes(this.filter));
-    const shown = new Set<string>();
-    for (const p of matched) {
-      const parts = p.split("/");
-      for (let i = 1; i <= parts.length; i++) shown.add(parts.slice(0, i).join("/"));
-    }
+    const shown = new Set(matched.flatMap(pathsOf));
     const hits = new Set(matched);
     tree.replaceChildren(
       ...[...shown].sort().map((p) => {

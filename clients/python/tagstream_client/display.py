@@ -15,24 +15,23 @@ import struct
 
 from ._proto import tagstream_pb2 as pb
 
+MAX_DECIMALS = 12
+"""The most decimals a tag may ask for, or a resolution imply (more would print binary noise)."""
+
 
 def decimals(resolution: float) -> int | None:
     """The decimals a resolution implies (0.1 -> 1, 0.25 -> 2); None when it says nothing."""
     if not (math.isfinite(resolution) and resolution > 0):
         return None
-    for d in range(13):
+    for d in range(MAX_DECIMALS + 1):
         scaled = resolution * 10**d
         if abs(scaled - round(scaled)) < 1e-9 * max(scaled, 1.0):
             return d
-    return 12
+    return MAX_DECIMALS
 
 
 def _f32(v: float) -> float:
     return struct.unpack("<f", struct.pack("<f", v))[0]
-
-
-MAX_DECIMALS = 12
-"""The most decimals a tag may ask for (more would print binary noise)."""
 
 
 def plain(x: float) -> str:

@@ -10,6 +10,10 @@
 
 use crate::proto::{self, DataType, value::Kind};
 
+/// The most decimals a tag may ask for, or a resolution imply (an f64
+/// carries about 15 significant digits; more would print binary noise).
+pub const MAX_DECIMALS: usize = 12;
+
 /// The decimals a resolution implies: 0.1 → 1, 0.25 → 2, 5 → 0; `None`
 /// when it says nothing (0, negative, not finite).
 pub fn decimals(resolution: f64) -> Option<usize> {
@@ -18,12 +22,12 @@ pub fn decimals(resolution: f64) -> Option<usize> {
     }
     // Smallest d with resolution * 10^d an integer (to 1e-9), capped: a
     // resolution like 1/3 never ends.
-    (0..=12)
+    (0..=MAX_DECIMALS)
         .find(|&d| {
             let scaled = resolution * 10f64.powi(d as i32);
             (scaled - scaled.round()).abs() < 1e-9 * scaled.max(1.0)
         })
-        .or(Some(12))
+        .or(Some(MAX_DECIMALS))
 }
 
 /// Formats one value for a tag (`info` may be unknown).
@@ -47,7 +51,7 @@ fn format_number(f: f64, info: Option<&proto::TagInfo>) -> String {
     };
     let fixed = info
         .decimals
-        .map(|d| d.min(12) as usize)
+        .map(|d| (d as usize).min(MAX_DECIMALS))
         .or_else(|| decimals(info.resolution));
     if let Some(d) = fixed {
         return fixed_point(f, d);

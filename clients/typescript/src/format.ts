@@ -11,17 +11,17 @@
 
 import { DataType, type TagInfo, type Value } from "./gen/tagstream/v1/tagstream_pb.js";
 
-/** The most decimals a tag may ask for (more would print binary noise). */
+/** The most decimals a tag may ask for, or a resolution imply (more would print binary noise). */
 const MAX_DECIMALS = 12;
 
 /** The decimals a resolution implies (0.1 -> 1, 0.25 -> 2); undefined when it says nothing. */
 export function decimals(resolution: number): number | undefined {
   if (!(Number.isFinite(resolution) && resolution > 0)) return undefined;
-  for (let d = 0; d <= 12; d++) {
+  for (let d = 0; d <= MAX_DECIMALS; d++) {
     const scaled = resolution * 10 ** d;
     if (Math.abs(scaled - Math.round(scaled)) < 1e-9 * Math.max(scaled, 1)) return d;
   }
-  return 12;
+  return MAX_DECIMALS;
 }
 
 /** A number the way the other SDKs print it: NaN, inf and -inf for the non-finite. */
