@@ -148,17 +148,8 @@ impl ServerArgs {
 }
 
 fn init_logs(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // rumqttd is only the embedded demo/test broker: its connection
-        // chatter (readiness probes included) is not the operator's concern.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
-    // tungstenite traces a client handshake's request bytes whole: the
-    // `Authorization: Bearer` header and an `?access_token=` URL. Its
-    // trace level is never on, whatever RUST_LOG asks (tail and write).
-    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
-        .into_iter()
-        .filter_map(|d| d.parse().ok())
-        .fold(filter, tracing_subscriber::EnvFilter::add_directive);
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tagstream::log_budget::levels(rust_log.as_deref());
     // Third-party crates log within a budget (`log_budget`); ours and the
     // audit log always pass.
     use tracing_subscriber::Layer as _;
