@@ -198,7 +198,9 @@ async fn serve<S: Socket>(
     let mut writes: Writes = None;
     let mut expiry: Expiry = None;
     let mut hold: Hold = None;
-    if let Err(end) = send(ws, &session, &cx, &mut out).await {
+    // The Hello's read may have queued replies (pongs to early pings).
+    let mut replies = true;
+    if let Err(end) = send(ws, &mut replies, &session, &cx, &mut out).await {
         return end;
     }
     out.release();
@@ -207,6 +209,7 @@ async fn serve<S: Socket>(
         let (position, interval) = (session.position(), session.publish_interval_ms());
         let action = tokio::select! {
             item = ws.next() => {
+                replies = true;
                 session.on_heard();
                 match classify(item) {
                     Ok(Read::Message(msg)) => session.on_message(msg, Now::current(), *peer, &mut out),
@@ -237,7 +240,7 @@ async fn serve<S: Socket>(
         }
         pace(&mut hold, &session, position, interval);
         if !out.is_empty()
-            && let Err(end) = send(ws, &session, &cx, &mut out).await
+            && let Err(end) = send(ws, &mut replies, &session, &cx, &mut out).await
         {
             return end;
         }
@@ -313,27 +316,41 @@ async fn next_write(writes: &mut Writes) -> Option<WriteDone> {
 }
 
 /// Writes `out`; a peer that takes two heartbeat periods to accept the
-/// bytes is dead. tungstenite's own pending replies (a pong) go first, so
-/// frames never interleave. The timer is armed only if the write waits.
+/// bytes is dead. tungstenite's own pending replies (a pong, queued by a
+/// read) go first, so frames never interleave: `replies` says a read
+/// happened since the last flush, and is cleared by it. The timer (and
+/// the clock read it needs) is only for a write that waits: most finish
+/// at their first poll.
 async fn send<S: Socket>(
     ws: &mut S,
+    replies: &mut bool,
     session: &SessionState,
     cx: &SessionContext,
     out: &mut Outbox,
 ) -> Result<(), End> {
     let (frames, bytes) = (out.frames(), out.bytes());
+    let flush = std::mem::take(replies);
     let io = async {
-        ws.flush().await.map_err(|_| ())?;
+        if flush {
+            ws.flush().await.map_err(|_| ())?;
+        }
         out.write_to(ws.io()).await.map_err(|_| ())
     };
-    let patience = Duration::from_millis(2 * u64::from(cx.heartbeat_ms.max(1)));
-    match tokio::time::timeout(patience, io).await {
-        Ok(result) => {
-            session.shard().count(frames, bytes, 0);
-            result.map_err(|_| End::Gone("write error"))
+    let mut io = std::pin::pin!(io);
+    let result = match futures_util::poll!(io.as_mut()) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => {
+            let patience = Duration::from_millis(2 * u64::from(cx.heartbeat_ms.max(1)));
+            // Boxed: its timer would otherwise sit in every idle
+            // session's future.
+            match Box::pin(tokio::time::timeout(patience, io)).await {
+                Ok(result) => result,
+                Err(_) => return Err(End::Gone("peer stopped reading for two heartbeat periods")),
+            }
         }
-        Err(_) => Err(End::Gone("peer stopped reading for two heartbeat periods")),
-    }
+    };
+    session.shard().count(frames, bytes, 0);
+    result.map_err(|_| End::Gone("write error"))
 }
 
 /// Shuts our write side and reads and drops at most `DISCARD_BYTES` of

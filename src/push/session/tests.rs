@@ -1040,6 +1040,9 @@ mod pacing;
 /// History: answers at the position, scope, limits.
 mod history;
 
+/// The driver's writes: a peer that stops reading, pongs between frames.
+mod driver;
+
 #[tokio::test(start_paused = true)]
 async fn subscribe_churn_is_limited_by_the_tags_it_sends() {
     use super::state::{SUBSCRIBED_TAGS_BURST, SUBSCRIBED_TAGS_PER_S};

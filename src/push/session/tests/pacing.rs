@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::*;
 
-fn paced(patterns: &[&str], ms: u32) -> proto::Hello {
+pub(super) fn paced(patterns: &[&str], ms: u32) -> proto::Hello {
     proto::Hello {
         publish_interval_ms: ms,
         ..hello(patterns, None)
@@ -85,13 +85,24 @@ fn a_held_session_still_gets_its_heartbeat_and_the_close_but_not_the_batches() {
 
 /// A client on the other end of an in-memory stream, the session running
 /// in the real driver.
-struct Client {
-    ws: WebSocketStream<tokio::io::DuplexStream>,
+pub(super) struct Client {
+    pub(super) ws: WebSocketStream<tokio::io::DuplexStream>,
+    /// The session's task.
+    pub(super) session: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
     async fn start(h: &Harness, hello: proto::Hello) -> (Client, proto::Welcome) {
-        let (server, client) = tokio::io::duplex(1 << 16);
+        Client::start_with(h, hello, 1 << 16).await
+    }
+
+    /// Over a stream that holds `buffer` bytes each way.
+    pub(super) async fn start_with(
+        h: &Harness,
+        hello: proto::Hello,
+        buffer: usize,
+    ) -> (Client, proto::Welcome) {
+        let (server, client) = tokio::io::duplex(buffer);
         let run = crate::push::session::run(
             server,
             WebSocketConfig::default(),
@@ -100,9 +111,9 @@ impl Client {
             PEER,
             (),
         );
-        tokio::spawn(run);
+        let session = tokio::spawn(run);
         let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-        let mut c = Client { ws };
+        let mut c = Client { ws, session };
         c.send(C::Hello(hello)).await;
         let Kind::Welcome(w) = c.next().await else {
             panic!("welcome first")
@@ -112,13 +123,13 @@ impl Client {
         (c, w)
     }
 
-    async fn send(&mut self, kind: C) {
+    pub(super) async fn send(&mut self, kind: C) {
         let bytes = proto::client(kind).encode_to_vec();
         self.ws.send(Message::Binary(bytes.into())).await.unwrap();
     }
 
     /// The next server message (pings skipped).
-    async fn next(&mut self) -> Kind {
+    pub(super) async fn next(&mut self) -> Kind {
         loop {
             match self.ws.next().await.expect("open").expect("frame") {
                 Message::Binary(b) => {
@@ -129,7 +140,7 @@ impl Client {
         }
     }
 
-    async fn delta(&mut self) -> proto::Delta {
+    pub(super) async fn delta(&mut self) -> proto::Delta {
         match self.next().await {
             Kind::Delta(d) => d,
             other => panic!("expected a delta: {other:?}"),
@@ -142,7 +153,7 @@ impl Client {
     }
 }
 
-fn value(d: &proto::Delta) -> Vec<f64> {
+pub(super) fn value(d: &proto::Delta) -> Vec<f64> {
     d.updates
         .iter()
         .map(|u| match u.value.as_ref().and_then(|v| v.kind.clone()) {
