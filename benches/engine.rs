@@ -129,11 +129,14 @@ fn fan_out(c: &mut Criterion) {
                     shard.advance();
                     for (i, (out, cursor, position)) in sessions.iter_mut().enumerate() {
                         let selection = &selections[i % selections.len()];
-                        let taken = shard.take(selection, *cursor);
-                        *cursor = taken.next;
                         let start = (*position).max(batch.from_seq);
-                        (*position, _) =
-                            merge(out, &taken.items, selection, start, taken.head_seq, 1 << 20);
+                        let next;
+                        (next, (*position, _)) = shard.take(selection, *cursor, |taken| {
+                            let merged =
+                                merge(out, taken.items, selection, start, taken.head_seq, 1 << 20);
+                            (taken.next, merged)
+                        });
+                        *cursor = next;
                         out.write_to(&mut sink).await.expect("sink");
                     }
                 })

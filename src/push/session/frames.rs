@@ -82,9 +82,9 @@ pub fn check_pattern(p: &str, max_bytes: usize) -> Result<(), String> {
 /// one write per wakeup) that runs to `head_seq`, the newest batch pulled;
 /// split where the next part would pass `max_bytes`. Returns the new
 /// position (unchanged if nothing was selected) and the updates queued.
-pub fn merge(
+pub fn merge<'a>(
     out: &mut Outbox,
-    items: &[Item],
+    items: impl IntoIterator<Item = &'a Item>,
     selection: &Selection,
     mut position: u64,
     head_seq: u64,
@@ -104,10 +104,12 @@ pub fn merge(
         }
         // The shared part holds for any position before the batch; one
         // inside it (a resume to a seq of another node) takes its own.
+        let assembled;
         let part = if to_seq <= b.from_seq {
-            item.part.clone()
+            item.part.as_ref()
         } else {
-            b.assemble(selection, to_seq)
+            assembled = b.assemble(selection, to_seq);
+            assembled.as_ref()
         };
         if let Some(part) = part {
             if delta.len() + part.bytes.len() > max_bytes && !delta.is_empty() {
@@ -116,7 +118,7 @@ pub fn merge(
                 delta = out.delta(to_seq);
             }
             updates += part.updates;
-            delta.push(part.bytes);
+            delta.push_shared(&part.bytes);
         }
         to_seq = b.to_seq;
     }

@@ -36,7 +36,7 @@ use crate::proto::{self, ErrorCode, ResumeOutcome, client_message, server_messag
 use crate::push::close;
 use crate::push::outbox::{MAX_DELTA_BYTES, Outbox};
 pub use crate::push::shard::News;
-use crate::push::shard::Shard;
+use crate::push::shard::{Item, Shard};
 use crate::rate::Bucket;
 use crate::sample::TagId;
 use crate::telemetry::PushMetrics;
@@ -174,6 +174,18 @@ impl End {
         let delay_ms = fastrand::u64(0..window_ms);
         End::Close(close::GOING_AWAY, delay_ms.to_string(), None)
     }
+}
+
+/// What a session's turn at its shard found to do.
+enum Turn {
+    /// Behind past the kept items, or too far: one Delta from the table.
+    CatchUp,
+    /// Paced: the latest state of each changed tag, from the table.
+    FromTable,
+    /// The catalog moved: resolve the selection again, then merge these.
+    Reselect(Vec<Item>),
+    /// Merged from the items in place: the new position and the updates.
+    Merged((u64, u64)),
 }
 
 /// What the driver must do after a step.
@@ -729,38 +741,65 @@ impl SessionState {
             }
             News::Closed => return Action::End(End::shutting_down(self.cx.drain_window)),
         }
-        let taken = self.shard.take(&self.selection, self.cursor);
-        self.cursor = taken.next;
-        if taken.lost || taken.bytes as u64 > self.cx.max_pending_bytes {
-            self.catch_up(out);
-            return Action::Nothing;
-        }
-        if self.publish_interval_ms > 0 && !self.keeps_samples() {
-            // Paced: the latest state of each changed tag, from the table,
-            // not every batch's update since the last Delta (a 10 Hz tag
-            // paced at 1 s is one update, not ten).
-            self.send_from_table(out);
-            return Action::Nothing;
-        }
-        if taken
-            .items
-            .iter()
-            .any(|i| i.batch.catalog_version > self.selection.catalog_version)
-        {
-            // Brings the position to the table's seq: the items below are
-            // then behind it and skipped.
-            self.reselect(self.selection.patterns.clone(), None, out);
-        }
-        let (position, updates) = merge(
-            out,
-            &taken.items,
-            &self.selection,
-            self.position,
-            taken.head_seq,
-            MAX_DELTA_BYTES,
-        );
+        // Paced: the latest state of each changed tag, from the table, not
+        // every batch's update since the last Delta (a 10 Hz tag paced at
+        // 1 s is one update, not ten).
+        let paced = self.publish_interval_ms > 0 && !self.keeps_samples();
+        let (selection, position) = (&self.selection, self.position);
+        let max_pending = self.cx.max_pending_bytes;
+        let (turn, next, head_seq) = self.shard.take(selection, self.cursor, |taken| {
+            let turn = if taken.lost || taken.bytes as u64 > max_pending {
+                Turn::CatchUp
+            } else if paced {
+                Turn::FromTable
+            } else if taken
+                .items
+                .clone()
+                .any(|i| i.batch.catalog_version > selection.catalog_version)
+            {
+                // Rare (the catalog changed): the items are kept to merge
+                // after the reselect, which takes the shard's lock.
+                Turn::Reselect(taken.items.clone().cloned().collect())
+            } else {
+                let merged = merge(
+                    out,
+                    taken.items.clone(),
+                    selection,
+                    position,
+                    taken.head_seq,
+                    MAX_DELTA_BYTES,
+                );
+                Turn::Merged(merged)
+            };
+            (turn, taken.next, taken.head_seq)
+        });
+        self.cursor = next;
+        let (position, updates) = match turn {
+            Turn::CatchUp => {
+                self.catch_up(out);
+                return Action::Nothing;
+            }
+            Turn::FromTable => {
+                self.send_from_table(out);
+                return Action::Nothing;
+            }
+            Turn::Reselect(items) => {
+                // Brings the position to the table's seq: the items below
+                // are then behind it and skipped.
+                self.reselect(self.selection.patterns.clone(), None, out);
+                merge(
+                    out,
+                    &items,
+                    &self.selection,
+                    self.position,
+                    head_seq,
+                    MAX_DELTA_BYTES,
+                )
+            }
+            Turn::Merged(merged) => merged,
+        };
         self.position = position;
-        self.seen = self.seen.max(taken.head_seq);
+        self.seen = self.seen.max(head_seq);
         self.shard.count(0, 0, updates);
         Action::Nothing
     }
