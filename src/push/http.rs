@@ -18,7 +18,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::task::TaskTracker;
 
 use super::close::Refusal;
@@ -26,13 +25,6 @@ use super::{Push, Slot, session};
 use crate::auth::Denied;
 use crate::peer_text::shown;
 use crate::proto::SUBPROTOCOL;
-
-/// Read buffer of a session. tungstenite allocates it eagerly (128 KiB by
-/// default); clients send little (a Hello, a Ping: tens of bytes), so a
-/// small one keeps idle sessions lean, and a larger message grows it.
-/// 256 instead of 1,024: idle-10k 3.3–3.4 KB per connection instead of
-/// 4.0–4.1 (BENCHMARKS.md).
-const READ_BUFFER: usize = 256;
 
 type Body = Full<Bytes>;
 
@@ -270,21 +262,20 @@ fn upgrade(
                 return;
             }
         };
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            // tungstenite buffers only its own pongs and the close (the
-            // session writes its frames itself): bounded, a pong that does
-            // not fit waits in tungstenite's single pending slot.
-            .max_write_buffer_size(64 * 1024)
-            .max_message_size(Some(push.config.max_message_bytes))
-            .max_frame_size(Some(push.config.max_message_bytes));
         let cx = push.sessions.clone();
         // The session is a task of its own, not awaited here: every value
         // this block moves into a nested future keeps a slot in both, in
         // every idle session's task.
         let io = TokioIo::new(upgraded);
-        tracker_.spawn(session::run(io, config, cx, principal, peer, slot));
+        let max_message_bytes = push.config.max_message_bytes;
+        tracker_.spawn(session::run(
+            io,
+            max_message_bytes,
+            cx,
+            principal,
+            peer,
+            slot,
+        ));
     });
 
     let mut r = Response::new(Full::new(Bytes::new()));

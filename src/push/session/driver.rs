@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -46,6 +46,29 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<T> {
     }
 }
 
+/// Read buffer of a session. tungstenite allocates it eagerly (128 KiB by
+/// default); clients send little (a Hello, a Ping: tens of bytes), so a
+/// small one keeps idle sessions lean, and a larger message grows it.
+/// 256 instead of 1,024: idle-10k 3.3–3.4 KB per connection instead of
+/// 4.0–4.1 (BENCHMARKS.md).
+const READ_BUFFER: usize = 256;
+
+/// The WebSocket's settings. Built inside the session's task, not passed
+/// in: an argument of the task's future keeps its slot for the session's
+/// life (64 bytes in every idle session), a local used before the first
+/// turn does not.
+fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        // tungstenite buffers only its own pongs and the close (the
+        // session writes its frames itself): bounded, a pong that does
+        // not fit waits in tungstenite's single pending slot.
+        .max_write_buffer_size(64 * 1024)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
 type WriteFuture = Pin<Box<dyn Future<Output = WriteDone> + Send>>;
 /// Writes in flight; boxed on the first write, so a session that never
 /// writes (most of them) pays one pointer for it.
@@ -56,29 +79,42 @@ type Writes = Option<Box<FuturesUnordered<WriteFuture>>>;
 /// keeps its slot in the outer one too, and every idle session pays for
 /// each such slot. `hold` (the connection's slot) is dropped when the
 /// session ends.
-pub async fn run<T, H>(
+pub fn run<T, H>(
     io: T,
-    config: WebSocketConfig,
+    max_message_bytes: usize,
     cx: Arc<SessionContext>,
     principal: Arc<Principal>,
     peer: SocketAddr,
     hold: H,
-) where
+) -> impl Future<Output = ()> + Send
+where
     T: AsyncRead + AsyncWrite + Unpin + Send,
     H: Send,
 {
-    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-    let first = tokio::time::timeout(cx.hello_timeout, next_message(&mut ws)).await;
-    let end = match hello(first) {
-        Ok(hello) => {
-            tracing::debug!(%peer, client = %hello.client_name, "hello");
-            serve(&mut ws, cx, principal, &peer, hello).await
-        }
-        Err(end) => end,
-    };
-    tracing::debug!(%peer, ?end, "session ends");
-    finish(&mut ws, end).await;
-    drop(hold);
+    // Built before the task's future and captured by it, then only
+    // borrowed: an `async fn`'s argument (or a value awaited into being)
+    // keeps a slot of its own beside the local it becomes, so the socket
+    // was in every idle session's future four times. Building it awaits
+    // nothing (tokio-tungstenite's constructor is ready at its first poll).
+    let config = ws_config(max_message_bytes);
+    let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).now_or_never();
+    async move {
+        let Some(ws) = ws.as_mut() else {
+            tracing::warn!(%peer, "the WebSocket could not be set up; connection dropped");
+            return;
+        };
+        let first = tokio::time::timeout(cx.hello_timeout, next_message(ws)).await;
+        let end = match hello(first) {
+            Ok(hello) => {
+                tracing::debug!(%peer, client = %hello.client_name, "hello");
+                serve(ws, cx, principal, &peer, hello).await
+            }
+            Err(end) => end,
+        };
+        tracing::debug!(%peer, ?end, "session ends");
+        finish(ws, end).await;
+        drop(hold);
+    }
 }
 
 /// The Hello, or how the session ends without one.
@@ -459,7 +495,9 @@ mod tests {
     }
 
     /// Every idle connection is one of these futures (plus its buffers):
-    /// 1,320 bytes before the sans-IO split, 1,336 after (the principal).
+    /// 1,320 bytes before the sans-IO split, 1,336 after (the principal),
+    /// 1,216 once the socket was held once instead of four times (this
+    /// duplex stream is 8 bytes; hyper's upgraded socket is 48).
     /// A value moved into a nested future, or a temporary kept across an
     /// await, shows here first; the budget leaves room for compiler
     /// changes, not for a new per-session field of any size.
@@ -478,18 +516,55 @@ mod tests {
             None,
             Default::default(),
         );
-        let (io, _peer) = tokio::io::duplex(64);
         let cx = push.sessions.clone();
         let principal = Arc::new(crate::auth::Principal::open());
-        let session = run(
-            io,
-            WebSocketConfig::default(),
-            cx,
-            principal,
-            ([127, 0, 0, 1], 1).into(),
-            (),
-        );
+        let peer: SocketAddr = ([127, 0, 0, 1], 1).into();
+        let (io, _other) = tokio::io::duplex(64);
+        let session = run(io, 1 << 20, cx.clone(), principal.clone(), peer, ());
         let size = std::mem::size_of_val(&session);
-        assert!(size <= 1_400, "session future grew to {size} bytes");
+        assert!(size <= 1_280, "session future grew to {size} bytes");
+        // The socket is in it once: a stream 1,000 bytes larger makes it
+        // 1,000 bytes larger, not 4,000 (as when it was an `async fn`'s
+        // argument and awaited into a WebSocket).
+        let (io, _other) = tokio::io::duplex(64);
+        let fat = run(Fat(io, [0; 1000]), 1 << 20, cx, principal, peer, ());
+        let grown = std::mem::size_of_val(&fat) - size;
+        assert!(grown <= 1_008, "a 1,000-byte socket grew it by {grown}");
+    }
+
+    /// A stream with 1,000 bytes of ballast.
+    #[allow(dead_code)] // the ballast is only its size
+    struct Fat(tokio::io::DuplexStream, [u8; 1000]);
+
+    impl AsyncRead for Fat {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Fat {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
     }
 }

@@ -8,7 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::*;
 
@@ -105,7 +105,7 @@ impl Client {
         let (server, client) = tokio::io::duplex(buffer);
         let run = crate::push::session::run(
             server,
-            WebSocketConfig::default(),
+            1 << 20,
             h.cx.clone(),
             Arc::new(Principal::open()),
             PEER,
