@@ -417,33 +417,37 @@ impl Shard {
     }
 
     /// Counts what a session sent; reaches `/metrics` at most
-    /// [`FLUSH_EVERY`] later.
+    /// [`FLUSH_EVERY`] later, by the hub's flush. No clock is read here:
+    /// this runs at every send and every turn.
     pub fn count(&self, frames: u64, bytes: u64, updates: u64) {
         let mut inner = self.lock();
         let t = &mut inner.tally;
         (t.0, t.1, t.2) = (t.0 + frames, t.1 + bytes, t.2 + updates);
-        let now = std::time::Instant::now();
-        if inner
-            .flushed
-            .is_none_or(|at| now.duration_since(at) >= FLUSH_EVERY)
-        {
-            let tally = std::mem::take(&mut inner.tally);
-            inner.flushed = Some(now);
-            inner.flush_owed = false;
-            drop(inner);
-            self.publish(tally);
-        } else if !inner.flush_owed {
-            inner.flush_owed = true;
+        if inner.flush_owed {
+            return;
+        }
+        inner.flush_owed = true;
+        if self.paced.load(std::sync::atomic::Ordering::Relaxed) {
             drop(inner);
             self.wake_pending.notify_one();
+        } else {
+            // No hub runs (a shard in a test, or after shutdown): now.
+            drop(inner);
+            self.flush();
         }
     }
 
-    /// When a tally waiting for the hub's flush is due.
+    /// When a tally waiting for the hub's flush is due: [`FLUSH_EVERY`]
+    /// after the last flush, or now.
     fn flush_due(&self) -> Option<tokio::time::Instant> {
         let inner = self.lock();
-        let at = inner.flushed?;
-        inner.flush_owed.then(|| (at + FLUSH_EVERY).into())
+        if !inner.flush_owed {
+            return None;
+        }
+        Some(match inner.flushed {
+            Some(at) => (at + FLUSH_EVERY).into(),
+            None => tokio::time::Instant::now(),
+        })
     }
 
     /// The hub's flush of a tally no later send took along.
