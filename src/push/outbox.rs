@@ -3,9 +3,10 @@
 //! a Delta) is kept inline, each payload is a shared `Bytes`, and the whole
 //! wakeup goes out in vectored writes. A Delta's updates are the batch's own
 //! bytes (or one shared copy per subscription): a large part is shared, not
-//! copied per connection; small parts (a few updates, as each batch brings a
-//! screen of 100 tags) are copied side by side into one slice, cheaper than
-//! a reference count and an iovec each. Nothing keeps its high-water mark.
+//! copied per connection; small parts (a few updates, as a batch brings to
+//! a screen of 100 tags) are copied side by side into one slice, cheaper
+//! than a reference count and an iovec each. Nothing keeps its high-water
+//! mark: the copies are freed after each write.
 //!
 //! tungstenite keeps the read side and its own replies (pongs, the close);
 //! the session flushes those before each write here, so frames never
@@ -285,7 +286,6 @@ impl Outbox {
     pub fn release(&mut self) {
         if self.chunks.is_empty() {
             self.chunks = Vec::new();
-            self.copied = Vec::new();
         }
     }
 

@@ -427,12 +427,11 @@ impl Shard {
             return;
         }
         inner.flush_owed = true;
+        drop(inner);
         if self.paced.load(std::sync::atomic::Ordering::Relaxed) {
-            drop(inner);
             self.wake_pending.notify_one();
         } else {
             // No hub runs (a shard in a test, or after shutdown): now.
-            drop(inner);
             self.flush();
         }
     }

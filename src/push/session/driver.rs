@@ -53,10 +53,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Socket for WebSocketStream<T> {
 /// 4.0–4.1 (BENCHMARKS.md).
 const READ_BUFFER: usize = 256;
 
-/// The WebSocket's settings. Built inside the session's task, not passed
-/// in: an argument of the task's future keeps its slot for the session's
-/// life (64 bytes in every idle session), a local used before the first
-/// turn does not.
+/// The WebSocket's settings, built by `run` from the one number that
+/// varies: passed in whole, they were an argument of the session's task
+/// and kept their 64 bytes in every idle session's future.
 fn ws_config(max_message_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
